@@ -1,0 +1,10 @@
+"""fleetline's reusable framework for event-driven services on AWS.
+
+Public modules: `shared.aws` (clients and the SDK seam), `shared.config` (names from the
+stack), `shared.errors` (the exception tree), `shared.events` (envelopes, registry, claim
+check), `shared.consumers` (SQS, Kinesis, DynamoDB Streams), `shared.outbox`, `shared.inbox`,
+`shared.idempotency`, `shared.tracing`, `shared.logging`, `shared.metrics`, `shared.hosts`
+(the ECS worker and Lambda adapters). Modules whose names start with `_` are private.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,220 @@
+"""The one place AWS clients are made, and the seam where SDK errors become ours.
+
+Endpoint, Region and credentials come from the standard AWS environment and config files
+(`AWS_ENDPOINT_URL`, `AWS_REGION` / `AWS_DEFAULT_REGION`, `AWS_PROFILE`, ...): botocore reads
+them itself, so the same code talks to the embedded emulator, a LocalStack container or AWS.
+
+Every HTTP request a client sends is counted (`RequestCounter`), retries included, because on
+AWS requests are the bill; the benchmarks and `fleetline status` read these counts.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Final, Self
+
+from aiobotocore.config import AioConfig
+from aiobotocore.session import AioSession, get_session
+from botocore.exceptions import (
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+)
+
+from shared.errors import AwsRequestError, AwsUnavailableError, FleetlineError
+
+__all__ = [
+    "AwsClient",
+    "AwsClients",
+    "ClientSettings",
+    "RequestCounter",
+    "aws_errors",
+    "error_code",
+    "translate_error",
+]
+
+# aiobotocore clients are generated at run time; their precise types would come from
+# stub packages. Inside `shared` they are handled through this alias and wrapped by
+# typed functions, so the looseness stays at the seam.
+AwsClient = Any
+
+_THROTTLE_CODES: Final = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottledException",
+        "TooManyRequestsException",
+        "ProvisionedThroughputExceededException",
+        "TransactionInProgressException",
+        "RequestLimitExceeded",
+        "LimitExceededException",
+        "SlowDown",
+        "InternalError",
+        "InternalFailure",
+        "InternalServerError",
+        "ServiceUnavailable",
+        "KMSThrottlingException",
+    }
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientSettings:
+    """How clients are configured. Defaults suit a long-running worker."""
+
+    region: str | None = None
+    max_pool_connections: int = 64
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+    max_attempts: int = 4
+    # Our requests are built by typed code; skipping botocore's validation saves ~20% client
+    # CPU per call (../notes/cost.md). Turn it on when writing new call sites.
+    parameter_validation: bool = False
+
+    def aio_config(self) -> AioConfig:
+        return AioConfig(
+            region_name=self.region,
+            max_pool_connections=self.max_pool_connections,
+            connect_timeout=self.connect_timeout,
+            read_timeout=self.read_timeout,
+            retries={"max_attempts": self.max_attempts, "mode": "standard"},
+            parameter_validation=self.parameter_validation,
+        )
+
+
+class RequestCounter:
+    """Counts HTTP requests sent to AWS, per `service.Operation`. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._counts: collections.Counter[str] = collections.Counter()
+        self._lock = threading.Lock()
+
+    def _on_before_send(self, event_name: str, **_: Any) -> None:
+        # event_name is "before-send.<service>.<Operation>"
+        _, _, key = event_name.partition(".")
+        with self._lock:
+            self._counts[key] += 1
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+    @property
+    def total(self) -> int:
+        with self._lock:
+            return sum(self._counts.values())
+
+    def reset(self) -> None:
+        with self._lock:
+            self._counts.clear()
+
+
+class AwsClients:
+    """Owns one aiobotocore session and the clients made from it.
+
+    Use as an async context manager; clients are created on first use and closed on exit:
+
+        async with AwsClients() as aws:
+            sqs = await aws.client("sqs")
+
+    Reopening a closed instance is refused.
+    """
+
+    def __init__(
+        self,
+        settings: ClientSettings | None = None,
+        *,
+        counter: RequestCounter | None = None,
+        session: AioSession | None = None,
+    ) -> None:
+        self.settings = settings or ClientSettings()
+        self.counter = counter or RequestCounter()
+        self._session = session or get_session()
+        self._session.register("before-send", self.counter._on_before_send)
+        self._clients: dict[str, AwsClient] = {}
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._closed = False
+
+    async def __aenter__(self) -> Self:
+        if self._closed:
+            raise RuntimeError("Cannot reopen AwsClients once it has been closed.")
+        if self._stack is not None:
+            raise RuntimeError("AwsClients is already open.")
+        self._stack = contextlib.AsyncExitStack()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        stack, self._stack = self._stack, None
+        self._closed = True
+        self._clients.clear()
+        if stack is not None:
+            await stack.aclose()
+
+    async def client(self, service: str) -> AwsClient:
+        """The client for `service` ("sqs", "dynamodb", ...), made once per instance."""
+        if self._stack is None:
+            raise RuntimeError("AwsClients must be entered (`async with`) before use.")
+        existing = self._clients.get(service)
+        if existing is not None:
+            return existing
+        made = await self._stack.enter_async_context(
+            self._session.create_client(service, config=self.settings.aio_config())
+        )
+        self._clients[service] = made
+        return made
+
+    @property
+    def region(self) -> str:
+        region = self.settings.region or self._session.get_config_variable("region")
+        return str(region or "us-east-1")
+
+
+def error_code(exc: BaseException) -> str | None:
+    """The AWS error code of a ClientError, else None."""
+    if isinstance(exc, ClientError):
+        return str(exc.response.get("Error", {}).get("Code", "")) or None
+    return None
+
+
+def translate_error(exc: BaseException) -> FleetlineError | None:
+    """Our error for an SDK error, or None when `exc` is not an SDK error."""
+    if isinstance(exc, ClientError):
+        code = error_code(exc) or "Unknown"
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        message = str(exc)
+        if code in _THROTTLE_CODES or status >= 500:
+            return AwsUnavailableError(message, code=code)
+        return AwsRequestError(message, code=code)
+    if isinstance(
+        exc, (EndpointConnectionError, ConnectionClosedError, ConnectTimeoutError, ReadTimeoutError)
+    ):
+        return AwsUnavailableError(str(exc), code=type(exc).__name__)
+    return None
+
+
+@contextlib.contextmanager
+def aws_errors() -> Iterator[None]:
+    """Re-raise SDK errors as `shared.errors` types (`from` the original)."""
+    try:
+        yield
+    except (ClientError, EndpointConnectionError, ConnectionClosedError, ConnectTimeoutError,
+            ReadTimeoutError) as exc:
+        translated = translate_error(exc)
+        if translated is None:  # pragma: no cover - every caught type translates
+            raise
+        raise translated from exc
+
+

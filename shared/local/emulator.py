@@ -1,0 +1,137 @@
+"""The embedded AWS emulator: moto server in a child process on 127.0.0.1.
+
+Configured as ../shared/notes/emulator.md says: `MOTO_PORT` equals the port (Step Functions
+tasks call back into the server), and state machine execution is switched on through
+`/moto-api/config` (no environment variable does it; the setting survives a reset).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from shared.errors import ConfigurationError, FleetlineError
+
+__all__ = ["Emulator", "EmulatorError", "free_port", "port_in_use"]
+
+
+class EmulatorError(FleetlineError):
+    """The emulator could not be started or reached."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex((host, port)) == 0
+
+
+def _post_json(url: str, body: object, timeout: float = 5.0) -> bytes:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - loopback
+        return bytes(response.read())
+
+
+@dataclass
+class Emulator:
+    """A moto server process. `start()` returns once it answers; `stop()` ends it."""
+
+    port: int = 0
+    host: str = "127.0.0.1"
+    log_path: Path | None = None
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 20.0) -> Self:
+        if self.process is not None:
+            raise RuntimeError("Emulator already started.")
+        try:
+            import moto.server  # noqa: F401
+        except ImportError:
+            raise ConfigurationError(
+                "moto server is not installed: run `pip install -e '.[local]'`"
+            ) from None
+        if self.port == 0:
+            self.port = free_port()
+        elif port_in_use(self.port, self.host):
+            raise EmulatorError(
+                f"port {self.port} is in use: stop what listens there or pass another --port"
+            )
+        env = {**os.environ, "MOTO_PORT": str(self.port)}
+        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)],
+                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            )
+        finally:
+            if log is not subprocess.DEVNULL:
+                log.close()  # type: ignore[union-attr]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise EmulatorError(
+                    f"moto server exited with status {self.process.returncode}"
+                    + (f"; see {self.log_path}" if self.log_path else "")
+                )
+            try:
+                self.configure()
+                return self
+            except (urllib.error.URLError, ConnectionError, OSError):
+                time.sleep(0.05)
+        self.stop()
+        raise EmulatorError(f"moto server did not answer on {self.endpoint_url} in {timeout:.0f} s")
+
+    def configure(self) -> None:
+        """Settings the emulator needs (they survive `reset`)."""
+        _post_json(
+            f"{self.endpoint_url}/moto-api/config",
+            {"stepfunctions": {"execute_state_machine": True}},
+        )
+
+    def reset(self) -> None:
+        """Forget all state (between tests)."""
+        _post_json(f"{self.endpoint_url}/moto-api/reset", {})
+
+    def stop(self, timeout: float = 5.0) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        with contextlib.suppress(Exception):
+            self.stop()
