@@ -1,0 +1,8 @@
+"""The devices bounded context: fleet telemetry, device state and shadow, alarms, residency,
+the read model with its query API, and the live dashboard.
+
+Processes (see deploy/template.yaml): the telemetry worker (`services.devices.telemetry:worker`),
+the read-model projection (`services.devices.projection:worker`), the dashboard
+(`services.devices.dashboard:worker`) and the edge Lambda (`services.devices.ingest.handler`).
+`fleetline simulate` plays a fleet. Decisions live in `services.devices.domain` (no I/O).
+"""

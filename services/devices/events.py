@@ -1,0 +1,155 @@
+"""The events of the devices bounded context: the `data` of their envelopes.
+
+Every event is emitted only on a *transition* of one device (never per telemetry record) and
+carries a snapshot of the device after the transition (`device`, event-carried state), so the
+read-model projection and the dashboard never call back into the telemetry worker: the
+projection keeps the snapshot with the highest envelope `sequence` (per device) and ignores
+older or repeated ones.
+
+Unknown fields are ignored (`extra="ignore"`); new optional fields get defaults, so version 1
+and a later version 2 can coexist on the bus.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, ClassVar, Final
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "EVENT_TYPES",
+    "SOURCE",
+    "DeviceConnected",
+    "DeviceDisconnected",
+    "DeviceEvent",
+    "DeviceStateChanged",
+    "DeviceView",
+    "FirmwareVersionReported",
+    "Severity",
+    "ShadowDeltaChanged",
+    "Status",
+    "ThresholdBreached",
+    "ThresholdCleared",
+]
+
+SOURCE: Final = "fleetline.devices"
+
+
+class Status(enum.StrEnum):
+    """Connectivity of a device as the telemetry worker sees it."""
+
+    UNKNOWN = "unknown"  # never heard from
+    ONLINE = "online"
+    OFFLINE = "offline"  # silent longer than the threshold
+
+
+class Severity(enum.StrEnum):
+    INFO = "info"
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class DeviceView(_Model):
+    """What consumers need to know about a device, as of the event that carries it."""
+
+    device_id: str
+    tenant_id: str
+    zone: str
+    status: Status
+    seq: int = Field(ge=0, description="highest telemetry sequence applied")
+    last_seen: float = Field(description="device timestamp of that record, epoch seconds")
+    firmware: str | None = None
+    readings: dict[str, float] = Field(default_factory=dict)
+    reported: dict[str, Any] = Field(default_factory=dict)
+    desired: dict[str, Any] = Field(default_factory=dict)
+    delta: dict[str, Any] = Field(default_factory=dict)
+    alarms: dict[str, Severity] = Field(
+        default_factory=dict, description="open alarms: metric -> severity"
+    )
+
+
+class DeviceEvent(_Model):
+    """Fields every device event carries."""
+
+    type_name: ClassVar[str] = ""
+
+    device: DeviceView
+
+
+class DeviceConnected(DeviceEvent):
+    """First record from a device, or the first after it was reported disconnected."""
+
+    type_name: ClassVar[str] = "DeviceConnected"
+
+
+class DeviceDisconnected(DeviceEvent):
+    """A device went silent for longer than the threshold. Reported once per silence."""
+
+    type_name: ClassVar[str] = "DeviceDisconnected"
+
+    silent_for: float = Field(ge=0, description="seconds since the last record arrived")
+
+
+class DeviceStateChanged(DeviceEvent):
+    """The device's reported shadow state changed (readings alone never emit this)."""
+
+    type_name: ClassVar[str] = "DeviceStateChanged"
+
+    changed: dict[str, Any] = Field(description="reported keys whose value changed, new values")
+
+
+class FirmwareVersionReported(DeviceEvent):
+    """The device reported a firmware version different from the one known before."""
+
+    type_name: ClassVar[str] = "FirmwareVersionReported"
+
+    version: str
+    previous: str | None = None
+
+
+class ShadowDeltaChanged(DeviceEvent):
+    """The shadow's delta (desired keys the device has not reported yet) changed.
+
+    An empty `delta` means the device has caught up with everything desired."""
+
+    type_name: ClassVar[str] = "ShadowDeltaChanged"
+
+    delta: dict[str, Any]
+
+
+class ThresholdBreached(DeviceEvent):
+    """A reading crossed a tenant's threshold rule: an alarm opens (also sent to SNS)."""
+
+    type_name: ClassVar[str] = "ThresholdBreached"
+
+    metric: str
+    value: float
+    limit: float
+    bound: str = Field(description='"max" or "min"')
+    severity: Severity
+
+
+class ThresholdCleared(DeviceEvent):
+    """A reading is back within its tenant's rule: the alarm closes."""
+
+    type_name: ClassVar[str] = "ThresholdCleared"
+
+    metric: str
+    value: float
+    severity: Severity
+
+
+EVENT_TYPES: Final[tuple[type[DeviceEvent], ...]] = (
+    DeviceConnected,
+    DeviceDisconnected,
+    DeviceStateChanged,
+    FirmwareVersionReported,
+    ShadowDeltaChanged,
+    ThresholdBreached,
+    ThresholdCleared,
+)
