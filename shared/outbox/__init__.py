@@ -1,0 +1,103 @@
+"""The transactional outbox: a unit of work that commits state, events and processed ids
+atomically, the relay that publishes the events from the table's stream, and the batch
+committer that applies a whole batch of messages with one commit.
+
+    UnitOfWork        load aggregates, stage state + events, commit (one conditional write or
+                      one TransactWriteItems <= 100 operations)
+    BatchCommitter    a BatchHandler: decide per message (pure), commit per batch, map to Outcomes
+    Relay             a BatchHandler over DynamoDB stream records: PutEvents, order per
+                      aggregate, partial-failure retry, original ids
+    added_events      the events one stream record's write added (also used by `pipe.handler`)
+
+See docs/outbox.md. Errors: see `shared.outbox._errors` (the tree is in its docstring).
+"""
+
+from shared.outbox._attrs import from_item, to_item
+from shared.outbox._batch import (
+    BatchCommitter,
+    BatchConfig,
+    WriteMode,
+    decode_envelope,
+    follower_outcome,
+    pack_transactions,
+)
+from shared.outbox._envelope import new_envelope, new_event_id
+from shared.outbox._errors import (
+    AlreadyProcessedError,
+    ConcurrencyConflictError,
+    OutboxError,
+    PublishError,
+    StreamRecordError,
+    TransactionTooLargeError,
+    UnpublishableEventError,
+)
+from shared.outbox._model import (
+    Aggregate,
+    Decision,
+    EventDraft,
+    ItemRef,
+    OutboxConfig,
+    StagedWrite,
+    aggregate_from_item,
+    build_write,
+)
+from shared.outbox._publisher import (
+    EventPublisher,
+    PublisherConfig,
+    PublishReport,
+    entry_for,
+    entry_size,
+    failed_entries,
+    plan_batches,
+)
+from shared.outbox._relay import Relay, added_events, record_created_at
+from shared.outbox._unit_of_work import (
+    UnitOfWork,
+    WriteVerdict,
+    cancellation_verdicts,
+    plan_transaction,
+    stage,
+)
+
+__all__ = [
+    "Aggregate",
+    "AlreadyProcessedError",
+    "BatchCommitter",
+    "BatchConfig",
+    "ConcurrencyConflictError",
+    "Decision",
+    "EventDraft",
+    "EventPublisher",
+    "ItemRef",
+    "OutboxConfig",
+    "OutboxError",
+    "PublishError",
+    "PublishReport",
+    "PublisherConfig",
+    "Relay",
+    "StagedWrite",
+    "StreamRecordError",
+    "TransactionTooLargeError",
+    "UnitOfWork",
+    "UnpublishableEventError",
+    "WriteMode",
+    "WriteVerdict",
+    "added_events",
+    "aggregate_from_item",
+    "build_write",
+    "cancellation_verdicts",
+    "decode_envelope",
+    "entry_for",
+    "entry_size",
+    "failed_entries",
+    "follower_outcome",
+    "from_item",
+    "new_envelope",
+    "new_event_id",
+    "pack_transactions",
+    "plan_batches",
+    "plan_transaction",
+    "record_created_at",
+    "stage",
+    "to_item",
+]

@@ -1,0 +1,250 @@
+"""Publishing envelopes to an EventBridge bus with PutEvents.
+
+Decisions are pure and unit-tested: `plan_batches` packs entries within 10 entries and
+256 KB a request; `failed_entries` picks exactly the entries a partial failure names, so only
+they are sent again; `EventPublisher.publish` keeps order per aggregate by sending at most one
+event of an aggregate per round: event n+1 goes out only after event n succeeded.
+An event is always published under its envelope id (it is in `Detail`), so a republish after
+a relay restart is a duplicate every consumer's inbox drops.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import OrderedDict, deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import anyio
+import structlog
+
+from shared.aws import AwsClients, aws_errors
+from shared.errors import is_retryable
+
+__all__ = [
+    "MAX_ENTRIES",
+    "MAX_REQUEST_BYTES",
+    "EventPublisher",
+    "PublishReport",
+    "PublisherConfig",
+    "entry_for",
+    "entry_size",
+    "failed_entries",
+    "plan_batches",
+]
+
+MAX_ENTRIES: Final = 10
+MAX_REQUEST_BYTES: Final = 256 * 1024
+# Entry error codes that no retry can fix.
+_PERMANENT_CODES: Final = frozenset(
+    {"ValidationException", "MalformedDetail", "InvalidArgument", "AccessDeniedException",
+     "NotAuthorizedForSourceException", "InvalidEventPatternException"}
+)
+
+_log = structlog.get_logger("shared.outbox.publisher")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PublisherConfig:
+    """Where and how to publish. Backoff is exponential with full jitter."""
+
+    bus_name: str
+    max_entries: int = MAX_ENTRIES
+    max_request_bytes: int = MAX_REQUEST_BYTES
+    max_attempts: int = 5
+    base_delay: float = 0.05
+    max_delay: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not self.bus_name:
+            raise ValueError("bus_name must not be empty")
+        if not 1 <= self.max_entries <= MAX_ENTRIES:
+            raise ValueError(f"max_entries must be between 1 and {MAX_ENTRIES}")
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+
+
+def entry_for(envelope: Mapping[str, Any], bus_name: str) -> dict[str, Any]:
+    """The PutEvents entry of an envelope: Source = source, DetailType = type, Detail = the
+    envelope itself, TraceHeader = the X-Ray header captured at commit (when there is one)."""
+    entry: dict[str, Any] = {
+        "EventBusName": bus_name,
+        "Source": str(envelope["source"]),
+        "DetailType": str(envelope["type"]),
+        "Detail": json.dumps(envelope, separators=(",", ":"), default=str),
+    }
+    trace = envelope.get("trace")
+    if isinstance(trace, Mapping):
+        header = trace.get("X-Amzn-Trace-Id") or trace.get("x-amzn-trace-id")
+        if header:
+            entry["TraceHeader"] = str(header)
+    return entry
+
+
+def entry_size(entry: Mapping[str, Any]) -> int:
+    """PutEvents' size of one entry: Source + DetailType + Detail + Resources (+14 for Time),
+    in UTF-8 bytes."""
+    size = 14 if entry.get("Time") is not None else 0
+    for name in ("Source", "DetailType", "Detail"):
+        size += len(str(entry.get(name, "")).encode())
+    for resource in entry.get("Resources", ()):
+        size += len(str(resource).encode())
+    return size
+
+
+def plan_batches(
+    sizes: Sequence[int], *, max_entries: int = MAX_ENTRIES,
+    max_bytes: int = MAX_REQUEST_BYTES,
+) -> tuple[list[list[int]], list[int]]:
+    """Split entries (by index, in order) into requests of at most `max_entries` entries and
+    `max_bytes` bytes. Returns (batches, oversized): entries bigger than `max_bytes` alone can
+    never be sent and are returned apart."""
+    batches: list[list[int]] = []
+    oversized: list[int] = []
+    current: list[int] = []
+    current_bytes = 0
+    for index, size in enumerate(sizes):
+        if size > max_bytes:
+            oversized.append(index)
+            continue
+        if current and (len(current) >= max_entries or current_bytes + size > max_bytes):
+            batches.append(current)
+            current, current_bytes = [], 0
+        current.append(index)
+        current_bytes += size
+    if current:
+        batches.append(current)
+    return batches, oversized
+
+
+def failed_entries(
+    sent: Sequence[int], results: Sequence[Mapping[str, Any]]
+) -> list[tuple[int, str, str]]:
+    """The entries of a PutEvents response that failed, as (index, code, message).
+    `results` is the response's `Entries`, aligned with `sent`."""
+    failed: list[tuple[int, str, str]] = []
+    for index, result in zip(sent, results, strict=False):
+        code = result.get("ErrorCode")
+        if code:
+            failed.append((index, str(code), str(result.get("ErrorMessage") or "")))
+    if len(results) < len(sent):  # a short answer: count the missing ones as failed
+        failed.extend((i, "MissingResult", "no result for entry") for i in sent[len(results):])
+    return failed
+
+
+def is_permanent_code(code: str) -> bool:
+    return code in _PERMANENT_CODES
+
+
+@dataclass
+class PublishReport:
+    """Which envelope ids were published, and why the others were not."""
+
+    published: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # id -> reason
+    permanent: set[str] = field(default_factory=set)  # ids that can never be published
+    requests: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+class EventPublisher:
+    """Publishes envelopes to one bus, in order per aggregate, retrying only failed entries."""
+
+    def __init__(self, aws: AwsClients, config: PublisherConfig) -> None:
+        self._aws = aws
+        self.config = config
+
+    async def publish(self, envelopes: Sequence[Mapping[str, Any]]) -> PublishReport:
+        """Publish `envelopes` (in stream order). An aggregate whose event fails is blocked:
+        its later events in this call are not sent (reason "blocked by <id>").
+        Never raises for entry failures; they are in the report."""
+        report = PublishReport()
+        queues: OrderedDict[str, deque[Mapping[str, Any]]] = OrderedDict()
+        for envelope in envelopes:
+            key = str(envelope.get("aggregate_id") or envelope["id"])
+            queues.setdefault(key, deque()).append(envelope)
+        while queues:
+            heads = [queue.popleft() for queue in queues.values()]
+            failures = await self._send_round(heads, report)
+            for key in list(queues):
+                if not queues[key]:
+                    del queues[key]
+            for envelope in heads:
+                event_id = str(envelope["id"])
+                if event_id not in failures:
+                    continue
+                key = str(envelope.get("aggregate_id") or event_id)
+                for blocked in queues.pop(key, deque()):
+                    report.failed[str(blocked["id"])] = f"blocked by {event_id}"
+        return report
+
+    async def _send_round(
+        self, envelopes: Sequence[Mapping[str, Any]], report: PublishReport
+    ) -> set[str]:
+        entries = [entry_for(e, self.config.bus_name) for e in envelopes]
+        ids = [str(e["id"]) for e in envelopes]
+        batches, oversized = plan_batches(
+            [entry_size(e) for e in entries], max_entries=self.config.max_entries,
+            max_bytes=self.config.max_request_bytes,
+        )
+        failed: set[str] = set()
+        for index in oversized:
+            failed.add(ids[index])
+            report.permanent.add(ids[index])
+            report.failed[ids[index]] = "event larger than 256 KB: use the claim check"
+        pending = [i for batch in batches for i in batch]
+        attempt = 0
+        while pending:
+            attempt += 1
+            retry: list[int] = []
+            for batch in plan_batches(
+                [entry_size(entries[i]) for i in pending], max_entries=self.config.max_entries,
+                max_bytes=self.config.max_request_bytes,
+            )[0]:
+                sent = [pending[i] for i in batch]
+                for index, code, message in await self._put(entries, sent, report):
+                    if is_permanent_code(code):
+                        failed.add(ids[index])
+                        report.permanent.add(ids[index])
+                        report.failed[ids[index]] = f"{code}: {message}"
+                    else:
+                        retry.append(index)
+                        report.failed[ids[index]] = f"{code}: {message}"
+            for index in sent_ok(pending, retry, failed, ids):
+                report.published.append(ids[index])
+                report.failed.pop(ids[index], None)
+            if retry and attempt >= self.config.max_attempts:
+                failed.update(ids[i] for i in retry)
+                break
+            pending = retry
+            if pending:
+                delay = min(self.config.max_delay, self.config.base_delay * 2**attempt)
+                await anyio.sleep(random.uniform(0, delay))  # jitter, not security
+        return failed
+
+    async def _put(
+        self, entries: Sequence[Mapping[str, Any]], sent: Sequence[int], report: PublishReport
+    ) -> list[tuple[int, str, str]]:
+        events = await self._aws.client("events")
+        report.requests += 1
+        try:
+            with aws_errors():
+                response = await events.put_events(Entries=[entries[i] for i in sent])
+        except Exception as exc:  # the whole call failed: every entry is retried or refused
+            code = "RequestFailed" if is_retryable(exc) else "ValidationException"
+            _log.warning("put_events_failed", error=str(exc), entries=len(sent))
+            return [(i, code, str(exc)) for i in sent]
+        return failed_entries(sent, response.get("Entries") or [])
+
+
+def sent_ok(
+    pending: Sequence[int], retry: Sequence[int], failed: set[str], ids: Sequence[str]
+) -> list[int]:
+    """Entries of this attempt that went through."""
+    again = set(retry)
+    return [i for i in pending if i not in again and ids[i] not in failed]

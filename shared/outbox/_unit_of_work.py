@@ -1,0 +1,377 @@
+"""The unit of work: load aggregates, stage their new state and events, commit atomically.
+
+    uow = UnitOfWork(aws)
+    order = await uow.load(ItemRef(table=orders_table, key={"pk": order_id}))
+    decision = domain.place(order.state, command)          # pure
+    uow.save(order, decision.state, events=decision.events, processed_id=envelope_id)
+    envelopes = await uow.commit()
+
+One aggregate with the in-item inbox: ONE conditional PutItem (1 write unit per KB) carries
+the state, the events and the processed id; the table's stream is the outbox. Several items
+(or the inbox table): one TransactWriteItems (2 write units per KB), refused with
+TransactionTooLargeError before anything is written when it would exceed 100 operations.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import anyio
+from botocore.exceptions import ClientError
+
+from shared.aws import AwsClients, aws_errors, error_code
+from shared.outbox._envelope import new_envelope, trace_carrier
+from shared.outbox._errors import (
+    AlreadyProcessedError,
+    ConcurrencyConflictError,
+    OutboxError,
+    TransactionTooLargeError,
+)
+from shared.outbox._model import (
+    Aggregate,
+    EventDraft,
+    ItemRef,
+    OutboxConfig,
+    StagedWrite,
+    aggregate_from_item,
+    build_write,
+    key_of,
+    write_operations,
+)
+
+__all__ = [
+    "OpRef",
+    "UnitOfWork",
+    "WriteVerdict",
+    "cancellation_verdicts",
+    "commit_single",
+    "commit_transaction",
+    "load_aggregates",
+    "plan_transaction",
+    "stage",
+]
+
+_BATCH_GET_LIMIT: Final = 100
+
+
+def stage(
+    aggregate: Aggregate,
+    state: Mapping[str, Any],
+    *,
+    events: Sequence[EventDraft] = (),
+    processed_ids: Sequence[str] = (),
+    now: float | None = None,
+    trace: Mapping[str, str] | None = None,
+) -> StagedWrite:
+    """A write of `aggregate` whose events get the next per-aggregate sequence numbers."""
+    at = time.time() if now is None else now
+    carrier = trace_carrier() if trace is None else trace
+    envelopes = tuple(
+        new_envelope(draft, aggregate_id=aggregate.ref.id,
+                     sequence=aggregate.last_sequence + i + 1, now=at, trace=carrier)
+        for i, draft in enumerate(events)
+    )
+    return StagedWrite(
+        aggregate=aggregate, state=dict(state), envelopes=envelopes,
+        processed_ids=tuple(processed_ids),
+    )
+
+
+# ---------------------------------------------------------------- pure: transactions
+
+
+@dataclass(frozen=True)
+class OpRef:
+    """Which staged write a transaction operation belongs to; `event_id` is set for an
+    inbox-table record."""
+
+    write: int
+    event_id: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class WriteVerdict:
+    """What a cancelled transaction says about one staged write.
+
+    - `duplicates`: event ids already processed (skip them; they are Outcome.DUPLICATE);
+    - `current`: the item as it is now, when DynamoDB returned it (decide again on it);
+    - `conflict`: the version moved (or the item appeared) and the ids were not duplicates;
+    - `transient`: a code such as TransactionConflict or ThrottlingError: just retry;
+    - none of these set: the write was fine and only cancelled because of another one.
+    """
+
+    duplicates: frozenset[str] = frozenset()
+    current: Aggregate | None = None
+    conflict: bool = False
+    transient: str | None = None
+
+    @property
+    def clean(self) -> bool:
+        return not (self.duplicates or self.conflict or self.transient)
+
+
+def plan_transaction(
+    writes: Sequence[StagedWrite], config: OutboxConfig, *, now: float
+) -> tuple[list[dict[str, Any]], list[OpRef]]:
+    """TransactItems for `writes` and, per item, the write it belongs to.
+
+    Raises TransactionTooLargeError before anything is sent when the operations exceed
+    `config.max_operations`; OutboxError when one item is written twice."""
+    total = sum(write_operations(w, config) for w in writes)
+    if total > config.max_operations:
+        raise TransactionTooLargeError(total, config.max_operations)
+    seen: set[str] = set()
+    items: list[dict[str, Any]] = []
+    refs: list[OpRef] = []
+    for index, write in enumerate(writes):
+        token = write.aggregate.ref.token
+        if token in seen:
+            raise OutboxError(f"item {token} is written twice in one commit; merge the changes")
+        seen.add(token)
+        entries = build_write(write, config, now=now)
+        aggregate_put = dict(entries[0])
+        aggregate_put["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
+        items.append({"Put": aggregate_put})
+        refs.append(OpRef(index))
+        for event_id, inbox_put in zip(write.processed_ids, entries[1:], strict=False):
+            items.append({"Put": inbox_put})
+            refs.append(OpRef(index, event_id))
+    return items, refs
+
+
+def cancellation_verdicts(
+    reasons: Sequence[Mapping[str, Any]],
+    refs: Sequence[OpRef],
+    writes: Sequence[StagedWrite],
+    config: OutboxConfig,
+) -> dict[int, WriteVerdict]:
+    """Per staged write, what the CancellationReasons of a TransactionCanceledException say.
+
+    A ConditionalCheckFailed on an inbox-table record, or on an aggregate whose returned item
+    already lists the event id, marks that id a duplicate; on an aggregate otherwise, a
+    conflict. Other codes than "None" are transient."""
+    duplicates: dict[int, set[str]] = {}
+    current: dict[int, Aggregate | None] = {}
+    conflict: set[int] = set()
+    transient: dict[int, str] = {}
+    for reason, ref in zip(reasons, refs, strict=False):
+        code = str(reason.get("Code") or "None")
+        if code == "None":
+            continue
+        write = writes[ref.write]
+        if code != "ConditionalCheckFailed":
+            transient[ref.write] = code
+            continue
+        if ref.event_id is not None:
+            duplicates.setdefault(ref.write, set()).add(ref.event_id)
+            continue
+        item = reason.get("Item")
+        fresh = aggregate_from_item(write.aggregate.ref, item, config) if item else None
+        current[ref.write] = fresh
+        already = {i for i in write.processed_ids if fresh is not None and fresh.seen(i)}
+        if already:
+            duplicates.setdefault(ref.write, set()).update(already)
+        else:
+            conflict.add(ref.write)
+    verdicts: dict[int, WriteVerdict] = {}
+    for index in range(len(writes)):
+        verdicts[index] = WriteVerdict(
+            duplicates=frozenset(duplicates.get(index, ())),
+            current=current.get(index),
+            conflict=index in conflict,
+            transient=transient.get(index),
+        )
+    return verdicts
+
+
+# ---------------------------------------------------------------- thin AWS calls
+
+
+async def load_aggregates(
+    aws: AwsClients, refs: Iterable[ItemRef], config: OutboxConfig, *, consistent: bool = False
+) -> dict[str, Aggregate]:
+    """Aggregates by `ItemRef.token`, with BatchGetItem (100 keys a request; unprocessed keys
+    are asked again). Missing items come back with version 0."""
+    unique = {ref.token: ref for ref in refs}
+    found: dict[str, Aggregate] = {t: Aggregate(ref=r, state={}) for t, r in unique.items()}
+    if not unique:
+        return found
+    dynamodb = await aws.client("dynamodb")
+    pending = list(unique.values())
+    # Items come back unordered: match them to refs by table and canonical key.
+    key_names: dict[str, tuple[str, ...]] = {r.table: tuple(r.key) for r in pending}
+    by_key = {(r.table, _canonical(key_of(r))): r for r in pending}
+    for start in range(0, len(pending), _BATCH_GET_LIMIT):
+        chunk = pending[start:start + _BATCH_GET_LIMIT]
+        request: dict[str, Any] = {}
+        for ref in chunk:
+            entry = request.setdefault(ref.table, {"Keys": [], "ConsistentRead": consistent})
+            entry["Keys"].append(key_of(ref))
+        attempt = 0
+        while request:
+            with aws_errors():
+                response = await dynamodb.batch_get_item(RequestItems=request)
+            for table, items in response.get("Responses", {}).items():
+                names = key_names.get(table, ())
+                for item in items:
+                    key = {n: item[n] for n in names if n in item}
+                    matched = by_key.get((table, _canonical(key)))
+                    if matched is not None:
+                        found[matched.token] = aggregate_from_item(matched, item, config)
+            request = dict(response.get("UnprocessedKeys") or {})
+            if request:
+                attempt += 1
+                await anyio.sleep(min(1.0, 0.05 * 2**attempt))
+    return found
+
+
+def _canonical(key: Mapping[str, Any]) -> str:
+    return json.dumps(key, sort_keys=True, default=str)
+
+
+async def commit_single(
+    aws: AwsClients, write: StagedWrite, config: OutboxConfig, *, now: float
+) -> WriteVerdict:
+    """One conditional PutItem. Returns a clean verdict on success, else what failed."""
+    entries = build_write(write, config, now=now)
+    if len(entries) != 1:
+        raise OutboxError("commit_single needs the in-item inbox; use commit_transaction")
+    put = dict(entries[0])
+    put["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
+    dynamodb = await aws.client("dynamodb")
+    try:
+        await dynamodb.put_item(**put)
+    except ClientError as exc:
+        if error_code(exc) != "ConditionalCheckFailedException":
+            with aws_errors():
+                raise
+        item = exc.response.get("Item")
+        verdicts = cancellation_verdicts(
+            [{"Code": "ConditionalCheckFailed", "Item": item}], [OpRef(0)], [write], config
+        )
+        return verdicts[0]
+    return WriteVerdict()
+
+
+async def commit_transaction(
+    aws: AwsClients, writes: Sequence[StagedWrite], config: OutboxConfig, *, now: float
+) -> dict[int, WriteVerdict]:
+    """One TransactWriteItems for `writes`. All verdicts clean when it committed; otherwise
+    nothing was written and the verdicts say why.
+
+    Raises TransactionTooLargeError (nothing sent) over the operation limit."""
+    items, refs = plan_transaction(writes, config, now=now)
+    dynamodb = await aws.client("dynamodb")
+    try:
+        await dynamodb.transact_write_items(TransactItems=items)
+    except ClientError as exc:
+        if error_code(exc) != "TransactionCanceledException":
+            with aws_errors():
+                raise
+        reasons = exc.response.get("CancellationReasons") or []
+        if not reasons:  # some emulators omit them: treat every write as conflicting
+            return {i: WriteVerdict(conflict=True) for i in range(len(writes))}
+        return cancellation_verdicts(reasons, refs, writes, config)
+    return {i: WriteVerdict() for i in range(len(writes))}
+
+
+# ---------------------------------------------------------------- the unit of work
+
+
+@dataclass
+class UnitOfWork:
+    """Collects writes of aggregates and commits them atomically, once.
+
+    Misuse is refused loudly: saving one aggregate twice, committing twice, saving after
+    commit (OutboxError)."""
+
+    aws: AwsClients
+    config: OutboxConfig = field(default_factory=OutboxConfig)
+    _writes: list[StagedWrite] = field(default_factory=list, init=False)
+    _committed: bool = field(default=False, init=False)
+
+    async def load(self, ref: ItemRef, *, consistent: bool = True) -> Aggregate:
+        """The aggregate at `ref` (version 0 and empty state when it does not exist)."""
+        dynamodb = await self.aws.client("dynamodb")
+        with aws_errors():
+            response = await dynamodb.get_item(
+                TableName=ref.table, Key=key_of(ref), ConsistentRead=consistent
+            )
+        return aggregate_from_item(ref, response.get("Item"), self.config)
+
+    async def load_many(
+        self, refs: Iterable[ItemRef], *, consistent: bool = False
+    ) -> dict[str, Aggregate]:
+        """Several aggregates by `ItemRef.token` with BatchGetItem."""
+        return await load_aggregates(self.aws, refs, self.config, consistent=consistent)
+
+    def save(
+        self,
+        aggregate: Aggregate,
+        state: Mapping[str, Any],
+        *,
+        events: Sequence[EventDraft] = (),
+        processed_id: str | None = None,
+    ) -> None:
+        """Stage the new domain `state` of `aggregate` (all its domain attributes), the events
+        to publish and the id of the event being handled (inbox).
+
+        Raises OutboxError when the unit of work was committed or the aggregate is staged
+        already; AlreadyProcessedError when its inbox already holds `processed_id`."""
+        if self._committed:
+            raise OutboxError("this unit of work was committed; start a new one")
+        if any(w.aggregate.ref.token == aggregate.ref.token for w in self._writes):
+            raise OutboxError(f"{aggregate.ref.token} is staged already; save it once")
+        if processed_id is not None and aggregate.seen(processed_id):
+            raise AlreadyProcessedError(processed_id)
+        self._writes.append(
+            stage(aggregate, state, events=events,
+                  processed_ids=() if processed_id is None else (processed_id,))
+        )
+
+    @property
+    def staged(self) -> tuple[StagedWrite, ...]:
+        return tuple(self._writes)
+
+    async def commit(self) -> tuple[Mapping[str, Any], ...]:
+        """Write everything staged atomically; returns the committed envelopes.
+
+        Raises TransactionTooLargeError (nothing written) over 100 operations;
+        AlreadyProcessedError when an inbox holds a processed id already;
+        ConcurrencyConflictError (retryable, with the current items) when a version moved;
+        AwsUnavailableError / AwsRequestError for other SDK failures."""
+        if self._committed:
+            raise OutboxError("commit() was called already")
+        self._committed = True
+        writes = list(self._writes)
+        if not writes:
+            return ()
+        now = time.time()
+        single = len(writes) == 1 and write_operations(writes[0], self.config) == 1
+        if single:
+            verdicts = {0: await commit_single(self.aws, writes[0], self.config, now=now)}
+        else:
+            verdicts = await commit_transaction(self.aws, writes, self.config, now=now)
+        _raise_for(verdicts, writes)
+        return tuple(e for w in writes for e in w.envelopes)
+
+
+def _raise_for(verdicts: Mapping[int, WriteVerdict], writes: Sequence[StagedWrite]) -> None:
+    for verdict in verdicts.values():
+        if verdict.duplicates:
+            raise AlreadyProcessedError(sorted(verdict.duplicates)[0])
+    current = {
+        writes[i].aggregate.ref.token: (None if v.current is None else dict(v.current.state))
+        for i, v in verdicts.items() if v.conflict or v.transient
+    }
+    if current:
+        transient = sorted({v.transient for v in verdicts.values() if v.transient})
+        detail = f" ({', '.join(transient)})" if transient else ""
+        raise ConcurrencyConflictError(
+            f"commit cancelled{detail}: {', '.join(sorted(current))} changed since loaded",
+            current=current,
+        )
