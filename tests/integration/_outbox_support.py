@@ -94,13 +94,13 @@ async def read_stream(
 
 
 async def drain(
-    aws: AwsClients, url: str, *, expect: int, timeout: float = 10.0, settle: float = 0.5
+    aws: AwsClients, url: str, *, expect: int, within: float = 10.0, settle: float = 0.5
 ) -> list[dict[str, Any]]:
     """Receive (and delete) until `expect` messages arrived, then keep listening `settle`
-    seconds more so extra copies would be seen. Fails the test at `timeout`."""
+    seconds more so extra copies would be seen. Fails the test after `within` seconds."""
     sqs = await aws.client("sqs")
     bodies: list[dict[str, Any]] = []
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     quiet_until: float | None = None
     while True:
         now = time.monotonic()
