@@ -1,0 +1,224 @@
+"""Where device state lives: the seam between the telemetry worker and DynamoDB.
+
+`DeviceStore` is the narrow interface (load many, commit many); `DynamoDeviceStore` writes
+through the outbox unit of work's pieces (`shared.outbox`): each device is one item whose
+write is conditional on its `version`, carries the device's new events in its `outbox`
+attribute (the table's stream is the outbox; the relay publishes them), and up to 100
+devices go in one TransactWriteItems. `MemoryDeviceStore` is the in-memory twin for unit
+tests of the worker.
+
+Item layout (DevicesTable, partition key `device_id`): `tenant_id`, `zone`, `status`, `seq`,
+`last_seen` as top-level attributes (readable in the console, usable by indexes), and `doc`,
+the whole state as compact JSON (cheaper to serialise than nested maps, which matters at
+thousands of devices per second); plus the unit of work's `version`, `event_seq`, `outbox`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from services.devices.domain import DeviceState
+from services.devices.events import SOURCE, DeviceEvent
+from shared.aws import AwsClients
+from shared.outbox import (
+    Aggregate,
+    ConcurrencyConflictError,
+    EventDraft,
+    ItemRef,
+    OutboxConfig,
+    UnitOfWork,
+)
+
+__all__ = [
+    "CommitResult",
+    "DeviceStore",
+    "DeviceWrite",
+    "DynamoDeviceStore",
+    "MemoryDeviceStore",
+    "StoredDevice",
+]
+
+TRANSACTION_LIMIT = 100
+
+
+@dataclass(slots=True)
+class StoredDevice:
+    """A device as the store has it: its state and the store's bookkeeping."""
+
+    state: DeviceState
+    version: int  # 0: not stored yet
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceWrite:
+    """The device's current state and the events since its last write."""
+
+    state: DeviceState
+    version: int
+    events: Sequence[DeviceEvent] = ()
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    """Per device id: committed (with the envelopes written), conflicting (someone else wrote
+    it: reload), or failed transiently (retry)."""
+
+    committed: Mapping[str, Sequence[Mapping[str, Any]]] = field(default_factory=dict)
+    conflicts: frozenset[str] = frozenset()
+    transient: frozenset[str] = frozenset()
+
+
+class DeviceStore(Protocol):
+    async def load(self, device_ids: Iterable[str]) -> dict[str, StoredDevice]:
+        """Stored devices by id; ids not stored are absent."""
+        ...
+
+    async def commit(self, writes: Sequence[DeviceWrite]) -> CommitResult:
+        """Write up to 100 devices; each is conditional on its version."""
+        ...
+
+
+def state_attributes(state: DeviceState) -> dict[str, Any]:
+    doc = state.to_doc()
+    for bookkeeping in ("version", "event_seq"):
+        doc.pop(bookkeeping, None)
+    return {
+        "tenant_id": state.tenant_id,
+        "zone": state.zone,
+        "status": str(state.status),
+        "seq": state.seq,
+        "last_seen": state.last_seen,
+        "doc": json.dumps(doc, separators=(",", ":")),
+    }
+
+
+def state_from_attributes(
+    values: Mapping[str, Any], *, version: int, event_seq: int
+) -> DeviceState:
+    doc = dict(json.loads(values["doc"]))
+    doc["version"] = version
+    doc["event_seq"] = event_seq
+    return DeviceState.from_doc(doc)
+
+
+def event_draft(event: DeviceEvent) -> EventDraft:
+    return EventDraft(
+        type=event.type_name,
+        source=SOURCE,
+        data=event.model_dump(mode="json"),
+        tenant_id=event.device.tenant_id,
+    )
+
+
+class DynamoDeviceStore:
+    """DevicesTable through the outbox unit of work (see the module docstring)."""
+
+    def __init__(self, aws: AwsClients, table: str, *, config: OutboxConfig | None = None) -> None:
+        if not table:
+            raise ValueError("table must name the devices table")
+        self._aws = aws
+        self._table = table
+        self._config = config or OutboxConfig()
+
+    def _ref(self, device_id: str) -> ItemRef:
+        return ItemRef(table=self._table, key={"device_id": device_id}, aggregate_id=device_id)
+
+    async def load(self, device_ids: Iterable[str]) -> dict[str, StoredDevice]:
+        refs = {device_id: self._ref(device_id) for device_id in device_ids}
+        if not refs:
+            return {}
+        found = await UnitOfWork(self._aws, self._config).load_many(refs.values())
+        out: dict[str, StoredDevice] = {}
+        for device_id, ref in refs.items():
+            aggregate = found.get(ref.token)
+            if aggregate is None or not aggregate.exists:
+                continue
+            out[device_id] = StoredDevice(
+                state=state_from_attributes(
+                    aggregate.state, version=aggregate.version,
+                    event_seq=aggregate.last_sequence,
+                ),
+                version=aggregate.version,
+            )
+        return out
+
+    async def commit(self, writes: Sequence[DeviceWrite]) -> CommitResult:
+        if len(writes) > TRANSACTION_LIMIT:
+            raise ValueError(f"at most {TRANSACTION_LIMIT} devices per commit, got {len(writes)}")
+        if not writes:
+            return CommitResult()
+        uow = UnitOfWork(self._aws, self._config)
+        refs: dict[str, str] = {}
+        for write in writes:
+            ref = self._ref(write.state.device_id)
+            refs[ref.token] = write.state.device_id
+            aggregate = Aggregate(
+                ref=ref, state={}, version=write.version,
+                last_sequence=write.state.event_seq - len(write.events),
+            )
+            uow.save(aggregate, state_attributes(write.state),
+                     events=[event_draft(e) for e in write.events])
+        try:
+            envelopes = await uow.commit()
+        except ConcurrencyConflictError as exc:
+            # The cancellation names the items that failed (version moved, or a transient
+            # code on them); every other write was only cancelled along with them.
+            named = frozenset(refs[t] for t in exc.current if t in refs)
+            return CommitResult(
+                conflicts=named,
+                transient=frozenset(w.state.device_id for w in writes) - named,
+            )
+        committed: dict[str, list[Mapping[str, Any]]] = {
+            w.state.device_id: [] for w in writes
+        }
+        for envelope in envelopes:
+            committed[str(envelope["aggregate_id"])].append(envelope)
+        return CommitResult(committed)
+
+
+class MemoryDeviceStore:
+    """The store in a dict, with the same version conditions. For tests."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, tuple[dict[str, Any], int, int]] = {}
+        self.envelopes: list[dict[str, Any]] = []
+        self.commits = 0
+        self.loads = 0
+
+    async def load(self, device_ids: Iterable[str]) -> dict[str, StoredDevice]:
+        self.loads += 1
+        out = {}
+        for device_id in device_ids:
+            if device_id in self.items:
+                attrs, version, event_seq = self.items[device_id]
+                out[device_id] = StoredDevice(
+                    state=state_from_attributes(attrs, version=version, event_seq=event_seq),
+                    version=version,
+                )
+        return out
+
+    async def commit(self, writes: Sequence[DeviceWrite]) -> CommitResult:
+        self.commits += 1
+        conflicts = {
+            w.state.device_id for w in writes
+            if self.items.get(w.state.device_id, ({}, 0, 0))[1] != w.version
+        }
+        if conflicts:
+            return CommitResult(conflicts=frozenset(conflicts),
+                                transient=frozenset(w.state.device_id for w in writes) - conflicts)
+        committed: dict[str, Sequence[Mapping[str, Any]]] = {}
+        for w in writes:
+            first = w.state.event_seq - len(w.events) + 1
+            envelopes = [
+                {"type": e.type_name, "aggregate_id": w.state.device_id, "sequence": first + i,
+                 "tenant_id": w.state.tenant_id, "data": e.model_dump(mode="json")}
+                for i, e in enumerate(w.events)
+            ]
+            self.items[w.state.device_id] = (state_attributes(w.state), w.version + 1,
+                                             w.state.event_seq)
+            self.envelopes.extend(envelopes)
+            committed[w.state.device_id] = envelopes
+        return CommitResult(committed)

@@ -1,0 +1,438 @@
+"""`fleetline simulate`: a fleet of devices writing where AWS IoT Core's rules would.
+
+The fleet is N devices (`dev-000001` ...) spread over tenants (`t-001` ...) and two residency
+zones (eu, us), each with a firmware version; every device sends telemetry with its own
+increasing `seq`, round-robin across the fleet at a total rate. This deployment serves one
+zone (`--zone`): devices of the other zone write to the other region's stream, so only the
+`misrouted` fault sends them here (to exercise residency refusal).
+
+Fault modes (each a probability per record, or a share of devices for `silent`):
+duplicates (the same record twice), out-of-order (a record held back and sent after the
+device's next one), malformed (bytes the worker cannot decode, or a record missing a field),
+silent (devices that stop sending after `silent_after` seconds), misrouted (a record of a
+device of the other zone).
+
+Writes are batched as the rules' targets would receive them: Kinesis PutRecords (up to 500
+records, partition key = device id; only failed records are retried) and EventBridge
+PutEvents (up to 10 entries) for presence events (connected when a device starts, disconnected
+when it goes silent) when `presence` is on.
+
+`FleetPlan` is pure (a seeded generator of records), so tests and the benchmark use the
+same fleet without I/O.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Final
+
+import anyio
+import typer
+
+from shared.aws import AwsClients, aws_errors
+from shared.config import Resources
+
+__all__ = [
+    "FleetConfig",
+    "FleetPlan",
+    "OutRecord",
+    "SimulationReport",
+    "app",
+    "simulate",
+]
+
+PUT_RECORDS_MAX: Final = 500
+PUT_RECORDS_MAX_BYTES: Final = 5_000_000
+PUT_EVENTS_MAX: Final = 10
+PRESENCE_SOURCE: Final = "fleetline.iot"
+PRESENCE_DETAIL_TYPE: Final = "DevicePresence"
+
+
+@dataclass(frozen=True, kw_only=True)
+class FleetConfig:
+    """A fleet and its faults. Probabilities are per record; `silent` is a share of devices."""
+
+    devices: int = 1_000
+    tenants: int = 10
+    zone: str = "eu"  # the zone this deployment serves
+    eu_share: float = 0.5  # share of devices in eu; the rest are in us
+    firmware_versions: tuple[str, ...] = ("1.0.0", "1.1.0", "2.0.0")
+    duplicates: float = 0.0
+    out_of_order: float = 0.0
+    malformed: float = 0.0
+    silent: float = 0.0
+    silent_after: float = 10.0  # seconds after the start
+    misrouted: float = 0.0
+    alarm_rate: float = 0.001  # probability a temperature reading spikes above 80
+    seed: int = 1
+
+    def __post_init__(self) -> None:
+        if self.devices < 1:
+            raise ValueError("devices must be >= 1")
+        if self.tenants < 1:
+            raise ValueError("tenants must be >= 1")
+        if self.zone not in ("eu", "us"):
+            raise ValueError("zone must be 'eu' or 'us'")
+        for name in ("eu_share", "duplicates", "out_of_order", "malformed", "silent",
+                     "misrouted", "alarm_rate"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1, got {value}")
+        if not self.firmware_versions:
+            raise ValueError("firmware_versions must not be empty")
+
+
+@dataclass(frozen=True, slots=True)
+class OutRecord:
+    """One Kinesis record to write. `fault` says what was injected ("" for none)."""
+
+    partition_key: str
+    data: bytes
+    fault: str = ""
+    device_index: int = -1
+    seq: int = 0
+
+
+@dataclass
+class SimulationReport:
+    records: int = 0
+    by_fault: dict[str, int] = field(default_factory=dict)
+    put_records_calls: int = 0
+    put_events_calls: int = 0
+    presence_events: int = 0
+    retried_records: int = 0
+    elapsed: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        return self.records / self.elapsed if self.elapsed > 0 else 0.0
+
+
+class FleetPlan:
+    """Generates the fleet's records, deterministically for a seed. No I/O.
+
+    The devices of this deployment's zone send round-robin; `next_batch(n, now)` returns up to
+    `n` records (fewer only when every local device is silent)."""
+
+    def __init__(self, config: FleetConfig, *, start: float | None = None) -> None:
+        self.config = config
+        self._rnd = random.Random(config.seed)
+        self.start = time.time() if start is None else start
+        n = config.devices
+        zone_rnd = random.Random(config.seed * 7919 + 1)
+        self.zones = ["eu" if zone_rnd.random() < config.eu_share else "us" for _ in range(n)]
+        self.tenants = [f"t-{(i % config.tenants) + 1:03d}" for i in range(n)]
+        self.ids = [f"dev-{i + 1:06d}" for i in range(n)]
+        versions = config.firmware_versions
+        self.firmware = [versions[i % len(versions)] for i in range(n)]
+        self.seq = [0] * n
+        self.temperature = [20.0 + (i % 15) for i in range(n)]
+        self.battery = [100.0 - (i % 50) for i in range(n)]
+        self.local = [i for i in range(n) if self.zones[i] == config.zone]
+        self.foreign = [i for i in range(n) if self.zones[i] != config.zone]
+        silent_count = round(len(self.local) * config.silent)
+        self.silent = frozenset(self.local[:silent_count])
+        self._cursor = 0
+        self._held: dict[int, OutRecord] = {}  # out-of-order: held until the device's next
+        self.started: set[int] = set()
+
+    def device_record(self, i: int, now: float) -> tuple[str, dict[str, Any]]:
+        """The next telemetry record of device `i` (advances its seq)."""
+        self.seq[i] += 1
+        rnd = self._rnd
+        temp = self.temperature[i] + rnd.uniform(-0.5, 0.5)
+        temp = min(max(temp, -10.0), 60.0)
+        self.temperature[i] = temp
+        if rnd.random() < self.config.alarm_rate:
+            temp = 85.0 + rnd.random() * 10
+        self.battery[i] = max(self.battery[i] - 0.01, 0.0)
+        body = {
+            "kind": "telemetry",
+            "device_id": self.ids[i],
+            "tenant_id": self.tenants[i],
+            "zone": self.zones[i],
+            "seq": self.seq[i],
+            "ts": now,
+            "firmware": self.firmware[i],
+            "readings": {"temperature": round(temp, 2), "battery": round(self.battery[i], 2)},
+        }
+        return self.ids[i], body
+
+    def is_silent(self, i: int, now: float) -> bool:
+        return i in self.silent and now - self.start >= self.config.silent_after
+
+    def next_batch(self, n: int, now: float) -> list[OutRecord]:
+        cfg = self.config
+        rnd = self._rnd
+        out: list[OutRecord] = []
+        local = self.local
+        if not local:
+            return out
+        skipped = 0
+        while len(out) < n and skipped < len(local):
+            i = local[self._cursor % len(local)]
+            self._cursor += 1
+            if self.is_silent(i, now):
+                skipped += 1
+                continue
+            skipped = 0
+            self.started.add(i)
+            key, body = self.device_record(i, now)
+            data = json.dumps(body, separators=(",", ":")).encode()
+            rec = OutRecord(key, data, "", i, self.seq[i])
+            held = self._held.pop(i, None)
+            if cfg.malformed and rnd.random() < cfg.malformed:
+                if rnd.random() < 0.5:
+                    bad = data[: len(data) // 2]  # truncated JSON
+                else:
+                    del body["seq"]
+                    bad = json.dumps(body).encode()
+                out.append(OutRecord(key, bad, "malformed", i, self.seq[i]))
+            elif cfg.out_of_order and held is None and rnd.random() < cfg.out_of_order:
+                self._held[i] = OutRecord(key, data, "out-of-order", i, self.seq[i])
+            else:
+                out.append(rec)
+            if held is not None:
+                out.append(held)  # after the newer record: out of order
+            if cfg.duplicates and rnd.random() < cfg.duplicates:
+                out.append(OutRecord(key, data, "duplicate", i, self.seq[i]))
+            if cfg.misrouted and self.foreign and rnd.random() < cfg.misrouted:
+                j = rnd.choice(self.foreign)
+                fkey, fbody = self.device_record(j, now)
+                out.append(OutRecord(fkey, json.dumps(fbody).encode(), "misrouted", j,
+                                     self.seq[j]))
+        return out
+
+    def flush_held(self) -> list[OutRecord]:
+        """Records still held back for out-of-order delivery (send them at the end)."""
+        held = list(self._held.values())
+        self._held.clear()
+        return held
+
+    def presence(self, indexes: Sequence[int], status: str, now: float) -> list[dict[str, Any]]:
+        """PutEvents entries for IoT lifecycle (presence) events of these devices."""
+        return [
+            {
+                "Source": PRESENCE_SOURCE,
+                "DetailType": PRESENCE_DETAIL_TYPE,
+                "Detail": json.dumps(
+                    {
+                        "device_id": self.ids[i],
+                        "tenant_id": self.tenants[i],
+                        "zone": self.zones[i],
+                        "status": status,
+                        "ts": now,
+                    }
+                ),
+            }
+            for i in indexes
+        ]
+
+
+def chunks_for_put_records(records: Sequence[OutRecord]) -> Iterator[list[OutRecord]]:
+    """Split into PutRecords calls: at most 500 records and 5 MB (data + keys) per call."""
+    batch: list[OutRecord] = []
+    size = 0
+    for rec in records:
+        rec_size = len(rec.data) + len(rec.partition_key)
+        if batch and (len(batch) == PUT_RECORDS_MAX or size + rec_size > PUT_RECORDS_MAX_BYTES):
+            yield batch
+            batch, size = [], 0
+        batch.append(rec)
+        size += rec_size
+    if batch:
+        yield batch
+
+
+async def put_records(
+    kinesis: Any, stream: str, records: Sequence[OutRecord], report: SimulationReport,
+    *, max_attempts: int = 8,
+) -> None:
+    """PutRecords in batches; retries only the records a partial failure names.
+
+    Raises:
+        AwsUnavailableError / AwsRequestError: the call itself failed (translated).
+        RuntimeError: some records still failed after `max_attempts`.
+    """
+    for batch in chunks_for_put_records(records):
+        pending = batch
+        for attempt in range(max_attempts):
+            with aws_errors():
+                response = await kinesis.put_records(
+                    StreamName=stream,
+                    Records=[{"Data": r.data, "PartitionKey": r.partition_key} for r in pending],
+                )
+            report.put_records_calls += 1
+            if not response.get("FailedRecordCount"):
+                break
+            pending = [
+                rec for rec, result in zip(pending, response["Records"], strict=True)
+                if result.get("ErrorCode")
+            ]
+            report.retried_records += len(pending)
+            await anyio.sleep(min(0.05 * 2**attempt, 1.0) * random.random())
+        else:
+            raise RuntimeError(f"{len(pending)} records still failing after {max_attempts} tries")
+
+
+async def put_events(
+    events_client: Any, bus: str, entries: Sequence[dict[str, Any]], report: SimulationReport
+) -> None:
+    """PutEvents in batches of 10; failed entries are retried a few times, then reported."""
+    for start in range(0, len(entries), PUT_EVENTS_MAX):
+        pending = [dict(e, EventBusName=bus) for e in entries[start : start + PUT_EVENTS_MAX]]
+        for attempt in range(5):
+            with aws_errors():
+                response = await events_client.put_events(Entries=pending)
+            report.put_events_calls += 1
+            if not response.get("FailedEntryCount"):
+                break
+            pending = [
+                e for e, r in zip(pending, response["Entries"], strict=True) if r.get("ErrorCode")
+            ]
+            await anyio.sleep(min(0.05 * 2**attempt, 1.0) * random.random())
+        report.presence_events += len(entries[start : start + PUT_EVENTS_MAX]) - len(pending)
+
+
+async def simulate(
+    aws: AwsClients,
+    config: FleetConfig,
+    *,
+    stream: str,
+    bus: str | None,
+    rate: float,
+    count: int | None = None,
+    duration: float | None = None,
+    batch_size: int = PUT_RECORDS_MAX,
+    on_batch: Any = None,
+) -> SimulationReport:
+    """Play the fleet at `rate` records/s until `count` records or `duration` seconds.
+
+    `bus` None sends no presence events. `on_batch(records)` (optional) sees each batch
+    after it was written."""
+    if rate <= 0:
+        raise ValueError("rate must be > 0")
+    if count is None and duration is None:
+        raise ValueError("give count or duration")
+    plan = FleetPlan(config)
+    report = SimulationReport()
+    kinesis = await aws.client("kinesis")
+    events_client = await aws.client("events") if bus else None
+    started = time.monotonic()
+    silent_announced: set[int] = set()
+    sent = 0
+    while True:
+        elapsed = time.monotonic() - started
+        if duration is not None and elapsed >= duration:
+            break
+        if count is not None and sent >= count:
+            break
+        # pacing: never ahead of `rate`
+        due = math.floor(rate * elapsed) + 1 - sent
+        if due <= 0:
+            await anyio.sleep(max((sent + 1) / rate - elapsed, 0.001))
+            continue
+        want = min(batch_size, due, count - sent if count is not None else batch_size)
+        now = time.time()
+        before = set(plan.started)
+        batch = plan.next_batch(want, now)
+        if not batch:
+            await anyio.sleep(0.05)
+            continue
+        await put_records(kinesis, stream, batch, report)
+        sent += len(batch)
+        report.records += len(batch)
+        for rec in batch:
+            if rec.fault:
+                report.by_fault[rec.fault] = report.by_fault.get(rec.fault, 0) + 1
+        if events_client is not None and bus:
+            new = sorted(plan.started - before)
+            gone = [
+                i for i in plan.silent if plan.is_silent(i, now) and i not in silent_announced
+            ]
+            silent_announced.update(gone)
+            entries = plan.presence(new, "connected", now)
+            entries += plan.presence(gone, "disconnected", now)
+            if entries:
+                await put_events(events_client, bus, entries, report)
+        if on_batch is not None:
+            on_batch(batch)
+    held = plan.flush_held()
+    if held:
+        await put_records(kinesis, stream, held, report)
+        report.records += len(held)
+        report.by_fault["out-of-order"] = report.by_fault.get("out-of-order", 0) + len(held)
+    report.elapsed = time.monotonic() - started
+    return report
+
+
+# --------------------------------------------------------------------------- CLI
+
+app = typer.Typer(
+    add_completion=False,
+    invoke_without_command=True,
+    help="Play a device fleet: telemetry to the stream, presence to the bus, in batches.",
+)
+
+
+@app.callback()
+def _simulate_command(
+    devices: Annotated[int, typer.Option(help="fleet size")] = 1_000,
+    rate: Annotated[float, typer.Option(help="records per second, whole fleet")] = 500.0,
+    duration: Annotated[float | None, typer.Option(help="seconds to run")] = None,
+    count: Annotated[int | None, typer.Option(help="records to send")] = None,
+    tenants: Annotated[int, typer.Option()] = 10,
+    zone: Annotated[str, typer.Option(help="zone this deployment serves")] = "eu",
+    eu_share: Annotated[float, typer.Option(help="share of devices in eu")] = 0.5,
+    firmware: Annotated[str, typer.Option(help="comma-separated versions")] = "1.0.0,1.1.0,2.0.0",
+    duplicates: Annotated[float, typer.Option(help="probability per record")] = 0.0,
+    out_of_order: Annotated[float, typer.Option(help="probability per record")] = 0.0,
+    malformed: Annotated[float, typer.Option(help="probability per record")] = 0.0,
+    silent: Annotated[float, typer.Option(help="share of devices that go silent")] = 0.0,
+    silent_after: Annotated[float, typer.Option(help="seconds before they do")] = 10.0,
+    misrouted: Annotated[float, typer.Option(help="probability per record")] = 0.0,
+    presence: Annotated[bool, typer.Option(help="presence events to the bus")] = True,
+    stream: Annotated[str | None, typer.Option(help="default: $FLEETLINE_TELEMETRY_STREAM")] = None,
+    bus: Annotated[str | None, typer.Option(help="default: $FLEETLINE_DEVICE_EVENTS_BUS")] = None,
+    seed: Annotated[int, typer.Option()] = 1,
+) -> None:
+    from rich.console import Console
+
+    console = Console()
+    if duration is None and count is None:
+        duration = 60.0
+    resources = Resources.from_environ()
+    stream_name = stream or _resource(resources, "TelemetryStream")
+    bus_name = (bus or _resource(resources, "DeviceEventsBus")) if presence else None
+    config = FleetConfig(
+        devices=devices, tenants=tenants, zone=zone, eu_share=eu_share,
+        firmware_versions=tuple(v.strip() for v in firmware.split(",") if v.strip()),
+        duplicates=duplicates, out_of_order=out_of_order, malformed=malformed, silent=silent,
+        silent_after=silent_after, misrouted=misrouted, seed=seed,
+    )
+
+    async def main() -> SimulationReport:
+        async with AwsClients() as aws:
+            return await simulate(aws, config, stream=stream_name, bus=bus_name, rate=rate,
+                                  count=count, duration=duration)
+
+    console.print(f"simulating {devices} devices ({zone} zone) at {rate:g} records/s "
+                  f"-> {stream_name}" + (f", presence -> {bus_name}" if bus_name else ""))
+    report = anyio.run(main)
+    console.print(
+        f"sent {report.records} records in {report.elapsed:.1f}s ({report.rate:.0f}/s), "
+        f"{report.put_records_calls} PutRecords, {report.put_events_calls} PutEvents; "
+        f"faults: {report.by_fault or 'none'}"
+    )
+
+
+def _resource(resources: Resources, key: str) -> str:
+    try:
+        return resources.get(key)
+    except Exception as exc:
+        raise typer.BadParameter(str(exc)) from None

@@ -1,0 +1,450 @@
+"""The telemetry worker: device state from the Kinesis stream, written behind, coalesced.
+
+    handler = TelemetryProcessor(store, config)       # a shared.consumers BatchHandler
+    consumer = KinesisConsumer(aws, handler, stream=..., config=...)
+
+How a batch (the records of one shard, in order, from one GetRecords) is handled:
+
+1. Decode each record (`domain.parse_record`); a malformed one is DEAD_LETTER with its reason
+   (the consumer sends it to TelemetryFailureQueue with shard id and sequence number, and the
+   shard moves on). A record for another residency zone, or claiming another tenant or zone
+   than its device, is DEAD_LETTER too, with the residency reason: it is never written.
+2. Devices not in memory are read with one BatchGetItem per 100 (after a restart, or when a
+   shard moves here); the worker then keeps every device of its shards in memory.
+3. Records are applied in order (`domain.apply_telemetry`); duplicates and stale records are
+   dropped (outcome DUPLICATE) and counted.
+4. Flush: every device the batch changed is written ONCE, whatever the number of its records
+   in the batch, through the outbox unit of work: its state and the events of its
+   transitions in one item, conditional on the version read; up to 100 devices per
+   TransactWriteItems (`WriteMode.TRANSACTION`, fewest requests) or one conditional PutItem
+   per device (`WriteMode.ITEMS`, half the write units). The table's stream is the outbox.
+5. Only then does the handler return, so the consumer checkpoints the shard only after its
+   state is flushed. A device whose write failed is dropped from memory and the batch is
+   retried: the replay reloads it from the table and applies the records again, so nothing
+   is lost and nothing counted twice (records the table already has are duplicates).
+6. Alarms (ThresholdBreached / ThresholdCleared) that were committed go to SNS with message
+   attributes `tenant_id`, `severity` and `type`, in PublishBatch calls of 10.
+
+Silence: a sweep (every `sweep_interval`) walks devices in order of their last record's
+arrival and marks those silent longer than `silence_after` OFFLINE (DeviceDisconnected once),
+writing them the same way. Arrival time is the stream's ApproximateArrivalTimestamp.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import anyio
+import structlog
+
+from services.devices._store import (
+    TRANSACTION_LIMIT,
+    DeviceStore,
+    DeviceWrite,
+    DynamoDeviceStore,
+)
+from services.devices.domain import (
+    DEFAULT_THRESHOLDS,
+    DesiredUpdate,
+    DeviceState,
+    InvalidTelemetry,
+    Outcome,
+    ResidencyRefused,
+    Telemetry,
+    Thresholds,
+    apply_desired,
+    apply_telemetry,
+    check_residency,
+    check_silence,
+    parse_record,
+)
+from services.devices.events import DeviceEvent
+from shared.aws import AwsClients, aws_errors
+from shared.consumers import BatchResult, Message
+from shared.consumers import Outcome as MessageOutcome
+from shared.errors import RetryableError
+
+__all__ = [
+    "TelemetryConfig",
+    "TelemetryProcessor",
+    "TelemetryStatistics",
+    "WriteMode",
+    "worker",
+]
+
+log = structlog.get_logger("services.devices.telemetry")
+
+ALARM_TYPES: Final = frozenset({"ThresholdBreached", "ThresholdCleared"})
+PUBLISH_BATCH_MAX: Final = 10
+
+
+class FlushError(RetryableError):
+    """Some devices could not be written; they were dropped from memory and the batch is
+    retried (the replay reloads them)."""
+
+
+class WriteMode:
+    TRANSACTION: Final = "transaction"
+    ITEMS: Final = "items"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TelemetryConfig:
+    """Settings of the telemetry worker. `zone` is the residency zone this deployment serves."""
+
+    zone: str = "eu"
+    silence_after: float = 60.0
+    sweep_interval: float = 5.0
+    thresholds: Thresholds = DEFAULT_THRESHOLDS
+    write_mode: str = WriteMode.TRANSACTION
+    flush_attempts: int = 4
+    alarms_topic_arn: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.zone not in ("eu", "us"):
+            raise ValueError(f"zone must be 'eu' or 'us', got {self.zone!r}")
+        if self.silence_after <= 0 or self.sweep_interval <= 0:
+            raise ValueError("silence_after and sweep_interval must be positive")
+        if self.write_mode not in (WriteMode.TRANSACTION, WriteMode.ITEMS):
+            raise ValueError(
+                f"write_mode must be 'transaction' or 'items', got {self.write_mode!r}"
+            )
+        if self.flush_attempts < 1:
+            raise ValueError("flush_attempts must be >= 1")
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] | None = None) -> TelemetryConfig:
+        """FLEETLINE_ZONE, FLEETLINE_SILENCE_AFTER, FLEETLINE_SWEEP_INTERVAL,
+        FLEETLINE_THRESHOLDS (JSON, see `Thresholds.from_json`), FLEETLINE_WRITE_MODE,
+        FLEETLINE_ALARMS_TOPIC (ARN)."""
+        env = os.environ if environ is None else environ
+        thresholds = DEFAULT_THRESHOLDS
+        if env.get("FLEETLINE_THRESHOLDS"):
+            thresholds = Thresholds.from_json(env["FLEETLINE_THRESHOLDS"])
+        return cls(
+            zone=env.get("FLEETLINE_ZONE", "eu"),
+            silence_after=float(env.get("FLEETLINE_SILENCE_AFTER", "60")),
+            sweep_interval=float(env.get("FLEETLINE_SWEEP_INTERVAL", "5")),
+            thresholds=thresholds,
+            write_mode=env.get("FLEETLINE_WRITE_MODE", WriteMode.TRANSACTION),
+            alarms_topic_arn=env.get("FLEETLINE_ALARMS_TOPIC") or None,
+        )
+
+
+@dataclass
+class TelemetryStatistics:
+    records: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    stale: int = 0
+    malformed: int = 0
+    refused: int = 0
+    device_writes: int = 0
+    commits: int = 0
+    loads: int = 0
+    events: int = 0
+    alarms_published: int = 0
+    evicted: int = 0
+    events_by_type: collections.Counter[str] = field(default_factory=collections.Counter)
+
+
+@dataclass(slots=True)
+class _Device:
+    state: DeviceState
+    version: int
+    pending: list[DeviceEvent] = field(default_factory=list)
+    dirty: bool = False
+
+
+class TelemetryProcessor:
+    """The BatchHandler of the telemetry worker (see the module docstring).
+
+    Devices live in memory for as long as the process runs. Safe for concurrent batches of
+    different shards: a device belongs to one shard (partition key = device id), and writes
+    are serialised by one lock so the silence sweep never races a shard's flush."""
+
+    def __init__(
+        self,
+        store: DeviceStore,
+        config: TelemetryConfig | None = None,
+        *,
+        aws: AwsClients | None = None,
+        clock: Any = time.time,
+    ) -> None:
+        self.store = store
+        self.config = config or TelemetryConfig()
+        self.stats = TelemetryStatistics()
+        self._aws = aws  # for SNS alarms; None: alarms are not published
+        self._clock = clock
+        self._devices: dict[str, _Device] = {}
+        # Devices ONLINE, oldest arrival first: the sweep stops at the first recent one.
+        self._by_arrival: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._write_lock = anyio.Lock()
+
+    # -- the BatchHandler ------------------------------------------------------------------
+
+    async def __call__(self, messages: Sequence[Message]) -> BatchResult:
+        outcomes: dict[str, MessageOutcome] = {}
+        reasons: dict[str, str] = {}
+        parsed: list[tuple[Message, Telemetry | DesiredUpdate]] = []
+        stats = self.stats
+        for message in messages:
+            stats.records += 1
+            try:
+                if message.attributes.get("content-transfer-encoding") == "base64":
+                    raise InvalidTelemetry("record data is not UTF-8 text")
+                parsed.append((message, parse_record(message.body)))
+            except InvalidTelemetry as exc:
+                stats.malformed += 1
+                outcomes[message.id] = MessageOutcome.DEAD_LETTER
+                reasons[message.id] = f"malformed: {exc}"
+        missing = {rec.device_id for _, rec in parsed if rec.device_id not in self._devices}
+        if missing:
+            stats.loads += 1
+            for device_id, stored in (await self.store.load(missing)).items():
+                if device_id not in self._devices:
+                    self._devices[device_id] = _Device(stored.state, stored.version)
+                    if stored.state.status == "online":
+                        self._track(device_id)
+
+        touched: dict[str, _Device] = {}
+        now = self._clock()
+        devices = self._devices
+        thresholds = self.config.thresholds
+        zone = self.config.zone
+        for message, rec in parsed:
+            device = devices.get(rec.device_id)
+            try:
+                check_residency(rec, deployment_zone=zone,
+                                state=device.state if device is not None else None)
+            except ResidencyRefused as exc:
+                stats.refused += 1
+                outcomes[message.id] = MessageOutcome.DEAD_LETTER
+                reasons[message.id] = exc.reason
+                continue
+            if device is None:
+                device = devices[rec.device_id] = _Device(DeviceState.new(rec), 0)
+            if isinstance(rec, Telemetry):
+                arrival = message.approximate_arrival or now
+                applied = apply_telemetry(device.state, rec, thresholds=thresholds,
+                                          arrival=arrival)
+            else:
+                applied = apply_desired(device.state, rec)
+            if applied.outcome is Outcome.APPLIED:
+                stats.applied += 1
+                outcomes[message.id] = MessageOutcome.SUCCEEDED
+                device.dirty = True
+                touched[rec.device_id] = device
+                if applied.events:
+                    device.pending.extend(applied.events)
+                if isinstance(rec, Telemetry):
+                    self._track(rec.device_id)
+            else:
+                if applied.outcome is Outcome.DUPLICATE:
+                    stats.duplicates += 1
+                else:
+                    stats.stale += 1
+                outcomes[message.id] = MessageOutcome.DUPLICATE
+        if touched:
+            await self.flush(touched.values())
+        return BatchResult(outcomes, reasons)
+
+    def _track(self, device_id: str) -> None:
+        by_arrival = self._by_arrival
+        if device_id in by_arrival:
+            by_arrival.move_to_end(device_id)
+        else:
+            by_arrival[device_id] = None
+
+    # -- writing behind --------------------------------------------------------------------
+
+    async def flush(self, devices: Iterable[_Device]) -> None:
+        """Write each dirty device once (state + its pending events).
+
+        Raises:
+            FlushError: some devices could not be written after `flush_attempts`; they were
+                dropped from memory (the retried batch reloads them).
+        """
+        async with self._write_lock:
+            pending = [d for d in devices if d.dirty]
+            if not pending:
+                return
+            if self.config.write_mode == WriteMode.TRANSACTION:
+                groups = [pending[i:i + TRANSACTION_LIMIT]
+                          for i in range(0, len(pending), TRANSACTION_LIMIT)]
+            else:
+                groups = [[d] for d in pending]
+            committed: list[Mapping[str, Any]] = []
+            failed: list[str] = []
+
+            async def write_group(group: list[_Device]) -> None:
+                envelopes, lost = await self._commit_group(group)
+                committed.extend(envelopes)
+                failed.extend(lost)
+
+            if len(groups) == 1:
+                await write_group(groups[0])
+            else:
+                async with anyio.create_task_group() as tg:
+                    for group in groups:
+                        tg.start_soon(write_group, group)
+        if committed:
+            await self._publish_alarms(committed)
+        if failed:
+            raise FlushError(f"{len(failed)} device(s) not written: {sorted(failed)[:5]}")
+
+    async def _commit_group(
+        self, group: list[_Device]
+    ) -> tuple[list[Mapping[str, Any]], list[str]]:
+        envelopes: list[Mapping[str, Any]] = []
+        remaining = {d.state.device_id: d for d in group}
+        lost: set[str] = set()
+        for attempt in range(self.config.flush_attempts):
+            writes = [DeviceWrite(d.state, d.version, tuple(d.pending))
+                      for d in remaining.values()]
+            try:
+                result = await self.store.commit(writes)
+            except RetryableError as exc:
+                log.warning("device flush failed; retrying", error=str(exc), attempt=attempt)
+                await anyio.sleep(min(0.05 * 2**attempt, 1.0))
+                continue
+            self.stats.commits += 1
+            for device_id, written in result.committed.items():
+                device = remaining.pop(device_id)
+                device.version += 1
+                device.dirty = False
+                device.pending.clear()
+                self.stats.device_writes += 1
+                self.stats.events += len(written)
+                for envelope in written:
+                    self.stats.events_by_type[str(envelope.get("type"))] += 1
+                envelopes.extend(written)
+            for device_id in result.conflicts:
+                # Someone else wrote it (its shard moved): our view is stale. Forget it.
+                remaining.pop(device_id, None)
+                self._evict(device_id)
+                lost.add(device_id)
+            if not remaining:
+                break
+            if not result.committed:
+                await anyio.sleep(min(0.02 * 2**attempt, 0.5))
+        for device_id in remaining:
+            self._evict(device_id)
+            lost.add(device_id)
+        return envelopes, sorted(lost)
+
+    def _evict(self, device_id: str) -> None:
+        if self._devices.pop(device_id, None) is not None:
+            self.stats.evicted += 1
+        self._by_arrival.pop(device_id, None)
+
+    # -- silence ---------------------------------------------------------------------------
+
+    async def sweep(self, now: float | None = None) -> int:
+        """Report devices silent longer than `silence_after` as disconnected (once each).
+        Returns how many were; their writes go out like any flush.
+
+        Raises:
+            FlushError: as `flush` (the devices are reloaded when they next report).
+        """
+        at = self._clock() if now is None else now
+        limit = self.config.silence_after
+        changed: list[_Device] = []
+        by_arrival = self._by_arrival
+        while by_arrival:
+            device_id = next(iter(by_arrival))
+            device = self._devices.get(device_id)
+            if device is None:
+                by_arrival.popitem(last=False)
+                continue
+            applied = check_silence(device.state, now=at, silence_after=limit)
+            if applied is None:
+                if device.state.status == "online":
+                    break  # the oldest online device is recent: so are the rest
+                by_arrival.popitem(last=False)
+                continue
+            by_arrival.popitem(last=False)
+            device.pending.extend(applied.events)
+            device.dirty = True
+            changed.append(device)
+        if changed:
+            await self.flush(changed)
+        return len(changed)
+
+    async def run_sweeper(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Sweep every `sweep_interval` until cancelled. Failures are logged, not raised:
+        the next round tries again."""
+        task_status.started()
+        while True:
+            await anyio.sleep(self.config.sweep_interval)
+            try:
+                await self.sweep()
+            except RetryableError as exc:
+                log.warning("silence sweep failed; next round retries", error=str(exc))
+
+    # -- alarms ----------------------------------------------------------------------------
+
+    async def _publish_alarms(self, envelopes: Sequence[Mapping[str, Any]]) -> None:
+        alarms = [e for e in envelopes if e.get("type") in ALARM_TYPES]
+        if not alarms or self._aws is None or not self.config.alarms_topic_arn:
+            return
+        sns = await self._aws.client("sns")
+        for start in range(0, len(alarms), PUBLISH_BATCH_MAX):
+            chunk = alarms[start:start + PUBLISH_BATCH_MAX]
+            entries = [alarm_entry(i, envelope) for i, envelope in enumerate(chunk)]
+            for attempt in range(4):
+                with aws_errors():
+                    response = await sns.publish_batch(
+                        TopicArn=self.config.alarms_topic_arn, PublishBatchRequestEntries=entries
+                    )
+                failed_ids = {f["Id"] for f in response.get("Failed", [])}
+                self.stats.alarms_published += len(entries) - len(failed_ids)
+                entries = [e for e in entries if e["Id"] in failed_ids]
+                if not entries:
+                    break
+                await anyio.sleep(min(0.05 * 2**attempt, 1.0))
+            if entries:
+                log.error("alarms not published", count=len(entries),
+                          ids=[e["Id"] for e in entries])
+
+    # -- inspection ------------------------------------------------------------------------
+
+    def device(self, device_id: str) -> DeviceState | None:
+        entry = self._devices.get(device_id)
+        return entry.state if entry is not None else None
+
+    @property
+    def device_count(self) -> int:
+        return len(self._devices)
+
+
+def alarm_entry(index: int, envelope: Mapping[str, Any]) -> dict[str, Any]:
+    """A PublishBatch entry for an alarm event: the envelope as the message, and the
+    attributes subscriptions filter on."""
+    data = envelope.get("data") or {}
+    device = data.get("device") or {}
+    return {
+        "Id": str(index),
+        "Message": json.dumps(envelope, separators=(",", ":"), default=str),
+        "MessageAttributes": {
+            "tenant_id": {"DataType": "String", "StringValue": str(device.get("tenant_id", ""))},
+            "severity": {"DataType": "String", "StringValue": str(data.get("severity", ""))},
+            "type": {"DataType": "String", "StringValue": str(envelope.get("type", ""))},
+        },
+    }
+
+
+async def worker() -> None:  # pragma: no cover - wired once the host lands
+    raise NotImplementedError
+
+
+def dynamo_store(aws: AwsClients, table: str) -> DynamoDeviceStore:
+    return DynamoDeviceStore(aws, table)
