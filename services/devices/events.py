@@ -17,6 +17,8 @@ from typing import Any, ClassVar, Final
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.events import event_type
+
 __all__ = [
     "EVENT_TYPES",
     "SOURCE",
@@ -81,12 +83,14 @@ class DeviceEvent(_Model):
     device: DeviceView
 
 
+@event_type("DeviceConnected", source=SOURCE, version=1)
 class DeviceConnected(DeviceEvent):
     """First record from a device, or the first after it was reported disconnected."""
 
     type_name: ClassVar[str] = "DeviceConnected"
 
 
+@event_type("DeviceDisconnected", source=SOURCE, version=1)
 class DeviceDisconnected(DeviceEvent):
     """A device went silent for longer than the threshold. Reported once per silence."""
 
@@ -95,6 +99,7 @@ class DeviceDisconnected(DeviceEvent):
     silent_for: float = Field(ge=0, description="seconds since the last record arrived")
 
 
+@event_type("DeviceStateChanged", source=SOURCE, version=1)
 class DeviceStateChanged(DeviceEvent):
     """The device's reported shadow state changed (readings alone never emit this)."""
 
@@ -103,6 +108,7 @@ class DeviceStateChanged(DeviceEvent):
     changed: dict[str, Any] = Field(description="reported keys whose value changed, new values")
 
 
+@event_type("FirmwareVersionReported", source=SOURCE, version=1)
 class FirmwareVersionReported(DeviceEvent):
     """The device reported a firmware version different from the one known before."""
 
@@ -112,6 +118,7 @@ class FirmwareVersionReported(DeviceEvent):
     previous: str | None = None
 
 
+@event_type("ShadowDeltaChanged", source=SOURCE, version=1)
 class ShadowDeltaChanged(DeviceEvent):
     """The shadow's delta (desired keys the device has not reported yet) changed.
 
@@ -122,6 +129,7 @@ class ShadowDeltaChanged(DeviceEvent):
     delta: dict[str, Any]
 
 
+@event_type("ThresholdBreached", source=SOURCE, version=1)
 class ThresholdBreached(DeviceEvent):
     """A reading crossed a tenant's threshold rule: an alarm opens (also sent to SNS)."""
 
@@ -134,6 +142,7 @@ class ThresholdBreached(DeviceEvent):
     severity: Severity
 
 
+@event_type("ThresholdCleared", source=SOURCE, version=1)
 class ThresholdCleared(DeviceEvent):
     """A reading is back within its tenant's rule: the alarm closes."""
 
