@@ -16,6 +16,8 @@ from typing import ClassVar, Final
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.events import event_type
+
 __all__ = [
     "EVENT_TYPES",
     "SOURCE",
@@ -27,7 +29,7 @@ __all__ = [
     "OrderPlaced",
 ]
 
-SOURCE: Final = "fleetline.orders"
+SOURCE: Final = "fleetline.orders"  # the envelope source and EventBridge Source
 
 
 class _Model(BaseModel):
@@ -67,6 +69,7 @@ class OrderEvent(_Model):
     total: int = Field(ge=0, description="minor units (cents)")
 
 
+@event_type("OrderPlaced", source=SOURCE, version=1)
 class OrderPlaced(OrderEvent):
     type_name: ClassVar[str] = "OrderPlaced"
     sequence: ClassVar[int] = 1
@@ -75,6 +78,7 @@ class OrderPlaced(OrderEvent):
     placed_at: str  # ISO 8601 UTC
 
 
+@event_type("OrderConfirmed", source=SOURCE, version=1)
 class OrderConfirmed(OrderEvent):
     type_name: ClassVar[str] = "OrderConfirmed"
     sequence: ClassVar[int] = 2
@@ -85,6 +89,7 @@ class OrderConfirmed(OrderEvent):
     payment_id: str | None = None
 
 
+@event_type("OrderCancelled", source=SOURCE, version=1)
 class OrderCancelled(OrderEvent):
     type_name: ClassVar[str] = "OrderCancelled"
     sequence: ClassVar[int] = 2

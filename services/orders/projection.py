@@ -1,0 +1,181 @@
+"""Read models built from order events (choreography: consumers of the orders bus).
+
+**Order history** (OrderHistoryTable, queue OrderHistoryQueue, events OrderPlaced /
+OrderConfirmed / OrderCancelled): what `GET /orders/{id}` and `GET /customers/{id}/orders`
+read.
+
+    ORDER#<order>        / ORDER                  the order as last seen
+    CUSTOMER#<customer>  / <placed_at>#<order>    the customer's list, newest last
+
+Each event carries the whole order (event-carried state), so each item is replaced by a
+conditional PutItem that applies only when the event's sequence is newer than the stored
+`seq`: a duplicate is refused by the same condition (no inbox item needed), and an
+out-of-order pair (Confirmed before Placed) still ends CONFIRMED.
+
+**Sales projection** (SalesProjectionTable, queue SalesProjectionQueue, OrderConfirmed only):
+orders, units and revenue per day and sku.
+
+    SALES#<day>  / SKU#<sku>   orders, units, revenue (minor units), currency
+    INBOX#<event id> / SALES   the processed event (inbox)
+
+Counters are additive, so the dedupe record and the increments go in one TransactWriteItems
+(the inbox Put conditional on `attribute_not_exists`); `ADD` needs no read and no version,
+so concurrent orders for the same sku never conflict. (The unit of work's in-item inbox with
+a version check would make every order of a busy sku race for one item.)
+
+This projection was added after the producer existed, with only a rule on the orders bus and
+a queue in the template (see docs/orders.md): the saga and the API did not change.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from services.orders import _store
+from services.orders._envelopes import OrderEnvelope, decode_order_event
+from services.orders.domain import OrderStatus, sales_day, sales_deltas
+from services.orders.events import OrderCancelled, OrderConfirmed, OrderPlaced
+from shared.aws import AwsClients, aws_errors
+from shared.config import Resources
+from shared.consumers import BatchHandler, DuplicateEvent, HandlerContext, batch_handler
+from shared.errors import AwsRequestError
+
+__all__ = ["OrderHistory", "SalesProjection", "history_view"]
+
+
+def history_view(envelope: OrderEnvelope) -> dict[str, Any]:
+    """The read-model row for an order event (pure)."""
+    data = envelope.data
+    row: dict[str, Any] = {
+        "order_id": data.order_id,
+        "customer_id": data.customer_id,
+        "items": [line.model_dump() for line in data.items],
+        "currency": data.currency,
+        "total": data.total,
+        "seq": envelope.sequence,
+        "updated_at": envelope.time or datetime.now(UTC).isoformat(),
+        "last_event_id": envelope.id,
+    }
+    if isinstance(data, OrderPlaced):
+        row.update(status=OrderStatus.PLACED.value, placed_at=data.placed_at,
+                   shipping_country=data.shipping_address.country)
+    elif isinstance(data, OrderConfirmed):
+        row.update(status=OrderStatus.CONFIRMED.value, placed_at=data.placed_at,
+                   confirmed_at=data.confirmed_at, payment_id=data.payment_id,
+                   shipment_id=data.shipment_id)
+    elif isinstance(data, OrderCancelled):
+        row.update(status=OrderStatus.CANCELLED.value, placed_at=data.placed_at,
+                   cancelled_at=data.cancelled_at, reason=data.reason, detail=data.detail)
+    return {k: v for k, v in row.items() if v is not None}
+
+
+class OrderHistory:
+    def __init__(self, aws: AwsClients, *, table: str) -> None:
+        self._aws = aws
+        self.table = table
+
+    @classmethod
+    def from_environ(cls, aws: AwsClients, resources: Resources | None = None) -> OrderHistory:
+        return cls(aws, table=(resources or Resources.from_environ()).get("OrderHistoryTable"))
+
+    async def _put_if_newer(self, item: dict[str, Any]) -> bool:
+        ddb = await self._aws.client("dynamodb")
+        try:
+            with aws_errors():
+                await ddb.put_item(
+                    TableName=self.table, Item=_store.to_item(item),
+                    ConditionExpression="attribute_not_exists(pk) OR seq < :seq",
+                    ExpressionAttributeValues=_store.to_item({":seq": item["seq"]}),
+                )
+        except AwsRequestError as exc:
+            if exc.code == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
+    async def apply(self, envelope: OrderEnvelope) -> bool:
+        """Project one event; False when it was not newer (a duplicate or out of order)."""
+        row = history_view(envelope)
+        placed_at = row.get("placed_at") or ""
+        applied = await self._put_if_newer(
+            {"pk": f"ORDER#{row['order_id']}", "sk": "ORDER", **row})
+        # The customer's list row has its own guard, so a crash between the two writes is
+        # repaired by the redelivery.
+        listed = await self._put_if_newer(
+            {"pk": f"CUSTOMER#{row['customer_id']}", "sk": f"{placed_at}#{row['order_id']}",
+             **row})
+        return applied or listed
+
+    async def handle(self, envelope: OrderEnvelope, ctx: HandlerContext) -> None:
+        if not await self.apply(envelope):
+            raise DuplicateEvent(envelope.id)
+        ctx.log.info("order history updated", order_id=envelope.data.order_id,
+                     type=envelope.type)
+
+    def batch_handler(self) -> BatchHandler:
+        return batch_handler(self.handle, decode=decode_order_event)
+
+
+class SalesProjection:
+    def __init__(self, aws: AwsClients, *, table: str) -> None:
+        self._aws = aws
+        self.table = table
+
+    @classmethod
+    def from_environ(cls, aws: AwsClients, resources: Resources | None = None
+                     ) -> SalesProjection:
+        return cls(aws, table=(resources or Resources.from_environ()).get("SalesProjectionTable"))
+
+    async def apply(self, envelope: OrderEnvelope) -> bool:
+        """Count a confirmed order once; False for a duplicate. Other events are ignored."""
+        data = envelope.data
+        if not isinstance(data, OrderConfirmed):
+            return True  # the rule should not send these; nothing to count
+        day = sales_day(data.confirmed_at or envelope.time or datetime.now(UTC).isoformat())
+        items: list[dict[str, Any]] = [{"Put": {
+            "TableName": self.table,
+            "Item": _store.to_item({"pk": f"INBOX#{envelope.id}", "sk": "SALES",
+                                    "order_id": data.order_id}),
+            "ConditionExpression": "attribute_not_exists(pk)",
+        }}]
+        for sku, (units, revenue) in sorted(sales_deltas(data.items).items()):
+            items.append({"Update": {
+                "TableName": self.table,
+                "Key": _store.to_item({"pk": f"SALES#{day}", "sk": f"SKU#{sku}"}),
+                "UpdateExpression": "ADD orders :one, units :u, revenue :r "
+                                    "SET currency = :c, sku = :sku, #day = :day",
+                "ExpressionAttributeNames": {"#day": "day"},
+                "ExpressionAttributeValues": _store.to_item({
+                    ":one": 1, ":u": units, ":r": revenue, ":c": data.currency, ":sku": sku,
+                    ":day": day}),
+            }})
+        ddb = await self._aws.client("dynamodb")
+        try:
+            with aws_errors():
+                await ddb.transact_write_items(TransactItems=items)
+        except AwsRequestError as exc:
+            if exc.code != "TransactionCanceledException":
+                raise
+            reasons = getattr(exc.__cause__, "response", {}).get("CancellationReasons") or []
+            if reasons and reasons[0].get("Code") == "ConditionalCheckFailed":
+                return False
+            raise
+        return True
+
+    async def handle(self, envelope: OrderEnvelope, ctx: HandlerContext) -> None:
+        if not await self.apply(envelope):
+            raise DuplicateEvent(envelope.id)
+        ctx.log.info("sales counted", order_id=envelope.data.order_id)
+
+    def batch_handler(self) -> BatchHandler:
+        return batch_handler(self.handle, decode=decode_order_event)
+
+    async def day(self, day: str) -> list[dict[str, Any]]:
+        """The rows of one day, by sku."""
+        ddb = await self._aws.client("dynamodb")
+        with aws_errors():
+            page = await ddb.query(
+                TableName=self.table, KeyConditionExpression="pk = :pk",
+                ExpressionAttributeValues=_store.to_item({":pk": f"SALES#{day}"}))
+        return [_store.plain(i) for i in page.get("Items", ())]
