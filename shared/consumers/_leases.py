@@ -1,0 +1,244 @@
+"""The shard lease table in DynamoDB: thin, conditional reads and writes, no decisions.
+
+Item (partition key `lease_key`, type S):
+
+    lease_key      "<application>#<shard id>"  (one table can serve several consumers)
+    application    the consumer's application name
+    shard_id       the shard
+    owner          worker id; absent when nobody holds the lease
+    counter        N, the fencing token: incremented on every change of owner
+    expires_at     N, epoch ms on the owner's clock (now + lease duration) at its last renewal
+    checkpoint     S, the last processed sequence number, or SHARD_END; absent before the first
+    parent_shard_ids  L of S
+
+Every write an owner makes is conditional on `owner = me AND counter = c`; takes and steals
+are conditional on the counter and expiry the taker read (the lease is unchanged since the
+snapshot its decision was made from). A failed condition raises `LeaseLostError` (owner
+writes) or returns None (takes): never a silent overwrite.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from shared.aws import AwsClients, aws_errors
+from shared.consumers._lease_decisions import Lease
+from shared.errors import FleetlineError, PermanentError
+
+__all__ = ["LeaseError", "LeaseLostError", "LeaseTable", "create_lease_table"]
+
+
+class LeaseError(FleetlineError):
+    """Base of lease table errors."""
+
+
+class LeaseLostError(LeaseError, PermanentError):
+    """This worker no longer owns the lease (another worker took it, or it was released):
+    stop processing the shard; its next owner resumes from the last checkpoint."""
+
+    def __init__(self, shard_id: str) -> None:
+        super().__init__(f"lease on shard {shard_id} was lost to another worker")
+        self.shard_id = shard_id
+
+
+def _lease_from_item(item: dict[str, Any]) -> Lease:
+    parents = tuple(value["S"] for value in item.get("parent_shard_ids", {}).get("L", []))
+    return Lease(
+        key=item["lease_key"]["S"],
+        shard_id=item["shard_id"]["S"],
+        owner=item["owner"]["S"] if "owner" in item else None,
+        counter=int(item.get("counter", {"N": "0"})["N"]),
+        expires_at_ms=int(item.get("expires_at", {"N": "0"})["N"]),
+        checkpoint=item["checkpoint"]["S"] if "checkpoint" in item else None,
+        parent_shard_ids=parents,
+    )
+
+
+async def create_lease_table(aws: AwsClients, table_name: str) -> None:
+    """Create an on-demand lease table (`lease_key` S) and wait until it is active. For tests
+    and local setups; in the stack the table is `LeasesTable`. An existing table is kept."""
+    ddb = await aws.client("dynamodb")
+    try:
+        with aws_errors():
+            await ddb.create_table(
+                TableName=table_name,
+                KeySchema=[{"AttributeName": "lease_key", "KeyType": "HASH"}],
+                AttributeDefinitions=[{"AttributeName": "lease_key", "AttributeType": "S"}],
+                BillingMode="PAY_PER_REQUEST",
+            )
+    except FleetlineError as exc:
+        if getattr(exc, "code", None) != "ResourceInUseException":
+            raise
+    waiter = ddb.get_waiter("table_exists")
+    with aws_errors():
+        await waiter.wait(TableName=table_name, WaiterConfig={"Delay": 0.2, "MaxAttempts": 50})
+
+
+class LeaseTable:
+    """Access to the leases of one application in one table."""
+
+    def __init__(self, aws: AwsClients, table_name: str, application: str) -> None:
+        if not table_name:
+            raise ValueError("table_name must not be empty")
+        if not application or "#" in application:
+            raise ValueError(f"application must be non-empty and contain no '#': {application!r}")
+        self._aws = aws
+        self.table_name = table_name
+        self.application = application
+
+    def key(self, shard_id: str) -> str:
+        return f"{self.application}#{shard_id}"
+
+    async def list(self) -> list[Lease]:
+        """Every lease of this application (consistent read, all pages)."""
+        ddb = await self._aws.client("dynamodb")
+        leases: list[Lease] = []
+        kwargs: dict[str, Any] = {
+            "TableName": self.table_name,
+            "ConsistentRead": True,
+            "FilterExpression": "begins_with(lease_key, :prefix)",
+            "ExpressionAttributeValues": {":prefix": {"S": f"{self.application}#"}},
+        }
+        while True:
+            with aws_errors():
+                page = await ddb.scan(**kwargs)
+            leases.extend(_lease_from_item(item) for item in page.get("Items", []))
+            last = page.get("LastEvaluatedKey")
+            if not last:
+                return leases
+            kwargs["ExclusiveStartKey"] = last
+
+    async def create_missing(
+        self, shards: Iterable[tuple[str, Sequence[str]]], existing: Iterable[str]
+    ) -> int:
+        """Create a free lease for every (shard id, parent ids) not in `existing` (shard ids),
+        in the order given (parents first). A lease another worker created meanwhile is kept.
+        Returns how many were created."""
+        ddb = await self._aws.client("dynamodb")
+        have = set(existing)
+        created = 0
+        for shard_id, parents in shards:
+            if shard_id in have:
+                continue
+            try:
+                with aws_errors():
+                    await ddb.put_item(
+                        TableName=self.table_name,
+                        Item={
+                            "lease_key": {"S": self.key(shard_id)},
+                            "application": {"S": self.application},
+                            "shard_id": {"S": shard_id},
+                            "counter": {"N": "0"},
+                            "expires_at": {"N": "0"},
+                            "parent_shard_ids": {"L": [{"S": p} for p in parents]},
+                        },
+                        ConditionExpression="attribute_not_exists(lease_key)",
+                    )
+                created += 1
+            except FleetlineError as exc:
+                if getattr(exc, "code", None) != "ConditionalCheckFailedException":
+                    raise
+        return created
+
+    async def take(self, lease: Lease, *, owner: str, expires_at_ms: int) -> Lease | None:
+        """Become the owner of `lease` if it is unchanged since it was read (same counter and
+        expiry); increments the counter. Returns the new lease, or None when another worker
+        changed it first."""
+        ddb = await self._aws.client("dynamodb")
+        try:
+            with aws_errors():
+                response = await ddb.update_item(
+                    TableName=self.table_name,
+                    Key={"lease_key": {"S": lease.key}},
+                    UpdateExpression="SET #owner = :me, #counter = :next, expires_at = :exp",
+                    ConditionExpression="#counter = :seen AND expires_at = :seen_exp",
+                    ExpressionAttributeNames={"#owner": "owner", "#counter": "counter"},
+                    ExpressionAttributeValues={
+                        ":me": {"S": owner},
+                        ":next": {"N": str(lease.counter + 1)},
+                        ":exp": {"N": str(expires_at_ms)},
+                        ":seen": {"N": str(lease.counter)},
+                        ":seen_exp": {"N": str(lease.expires_at_ms)},
+                    },
+                    ReturnValues="ALL_NEW",
+                )
+        except FleetlineError as exc:
+            if getattr(exc, "code", None) == "ConditionalCheckFailedException":
+                return None
+            raise
+        return _lease_from_item(response["Attributes"])
+
+    async def renew(self, lease: Lease, *, expires_at_ms: int) -> None:
+        """Move the expiry of a lease this worker owns.
+
+        Raises:
+            LeaseLostError: the lease has another owner or counter now.
+        """
+        await self._owner_update(
+            lease, "SET expires_at = :exp", {":exp": {"N": str(expires_at_ms)}}
+        )
+
+    async def checkpoint(self, lease: Lease, sequence: str, *, expires_at_ms: int) -> None:
+        """Record `sequence` (or SHARD_END) as processed; renews the lease in the same write.
+
+        Raises:
+            LeaseLostError: the lease has another owner or counter now (fencing).
+        """
+        await self._owner_update(
+            lease,
+            "SET checkpoint = :cp, expires_at = :exp",
+            {":cp": {"S": sequence}, ":exp": {"N": str(expires_at_ms)}},
+        )
+
+    async def release(self, lease: Lease, *, checkpoint: str | None) -> None:
+        """Hand the lease back (no owner, expired now) with a final checkpoint, so another
+        worker can take it at once.
+
+        Raises:
+            LeaseLostError: the lease has another owner or counter now.
+        """
+        if checkpoint is None:
+            await self._owner_update(
+                lease, "SET expires_at = :zero REMOVE #owner", {":zero": {"N": "0"}}
+            )
+        else:
+            await self._owner_update(
+                lease,
+                "SET expires_at = :zero, checkpoint = :cp REMOVE #owner",
+                {":zero": {"N": "0"}, ":cp": {"S": checkpoint}},
+            )
+
+    async def delete_all(self) -> None:
+        """Delete every lease of this application (to restart from the initial position)."""
+        ddb = await self._aws.client("dynamodb")
+        for lease in await self.list():
+            with aws_errors():
+                await ddb.delete_item(
+                    TableName=self.table_name, Key={"lease_key": {"S": lease.key}}
+                )
+
+    async def _owner_update(
+        self, lease: Lease, expression: str, values: dict[str, dict[str, str]]
+    ) -> None:
+        ddb = await self._aws.client("dynamodb")
+        if lease.owner is None:
+            raise LeaseLostError(lease.shard_id)
+        try:
+            with aws_errors():
+                await ddb.update_item(
+                    TableName=self.table_name,
+                    Key={"lease_key": {"S": lease.key}},
+                    UpdateExpression=expression,
+                    ConditionExpression="#owner = :me AND #counter = :counter",
+                    ExpressionAttributeNames={"#owner": "owner", "#counter": "counter"},
+                    ExpressionAttributeValues={
+                        **values,
+                        ":me": {"S": lease.owner},
+                        ":counter": {"N": str(lease.counter)},
+                    },
+                )
+        except FleetlineError as exc:
+            if getattr(exc, "code", None) == "ConditionalCheckFailedException":
+                raise LeaseLostError(lease.shard_id) from exc
+            raise
