@@ -23,7 +23,9 @@ How a batch (the records of one shard, in order, from one GetRecords) is handled
    retried: the replay reloads it from the table and applies the records again, so nothing
    is lost and nothing counted twice (records the table already has are duplicates).
 6. Alarms (ThresholdBreached / ThresholdCleared) that were committed go to SNS with message
-   attributes `tenant_id`, `severity` and `type`, in PublishBatch calls of 10.
+   attributes `tenant`, `severity` and `type` (the subscriptions filter on them), in
+   PublishBatch calls of 10. A crash between the commit and the publish loses that SNS copy
+   (the event itself is on the bus through the outbox); see docs/devices.md.
 
 Silence: a sweep (every `sweep_interval`) walks devices in order of their last record's
 arrival and marks those silent longer than `silence_after` OFFLINE (DeviceDisconnected once),
@@ -120,7 +122,7 @@ class TelemetryConfig:
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> TelemetryConfig:
-        """FLEETLINE_ZONE, FLEETLINE_SILENCE_AFTER, FLEETLINE_SWEEP_INTERVAL,
+        """FLEETLINE_RESIDENCY_ZONE, FLEETLINE_SILENCE_AFTER, FLEETLINE_SWEEP_INTERVAL,
         FLEETLINE_THRESHOLDS (JSON, see `Thresholds.from_json`), FLEETLINE_WRITE_MODE,
         FLEETLINE_ALARMS_TOPIC (ARN)."""
         env = os.environ if environ is None else environ
@@ -128,7 +130,7 @@ class TelemetryConfig:
         if env.get("FLEETLINE_THRESHOLDS"):
             thresholds = Thresholds.from_json(env["FLEETLINE_THRESHOLDS"])
         return cls(
-            zone=env.get("FLEETLINE_ZONE", "eu"),
+            zone=env.get("FLEETLINE_RESIDENCY_ZONE", "eu"),
             silence_after=float(env.get("FLEETLINE_SILENCE_AFTER", "60")),
             sweep_interval=float(env.get("FLEETLINE_SWEEP_INTERVAL", "5")),
             thresholds=thresholds,
@@ -435,7 +437,7 @@ def alarm_entry(index: int, envelope: Mapping[str, Any]) -> dict[str, Any]:
         "Id": str(index),
         "Message": json.dumps(envelope, separators=(",", ":"), default=str),
         "MessageAttributes": {
-            "tenant_id": {"DataType": "String", "StringValue": str(device.get("tenant_id", ""))},
+            "tenant": {"DataType": "String", "StringValue": str(device.get("tenant_id", ""))},
             "severity": {"DataType": "String", "StringValue": str(data.get("severity", ""))},
             "type": {"DataType": "String", "StringValue": str(envelope.get("type", ""))},
         },
