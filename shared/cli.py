@@ -1,14 +1,263 @@
 """The `fleetline` command. Platform commands live here; services add theirs through the
-`fleetline.cli` entry-point group (name = "module:typer_app"), so `shared` imports no service."""
+`fleetline.cli` entry-point group (name = "module:typer_app"), so `shared` imports no service.
+
+Commands stay thin over `shared.local`: they parse options, call one function, and print.
+Expected failures (port in use, moto missing, invalid template, nothing up) print one line
+that says what to do and exit non-zero; tracebacks are for bugs.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
 from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Annotated
 
+import anyio
 import typer
+from rich.console import Console
+from rich.table import Table
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="fleetline: event-driven services on AWS")
+from shared.errors import FleetlineError
+
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help="fleetline: event-driven services on AWS"
+)
+console = Console()
+err = Console(stderr=True)
+
+StackOpt = Annotated[str, typer.Option("--stack-name", help="CloudFormation stack name")]
+StateDirOpt = Annotated[
+    Path,
+    typer.Option("--state-dir", envvar="FLEETLINE_STATE_DIR", help="where `up` keeps its state"),
+]
+TemplateOpt = Annotated[Path, typer.Option("--template", help="the CloudFormation template")]
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _ready_line(state: object) -> str:
+    from shared.local import UpState
+
+    assert isinstance(state, UpState)
+    extras = " ".join(f"{name}={url}" for name, url in sorted(state.urls.items()))
+    endpoint = state.endpoint or "aws"
+    return f"READY {endpoint} stack={state.stack_name} {extras}".rstrip()
+
+
+@app.command()
+def up(
+    port: Annotated[int, typer.Option(help="emulator port (default: a free one)")] = 0,
+    stack_name: StackOpt = "fleetline",
+    detach: Annotated[
+        bool, typer.Option("--detach", help="run in the background and return when ready")
+    ] = False,
+    aws: Annotated[
+        bool, typer.Option("--aws", help="deploy to real AWS (no AWS_ENDPOINT_URL)")
+    ] = False,
+    workers: Annotated[
+        bool, typer.Option("--workers/--no-workers", help="run local processes")
+    ] = True,
+    template: TemplateOpt = Path("deploy/template.yaml"),
+    state_dir: StateDirOpt = Path(".fleetline"),
+) -> None:
+    """Start the emulator, deploy the stack, run its workers; print READY when it takes traffic."""
+    from shared.local import UpConfig, ensure_no_running, run_up, start_detached
+    from shared.local.emulator import port_in_use
+
+    endpoint = os.environ.get("AWS_ENDPOINT_URL") or None
+    if aws and endpoint:
+        raise _fail("--aws deploys to real AWS: unset AWS_ENDPOINT_URL or drop --aws")
+    try:
+        ensure_no_running(state_dir)
+        if port and endpoint is None and not aws and port_in_use(port):
+            raise _fail(f"port {port} is in use: stop what listens there or pass another --port")
+        if detach:
+            argv = [
+                "--port",
+                str(port),
+                "--stack-name",
+                stack_name,
+                "--template",
+                str(template),
+                "--state-dir",
+                str(state_dir),
+                "--workers" if workers else "--no-workers",
+                *(["--aws"] if aws else []),
+            ]
+            state = start_detached(argv, state_dir=state_dir)
+            print(_ready_line(state), flush=True)
+            return
+        config = UpConfig(
+            stack_name=stack_name,
+            port=port,
+            template=template,
+            state_dir=state_dir,
+            statemachines_dir=template.parent / "statemachines",
+            endpoint=endpoint,
+            real_aws=aws,
+            workers=workers,
+        )
+
+        def on_ready(state: object) -> None:
+            print(_ready_line(state), flush=True)
+            err.print(
+                f"[dim]Ctrl-C stops everything; logs in {state_dir / 'logs'}[/dim]", highlight=False
+            )
+
+        anyio.run(lambda: run_up(config, on_ready=on_ready))
+    except FleetlineError as exc:
+        raise _fail(str(exc)) from None
+
+
+@app.command()
+def down(state_dir: StateDirOpt = Path(".fleetline")) -> None:
+    """Stop every process `up` started, the emulator last."""
+    from shared.local import stop_running
+
+    try:
+        state, killed = stop_running(state_dir)
+    except FleetlineError as exc:
+        raise _fail(str(exc)) from None
+    if state is None:
+        console.print("nothing is up")
+        return
+    console.print(
+        f"stopped {state.stack_name} ({len(state.pids())} processes)"
+        + (f"; killed {killed} after the stop timeout" if killed else "")
+    )
+
+
+@app.command()
+def status(
+    stack_name: Annotated[str | None, typer.Option("--stack-name")] = None,
+    template: TemplateOpt = Path("deploy/template.yaml"),
+    state_dir: StateDirOpt = Path(".fleetline"),
+) -> None:
+    """Every resource of the stack, queue and DLQ depths, streams, local processes."""
+    from shared.aws import AwsClients
+    from shared.local import collect_status, read_state
+
+    try:
+        state = read_state(state_dir)
+    except FleetlineError as exc:
+        raise _fail(str(exc)) from None
+    live = state if state is not None and state.phase.value in {"ready", "starting"} else None
+    endpoint = live.endpoint if live else os.environ.get("AWS_ENDPOINT_URL")
+    if live is None and not endpoint:
+        raise _fail("nothing is up here: run `fleetline up` (or set AWS_ENDPOINT_URL)")
+    if endpoint:
+        os.environ["AWS_ENDPOINT_URL"] = endpoint
+        os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+        os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+        os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    name = stack_name or (live.stack_name if live else "fleetline")
+
+    async def collect() -> object:
+        async with AwsClients() as aws:
+            return await collect_status(
+                aws,
+                stack_name=name,
+                template_path=template,
+                state=live,
+                emulated=endpoint is not None,
+            )
+
+    try:
+        result = anyio.run(collect)
+    except FleetlineError as exc:
+        raise _fail(str(exc)) from None
+    _print_status(result)
+
+
+def _print_status(result: object) -> None:
+    from shared.local import StackStatus
+
+    assert isinstance(result, StackStatus)
+    console.print(
+        f"[bold]{result.stack_name}[/bold] {result.stack_status} at {result.endpoint or 'AWS'}"
+    )
+    resources = Table("logical id", "type", "physical id", "state", title="resources")
+    for r in result.resources:
+        resources.add_row(r.logical_id, r.type, r.physical_id or "-", r.state)
+    console.print(resources)
+    if result.queues:
+        queues = Table("queue", "visible", "in flight", "delayed", "dlq", title="queues")
+        for q in result.queues:
+            style = "red" if q.is_dlq and q.visible else None
+            queues.add_row(
+                q.name,
+                str(q.visible),
+                str(q.in_flight),
+                str(q.delayed),
+                "yes" if q.is_dlq else "",
+                style=style,
+            )
+        console.print(queues)
+    if result.streams:
+        streams = Table("stream", "open shards", "lag", title="streams")
+        for s in result.streams:
+            streams.add_row(s.name, str(s.shards), s.lag)
+        console.print(streams)
+    processes = Table(
+        "process", "kind", "pid", "alive", "restarts", "note", title="local processes"
+    )
+    for p in result.processes:
+        processes.add_row(
+            p.name, p.kind, str(p.pid or "-"), "yes" if p.alive else "no", str(p.restarts), p.note
+        )
+    console.print(processes)
+
+
+@app.command()
+def demo(
+    exit_after: Annotated[
+        bool, typer.Option("--exit", help="stop everything after the steps")
+    ] = False,
+    stack_name: StackOpt = "fleetline",
+    template: TemplateOpt = Path("deploy/template.yaml"),
+    state_dir: StateDirOpt = Path(".fleetline"),
+) -> None:
+    """`up` in the background, then scripted steps that show the system working."""
+    from shared.local import run_demo
+
+    try:
+        ok = run_demo(
+            stack_name=stack_name,
+            template=template,
+            state_dir=state_dir,
+            keep_running=not exit_after,
+            echo=lambda line: console.print(line, highlight=False),
+        )
+    except FleetlineError as exc:
+        raise _fail(str(exc)) from None
+    if not ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def schemas(
+    out: Annotated[Path, typer.Option("--out", help="directory for the JSON Schemas")] = Path(
+        "docs/events"
+    ),
+) -> None:
+    """Write the JSON Schema of every registered event type into docs/events/."""
+    import importlib
+
+    try:
+        export_schemas = importlib.import_module("shared.events").export_schemas
+    except (ImportError, AttributeError):
+        raise _fail("shared.events.export_schemas is not available in this version") from None
+    try:
+        written = export_schemas(out)
+    except FleetlineError as exc:
+        raise _fail(str(exc)) from None
+    count = len(written) if hasattr(written, "__len__") else "all"
+    console.print(f"wrote {count} schemas to {out}")
 
 
 def _load_plugins() -> None:
@@ -24,3 +273,7 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

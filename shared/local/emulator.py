@@ -47,7 +47,7 @@ def _post_json(url: str, body: object, timeout: float = 5.0) -> bytes:
         url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"},
         method="POST",
     )
-    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - loopback
+    with urllib.request.urlopen(request, timeout=timeout) as response:
         return bytes(response.read())
 
 

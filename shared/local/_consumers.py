@@ -1,0 +1,139 @@
+"""The seam between the local hosts and the runtime's own consumers and relay.
+
+Lambda event source mappings and pipes are not re-implemented here: a mapping is polled by
+the same consumer an ECS worker uses (`shared.consumers`), and a pipe is the outbox relay
+(`shared.outbox`). This module only adapts a mapping's settings to those classes.
+`missing(kind)` says why a kind cannot run yet (its consumer is not importable), so `up`
+skips it with that reason instead of crash-looping a process.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import anyio
+
+from shared.consumers._message import BatchResult, Message
+from shared.errors import ConfigurationError
+
+__all__ = ["consume", "missing", "relay", "source_kind"]
+
+BatchHandler = Callable[[Sequence[Message]], Awaitable[BatchResult]]
+
+# kind -> (module, attribute) that must exist for the kind to run locally
+_REQUIRED = {
+    "sqs": ("shared.consumers", "SqsConsumer"),
+    "kinesis": ("shared.consumers.kinesis", "KinesisConsumer"),
+    "dynamodb-stream": ("shared.consumers.dynamodb_streams", "DynamoDBStreamsConsumer"),
+    "pipe": ("shared.outbox", "run_relay"),
+}
+
+
+def source_kind(arn: str) -> str:
+    """ "sqs" | "kinesis" | "dynamodb-stream" for an event source ARN. Raises ConfigurationError."""
+    if arn.startswith("arn:aws:sqs:"):
+        return "sqs"
+    if arn.startswith("arn:aws:kinesis:"):
+        return "kinesis"
+    if arn.startswith("arn:aws:dynamodb:") and "/stream/" in arn:
+        return "dynamodb-stream"
+    raise ConfigurationError(f"event source {arn} is not SQS, Kinesis or a DynamoDB stream")
+
+
+def _find(kind: str) -> Any:
+    module_name, attribute = _REQUIRED[kind]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        return None
+    return getattr(module, attribute, None)
+
+
+def missing(kind: str) -> str | None:
+    """None when `kind` can run, else the reason (for `status`)."""
+    if kind not in _REQUIRED:
+        return f"unknown source kind {kind!r}"
+    if _find(kind) is None:
+        module_name, attribute = _REQUIRED[kind]
+        return f"{module_name}.{attribute} is not available yet"
+    return None
+
+
+def local_lease_table(stack_name: str) -> str:
+    """Stream mappings share shards through leases like every stream consumer here; Lambda
+    keeps its checkpoints internally, so locally they live in this table, created by `up`
+    in the emulator only (it is not part of the template)."""
+    return f"{stack_name}-local-mapping-leases"
+
+
+async def consume(
+    kind: str,
+    mapping: dict[str, Any],
+    handler: BatchHandler,
+    stop: anyio.Event,
+) -> None:
+    """Poll the mapping's source with the runtime's consumer until `stop` is set, then let
+    it drain (the supervisor's stop timeout bounds the drain)."""
+    from shared.aws import AwsClients
+
+    consumer_type = _find(kind)
+    if consumer_type is None:
+        raise ConfigurationError(missing(kind) or kind)
+    source_arn = str(mapping["source_arn"])
+    async with AwsClients() as aws, anyio.create_task_group() as tg:
+        if kind == "sqs":
+            consumers = importlib.import_module("shared.consumers")
+            queue_url = await _queue_url(aws, source_arn)
+            settings = consumers.SqsSettings(
+                max_messages=min(10, int(mapping.get("batch_size", 10))),
+                max_in_flight=min(10, int(mapping.get("batch_size", 10))),
+                # Lambda leaves failed messages to the queue's redrive policy.
+                dead_letter=consumers.DeadLetterMode.REDRIVE,
+                wait_time_seconds=int(mapping.get("wait_time_seconds", 20)),
+                drain_seconds=float(mapping.get("drain_seconds", 10)),
+            )
+            consumer = consumer_type(aws, queue_url, handler, settings=settings)
+            await tg.start(consumer.run)
+            await stop.wait()
+            consumer.stop()
+            return
+        stream = importlib.import_module("shared.consumers._stream")
+        leases = importlib.import_module("shared.consumers._leases")
+        table = str(mapping["lease_table"])
+        await leases.create_lease_table(aws, table)
+        config = stream.StreamConsumerConfig(
+            lease_table=table,
+            application=str(mapping["logical_id"]),
+            initial_position=stream.InitialPosition(
+                str(mapping.get("starting_position", "TRIM_HORIZON"))
+            ),
+            limit=int(mapping.get("batch_size", 100)),
+            shutdown_grace=float(mapping.get("drain_seconds", 10)),
+        )
+        if kind == "kinesis":
+            consumer = consumer_type(aws, handler, stream=source_arn, config=config)
+        else:
+            consumer = consumer_type(aws, handler, stream_arn=source_arn, config=config)
+        await tg.start(consumer.run)
+        await stop.wait()
+        consumer.shutdown()
+
+
+async def _queue_url(aws: Any, arn: str) -> str:
+    from shared.aws import aws_errors
+
+    parts = arn.split(":")
+    sqs = await aws.client("sqs")
+    with aws_errors():
+        found = await sqs.get_queue_url(QueueName=parts[5], QueueOwnerAWSAccountId=parts[4])
+    return str(found["QueueUrl"])
+
+
+async def relay(spec: dict[str, Any], stop: anyio.Event) -> None:
+    """Run the outbox relay for one pipe until `stop` is set."""
+    run_relay = _find("pipe")
+    if run_relay is None:
+        raise ConfigurationError(missing("pipe") or "pipe")
+    raise ConfigurationError(f"the local pipe is not wired to {run_relay!r} yet")

@@ -1,0 +1,431 @@
+"""What the emulator skips, planned from the template and the deployed stack (pure).
+
+`plan_gaps(template, facts)` reads the template's resources of the kinds the emulator does
+not carry out (see ../shared/notes/emulator.md "Gaps") and returns what the local runner
+must supply, every name and ARN resolved from the deployed stack:
+
+- created through the API: SNS subscriptions (with filter policies), SQS queue policies,
+  DynamoDB TTL settings, state machines (CloudFormation-created ones cannot execute);
+- run as local processes: EventBridge Pipes (the outbox relay), Lambda event source
+  mappings (the runtime's consumers + the Lambda adapter), HTTP APIs (a local server that
+  builds API Gateway v2 events), ECS services (the task definition's command).
+
+Nothing is written twice: a spec holds only what the template says, resolved.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shared.local._template import StackFacts, Template, TemplateError, resolve
+
+__all__ = [
+    "EventSourceMappingSpec",
+    "FunctionSpec",
+    "GapPlan",
+    "HttpApiSpec",
+    "PipeSpec",
+    "QueuePolicySpec",
+    "RouteSpec",
+    "ServiceSpec",
+    "StateMachineSpec",
+    "SubscriptionSpec",
+    "TimeToLiveSpec",
+    "plan_gaps",
+]
+
+# Resource types the emulator skips or only records, and how the local runner covers them.
+SUPPLIED = {
+    "AWS::SNS::Subscription": "created through the API",
+    "AWS::SQS::QueuePolicy": "created through the API",
+    "AWS::StepFunctions::StateMachine": "re-created through the API",
+    "AWS::Pipes::Pipe": "local relay process",
+    "AWS::Lambda::EventSourceMapping": "local poller process",
+    "AWS::ApiGatewayV2::Api": "local HTTP server",
+    "AWS::ECS::Service": "local process",
+}
+NOT_EMULATED = {
+    "AWS::IoT::TopicRule": "not emulated (the simulator writes where the rule would)",
+    "AWS::CloudWatch::Alarm": "not emulated",
+    "AWS::ApplicationAutoScaling::ScalableTarget": "not emulated",
+    "AWS::ApplicationAutoScaling::ScalingPolicy": "not emulated",
+    "AWS::Scheduler::Schedule": "not emulated",
+    "AWS::EventSchemas::Registry": "not emulated",
+    "AWS::ApiGatewayV2::Route": "served by the local HTTP server",
+    "AWS::ApiGatewayV2::Integration": "served by the local HTTP server",
+    "AWS::ApiGatewayV2::Stage": "served by the local HTTP server",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class SubscriptionSpec:
+    logical_id: str
+    topic_arn: str
+    protocol: str
+    endpoint: str
+    attributes: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class QueuePolicySpec:
+    logical_id: str
+    queue_urls: tuple[str, ...]
+    policy: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class TimeToLiveSpec:
+    logical_id: str
+    table_name: str
+    attribute: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class StateMachineSpec:
+    logical_id: str
+    name: str
+    arn: str | None
+    definition: str
+    role_arn: str
+    type: str = "STANDARD"
+
+
+@dataclass(frozen=True, kw_only=True)
+class PipeSpec:
+    logical_id: str
+    name: str
+    source_arn: str
+    target_arn: str
+    enrichment_arn: str | None = None
+    source_parameters: dict[str, Any] = field(default_factory=dict)
+    target_parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FunctionSpec:
+    logical_id: str
+    name: str
+    handler: str  # "module.function", as Lambda reads it
+    timeout: int = 3
+
+
+@dataclass(frozen=True, kw_only=True)
+class EventSourceMappingSpec:
+    logical_id: str
+    function: FunctionSpec
+    source_arn: str
+    batch_size: int = 10
+    batching_window_seconds: int = 0
+    starting_position: str = "TRIM_HORIZON"
+    report_batch_item_failures: bool = False
+    enabled: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
+class RouteSpec:
+    route_key: str  # "POST /orders", "GET /orders/{id}", "$default"
+    function: FunctionSpec
+
+
+@dataclass(frozen=True, kw_only=True)
+class HttpApiSpec:
+    logical_id: str
+    name: str
+    routes: tuple[RouteSpec, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServiceSpec:
+    logical_id: str
+    name: str
+    cluster: str
+    task_definition: str  # ARN: the emulator resolves the containers' environment
+    desired_count: int = 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class GapPlan:
+    subscriptions: tuple[SubscriptionSpec, ...] = ()
+    queue_policies: tuple[QueuePolicySpec, ...] = ()
+    time_to_live: tuple[TimeToLiveSpec, ...] = ()
+    state_machines: tuple[StateMachineSpec, ...] = ()
+    pipes: tuple[PipeSpec, ...] = ()
+    event_source_mappings: tuple[EventSourceMappingSpec, ...] = ()
+    http_apis: tuple[HttpApiSpec, ...] = ()
+    services: tuple[ServiceSpec, ...] = ()
+
+    def functions(self) -> dict[str, FunctionSpec]:
+        """Every function a local process hosts, by logical id."""
+        found = {m.function.logical_id: m.function for m in self.event_source_mappings}
+        for api in self.http_apis:
+            found.update({r.function.logical_id: r.function for r in api.routes})
+        return found
+
+
+def _of_type(template: Template, kind: str) -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (logical, resource)
+        for logical, resource in template["Resources"].items()
+        if resource.get("Type") == kind
+    ]
+
+
+def _props(resource: dict[str, Any], template: Template, facts: StackFacts) -> dict[str, Any]:
+    resolved = resolve(resource.get("Properties", {}), template, facts)
+    assert isinstance(resolved, dict)
+    return resolved
+
+
+def _as_json(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+
+
+def _logical_for(template: Template, facts: StackFacts, kind: str, ref: str) -> str:
+    """The logical id of the resource of `kind` whose name, ARN or physical id is `ref`."""
+    for logical, resource in _of_type(template, kind):
+        candidates = {logical, facts.physical.get(logical, "")}
+        if kind == "AWS::Lambda::Function":
+            name = facts.physical.get(logical) or str(
+                resolve(resource.get("Properties", {}).get("FunctionName", ""), template, facts)
+            )
+            candidates |= {name, f"arn:aws:lambda:{facts.region}:{facts.account}:function:{name}"}
+        if ref in candidates or ref.split(":")[-1] in candidates:
+            return logical
+    raise TemplateError(f"no {kind} in the template is named {ref!r}")
+
+
+def _function(template: Template, facts: StackFacts, ref: str) -> FunctionSpec:
+    if ref.startswith("arn:") and ref.count(":") > 6:  # qualified ARN (alias / version)
+        ref = ":".join(ref.split(":")[:7])
+    logical = _logical_for(template, facts, "AWS::Lambda::Function", ref)
+    props = _props(template["Resources"][logical], template, facts)
+    handler = props.get("Handler")
+    if not handler:
+        raise TemplateError(f"{logical}: Handler is required to run the function locally")
+    return FunctionSpec(
+        logical_id=logical,
+        name=facts.physical.get(logical) or str(props.get("FunctionName", logical)),
+        handler=str(handler),
+        timeout=int(props.get("Timeout", 3)),
+    )
+
+
+def _definition(
+    logical: str,
+    props: dict[str, Any],
+    statemachines_dir: Path,
+) -> str:
+    if "DefinitionString" in props:
+        text = str(props["DefinitionString"])
+    elif "Definition" in props:
+        text = json.dumps(props["Definition"])
+    elif "DefinitionS3Location" in props:
+        key = str(props["DefinitionS3Location"].get("Key", ""))
+        path = statemachines_dir / Path(key).name
+        if not path.is_file():
+            raise TemplateError(f"{logical}: definition {path} not found")
+        text = path.read_text()
+    else:
+        raise TemplateError(f"{logical}: no Definition, DefinitionString or DefinitionS3Location")
+    for key, value in dict(props.get("DefinitionSubstitutions", {})).items():
+        text = text.replace("${" + key + "}", str(value))
+    return text
+
+
+def _http_apis(template: Template, facts: StackFacts) -> tuple[HttpApiSpec, ...]:
+    # Only the IntegrationUri is resolved: ApiId refers to the API, which has no physical
+    # id on the emulator.
+    integrations = {
+        logical: {
+            "IntegrationUri": resolve(
+                resource.get("Properties", {}).get("IntegrationUri", ""), template, facts
+            )
+        }
+        for logical, resource in _of_type(template, "AWS::ApiGatewayV2::Integration")
+    }
+    routes = [
+        (logical, resource.get("Properties", {}))
+        for logical, resource in _of_type(template, "AWS::ApiGatewayV2::Route")
+    ]
+    apis = []
+    for api_logical, api in _of_type(template, "AWS::ApiGatewayV2::Api"):
+        props = api.get("Properties", {})
+        if str(props.get("ProtocolType", "HTTP")) != "HTTP":
+            continue
+        specs: list[RouteSpec] = []
+        if "Target" in props:  # quick create: one $default route to a function
+            target = str(resolve(props["Target"], template, facts))
+            specs.append(
+                RouteSpec(route_key="$default", function=_function(template, facts, target))
+            )
+        for route_logical, route in routes:
+            api_id = route.get("ApiId")
+            if api_id != {"Ref": api_logical}:
+                continue
+            target = route.get("Target")
+            integration_logical = _integration_of(target)
+            if integration_logical is None or integration_logical not in integrations:
+                raise TemplateError(
+                    f"{route_logical}: Target must be integrations/${{Integration}} "
+                    "of an AWS_PROXY integration in this template"
+                )
+            uri = str(integrations[integration_logical].get("IntegrationUri", ""))
+            # IntegrationUri may be a function ARN or the apigateway invocation path.
+            if "/functions/" in uri:
+                uri = uri.split("/functions/")[1].split("/invocations")[0]
+            specs.append(
+                RouteSpec(
+                    route_key=str(route.get("RouteKey")),
+                    function=_function(template, facts, uri),
+                )
+            )
+        name = str(resolve(props.get("Name", api_logical), template, facts))
+        apis.append(HttpApiSpec(logical_id=api_logical, name=name, routes=tuple(specs)))
+    return tuple(apis)
+
+
+def _integration_of(target: Any) -> str | None:
+    """`!Sub integrations/${Integ}` or `!Join [/, [integrations, !Ref Integ]]` -> "Integ"."""
+    if isinstance(target, dict) and "Fn::Sub" in target:
+        text = target["Fn::Sub"] if isinstance(target["Fn::Sub"], str) else target["Fn::Sub"][0]
+        if str(text).startswith("integrations/${") and str(text).endswith("}"):
+            return str(text)[len("integrations/${") : -1]
+    if isinstance(target, dict) and "Fn::Join" in target:
+        parts = target["Fn::Join"][1]
+        if parts and parts[-1] and isinstance(parts[-1], dict) and "Ref" in parts[-1]:
+            return str(parts[-1]["Ref"])
+    return None
+
+
+def plan_gaps(
+    template: Template,
+    facts: StackFacts,
+    *,
+    statemachines_dir: Path | None = None,
+) -> GapPlan:
+    """What the local runner must supply for this template on this deployed stack.
+
+    Raises TemplateError naming the resource when something cannot be resolved.
+    """
+    sm_dir = statemachines_dir or Path("deploy/statemachines")
+
+    subscriptions = []
+    for logical, resource in _of_type(template, "AWS::SNS::Subscription"):
+        props = _props(resource, template, facts)
+        attributes: dict[str, str] = {}
+        for key in ("FilterPolicy", "FilterPolicyScope", "RawMessageDelivery", "RedrivePolicy"):
+            if key in props:
+                text = _as_json(props[key])
+                attributes[key] = text.lower() if key == "RawMessageDelivery" else text
+        subscriptions.append(
+            SubscriptionSpec(
+                logical_id=logical,
+                topic_arn=str(props["TopicArn"]),
+                protocol=str(props["Protocol"]),
+                endpoint=str(props["Endpoint"]),
+                attributes=attributes,
+            )
+        )
+
+    queue_policies = [
+        QueuePolicySpec(
+            logical_id=logical,
+            queue_urls=tuple(str(q) for q in props.get("Queues", [])),
+            policy=_as_json(props.get("PolicyDocument", {})),
+        )
+        for logical, resource in _of_type(template, "AWS::SQS::QueuePolicy")
+        for props in [_props(resource, template, facts)]
+    ]
+
+    time_to_live = []
+    for logical, resource in _of_type(template, "AWS::DynamoDB::Table"):
+        ttl = resource.get("Properties", {}).get("TimeToLiveSpecification")
+        if ttl and ttl.get("Enabled", True) in (True, "true", "True"):
+            time_to_live.append(
+                TimeToLiveSpec(
+                    logical_id=logical,
+                    table_name=facts.physical.get(logical)
+                    or str(
+                        resolve(resource["Properties"].get("TableName", logical), template, facts)
+                    ),
+                    attribute=str(resolve(ttl["AttributeName"], template, facts)),
+                )
+            )
+
+    state_machines = []
+    for logical, resource in _of_type(template, "AWS::StepFunctions::StateMachine"):
+        props = _props(resource, template, facts)
+        arn = facts.physical.get(logical)
+        name = str(props.get("StateMachineName") or (arn.split(":")[-1] if arn else logical))
+        state_machines.append(
+            StateMachineSpec(
+                logical_id=logical,
+                name=name,
+                arn=arn,
+                definition=_definition(logical, props, sm_dir),
+                role_arn=str(props["RoleArn"]),
+                type=str(props.get("StateMachineType", "STANDARD")),
+            )
+        )
+
+    pipes = []
+    for logical, resource in _of_type(template, "AWS::Pipes::Pipe"):
+        props = _props(resource, template, facts)
+        pipes.append(
+            PipeSpec(
+                logical_id=logical,
+                name=str(props.get("Name", logical)),
+                source_arn=str(props["Source"]),
+                target_arn=str(props["Target"]),
+                enrichment_arn=None
+                if props.get("Enrichment") is None
+                else str(props["Enrichment"]),
+                source_parameters=dict(props.get("SourceParameters", {})),
+                target_parameters=dict(props.get("TargetParameters", {})),
+            )
+        )
+
+    mappings = []
+    for logical, resource in _of_type(template, "AWS::Lambda::EventSourceMapping"):
+        props = _props(resource, template, facts)
+        mappings.append(
+            EventSourceMappingSpec(
+                logical_id=logical,
+                function=_function(template, facts, str(props["FunctionName"])),
+                source_arn=str(props["EventSourceArn"]),
+                batch_size=int(props.get("BatchSize", 10)),
+                batching_window_seconds=int(props.get("MaximumBatchingWindowInSeconds", 0)),
+                starting_position=str(props.get("StartingPosition", "TRIM_HORIZON")),
+                report_batch_item_failures="ReportBatchItemFailures"
+                in props.get("FunctionResponseTypes", []),
+                enabled=props.get("Enabled", True) not in (False, "false", "False"),
+            )
+        )
+
+    services = []
+    for logical, resource in _of_type(template, "AWS::ECS::Service"):
+        props = _props(resource, template, facts)
+        arn = facts.physical.get(logical, "")
+        services.append(
+            ServiceSpec(
+                logical_id=logical,
+                name=str(props.get("ServiceName") or arn.split("/")[-1] or logical),
+                cluster=str(props.get("Cluster", "default")),
+                task_definition=str(props["TaskDefinition"]),
+                desired_count=int(props.get("DesiredCount", 1)),
+            )
+        )
+
+    return GapPlan(
+        subscriptions=tuple(subscriptions),
+        queue_policies=tuple(queue_policies),
+        time_to_live=tuple(time_to_live),
+        state_machines=tuple(state_machines),
+        pipes=tuple(pipes),
+        event_source_mappings=tuple(mappings),
+        http_apis=_http_apis(template, facts),
+        services=tuple(services),
+    )

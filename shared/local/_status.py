@@ -1,0 +1,191 @@
+"""`fleetline status`: every resource of the template, queue and DLQ depths, stream shards
+and lag where measurable, and the local processes (thin AWS calls; rendering is the CLI's).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+
+from shared.aws import AwsClients, aws_errors
+from shared.errors import FleetlineError
+from shared.local._gaps import NOT_EMULATED, SUPPLIED
+from shared.local._stack import describe_stack
+from shared.local._state import UpState, pid_alive
+from shared.local._template import load_template
+
+__all__ = ["ProcessRow", "QueueRow", "ResourceRow", "StackStatus", "StreamRow", "collect_status"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResourceRow:
+    logical_id: str
+    type: str
+    physical_id: str | None
+    state: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class QueueRow:
+    logical_id: str
+    name: str
+    visible: int
+    in_flight: int
+    delayed: int
+    is_dlq: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class StreamRow:
+    logical_id: str
+    name: str
+    shards: int
+    lag: str  # "n/a" where no checkpoint is readable
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProcessRow:
+    name: str
+    kind: str
+    pid: int | None
+    alive: bool
+    restarts: int
+    note: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class StackStatus:
+    stack_name: str
+    endpoint: str | None
+    stack_status: str
+    resources: tuple[ResourceRow, ...] = ()
+    queues: tuple[QueueRow, ...] = ()
+    streams: tuple[StreamRow, ...] = ()
+    processes: tuple[ProcessRow, ...] = ()
+    urls: dict[str, str] = field(default_factory=dict)
+
+
+def _resource_state(kind: str, deployed: str | None, emulated: bool) -> str:
+    if deployed is not None and not (emulated and kind in SUPPLIED and kind.endswith("Pipe")):
+        return deployed
+    if emulated and kind in SUPPLIED:
+        return f"local: {SUPPLIED[kind]}"
+    if emulated and kind in NOT_EMULATED:
+        return NOT_EMULATED[kind]
+    return "MISSING"
+
+
+async def collect_status(
+    aws: AwsClients,
+    *,
+    stack_name: str,
+    template_path: Path,
+    state: UpState | None,
+    emulated: bool = True,
+) -> StackStatus:
+    """Everything `status` shows. Raises FleetlineError when the stack does not exist."""
+    stack = await describe_stack(aws, stack_name)
+    if stack is None:
+        raise FleetlineError(f"no stack {stack_name} at this endpoint: run `fleetline up`")
+    deployed = {r.logical_id: r for r in stack.resources}
+    has_template = await anyio.Path(template_path).is_file()
+    template = load_template(template_path) if has_template else {"Resources": {}}
+    logical_ids = list(template["Resources"]) or list(deployed)
+    rows = []
+    for logical in logical_ids:
+        kind = template["Resources"].get(logical, {}).get("Type") or deployed[logical].type
+        found = deployed.get(logical)
+        rows.append(
+            ResourceRow(
+                logical_id=logical,
+                type=kind,
+                physical_id=found.physical_id if found else None,
+                state=_resource_state(kind, found.status if found else None, emulated),
+            )
+        )
+    dlq_arns = {
+        str(r.get("Properties", {}).get("RedrivePolicy", {}).get("deadLetterTargetArn", ""))
+        for r in template["Resources"].values()
+        if r.get("Type") == "AWS::SQS::Queue"
+    }
+    queues = []
+    sqs = await aws.client("sqs")
+    for row in rows:
+        if row.type != "AWS::SQS::Queue" or not row.physical_id:
+            continue
+        with aws_errors():
+            attrs = (
+                await sqs.get_queue_attributes(
+                    QueueUrl=row.physical_id,
+                    AttributeNames=["All"],
+                )
+            )["Attributes"]
+        name = row.physical_id.rsplit("/", 1)[-1]
+        is_dlq = any(row.logical_id in arn for arn in dlq_arns) or name.endswith(
+            ("-dlq", "-dlq.fifo")
+        )
+        queues.append(
+            QueueRow(
+                logical_id=row.logical_id,
+                name=name,
+                visible=int(attrs.get("ApproximateNumberOfMessages", 0)),
+                in_flight=int(attrs.get("ApproximateNumberOfMessagesNotVisible", 0)),
+                delayed=int(attrs.get("ApproximateNumberOfMessagesDelayed", 0)),
+                is_dlq=is_dlq,
+            )
+        )
+    streams = []
+    for row in rows:
+        if row.type != "AWS::Kinesis::Stream" or not row.physical_id:
+            continue
+        kinesis = await aws.client("kinesis")
+        with aws_errors():
+            summary = (
+                await kinesis.describe_stream_summary(
+                    StreamName=row.physical_id,
+                )
+            )["StreamDescriptionSummary"]
+        streams.append(
+            StreamRow(
+                logical_id=row.logical_id,
+                name=row.physical_id,
+                shards=int(summary.get("OpenShardCount", 0)),
+                lag="n/a (iterator age is a CloudWatch metric of the consumer)",
+            )
+        )
+    processes = []
+    if state is not None:
+        for child in state.children:
+            processes.append(
+                ProcessRow(
+                    name=child.name,
+                    kind=child.kind,
+                    pid=child.pid,
+                    alive=pid_alive(child.pid),
+                    restarts=child.restarts,
+                    note=state.urls.get(child.name, ""),
+                )
+            )
+        for name, reason in state.skipped.items():
+            processes.append(
+                ProcessRow(
+                    name=name,
+                    kind="-",
+                    pid=None,
+                    alive=False,
+                    restarts=0,
+                    note=f"not started: {reason}",
+                )
+            )
+    return StackStatus(
+        stack_name=stack_name,
+        endpoint=state.endpoint if state else None,
+        stack_status=stack.status,
+        resources=tuple(rows),
+        queues=tuple(queues),
+        streams=tuple(streams),
+        processes=tuple(processes),
+        urls=dict(state.urls) if state else {},
+    )

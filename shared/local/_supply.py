@@ -1,0 +1,320 @@
+"""Carrying out a `GapPlan`: API calls for what the emulator skips, and the specs of the local
+processes that stand in for ECS services, Lambda triggers, HTTP APIs and pipes."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from shared.aws import AwsClients, aws_errors
+from shared.errors import AwsRequestError
+from shared.local import _consumers
+from shared.local._gaps import FunctionSpec, GapPlan
+from shared.local._supervisor import ProcessSpec
+
+__all__ = ["SPEC_ENV", "LocalProcesses", "apply_api_gaps", "module_exists", "plan_processes"]
+
+log = structlog.get_logger("fleetline.local")
+
+SPEC_ENV = "FLEETLINE_LOCAL_SPEC"  # how a host process receives its spec (JSON)
+_ECS_DEFAULT_STOP_TIMEOUT = 30.0
+
+
+def module_exists(module: str) -> bool:
+    """True when `module` can be imported (without importing it)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+async def apply_api_gaps(aws: AwsClients, plan: GapPlan) -> list[str]:
+    """Create what the emulator skipped; idempotent (a second `up` on the same endpoint
+    finds and keeps what the first created). Returns one line per change, for the log."""
+    done: list[str] = []
+    if plan.subscriptions:
+        sns = await aws.client("sns")
+        for sub in plan.subscriptions:
+            with aws_errors():
+                listed = await sns.list_subscriptions_by_topic(TopicArn=sub.topic_arn)
+            existing = [
+                s["SubscriptionArn"]
+                for s in listed.get("Subscriptions", [])
+                if s["Protocol"] == sub.protocol and s["Endpoint"] == sub.endpoint
+            ]
+            with aws_errors():
+                if existing:
+                    for key, value in sub.attributes.items():
+                        await sns.set_subscription_attributes(
+                            SubscriptionArn=existing[0],
+                            AttributeName=key,
+                            AttributeValue=value,
+                        )
+                else:
+                    await sns.subscribe(
+                        TopicArn=sub.topic_arn,
+                        Protocol=sub.protocol,
+                        Endpoint=sub.endpoint,
+                        Attributes=sub.attributes,
+                        ReturnSubscriptionArn=True,
+                    )
+            done.append(f"subscription {sub.logical_id}")
+    if plan.queue_policies:
+        sqs = await aws.client("sqs")
+        for policy in plan.queue_policies:
+            for url in policy.queue_urls:
+                with aws_errors():
+                    await sqs.set_queue_attributes(
+                        QueueUrl=url, Attributes={"Policy": policy.policy}
+                    )
+            done.append(f"queue policy {policy.logical_id}")
+    if plan.time_to_live:
+        dynamodb = await aws.client("dynamodb")
+        for ttl in plan.time_to_live:
+            try:
+                with aws_errors():
+                    await dynamodb.update_time_to_live(
+                        TableName=ttl.table_name,
+                        TimeToLiveSpecification={"Enabled": True, "AttributeName": ttl.attribute},
+                    )
+            except AwsRequestError as exc:  # already enabled by an earlier `up`
+                if exc.code != "ValidationException":
+                    raise
+            done.append(f"ttl {ttl.logical_id}")
+    if plan.state_machines:
+        sfn = await aws.client("stepfunctions")
+        for machine in plan.state_machines:
+            # Same name -> same ARN as the stack created, so outputs and env stay valid.
+            if machine.arn:
+                try:
+                    with aws_errors():
+                        await sfn.delete_state_machine(stateMachineArn=machine.arn)
+                except AwsRequestError as exc:
+                    if exc.code not in {"StateMachineDoesNotExist", "ResourceNotFound"}:
+                        raise
+            with aws_errors():
+                await sfn.create_state_machine(
+                    name=machine.name,
+                    definition=machine.definition,
+                    roleArn=machine.role_arn,
+                    type=machine.type,
+                )
+            done.append(f"state machine {machine.logical_id}")
+    return done
+
+
+@dataclass(frozen=True, kw_only=True)
+class LocalProcesses:
+    """The processes to run, and what was left out with the reason (shown by `status`)."""
+
+    specs: tuple[ProcessSpec, ...] = ()
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def _python_argv(command: list[str]) -> tuple[str, ...] | None:
+    """A container command that runs Python, with this interpreter; None otherwise."""
+    if not command or not os.path.basename(command[0]).startswith("python"):
+        return None
+    return (sys.executable, *command[1:])
+
+
+def _worker_module(argv: tuple[str, ...]) -> str | None:
+    """The handler module a `python -m shared.hosts.worker module:attr` command names."""
+    if "-m" in argv:
+        index = argv.index("-m")
+        rest = argv[index + 1 :]
+        if rest and rest[0] == "shared.hosts.worker" and len(rest) > 1:
+            return rest[1].split(":")[0]
+        return rest[0] if rest else None
+    return None
+
+
+async def _function_env(aws: AwsClients, function: FunctionSpec) -> dict[str, str]:
+    lam = await aws.client("lambda")
+    with aws_errors():
+        config = await lam.get_function_configuration(FunctionName=function.name)
+    variables = config.get("Environment", {}).get("Variables", {})
+    return {str(k): str(v) for k, v in variables.items()}
+
+
+def _handler_module(handler: str) -> str:
+    return handler.rsplit(".", 1)[0]
+
+
+async def plan_processes(
+    aws: AwsClients,
+    plan: GapPlan,
+    *,
+    base_env: Mapping[str, str],
+    free_port: Any,
+    include_triggers: bool = True,
+    stack_name: str = "fleetline",
+) -> LocalProcesses:
+    """Specs for every local process. ECS containers come from the deployed task definition
+    (the emulator resolved its environment); Lambda environments from the deployed function.
+    A process whose code is not importable yet is skipped with the reason, not crash-looped.
+
+    `include_triggers=False` (real AWS) keeps only the ECS services.
+    """
+    specs: list[ProcessSpec] = []
+    skipped: dict[str, str] = {}
+    for service in plan.services:
+        ecs = await aws.client("ecs")
+        with aws_errors():
+            described = await ecs.describe_task_definition(taskDefinition=service.task_definition)
+        containers = described["taskDefinition"]["containerDefinitions"]
+        runnable = [(c, _python_argv(list(c.get("command") or []))) for c in containers]
+        runnable = [(c, argv) for c, argv in runnable if argv is not None]
+        if not runnable:
+            skipped[service.logical_id] = "no container runs a Python command"
+        for container, argv in runnable:
+            assert argv is not None
+            name = (
+                service.logical_id
+                if len(runnable) == 1
+                else f"{service.logical_id}-{container['name']}"
+            )
+            module = _worker_module(argv)
+            if module is not None and not module_exists(module):
+                skipped[name] = f"module {module} not found"
+                continue
+            env = {**base_env, **{e["name"]: e["value"] for e in container.get("environment", [])}}
+            ports = [
+                p["containerPort"]
+                for p in container.get("portMappings", [])
+                if "containerPort" in p
+            ]
+            specs.append(
+                ProcessSpec(
+                    name=name,
+                    kind="service",
+                    argv=argv,
+                    env=env,
+                    stop_timeout=float(container.get("stopTimeout") or _ECS_DEFAULT_STOP_TIMEOUT),
+                    url=f"http://127.0.0.1:{ports[0]}" if ports else None,
+                )
+            )
+    if not include_triggers:
+        return LocalProcesses(specs=tuple(specs), skipped=skipped)
+
+    host = (sys.executable, "-m", "shared.local._hosts")
+    by_function: dict[str, list[dict[str, Any]]] = {}
+    functions: dict[str, FunctionSpec] = {}
+    for mapping in plan.event_source_mappings:
+        if not mapping.enabled:
+            skipped[mapping.logical_id] = "disabled in the template"
+            continue
+        functions[mapping.function.logical_id] = mapping.function
+        by_function.setdefault(mapping.function.logical_id, []).append(
+            {
+                "logical_id": mapping.logical_id,
+                "source_arn": mapping.source_arn,
+                "batch_size": mapping.batch_size,
+                "batching_window_seconds": mapping.batching_window_seconds,
+                "starting_position": mapping.starting_position,
+                "report_batch_item_failures": mapping.report_batch_item_failures,
+            }
+        )
+    for logical, mappings in by_function.items():
+        function = functions[logical]
+        module = _handler_module(function.handler)
+        if not module_exists(module):
+            skipped[f"{logical}-triggers"] = f"module {module} not found"
+            continue
+        reasons = [_consumers.missing(_consumers.source_kind(m["source_arn"])) for m in mappings]
+        if any(reasons):
+            skipped[f"{logical}-triggers"] = next(r for r in reasons if r)
+            continue
+        spec = {"kind": "triggers", "function": _function_json(function), "mappings": mappings}
+        env = {**base_env, **await _function_env(aws, function), SPEC_ENV: json.dumps(spec)}
+        specs.append(
+            ProcessSpec(
+                name=f"{logical}-triggers",
+                kind="lambda",
+                argv=host,
+                env=env,
+                stop_timeout=float(function.timeout) + 5,
+            )
+        )
+
+    for api in plan.http_apis:
+        routes = []
+        api_env: dict[str, str] = dict(base_env)
+        missing = [
+            r.function.handler
+            for r in api.routes
+            if not module_exists(_handler_module(r.function.handler))
+        ]
+        if missing:
+            skipped[api.logical_id] = f"handler module of {missing[0]} not found"
+            continue
+        for route in api.routes:
+            # One process serves every route of the API, so the functions' environments are
+            # merged; a variable two functions set differently is reported, first one wins.
+            for key, value in (await _function_env(aws, route.function)).items():
+                if key in api_env and key not in base_env and api_env[key] != value:
+                    log.warning(
+                        "conflicting function environment in one local API",
+                        api=api.logical_id,
+                        variable=key,
+                    )
+                    continue
+                api_env[key] = value
+            routes.append(
+                {"route_key": route.route_key, "function": _function_json(route.function)}
+            )
+        port = int(free_port())
+        api_spec = {"kind": "http-api", "name": api.name, "port": port, "routes": routes}
+        api_env[SPEC_ENV] = json.dumps(api_spec)
+        specs.append(
+            ProcessSpec(
+                name=api.logical_id,
+                kind="api",
+                argv=host,
+                env=api_env,
+                stop_timeout=10.0,
+                url=f"http://127.0.0.1:{port}",
+            )
+        )
+
+    for pipe in plan.pipes:
+        reason = _consumers.missing("pipe")
+        if reason:
+            skipped[pipe.logical_id] = reason
+            continue
+        pipe_spec: dict[str, Any] = {
+            "kind": "pipe",
+            "logical_id": pipe.logical_id,
+            "name": pipe.name,
+            "source_arn": pipe.source_arn,
+            "target_arn": pipe.target_arn,
+            "enrichment_arn": pipe.enrichment_arn,
+            "source_parameters": pipe.source_parameters,
+            "target_parameters": pipe.target_parameters,
+        }
+        specs.append(
+            ProcessSpec(
+                name=pipe.logical_id,
+                kind="pipe",
+                argv=host,
+                env={**base_env, SPEC_ENV: json.dumps(pipe_spec)},
+                stop_timeout=10.0,
+            )
+        )
+    return LocalProcesses(specs=tuple(specs), skipped=skipped)
+
+
+def _function_json(function: FunctionSpec) -> dict[str, Any]:
+    return {
+        "logical_id": function.logical_id,
+        "name": function.name,
+        "handler": function.handler,
+        "timeout": function.timeout,
+    }

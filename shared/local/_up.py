@@ -1,0 +1,295 @@
+"""`fleetline up`: emulator, deployment, what the emulator skips, local processes, supervision.
+
+Order of work, and why:
+1. read the template first (an invalid one fails before anything starts);
+2. start moto server (or use AWS_ENDPOINT_URL, or real AWS with --aws);
+3. deploy the template through the CloudFormation API (`shared.deployment`);
+4. read the deployed stack back, plan the gaps from the template (`_gaps.plan_gaps`) and
+   supply them: API calls first (subscriptions, queue policies, TTL, state machines), then
+   the local processes (ECS services, Lambda triggers, HTTP APIs, pipes);
+5. write the state file and print `READY`; then supervise until SIGINT/SIGTERM, or the
+   emulator dies (everything would be lost: `up` stops with an error rather than limp on);
+6. stop: children first (SIGTERM, their drain time, SIGKILL), the emulator last, so workers
+   can still acknowledge what they finished.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import anyio
+import anyio.abc
+import anyio.to_thread
+import structlog
+
+from shared.aws import AwsClients
+from shared.errors import ConfigurationError, FleetlineError
+from shared.local._gaps import plan_gaps
+from shared.local._stack import DeployedStack, describe_stack, gather_facts
+from shared.local._state import ChildRecord, Phase, UpState, write_state
+from shared.local._supervisor import Supervisor
+from shared.local._supply import LocalProcesses, apply_api_gaps, plan_processes
+from shared.local._template import Template, load_template
+from shared.local.emulator import Emulator, free_port
+
+__all__ = ["UpConfig", "UpError", "run_up"]
+
+log = structlog.get_logger("fleetline.local")
+
+_EMULATOR_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+}
+
+
+class UpError(FleetlineError):
+    """`up` cannot continue; the message says what to do."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class UpConfig:
+    stack_name: str = "fleetline"
+    port: int = 0  # emulator port; 0 = a free one
+    template: Path = Path("deploy/template.yaml")
+    statemachines_dir: Path = Path("deploy/statemachines")
+    state_dir: Path = Path(".fleetline")
+    endpoint: str | None = None  # AWS_ENDPOINT_URL: use it instead of starting moto
+    real_aws: bool = False  # --aws: deploy to the account; no emulator gaps to supply
+    workers: bool = True  # run local processes
+    deploy_timeout: float = 120.0
+
+
+@dataclass
+class _Run:
+    """Mutable state of one `up` run, mirrored into the state file."""
+
+    config: UpConfig
+    state: UpState
+
+    def save(self) -> None:
+        write_state(self.config.state_dir, self.state)
+
+    def child_changed(self, record: ChildRecord) -> None:
+        self.state = self.state.with_child(record)
+        self.save()
+
+    def child_gave_up(self, name: str, status: int) -> None:
+        skipped = {**self.state.skipped, name: f"exited {status} (misconfigured; see its log)"}
+        self.state = replace(self.state.without_child(name), skipped=skipped)
+        self.save()
+
+
+def _region() -> str:
+    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+
+
+def _prepare_environment(endpoint: str | None) -> dict[str, str]:
+    """Set (in this process) and return the AWS environment every child gets."""
+    env = {"AWS_REGION": _region(), "AWS_DEFAULT_REGION": _region(), "PYTHONUNBUFFERED": "1"}
+    if endpoint is not None:
+        env["AWS_ENDPOINT_URL"] = endpoint
+        for key, value in _EMULATOR_CREDENTIALS.items():
+            env[key] = os.environ.get(key, value)
+        os.environ.pop("AWS_PROFILE", None)
+    os.environ.update(env)
+    return {**os.environ, **env}
+
+
+async def _deploy(aws: AwsClients, config: UpConfig, template: Template) -> DeployedStack:
+    from shared.local._deploy import deploy_template
+
+    await deploy_template(
+        aws,
+        template_path=config.template,
+        stack_name=config.stack_name,
+        within_s=config.deploy_timeout,
+    )
+    stack = await describe_stack(aws, config.stack_name)
+    if stack is None:
+        raise UpError(f"stack {config.stack_name} vanished after deployment")
+    return stack
+
+
+async def run_up(config: UpConfig, *, on_ready: Callable[[UpState], None]) -> UpState:
+    """Run the local platform until SIGINT/SIGTERM; returns the final state.
+
+    A signal during start-up aborts it cleanly (everything started so far is stopped).
+    Raises UpError (one line, for the CLI) when it cannot start or the emulator dies.
+    """
+    started = time.monotonic()
+    template = load_template(config.template)  # fails fast on an invalid template
+    run = _Run(
+        config=config,
+        state=UpState(
+            stack_name=config.stack_name,
+            endpoint=config.endpoint,
+            supervisor_pid=os.getpid(),
+        ),
+    )
+    supervisor = Supervisor(
+        log_dir=_log_dir(config),
+        on_change=run.child_changed,
+        on_exit=run.child_gave_up,
+    )
+    emulator: Emulator | None = None
+    stop = anyio.Event()
+    main = anyio.CancelScope()
+    failure: BaseException | None = None
+
+    async def on_signals() -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
+            async for sig in received:
+                log.info("stopping", signal=signal.Signals(sig).name)
+                stop.set()
+                if run.state.phase is not Phase.READY:
+                    main.cancel()  # still starting: abort start-up
+
+    async with anyio.create_task_group() as outer:
+        outer.start_soon(on_signals)
+        try:
+            with main:
+                if config.endpoint is None and not config.real_aws:
+                    _log_dir(config).mkdir(parents=True, exist_ok=True)
+                    emulator = Emulator(port=config.port, log_path=_log_dir(config) / "moto.log")
+                    await anyio.to_thread.run_sync(emulator.start)
+                    assert emulator.process is not None
+                    run.state = replace(
+                        run.state,
+                        endpoint=emulator.endpoint_url,
+                        emulator_port=emulator.port,
+                    ).with_child(
+                        ChildRecord(
+                            name="emulator",
+                            kind="emulator",
+                            pid=emulator.process.pid,
+                            log=str(_log_dir(config) / "moto.log"),
+                        )
+                    )
+                run.save()
+                base_env = _prepare_environment(run.state.endpoint)
+                async with AwsClients() as aws, anyio.create_task_group() as children:
+                    processes = await _start(aws, config, template, base_env, supervisor, children)
+                    run.state = replace(
+                        run.state,
+                        phase=Phase.READY,
+                        error=None,
+                        urls={s.name: s.url for s in processes.specs if s.url},
+                        skipped=dict(processes.skipped),
+                        ready_seconds=round(time.monotonic() - started, 2),
+                    )
+                    run.save()
+                    on_ready(run.state)
+                    await _wait_for_stop(stop, emulator)
+                    run.state = replace(run.state, phase=Phase.STOPPING)
+                    run.save()
+                    await supervisor.stop()
+                    children.cancel_scope.cancel()
+        except BaseException as exc:
+            failure = _unwrap(exc)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await supervisor.stop()
+                if emulator is not None:
+                    await anyio.to_thread.run_sync(emulator.stop)
+            outer.cancel_scope.cancel()
+    if failure is not None:
+        message = _one_line(failure)
+        run.state = replace(run.state, phase=Phase.FAILED, error=message)
+        run.save()
+        if isinstance(failure, FleetlineError | OSError):
+            raise UpError(message) from failure
+        raise failure
+    run.state = replace(
+        run.state,
+        phase=Phase.STOPPED if stop.is_set() or main.cancel_called else run.state.phase,
+        children=(),
+    )
+    run.save()
+    return run.state
+
+
+async def _start(
+    aws: AwsClients,
+    config: UpConfig,
+    template: Template,
+    base_env: dict[str, str],
+    supervisor: Supervisor,
+    children: anyio.abc.TaskGroup,
+) -> LocalProcesses:
+    """Deploy, supply the gaps, start the local processes."""
+    stack = await _deploy(aws, config, template)
+    facts = await gather_facts(aws, template, stack)
+    plan = plan_gaps(template, facts, statemachines_dir=config.statemachines_dir)
+    emulated = not config.real_aws
+    if emulated:
+        for line in await apply_api_gaps(aws, plan):
+            log.info("supplied", what=line)
+    processes = LocalProcesses()
+    if config.workers:
+        processes = await plan_processes(
+            aws,
+            plan,
+            base_env=base_env,
+            free_port=free_port,
+            include_triggers=emulated,
+        )
+    for name, reason in processes.skipped.items():
+        log.warning("not started", process=name, reason=reason)
+    for spec in processes.specs:
+        await children.start(supervisor.supervise, spec)
+    return processes
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The single cause inside (nested) exception groups, or the group itself."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _log_dir(config: UpConfig) -> Path:
+    return config.state_dir / "logs"
+
+
+class _EmulatorDied(UpError):
+    pass
+
+
+async def _wait_for_stop(stop: anyio.Event, emulator: Emulator | None) -> None:
+    """Return when `stop` is set; raise when the emulator process dies."""
+    while not stop.is_set():
+        with anyio.move_on_after(1.0):
+            await stop.wait()
+        if emulator is not None and emulator.process is not None:
+            code = emulator.process.poll()
+            if code is not None:
+                raise _EmulatorDied(
+                    f"the emulator exited with status {code}; its state is lost: "
+                    "run `fleetline up` again"
+                )
+
+
+def ensure_no_running(state_dir: Path) -> None:
+    """Refuse a second `up` over a live one in the same state directory."""
+    from shared.local._state import pid_alive, read_state
+
+    existing = read_state(state_dir)
+    if (
+        existing is not None
+        and existing.phase in {Phase.STARTING, Phase.READY}
+        and pid_alive(existing.supervisor_pid)
+    ):
+        raise ConfigurationError(
+            f"fleetline is already up (pid {existing.supervisor_pid}, {existing.endpoint}): "
+            "run `fleetline down` first"
+        )
