@@ -137,6 +137,7 @@ def status(
     stack_name: Annotated[str | None, typer.Option("--stack-name")] = None,
     template: TemplateOpt = Path("deploy/template.yaml"),
     state_dir: StateDirOpt = Path(".fleetline"),
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """Every resource of the stack, queue and DLQ depths, streams, local processes."""
     from shared.aws import AwsClients
@@ -171,6 +172,14 @@ def status(
         result = anyio.run(collect)
     except FleetlineError as exc:
         raise _fail(str(exc)) from None
+    if as_json:
+        import dataclasses
+        import json
+
+        assert dataclasses.is_dataclass(result)
+        assert not isinstance(result, type)
+        print(json.dumps(dataclasses.asdict(result), indent=2))
+        return
     _print_status(result)
 
 

@@ -1,10 +1,13 @@
-"""Lambda handlers for the `fleetline up` test stack (run unchanged by the local hosts)."""
+"""Lambda handlers for the `fleetline up` test stack, run unchanged by the local hosts."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from typing import Any
+
+from shared.aws import AwsClients
 
 
 def api(event: dict[str, Any], context: Any) -> dict[str, Any]:
@@ -23,7 +26,22 @@ def api(event: dict[str, Any], context: Any) -> dict[str, Any]:
     }
 
 
+async def _record(bodies: list[str]) -> None:
+    async with AwsClients() as aws:
+        dynamodb = await aws.client("dynamodb")
+        for body in bodies:
+            await dynamodb.put_item(
+                TableName=os.environ["FLEETLINE_OUTBOX_TABLE"],
+                Item={"pk": {"S": f"seen#{body}"}},
+            )
+
+
 def work(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    """Accept every record (the consumer deletes them)."""
+    """Record each SQS body in the table (so a test can see the mapping ran); a body
+    "fail" is reported in batchItemFailures."""
     del context
-    return {"batchItemFailures": []}
+    records = event["Records"]
+    asyncio.run(_record([r["body"] for r in records if r["body"] != "fail"]))
+    return {"batchItemFailures": [
+        {"itemIdentifier": r["messageId"]} for r in records if r["body"] == "fail"
+    ]}

@@ -1,0 +1,232 @@
+"""`fleetline up --detach` / `status` / `down` as a user runs them: subprocesses, a moto server
+of their own on a free port, the small stack in tests/integration/local_up/template.yaml
+(one resource of every kind the local runner supplies), checked over real HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import pytest
+
+from shared.aws import AwsClients
+from shared.local import load_template, read_state
+from shared.local._state import pid_alive
+
+pytestmark = [pytest.mark.emulator, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE = Path(__file__).parent / "local_up" / "template.yaml"
+READY_WITHIN_S = 30.0
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "AWS_ENDPOINT_URL"}
+    env.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1"})
+    return env
+
+
+def _fleetline(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "shared.cli", *args], cwd=ROOT, env=_env(), text=True,
+        capture_output=True, timeout=timeout, check=False,
+    )
+
+
+@dataclass
+class Up:
+    endpoint: str
+    urls: dict[str, str]
+    state_dir: Path
+    stack: str
+    ready_seconds: float
+
+
+@pytest.fixture(scope="module")
+def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
+    state_dir = tmp_path_factory.mktemp("fleetline-up")
+    stack = "uptest"
+    started = time.monotonic()
+    done = _fleetline(
+        "up", "--detach", "--template", str(TEMPLATE), "--stack-name", stack,
+        "--state-dir", str(state_dir), timeout=READY_WITHIN_S + 30,
+    )
+    elapsed = time.monotonic() - started
+    try:
+        assert done.returncode == 0, done.stderr + (state_dir / "up.log").read_text()
+        ready = [line for line in done.stdout.splitlines() if line.startswith("READY ")]
+        assert len(ready) == 1, done.stdout
+        words = ready[0].split()
+        urls = dict(w.split("=", 1) for w in words[2:])
+        print(f"time to READY: {elapsed:.2f} s (supervisor: {urls.get('stack')})")
+        yield Up(endpoint=words[1], urls=urls, state_dir=state_dir, stack=stack,
+                 ready_seconds=elapsed)
+    finally:
+        _fleetline("down", "--state-dir", str(state_dir))
+
+
+@pytest.fixture
+async def aws(up: Up, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[AwsClients]:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", up.endpoint)
+    async with AwsClients() as clients:
+        yield clients
+
+
+def test_ready_within_30_seconds(up: Up) -> None:
+    assert up.ready_seconds < READY_WITHIN_S
+    state = read_state(up.state_dir)
+    assert state is not None
+    assert state.phase.value == "ready"
+    assert state.endpoint == up.endpoint
+
+
+def test_status_lists_every_resource_of_the_template(up: Up) -> None:
+    done = _fleetline("status", "--json", "--template", str(TEMPLATE),
+                      "--state-dir", str(up.state_dir))
+    assert done.returncode == 0, done.stderr
+    status = json.loads(done.stdout)
+    listed = {r["logical_id"]: r for r in status["resources"]}
+    assert set(listed) == set(load_template(TEMPLATE)["Resources"])
+    assert listed["WorkQueue"]["state"] == "CREATE_COMPLETE"
+    assert listed["CriticalAlarms"]["state"].startswith("local:")
+    queues = {q["name"]: q for q in status["queues"]}
+    assert queues["uptest-work-dlq"]["is_dlq"]
+    assert not queues["uptest-work"]["is_dlq"]
+    assert status["streams"][0]["shards"] == 1
+    processes = {p["name"]: p for p in status["processes"]}
+    assert processes["emulator"]["alive"]
+    assert processes["SleeperService"]["alive"]  # the ECS service whose module exists
+
+
+def test_worker_runs_with_the_task_definition_environment(up: Up) -> None:
+    state = read_state(up.state_dir)
+    assert state is not None
+    services = [c for c in state.children if c.kind == "service"]
+    assert [c.name for c in services] == ["SleeperService"]
+    assert pid_alive(services[0].pid)
+    log = Path(services[0].log or "")
+    deadline = time.monotonic() + 10
+    while "queue=" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    # Ref resolved by the emulator into the container's environment:
+    assert "queue=https://sqs.us-east-1.amazonaws.com/123456789012/uptest-work" in log.read_text()
+
+
+def test_http_api_builds_api_gateway_events(up: Up) -> None:
+    request = urllib.request.Request(
+        f"{up.urls['HttpApi']}/echo/ada?x=1&x=2", data=b'{"n": 1}', method="POST",
+        headers={"content-type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 201
+        echoed = json.loads(response.read())
+    assert echoed == {
+        "route": "POST /echo/{name}", "name": "ada", "query": {"x": "1,2"}, "body": '{"n": 1}',
+        "function": "uptest-api",
+        "queue": "https://sqs.us-east-1.amazonaws.com/123456789012/uptest-work",
+    }
+    missing = urllib.request.Request(f"{up.urls['HttpApi']}/nope", method="GET")
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(missing, timeout=10)
+    assert info.value.code == 404
+
+
+async def _poll(check: object, within: float = 15.0) -> object:
+    deadline = time.monotonic() + within
+    while True:
+        result = await check()  # type: ignore[operator]
+        if result or time.monotonic() > deadline:
+            return result
+        await anyio.sleep(0.2)
+
+
+async def test_event_source_mapping_invokes_the_function(aws: AwsClients, up: Up) -> None:
+    sqs = await aws.client("sqs")
+    dynamodb = await aws.client("dynamodb")
+    url = (await sqs.get_queue_url(QueueName="uptest-work"))["QueueUrl"]
+    await sqs.send_message(QueueUrl=url, MessageBody="hello-mapping")
+
+    async def seen() -> bool:
+        got = await dynamodb.get_item(TableName="uptest-outbox",
+                                      Key={"pk": {"S": "seen#hello-mapping"}})
+        return "Item" in got
+
+    assert await _poll(seen), "the WorkFunction handler never ran for the message"
+
+    async def drained() -> bool:
+        attrs = (await sqs.get_queue_attributes(
+            QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages",
+                                          "ApproximateNumberOfMessagesNotVisible"],
+        ))["Attributes"]
+        return attrs == {"ApproximateNumberOfMessages": "0",
+                         "ApproximateNumberOfMessagesNotVisible": "0"}
+
+    assert await _poll(drained), "the handled message was not deleted"
+
+
+async def test_subscription_filter_policy_is_supplied(aws: AwsClients) -> None:
+    sns = await aws.client("sns")
+    sqs = await aws.client("sqs")
+    topic = next(t["TopicArn"] for t in (await sns.list_topics())["Topics"]
+                 if t["TopicArn"].endswith(":uptest-alarms"))
+    for severity in ("info", "critical"):
+        await sns.publish(TopicArn=topic, Message=f"alarm-{severity}", MessageAttributes={
+            "severity": {"DataType": "String", "StringValue": severity}})
+    url = (await sqs.get_queue_url(QueueName="uptest-alarms"))["QueueUrl"]
+    got = await sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1)
+    assert [m["Body"] for m in got.get("Messages", [])] == ["alarm-critical"]  # raw delivery
+
+
+async def test_state_machine_is_recreated_and_executes(aws: AwsClients) -> None:
+    sfn = await aws.client("stepfunctions")
+    arn = "arn:aws:states:us-east-1:123456789012:stateMachine:uptest-saga"
+    started = await sfn.start_execution(stateMachineArn=arn, name="probe-1", input="{}")
+
+    async def finished() -> dict[str, object] | None:
+        described = await sfn.describe_execution(executionArn=started["executionArn"])
+        return described if described["status"] != "RUNNING" else None
+
+    described = await _poll(finished)
+    assert isinstance(described, dict)
+    assert described["status"] == "SUCCEEDED"
+    # DefinitionSubstitutions resolved from the deployed stack:
+    assert str(described["output"]).strip('"').endswith("/123456789012/uptest-work")
+
+
+def test_errors_are_one_line(tmp_path: Path, up: Up) -> None:
+    port = int(up.endpoint.rsplit(":", 1)[1])
+    busy = _fleetline("up", "--port", str(port), "--template", str(TEMPLATE),
+                      "--state-dir", str(tmp_path / "a"))
+    assert busy.returncode != 0
+    assert busy.stderr.strip().count("\n") == 0
+    assert f"port {port} is in use" in busy.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("Resources: [1, 2\n")
+    invalid = _fleetline("up", "--template", str(bad), "--state-dir", str(tmp_path / "b"))
+    assert invalid.returncode != 0
+    assert "Traceback" not in invalid.stderr
+    assert "is invalid" in invalid.stderr
+
+
+def test_down_stops_every_process(tmp_path: Path, up: Up) -> None:
+    state = read_state(up.state_dir)
+    assert state is not None
+    pids = state.pids()
+    assert all(pid_alive(pid) for pid in pids)
+    done = _fleetline("down", "--state-dir", str(up.state_dir))
+    assert done.returncode == 0, done.stderr
+    deadline = time.monotonic() + 5
+    while any(pid_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in pids if pid_alive(pid)]
+    log = next(Path(c.log or "") for c in state.children if c.name == "SleeperService")
+    assert "sleeper drained" in log.read_text()  # SIGTERM, then a graceful exit
