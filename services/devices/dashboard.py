@@ -1,0 +1,321 @@
+"""The live dashboard: a web page fed by Server-Sent Events, standing in for AppSync
+subscriptions. Run as `services.devices.dashboard:worker`; `fleetline devices url` prints a
+viewer link (the page URL with a tenant token).
+
+- The server keeps an in-memory view per tenant (`FleetView`): every device's latest snapshot
+  and the counts, seeded from the read model at start and then kept current by the device
+  events from DashboardQueue (the bus rule DashboardRule delivers every `fleetline.devices`
+  event). An event is applied only when its per-device `sequence` is newer, so repeats and
+  late events change nothing.
+- A viewer authenticates with a token (`services.devices._auth`): the tenant comes from the
+  token alone, and a viewer's stream only ever carries that tenant's devices (`Hub` keeps
+  subscribers per tenant and publishes an update to that tenant's subscribers only).
+- `GET /events?token=`: SSE. First a `snapshot` (counts, devices, open alarms), then one
+  `update` per applied event, each with the counts after it. A viewer too slow to keep up
+  (its buffer full) is disconnected; EventSource reconnects and gets a fresh snapshot.
+- `GET /api/counts`, `/api/devices?status=`, `/api/devices/{id}`: the query API (read
+  model), with the token as `Authorization: Bearer` or `?token=`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import anyio
+import structlog
+from aiohttp import web
+from anyio.streams.memory import MemoryObjectSendStream
+from pydantic import BaseModel
+
+from services.devices._auth import InvalidTokenError, verify_token
+from services.devices.events import DeviceEvent
+from services.devices.query import DeviceQueries, DeviceRecord, InvalidQueryError
+from shared.aws import AwsClients
+from shared.config import Resources
+from shared.consumers import HandlerContext, SqsConsumer, SqsSettings, batch_handler
+from shared.events import TypedEvent, load_registered_events, registry
+
+__all__ = ["DashboardServer", "FleetView", "Hub", "worker"]
+
+log = structlog.get_logger("services.devices.dashboard")
+
+STATIC: Final = Path(__file__).parent / "static"
+SNAPSHOT_DEVICES: Final = 500
+SUBSCRIBER_BUFFER: Final = 1_000
+KEEPALIVE_SECONDS: Final = 15.0
+
+
+# --------------------------------------------------------------------------- the view (pure)
+
+
+@dataclass
+class FleetView:
+    """One tenant's devices as the dashboard shows them. No I/O."""
+
+    tenant_id: str
+    devices: dict[str, dict[str, Any]] = field(default_factory=dict)
+    sequences: dict[str, int] = field(default_factory=dict)
+
+    def apply(self, device: Mapping[str, Any], *, sequence: int) -> bool:
+        """Keep `device` (a snapshot dict) if `sequence` is newer than the one held."""
+        device_id = str(device["device_id"])
+        if sequence <= self.sequences.get(device_id, -1):
+            return False
+        self.sequences[device_id] = sequence
+        self.devices[device_id] = dict(device)
+        return True
+
+    def counts(self) -> dict[str, int]:
+        out = {"total": len(self.devices), "online": 0, "offline": 0, "unknown": 0,
+               "with_alarms": 0}
+        for device in self.devices.values():
+            status = str(device.get("status", "unknown"))
+            out[status] = out.get(status, 0) + 1
+            if device.get("alarms"):
+                out["with_alarms"] += 1
+        return out
+
+    def alarms(self) -> list[dict[str, Any]]:
+        return [
+            {"device_id": d["device_id"], "metric": metric, "severity": severity}
+            for d in self.devices.values()
+            for metric, severity in sorted((d.get("alarms") or {}).items())
+        ]
+
+    def snapshot(self, *, limit: int = SNAPSHOT_DEVICES) -> dict[str, Any]:
+        recent = sorted(self.devices.values(), key=lambda d: -float(d.get("last_seen") or 0))
+        return {"tenant_id": self.tenant_id, "counts": self.counts(),
+                "devices": recent[:limit], "alarms": self.alarms()}
+
+
+class Hub:
+    """Views per tenant and the viewers subscribed to each. Publishes an update only to the
+    subscribers of the event's tenant."""
+
+    def __init__(self) -> None:
+        self.views: dict[str, FleetView] = {}
+        self._subscribers: dict[str, set[MemoryObjectSendStream[str]]] = {}
+        self.applied = 0
+        self.ignored = 0
+        self.dropped_viewers = 0
+
+    def view(self, tenant_id: str) -> FleetView:
+        found = self.views.get(tenant_id)
+        if found is None:
+            found = self.views[tenant_id] = FleetView(tenant_id)
+        return found
+
+    def seed(self, records: Iterable[DeviceRecord]) -> None:
+        for record in records:
+            data = record.model_dump(mode="json")
+            self.view(record.tenant_id).apply(data, sequence=record.event_seq)
+
+    def apply_event(self, event: DeviceEvent, *, event_type: str, sequence: int,
+                    event_time: float, event_id: str) -> dict[str, Any] | None:
+        """Apply one device event; the update message sent to its tenant's viewers, or None
+        when it was not newer."""
+        device = event.device.model_dump(mode="json")
+        view = self.view(event.device.tenant_id)
+        if not view.apply(device, sequence=sequence):
+            self.ignored += 1
+            return None
+        self.applied += 1
+        update = {
+            "type": event_type,
+            "event_id": event_id,
+            "event_time": event_time,
+            "sent_at": time.time(),
+            "device": device,
+            "counts": view.counts(),
+            "alarms": view.alarms() if event_type in ("ThresholdBreached",
+                                                      "ThresholdCleared") else None,
+        }
+        self.publish(event.device.tenant_id, "update", update)
+        return update
+
+    def publish(self, tenant_id: str, kind: str, payload: Mapping[str, Any]) -> None:
+        subscribers = self._subscribers.get(tenant_id)
+        if not subscribers:
+            return
+        frame = f"event: {kind}\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n"
+        for stream in list(subscribers):
+            try:
+                stream.send_nowait(frame)
+            except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                # Too slow (or gone): disconnect; EventSource reconnects with a fresh snapshot.
+                subscribers.discard(stream)
+                stream.close()
+                self.dropped_viewers += 1
+
+    def subscribe(self, tenant_id: str) -> Any:
+        send, receive = anyio.create_memory_object_stream[str](SUBSCRIBER_BUFFER)
+        self._subscribers.setdefault(tenant_id, set()).add(send)
+        return send, receive
+
+    def unsubscribe(self, tenant_id: str, send: MemoryObjectSendStream[str]) -> None:
+        self._subscribers.get(tenant_id, set()).discard(send)
+        send.close()
+
+    def viewers(self, tenant_id: str | None = None) -> int:
+        if tenant_id is not None:
+            return len(self._subscribers.get(tenant_id, ()))
+        return sum(len(s) for s in self._subscribers.values())
+
+
+def dashboard_handler(hub: Hub) -> Any:
+    """BatchHandler for DashboardQueue: device events into the hub; other types ignored."""
+
+    async def handle(event: TypedEvent[BaseModel], ctx: HandlerContext) -> None:
+        data = event.data
+        if not isinstance(data, DeviceEvent):
+            return
+        envelope = event.envelope
+        hub.apply_event(data, event_type=envelope.type, sequence=envelope.sequence,
+                        event_time=envelope.time.timestamp(), event_id=envelope.id)
+
+    return batch_handler(handle, decode=lambda m: registry.decode(m.body))
+
+
+# --------------------------------------------------------------------------- HTTP
+
+
+def _tenant(request: web.Request) -> str:
+    token = request.query.get("token", "")
+    header = request.headers.get("Authorization", "")
+    if header.startswith("Bearer "):
+        token = header[len("Bearer "):]
+    try:
+        return verify_token(token)
+    except InvalidTokenError as exc:
+        raise web.HTTPUnauthorized(text=json.dumps({"error": str(exc)}),
+                                   content_type="application/json") from None
+
+
+class DashboardServer:
+    """The aiohttp application: page, SSE stream, query API."""
+
+    def __init__(self, hub: Hub, queries: DeviceQueries | None) -> None:
+        self.hub = hub
+        self.queries = queries
+        self.app = web.Application()
+        self.app.add_routes([
+            web.get("/", self.page),
+            web.get("/healthz", self.health),
+            web.get("/events", self.events),
+            web.get("/api/counts", self.api_counts),
+            web.get("/api/devices", self.api_devices),
+            web.get("/api/devices/{device_id}", self.api_device),
+        ])
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    async def start(self, host: str = "127.0.0.1", port: int = 8080) -> str:
+        """Listen; returns the base URL (port 0 picks a free one)."""
+        runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        self._runner = runner
+        sockets = site._server.sockets if site._server is not None else ()  # type: ignore[union-attr]
+        self.port = int(sockets[0].getsockname()[1]) if sockets else port
+        return f"http://{host}:{self.port}"
+
+    async def stop(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def page(self, request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(STATIC / "dashboard.html")
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.json_response({"ok": True, "viewers": self.hub.viewers(),
+                                  "applied": self.hub.applied})
+
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        tenant_id = _tenant(request)
+        response = web.StreamResponse(headers={
+            "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+        })
+        await response.prepare(request)
+        send, receive = self.hub.subscribe(tenant_id)
+        try:
+            snapshot = self.hub.view(tenant_id).snapshot()
+            frame = f"event: snapshot\ndata: {json.dumps(snapshot, separators=(',', ':'))}\n\n"
+            await response.write(frame.encode())
+            async with receive:
+                while True:
+                    with anyio.move_on_after(KEEPALIVE_SECONDS) as scope:
+                        frame = await receive.receive()
+                    if scope.cancelled_caught:
+                        frame = ": keep-alive\n\n"
+                    await response.write(frame.encode())
+        except (anyio.EndOfStream, anyio.ClosedResourceError, ConnectionResetError):
+            pass
+        finally:
+            self.hub.unsubscribe(tenant_id, send)
+        return response
+
+    def _require_queries(self) -> DeviceQueries:
+        if self.queries is None:
+            raise web.HTTPServiceUnavailable(text="no read model configured")
+        return self.queries
+
+    async def api_counts(self, request: web.Request) -> web.Response:
+        tenant_id = _tenant(request)
+        counts = await self._require_queries().fleet_counts(tenant_id)
+        return web.json_response(counts.model_dump(mode="json"))
+
+    async def api_devices(self, request: web.Request) -> web.Response:
+        tenant_id = _tenant(request)
+        try:
+            page = await self._require_queries().devices_by_status(
+                tenant_id, request.query.get("status", "online"),
+                limit=int(request.query.get("limit", "50")), cursor=request.query.get("cursor"),
+            )
+        except (InvalidQueryError, ValueError) as exc:
+            raise web.HTTPBadRequest(text=json.dumps({"error": str(exc)}),
+                                     content_type="application/json") from None
+        return web.json_response(page.model_dump(mode="json"))
+
+    async def api_device(self, request: web.Request) -> web.Response:
+        tenant_id = _tenant(request)
+        record = await self._require_queries().device(tenant_id, request.match_info["device_id"])
+        if record is None:  # also when the device belongs to another tenant
+            raise web.HTTPNotFound(text=json.dumps({"error": "no such device"}),
+                                   content_type="application/json")
+        return web.json_response(record.model_dump(mode="json"))
+
+
+async def worker() -> None:  # pragma: no cover - exercised by `fleetline up` and the tests
+    """Serve the dashboard and consume DashboardQueue until cancelled.
+
+    FLEETLINE_DASHBOARD_HOST / FLEETLINE_DASHBOARD_PORT (default 127.0.0.1:8080)."""
+    load_registered_events()
+    resources = Resources.from_environ()
+    host = os.environ.get("FLEETLINE_DASHBOARD_HOST", "127.0.0.1")
+    port = int(os.environ.get("FLEETLINE_DASHBOARD_PORT", "8080"))
+    wait = int(os.environ.get("FLEETLINE_WAIT_TIME_SECONDS", "20"))
+    async with AwsClients() as aws:
+        queries = DeviceQueries(aws, resources.get("DeviceReadModelTable"))
+        hub = Hub()
+        hub.seed(await queries.all_devices())
+        server = DashboardServer(hub, queries)
+        url = await server.start(host, port)
+        log.info("dashboard listening", url=url, devices=sum(len(v.devices)
+                                                            for v in hub.views.values()))
+        consumer = SqsConsumer(aws, resources.get("DashboardQueue"), dashboard_handler(hub),
+                               settings=SqsSettings(wait_time_seconds=wait))
+        try:
+            async with anyio.create_task_group() as tg:
+                await tg.start(consumer.run)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await server.stop()
