@@ -1,0 +1,44 @@
+from pathlib import Path
+
+import pytest
+
+from shared.errors import ConfigurationError
+from shared.local import ChildRecord, Phase, UpState, read_state
+from shared.local._state import write_state
+from shared.local._supervisor import Backoff
+
+
+def test_state_round_trips_through_the_file(tmp_path: Path) -> None:
+    state = UpState(
+        stack_name="s", endpoint="http://127.0.0.1:1", supervisor_pid=10, phase=Phase.READY,
+        emulator_port=1, urls={"HttpApi": "http://127.0.0.1:2"}, skipped={"P": "why"},
+        ready_seconds=3.5,
+    ).with_child(ChildRecord(name="emulator", kind="emulator", pid=11))
+    write_state(tmp_path, state)
+    assert read_state(tmp_path) == state
+    assert not list(tmp_path.glob(".state-*"))  # the temporary file was renamed
+
+
+def test_missing_state_is_none_and_damaged_state_is_refused(tmp_path: Path) -> None:
+    assert read_state(tmp_path) is None
+    (tmp_path / "state.json").write_text("{not json")
+    with pytest.raises(ConfigurationError, match="not JSON"):
+        read_state(tmp_path)
+    (tmp_path / "state.json").write_text('{"endpoint": null}')
+    with pytest.raises(ConfigurationError, match="damaged"):
+        read_state(tmp_path)
+
+
+def test_with_child_replaces_by_name_and_pids_lists_supervisor_first() -> None:
+    state = UpState(stack_name="s", endpoint=None, supervisor_pid=1)
+    state = state.with_child(ChildRecord(name="w", kind="service", pid=2))
+    state = state.with_child(ChildRecord(name="w", kind="service", pid=3, restarts=1))
+    assert state.pids() == [1, 3]
+    assert state.without_child("w").pids() == [1]
+
+
+def test_restart_backoff_doubles_up_to_the_cap() -> None:
+    backoff = Backoff(initial=0.5, maximum=4.0)
+    assert [backoff.delay(n) for n in range(6)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+    with pytest.raises(ValueError, match="failures"):
+        backoff.delay(-1)
