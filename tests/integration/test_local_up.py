@@ -30,15 +30,26 @@ READY_WITHIN_S = 30.0
 
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "AWS_ENDPOINT_URL"}
-    env.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1"})
+    env.update(
+        {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_REGION": "us-east-1",
+        }
+    )
     return env
 
 
 def _fleetline(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "shared.cli", *args], cwd=ROOT, env=_env(), text=True,
-        capture_output=True, timeout=timeout, check=False,
+        [sys.executable, "-m", "shared.cli", *args],
+        cwd=ROOT,
+        env=_env(),
+        text=True,
+        capture_output=True,
+        timeout=timeout,
+        check=False,
     )
 
 
@@ -57,8 +68,15 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
     stack = "uptest"
     started = time.monotonic()
     done = _fleetline(
-        "up", "--detach", "--template", str(TEMPLATE), "--stack-name", stack,
-        "--state-dir", str(state_dir), timeout=READY_WITHIN_S + 30,
+        "up",
+        "--detach",
+        "--template",
+        str(TEMPLATE),
+        "--stack-name",
+        stack,
+        "--state-dir",
+        str(state_dir),
+        timeout=READY_WITHIN_S + 30,
     )
     elapsed = time.monotonic() - started
     try:
@@ -68,8 +86,9 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
         words = ready[0].split()
         urls = dict(w.split("=", 1) for w in words[2:])
         print(f"time to READY: {elapsed:.2f} s (supervisor: {urls.get('stack')})")
-        yield Up(endpoint=words[1], urls=urls, state_dir=state_dir, stack=stack,
-                 ready_seconds=elapsed)
+        yield Up(
+            endpoint=words[1], urls=urls, state_dir=state_dir, stack=stack, ready_seconds=elapsed
+        )
     finally:
         _fleetline("down", "--state-dir", str(state_dir))
 
@@ -90,8 +109,9 @@ def test_ready_within_30_seconds(up: Up) -> None:
 
 
 def test_status_lists_every_resource_of_the_template(up: Up) -> None:
-    done = _fleetline("status", "--json", "--template", str(TEMPLATE),
-                      "--state-dir", str(up.state_dir))
+    done = _fleetline(
+        "status", "--json", "--template", str(TEMPLATE), "--state-dir", str(up.state_dir)
+    )
     assert done.returncode == 0, done.stderr
     status = json.loads(done.stdout)
     listed = {r["logical_id"]: r for r in status["resources"]}
@@ -123,14 +143,19 @@ def test_worker_runs_with_the_task_definition_environment(up: Up) -> None:
 
 def test_http_api_builds_api_gateway_events(up: Up) -> None:
     request = urllib.request.Request(
-        f"{up.urls['HttpApi']}/echo/ada?x=1&x=2", data=b'{"n": 1}', method="POST",
+        f"{up.urls['HttpApi']}/echo/ada?x=1&x=2",
+        data=b'{"n": 1}',
+        method="POST",
         headers={"content-type": "application/json"},
     )
     with urllib.request.urlopen(request, timeout=10) as response:
         assert response.status == 201
         echoed = json.loads(response.read())
     assert echoed == {
-        "route": "POST /echo/{name}", "name": "ada", "query": {"x": "1,2"}, "body": '{"n": 1}',
+        "route": "POST /echo/{name}",
+        "name": "ada",
+        "query": {"x": "1,2"},
+        "body": '{"n": 1}',
         "function": "uptest-api",
         "queue": "https://sqs.us-east-1.amazonaws.com/123456789012/uptest-work",
     }
@@ -156,19 +181,27 @@ async def test_event_source_mapping_invokes_the_function(aws: AwsClients, up: Up
     await sqs.send_message(QueueUrl=url, MessageBody="hello-mapping")
 
     async def seen() -> bool:
-        got = await dynamodb.get_item(TableName="uptest-outbox",
-                                      Key={"pk": {"S": "seen#hello-mapping"}})
+        got = await dynamodb.get_item(
+            TableName="uptest-outbox", Key={"pk": {"S": "seen#hello-mapping"}}
+        )
         return "Item" in got
 
     assert await _poll(seen), "the WorkFunction handler never ran for the message"
 
     async def drained() -> bool:
-        attrs = (await sqs.get_queue_attributes(
-            QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages",
-                                          "ApproximateNumberOfMessagesNotVisible"],
-        ))["Attributes"]
-        return attrs == {"ApproximateNumberOfMessages": "0",
-                         "ApproximateNumberOfMessagesNotVisible": "0"}
+        attrs = (
+            await sqs.get_queue_attributes(
+                QueueUrl=url,
+                AttributeNames=[
+                    "ApproximateNumberOfMessages",
+                    "ApproximateNumberOfMessagesNotVisible",
+                ],
+            )
+        )["Attributes"]
+        return attrs == {
+            "ApproximateNumberOfMessages": "0",
+            "ApproximateNumberOfMessagesNotVisible": "0",
+        }
 
     assert await _poll(drained), "the handled message was not deleted"
 
@@ -176,11 +209,17 @@ async def test_event_source_mapping_invokes_the_function(aws: AwsClients, up: Up
 async def test_subscription_filter_policy_is_supplied(aws: AwsClients) -> None:
     sns = await aws.client("sns")
     sqs = await aws.client("sqs")
-    topic = next(t["TopicArn"] for t in (await sns.list_topics())["Topics"]
-                 if t["TopicArn"].endswith(":uptest-alarms"))
+    topic = next(
+        t["TopicArn"]
+        for t in (await sns.list_topics())["Topics"]
+        if t["TopicArn"].endswith(":uptest-alarms")
+    )
     for severity in ("info", "critical"):
-        await sns.publish(TopicArn=topic, Message=f"alarm-{severity}", MessageAttributes={
-            "severity": {"DataType": "String", "StringValue": severity}})
+        await sns.publish(
+            TopicArn=topic,
+            Message=f"alarm-{severity}",
+            MessageAttributes={"severity": {"DataType": "String", "StringValue": severity}},
+        )
     url = (await sqs.get_queue_url(QueueName="uptest-alarms"))["QueueUrl"]
     got = await sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1)
     assert [m["Body"] for m in got.get("Messages", [])] == ["alarm-critical"]  # raw delivery
@@ -204,8 +243,9 @@ async def test_state_machine_is_recreated_and_executes(aws: AwsClients) -> None:
 
 def test_errors_are_one_line(tmp_path: Path, up: Up) -> None:
     port = int(up.endpoint.rsplit(":", 1)[1])
-    busy = _fleetline("up", "--port", str(port), "--template", str(TEMPLATE),
-                      "--state-dir", str(tmp_path / "a"))
+    busy = _fleetline(
+        "up", "--port", str(port), "--template", str(TEMPLATE), "--state-dir", str(tmp_path / "a")
+    )
     assert busy.returncode != 0
     assert busy.stderr.strip().count("\n") == 0
     assert f"port {port} is in use" in busy.stderr

@@ -24,11 +24,21 @@ def test_most_specific_route_wins() -> None:
 
 def test_event_has_the_v2_shape() -> None:
     event = build_event(
-        route_key="POST /orders", method="post", path="/orders",
+        route_key="POST /orders",
+        method="post",
+        path="/orders",
         query=[("a", "1"), ("a", "2"), ("b", "x")],
-        headers=[("Content-Type", "application/json"), ("X-Multi", "1"), ("x-multi", "2"),
-                 ("Cookie", "s=1; t=2"), ("Idempotency-Key", "k")],
-        body=b'{"x": 1}', path_parameters={}, now=1_700_000_000.0, request_id="r",
+        headers=[
+            ("Content-Type", "application/json"),
+            ("X-Multi", "1"),
+            ("x-multi", "2"),
+            ("Cookie", "s=1; t=2"),
+            ("Idempotency-Key", "k"),
+        ],
+        body=b'{"x": 1}',
+        path_parameters={},
+        now=1_700_000_000.0,
+        request_id="r",
     )
     assert event["version"] == "2.0"
     assert event["routeKey"] == "POST /orders"
@@ -48,8 +58,12 @@ def test_event_has_the_v2_shape() -> None:
 
 def test_binary_bodies_are_base64() -> None:
     event = build_event(
-        route_key="$default", method="PUT", path="/f", query=[],
-        headers=[("content-type", "application/octet-stream")], body=b"\x00\xff",
+        route_key="$default",
+        method="PUT",
+        path="/f",
+        query=[],
+        headers=[("content-type", "application/octet-stream")],
+        body=b"\x00\xff",
         path_parameters={"id": "1"},
     )
     assert event["isBase64Encoded"] is True
@@ -58,10 +72,15 @@ def test_binary_bodies_are_base64() -> None:
 
 
 def test_proxy_responses() -> None:
-    assert http_response({"statusCode": 202, "headers": {"a": "b"}, "body": "ok",
-                          "cookies": ["c=1"]}) == (202, {"a": "b"}, ["c=1"], b"ok")
-    assert http_response({"statusCode": 200, "body": base64.b64encode(b"\x01").decode(),
-                          "isBase64Encoded": True})[3] == b"\x01"
+    assert http_response(
+        {"statusCode": 202, "headers": {"a": "b"}, "body": "ok", "cookies": ["c=1"]}
+    ) == (202, {"a": "b"}, ["c=1"], b"ok")
+    assert (
+        http_response(
+            {"statusCode": 200, "body": base64.b64encode(b"\x01").decode(), "isBase64Encoded": True}
+        )[3]
+        == b"\x01"
+    )
     # without statusCode API Gateway answers 200 with the value as JSON
     assert http_response({"id": 1}) == (200, {"content-type": "application/json"}, [], b'{"id": 1}')
     assert http_response({"statusCode": 204})[3] == b""

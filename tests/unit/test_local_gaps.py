@@ -34,13 +34,16 @@ def facts() -> StackFacts:
         "SleeperService": f"arn:aws:ecs:us-east-1:{ACCOUNT}:service/s/s-SleeperService-Y",
     }
     return StackFacts.from_stack_id(
-        f"arn:aws:cloudformation:us-east-1:{ACCOUNT}:stack/s/abc", stack_name="s",
+        f"arn:aws:cloudformation:us-east-1:{ACCOUNT}:stack/s/abc",
+        stack_name="s",
         physical=physical,
         attributes={"Outbox.StreamArn": "arn:aws:dynamodb:us-east-1:1:table/s-outbox/stream/t"},
     )
 
 
-def test_subscriptions_carry_filter_policy_and_raw_delivery(template: dict, facts: StackFacts) -> None:
+def test_subscriptions_carry_filter_policy_and_raw_delivery(
+    template: dict, facts: StackFacts
+) -> None:
     plan = plan_gaps(template, facts)
     (sub,) = plan.subscriptions
     assert sub.topic_arn == f"arn:aws:sns:us-east-1:{ACCOUNT}:s-alarms"
@@ -49,7 +52,9 @@ def test_subscriptions_carry_filter_policy_and_raw_delivery(template: dict, fact
     assert sub.attributes["RawMessageDelivery"] == "true"
 
 
-def test_state_machine_definition_has_substitutions_resolved(template: dict, facts: StackFacts) -> None:
+def test_state_machine_definition_has_substitutions_resolved(
+    template: dict, facts: StackFacts
+) -> None:
     (machine,) = plan_gaps(template, facts).state_machines
     assert machine.name == "s-saga"
     assert machine.arn == facts.physical["Saga"]
@@ -77,9 +82,13 @@ def test_triggers_apis_pipes_services_and_ttl(template: dict, facts: StackFacts)
 
 
 def test_intrinsics_resolve_against_the_stack(template: dict, facts: StackFacts) -> None:
-    assert resolve({"Fn::Sub": "${AWS::StackName}-${AWS::Region}"}, template, facts) == "s-us-east-1"
-    assert resolve({"Fn::Sub": ["${X}/${WorkQueue.Arn}", {"X": {"Ref": "Outbox"}}]},
-                   template, facts) == f"s-outbox/arn:aws:sqs:us-east-1:{ACCOUNT}:s-work"
+    assert (
+        resolve({"Fn::Sub": "${AWS::StackName}-${AWS::Region}"}, template, facts) == "s-us-east-1"
+    )
+    assert (
+        resolve({"Fn::Sub": ["${X}/${WorkQueue.Arn}", {"X": {"Ref": "Outbox"}}]}, template, facts)
+        == f"s-outbox/arn:aws:sqs:us-east-1:{ACCOUNT}:s-work"
+    )
     assert resolve({"Fn::Join": ["-", ["a", {"Ref": "Cluster"}]]}, template, facts) == "a-s"
     assert resolve({"Fn::Select": [1, {"Fn::Split": [",", "a,b"]}]}, template, facts) == "b"
     assert resolve({"Fn::Sub": "${!Literal}"}, template, facts) == "${Literal}"
@@ -90,7 +99,7 @@ def test_intrinsics_resolve_against_the_stack(template: dict, facts: StackFacts)
 def test_unresolvable_names_fail_with_the_name(template: dict, facts: StackFacts) -> None:
     with pytest.raises(TemplateError, match="Nope"):
         resolve({"Ref": "Nope"}, template, facts)
-    with pytest.raises(TemplateError, match="Telemetry.ShardIds"):
+    with pytest.raises(TemplateError, match=r"Telemetry\.ShardIds"):
         resolve({"Fn::GetAtt": ["Telemetry", "ShardIds"]}, template, facts)
     with pytest.raises(TemplateError, match="Fn::Transform"):
         resolve({"Fn::Transform": {}}, template, facts)

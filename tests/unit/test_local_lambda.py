@@ -17,10 +17,19 @@ QUEUE_ARN = "arn:aws:sqs:eu-west-1:123456789012:q"
 
 def _sqs(i: int) -> Message:
     return Message(
-        id=f"m{i}", body=f"b{i}", source=SourceKind.SQS, source_name="url", receipt=f"r{i}",
-        raw={"MessageId": f"m{i}", "ReceiptHandle": f"r{i}", "Body": f"b{i}", "MD5OfBody": "x",
-             "Attributes": {"ApproximateReceiveCount": "1"},
-             "MessageAttributes": {"k": {"DataType": "String", "StringValue": "v"}}},
+        id=f"m{i}",
+        body=f"b{i}",
+        source=SourceKind.SQS,
+        source_name="url",
+        receipt=f"r{i}",
+        raw={
+            "MessageId": f"m{i}",
+            "ReceiptHandle": f"r{i}",
+            "Body": f"b{i}",
+            "MD5OfBody": "x",
+            "Attributes": {"ApproximateReceiveCount": "1"},
+            "MessageAttributes": {"k": {"DataType": "String", "StringValue": "v"}},
+        },
     )
 
 
@@ -37,9 +46,15 @@ def test_sqs_event_records() -> None:
 
 
 def test_kinesis_event_encodes_data_and_ids() -> None:
-    message = Message(id="7", body='{"a":1}', source=SourceKind.KINESIS,
-                      source_name="shardId-000", group_id="dev-1", sequence="7",
-                      raw={"shard_id": "shardId-000", "partition_key": "dev-1"})
+    message = Message(
+        id="7",
+        body='{"a":1}',
+        source=SourceKind.KINESIS,
+        source_name="shardId-000",
+        group_id="dev-1",
+        sequence="7",
+        raw={"shard_id": "shardId-000", "partition_key": "dev-1"},
+    )
     (record,) = kinesis_event([message], "arn:aws:kinesis:us-east-1:1:stream/t")["Records"]
     assert base64.b64decode(record["kinesis"]["data"]) == b'{"a":1}'
     assert record["kinesis"]["partitionKey"] == "dev-1"
@@ -47,11 +62,22 @@ def test_kinesis_event_encodes_data_and_ids() -> None:
 
 
 def test_dynamodb_event_from_the_consumer_document() -> None:
-    document = {"eventID": "e", "eventName": "MODIFY",
-                "dynamodb": {"Keys": {"pk": {"S": "1"}}, "SequenceNumber": "9",
-                             "NewImage": {"pk": {"S": "1"}}}}
-    message = Message(id="9", body=json.dumps(document), source=SourceKind.DYNAMODB_STREAM,
-                      source_name="shard", sequence="9")
+    document = {
+        "eventID": "e",
+        "eventName": "MODIFY",
+        "dynamodb": {
+            "Keys": {"pk": {"S": "1"}},
+            "SequenceNumber": "9",
+            "NewImage": {"pk": {"S": "1"}},
+        },
+    }
+    message = Message(
+        id="9",
+        body=json.dumps(document),
+        source=SourceKind.DYNAMODB_STREAM,
+        source_name="shard",
+        sequence="9",
+    )
     (record,) = dynamodb_stream_event([message], "arn:s")["Records"]
     assert record["eventName"] == "MODIFY"
     assert record["dynamodb"]["NewImage"] == {"pk": {"S": "1"}}
@@ -61,23 +87,34 @@ def test_dynamodb_event_from_the_consumer_document() -> None:
 def test_batch_item_failures_become_retries() -> None:
     messages = [_sqs(1), _sqs(2)]
     result = outcomes_from_response(
-        messages, {"batchItemFailures": [{"itemIdentifier": "m2"}]},
+        messages,
+        {"batchItemFailures": [{"itemIdentifier": "m2"}]},
         report_batch_item_failures=True,
     )
     assert result.outcomes == {"m1": Outcome.SUCCEEDED, "m2": Outcome.RETRY}
     # Without ReportBatchItemFailures a returned list means nothing, as on AWS.
-    ignored = outcomes_from_response(messages, {"batchItemFailures": [{"itemIdentifier": "m2"}]},
-                                     report_batch_item_failures=False)
+    ignored = outcomes_from_response(
+        messages,
+        {"batchItemFailures": [{"itemIdentifier": "m2"}]},
+        report_batch_item_failures=False,
+    )
     assert set(ignored.outcomes.values()) == {Outcome.SUCCEEDED}
-    malformed = outcomes_from_response(messages, {"batchItemFailures": [{}]},
-                                       report_batch_item_failures=True)
+    malformed = outcomes_from_response(
+        messages, {"batchItemFailures": [{}]}, report_batch_item_failures=True
+    )
     assert set(malformed.outcomes.values()) == {Outcome.RETRY}
 
 
 def test_sample_event_matches_the_pattern() -> None:
-    pattern = {"source": [{"prefix": "fleetline."}], "detail-type": ["OrderPlaced"],
-               "detail": {"total": [{"numeric": [">", 10]}], "gone": [{"exists": False}],
-                          "kind": [{"anything-but": "x"}]}}
+    pattern = {
+        "source": [{"prefix": "fleetline."}],
+        "detail-type": ["OrderPlaced"],
+        "detail": {
+            "total": [{"numeric": [">", 10]}],
+            "gone": [{"exists": False}],
+            "kind": [{"anything-but": "x"}],
+        },
+    }
     event = sample_event(pattern)
     assert event["source"].startswith("fleetline.")
     assert event["detail-type"] == "OrderPlaced"

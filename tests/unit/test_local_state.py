@@ -10,8 +10,13 @@ from shared.local._supervisor import Backoff
 
 def test_state_round_trips_through_the_file(tmp_path: Path) -> None:
     state = UpState(
-        stack_name="s", endpoint="http://127.0.0.1:1", supervisor_pid=10, phase=Phase.READY,
-        emulator_port=1, urls={"HttpApi": "http://127.0.0.1:2"}, skipped={"P": "why"},
+        stack_name="s",
+        endpoint="http://127.0.0.1:1",
+        supervisor_pid=10,
+        phase=Phase.READY,
+        emulator_port=1,
+        urls={"HttpApi": "http://127.0.0.1:2"},
+        skipped={"P": "why"},
         ready_seconds=3.5,
     ).with_child(ChildRecord(name="emulator", kind="emulator", pid=11))
     write_state(tmp_path, state)

@@ -15,14 +15,16 @@ def api(event: dict[str, Any], context: Any) -> dict[str, Any]:
     return {
         "statusCode": 201,
         "headers": {"content-type": "application/json"},
-        "body": json.dumps({
-            "route": event["routeKey"],
-            "name": event.get("pathParameters", {}).get("name"),
-            "query": event.get("queryStringParameters", {}),
-            "body": event.get("body"),
-            "function": context.function_name,
-            "queue": os.environ.get("FLEETLINE_WORK_QUEUE"),
-        }),
+        "body": json.dumps(
+            {
+                "route": event["routeKey"],
+                "name": event.get("pathParameters", {}).get("name"),
+                "query": event.get("queryStringParameters", {}),
+                "body": event.get("body"),
+                "function": context.function_name,
+                "queue": os.environ.get("FLEETLINE_WORK_QUEUE"),
+            }
+        ),
     }
 
 
@@ -42,6 +44,8 @@ def work(event: dict[str, Any], context: Any) -> dict[str, Any]:
     del context
     records = event["Records"]
     asyncio.run(_record([r["body"] for r in records if r["body"] != "fail"]))
-    return {"batchItemFailures": [
-        {"itemIdentifier": r["messageId"]} for r in records if r["body"] == "fail"
-    ]}
+    return {
+        "batchItemFailures": [
+            {"itemIdentifier": r["messageId"]} for r in records if r["body"] == "fail"
+        ]
+    }
