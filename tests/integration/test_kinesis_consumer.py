@@ -19,10 +19,17 @@ import pytest
 
 from shared.aws import AwsClients
 from shared.consumers._lease_decisions import SHARD_END
-from shared.consumers._leases import LeaseTable, create_lease_table
+from shared.consumers._leases import LeaseLostError, LeaseTable, create_lease_table
 from shared.consumers._message import BatchResult, Message, Outcome, SourceKind
-from shared.consumers._stream import RecordsPage, StreamConsumer, StreamConsumerConfig
+from shared.consumers._stream import (
+    ExpiredIteratorError,
+    RecordsPage,
+    ShardInfo,
+    StreamConsumer,
+    StreamConsumerConfig,
+)
 from shared.consumers.kinesis import KinesisConsumer, KinesisSource
+from shared.errors import AwsUnavailableError
 
 pytestmark = pytest.mark.emulator
 
@@ -472,3 +479,224 @@ def _async(predicate: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
         return predicate()
 
     return check
+
+
+async def test_lost_lease_cannot_checkpoint_or_release(aws: AwsClients) -> None:
+    """Fencing: once B took the lease, A's checkpoint and release are refused."""
+    await make_stream(aws, "fence", 1)
+    table = LeaseTable(aws, LEASES, "telemetry")
+    await table.create_missing([("shard-x", ())], existing=[])
+    [free] = await table.list()
+    now = int(time.time() * 1000)
+    held_by_a = await table.take(free, owner="A", expires_at_ms=now + 60_000)
+    assert held_by_a is not None
+    assert held_by_a.counter == free.counter + 1
+    await table.checkpoint(held_by_a, "10", expires_at_ms=now + 60_000)
+    assert await table.take(free, owner="B", expires_at_ms=now) is None  # stale snapshot
+    [current] = await table.list()
+    held_by_b = await table.take(current, owner="B", expires_at_ms=now + 60_000)  # a steal
+    assert held_by_b is not None
+    with pytest.raises(LeaseLostError):
+        await table.checkpoint(held_by_a, "20", expires_at_ms=now + 60_000)
+    with pytest.raises(LeaseLostError):
+        await table.renew(held_by_a, expires_at_ms=now + 60_000)
+    with pytest.raises(LeaseLostError):
+        await table.release(held_by_a, checkpoint="20")
+    [after] = await table.list()
+    assert after.owner == "B"
+    assert after.checkpoint == "10"
+    await table.release(held_by_b, checkpoint="11")
+    [released] = await table.list()
+    assert released.owner is None
+    assert released.expires_at_ms == 0
+    assert released.checkpoint == "11"
+
+
+async def test_shutdown_finishes_the_in_flight_batch_then_checkpoints_and_releases(
+    aws: AwsClients,
+) -> None:
+    await make_stream(aws, "drain", 1)
+    entered, proceed = anyio.Event(), anyio.Event()
+    handled: list[Message] = []
+
+    async def slow(batch: Sequence[Message]) -> BatchResult:
+        entered.set()
+        await proceed.wait()
+        handled.extend(batch)
+        return BatchResult({m.id: Outcome.SUCCEEDED for m in batch})
+
+    await put(aws, "drain", [("k", f"m{i}") for i in range(5)])
+    stopped = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        consumer = KinesisConsumer(aws, slow, stream="drain", config=fast_config())
+
+        async def run() -> None:
+            await consumer.run()
+            stopped.set()
+
+        tg.start_soon(run)
+        with anyio.fail_after(10):
+            await entered.wait()
+        consumer.shutdown()
+        await anyio.sleep(0.3)  # the in-flight batch is not abandoned while it runs
+        assert not stopped.is_set()
+        proceed.set()
+        with anyio.fail_after(5):
+            await stopped.wait()
+    assert [m.body for m in handled] == [f"m{i}" for i in range(5)]
+    [lease] = await LeaseTable(aws, LEASES, "telemetry").list()
+    assert lease.owner is None
+    assert lease.checkpoint == handled[-1].sequence
+
+
+async def test_grace_expiry_cancels_a_stuck_handler_and_still_releases(aws: AwsClients) -> None:
+    await make_stream(aws, "stuck", 1)
+
+    async def stuck(batch: Sequence[Message]) -> BatchResult:
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    await put(aws, "stuck", [("k", "m0")])
+    async with anyio.create_task_group() as tg:
+        consumer = KinesisConsumer(aws, stuck, stream="stuck",
+                                   config=fast_config(shutdown_grace=0.3))
+        await tg.start(consumer.run)
+        await wait_for(_async(lambda: consumer.statistics().handler_calls == 1), 5, "a call")
+        started = time.monotonic()
+        consumer.shutdown()
+    assert time.monotonic() - started < 2
+    [lease] = await LeaseTable(aws, LEASES, "telemetry").list()
+    assert lease.owner is None  # handed back at once
+    assert lease.checkpoint is None  # nothing was completed
+
+
+class FlakySource(KinesisSource):
+    """The real source, with one expired iterator and one throttle injected into the reads."""
+
+    def __init__(self, aws: AwsClients, stream: str) -> None:
+        super().__init__(aws, stream)
+        self.reads = 0
+        self.opened = 0
+
+    async def get_iterator(self, shard_id: str, **kwargs: Any) -> str:
+        self.opened += 1
+        return await super().get_iterator(shard_id, **kwargs)
+
+    async def get_records(self, shard_id: str, iterator: str, *, limit: int) -> RecordsPage:
+        self.reads += 1
+        if self.reads == 2:
+            raise ExpiredIteratorError("Iterator expired")
+        if self.reads == 3:
+            raise AwsUnavailableError(
+                "Rate exceeded", code="ProvisionedThroughputExceededException"
+            )
+        return await super().get_records(shard_id, iterator, limit=limit)
+
+
+async def test_expired_iterator_and_throttling_lose_and_repeat_nothing(aws: AwsClients) -> None:
+    await make_stream(aws, "flaky", 1)
+    handler = Recorder()
+    source = FlakySource(aws, "flaky")
+    await put(aws, "flaky", [("k", f"a{i}") for i in range(3)])
+    async with anyio.create_task_group() as tg:
+        consumer = StreamConsumer(aws, handler, source, fast_config(limit=3))
+        await tg.start(consumer.run)
+        await wait_for(_async(lambda: len(handler.handled) >= 3), 5, "the first page")
+        await put(aws, "flaky", [("k", f"b{i}") for i in range(3)])
+        await wait_for(_async(lambda: len(handler.handled) >= 6), 10, "records after the faults")
+        consumer.shutdown()
+    assert [m.body for m in handler.handled] == [*(f"a{i}" for i in range(3)),
+                                                 *(f"b{i}" for i in range(3))]
+    assert source.opened == 2  # the expired iterator was replaced from the checkpoint
+
+
+class MemoryStream:
+    """A `ShardSource` over an in-memory stream with AWS's resharding semantics (a closed
+    shard keeps its records and ends with a null iterator; new records go to open shards
+    only), for what the emulator cannot show: records of one key crossing a reshard."""
+
+    def __init__(self) -> None:
+        self.shards: dict[str, list[tuple[str, str]]] = {"s0": []}
+        self.parents: dict[str, tuple[str, ...]] = {"s0": ()}
+        self.closed: set[str] = set()
+        self.route: Callable[[str], str] = lambda key: "s0"
+
+    kind = SourceKind.KINESIS
+    name = "memory"
+    default_limit = 4
+
+    def put(self, key: str, body: str) -> None:
+        shard = self.route(key)
+        assert shard not in self.closed
+        self.shards[shard].append((key, body))
+
+    def split(self) -> None:
+        self.closed.add("s0")
+        for child in ("s1", "s2"):
+            self.shards[child] = []
+            self.parents[child] = ("s0",)
+        self.route = lambda key: "s1" if int(key[1:]) % 2 else "s2"
+
+    async def list_shards(self) -> Sequence[ShardInfo]:
+        return [
+            ShardInfo(shard_id=s, parent_shard_ids=self.parents[s],
+                      ending_sequence=str(len(self.shards[s])) if s in self.closed else None)
+            for s in self.shards
+        ]
+
+    async def get_iterator(self, shard_id: str, *, after: str | None, initial: Any) -> str:
+        return f"{shard_id}:{int(after) if after else 0}"
+
+    async def get_records(self, shard_id: str, iterator: str, *, limit: int) -> RecordsPage:
+        position = int(iterator.split(":")[1])
+        rows = self.shards[shard_id][position:position + limit]
+        messages = [
+            Message(id=str(position + i + 1), body=body, source=SourceKind.KINESIS,
+                    source_name=shard_id, group_id=key, sequence=str(position + i + 1))
+            for i, (key, body) in enumerate(rows)
+        ]
+        end = position + len(rows)
+        done = shard_id in self.closed and end == len(self.shards[shard_id])
+        return RecordsPage(messages=messages, next_iterator=None if done else f"{shard_id}:{end}")
+
+
+async def test_order_per_key_holds_across_a_split(aws: AwsClients) -> None:
+    """With a source that routes new records to the children (as AWS does), every key's
+    records are handled exactly in order across the split: parent drained first."""
+    await create_lease_table(aws, LEASES)
+    stream = MemoryStream()
+    handled: list[Message] = []
+    slow_parent = anyio.Event()
+
+    async def handler(batch: Sequence[Message]) -> BatchResult:
+        if batch[0].source_name == "s0":
+            await slow_parent.wait()  # the parent lags behind: children must wait for it
+        handled.extend(batch)
+        return BatchResult({m.id: Outcome.SUCCEEDED for m in batch})
+
+    keys = [f"k{i}" for i in range(6)]
+    for value in range(3):
+        for key in keys:
+            stream.put(key, f"{key}:{value}")
+    async with anyio.create_task_group() as tg:
+        consumer = StreamConsumer(aws, handler, stream, fast_config(shard_sync_interval=0.2))
+        await tg.start(consumer.run)
+        stream.split()
+        for value in range(3, 6):
+            for key in keys:
+                stream.put(key, f"{key}:{value}")
+        await wait_for(
+            _async(lambda: consumer.statistics().lease_rounds >= 4), 5, "lease rounds"
+        )
+        assert consumer.held_shards == ("s0",)
+        slow_parent.set()
+        await wait_for(_async(lambda: len(handled) == 36), 10, "all 36 records")
+        consumer.shutdown()
+    for key in keys:
+        assert [m.body for m in handled if m.group_id == key] == [
+            f"{key}:{v}" for v in range(6)
+        ]
+    leases = {lease.shard_id: lease for lease in await LeaseTable(aws, LEASES, "telemetry").list()}
+    assert leases["s0"].checkpoint == SHARD_END
+    assert leases["s1"].checkpoint == "9"
+    assert leases["s2"].checkpoint == "9"
