@@ -20,12 +20,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from shared.events import event_type
 
 __all__ = [
+    "EDGE_SOURCE",
     "EVENT_TYPES",
     "SOURCE",
+    "DeviceAlarmRaised",
     "DeviceConnected",
     "DeviceDisconnected",
     "DeviceEvent",
     "DeviceStateChanged",
+    "DeviceStateReported",
     "DeviceView",
     "FirmwareVersionReported",
     "Severity",
@@ -36,6 +39,7 @@ __all__ = [
 ]
 
 SOURCE: Final = "fleetline.devices"
+EDGE_SOURCE: Final = "fleetline.iot"  # facts from the edge Lambda (services.devices.ingest)
 
 
 class Status(enum.StrEnum):
@@ -151,6 +155,28 @@ class ThresholdCleared(DeviceEvent):
     metric: str
     value: float
     severity: Severity
+
+
+@event_type("DeviceAlarmRaised", source=EDGE_SOURCE, version=1)
+class DeviceAlarmRaised(_Model):
+    """A device raised an alarm itself (its `alarms` MQTT channel, through the edge Lambda)."""
+
+    device_id: str
+    tenant_id: str
+    severity: str
+    code: str
+    message: str = ""
+    ts: float
+
+
+@event_type("DeviceStateReported", source=EDGE_SOURCE, version=1)
+class DeviceStateReported(_Model):
+    """A device reported (part of) its state on its `state` MQTT channel."""
+
+    device_id: str
+    tenant_id: str
+    reported: dict[str, Any] = Field(default_factory=dict)
+    ts: float
 
 
 EVENT_TYPES: Final[tuple[type[DeviceEvent], ...]] = (
