@@ -27,7 +27,7 @@ _REQUIRED = {
     "sqs": ("shared.consumers", "SqsConsumer"),
     "kinesis": ("shared.consumers.kinesis", "KinesisConsumer"),
     "dynamodb-stream": ("shared.consumers.dynamodb_streams", "DynamoDBStreamsConsumer"),
-    "pipe": ("shared.outbox", "run_relay"),
+    "pipe": ("shared.outbox", "Relay"),
 }
 
 
@@ -132,8 +132,30 @@ async def _queue_url(aws: Any, arn: str) -> str:
 
 
 async def relay(spec: dict[str, Any], stop: anyio.Event) -> None:
-    """Run the outbox relay for one pipe until `stop` is set."""
-    run_relay = _find("pipe")
-    if run_relay is None:
+    """Stand in for one EventBridge Pipe (outbox stream -> bus) until `stop` is set: the
+    runtime's DynamoDB Streams consumer feeding the outbox `Relay`. The relay extracts the
+    events itself with the same function the Pipe's enrichment Lambda uses, so the enrichment
+    is not invoked separately; events keep their ids either way."""
+    from shared.aws import AwsClients
+
+    relay_type = _find("pipe")
+    if relay_type is None:
         raise ConfigurationError(missing("pipe") or "pipe")
-    raise ConfigurationError(f"the local pipe is not wired to {run_relay!r} yet")
+    outbox = importlib.import_module("shared.outbox")
+    bus = str(spec["target_arn"]).rsplit("/", 1)[-1]
+    async with AwsClients() as aws:
+        handler = relay_type(aws, outbox.PublisherConfig(bus_name=bus))
+        mapping = {
+            "logical_id": spec["logical_id"],
+            "source_arn": spec["source_arn"],
+            "lease_table": spec["lease_table"],
+            "batch_size": int(
+                spec.get("source_parameters", {})
+                .get("DynamoDBStreamParameters", {})
+                .get("BatchSize", 100)
+            ),
+            "starting_position": spec.get("source_parameters", {})
+            .get("DynamoDBStreamParameters", {})
+            .get("StartingPosition", "TRIM_HORIZON"),
+        }
+        await consume("dynamodb-stream", mapping, handler, stop)

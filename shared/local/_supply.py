@@ -298,6 +298,7 @@ async def plan_processes(
             "enrichment_arn": pipe.enrichment_arn,
             "source_parameters": pipe.source_parameters,
             "target_parameters": pipe.target_parameters,
+            "lease_table": _consumers.local_lease_table(stack_name),
         }
         specs.append(
             ProcessSpec(

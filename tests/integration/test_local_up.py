@@ -206,6 +206,24 @@ async def test_event_source_mapping_invokes_the_function(aws: AwsClients, up: Up
     assert await _poll(drained), "the handled message was not deleted"
 
 
+async def test_pipe_relays_outbox_events_to_the_bus(aws: AwsClients) -> None:
+    """Outbox row -> table stream -> local pipe (consumer + relay) -> bus -> rule -> queue
+    -> mapping -> function, which records the envelope id."""
+    dynamodb = await aws.client("dynamodb")
+    envelope = {"id": "evt-pipe-1", "type": "OrderPlaced", "source": "fleetline.orders",
+                "version": 1, "data": {}}
+    await dynamodb.put_item(TableName="uptest-outbox", Item={
+        "pk": {"S": "order#1"}, "outbox": {"L": [{"S": json.dumps(envelope)}]},
+    })
+
+    async def seen() -> bool:
+        got = await dynamodb.get_item(TableName="uptest-outbox",
+                                      Key={"pk": {"S": "seen#evt-pipe-1"}})
+        return "Item" in got
+
+    assert await _poll(seen, within=20), "the outbox event never reached the function"
+
+
 async def test_subscription_filter_policy_is_supplied(aws: AwsClients) -> None:
     sns = await aws.client("sns")
     sqs = await aws.client("sqs")

@@ -38,12 +38,21 @@ async def _record(bodies: list[str]) -> None:
             )
 
 
+def _key(body: str) -> str:
+    """An EventBridge event is recorded by its envelope id, anything else by its body."""
+    try:
+        event = json.loads(body)
+    except ValueError:
+        return body
+    return str(event["detail"]["id"]) if isinstance(event, dict) and "detail" in event else body
+
+
 def work(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Record each SQS body in the table (so a test can see the mapping ran); a body
     "fail" is reported in batchItemFailures."""
     del context
     records = event["Records"]
-    asyncio.run(_record([r["body"] for r in records if r["body"] != "fail"]))
+    asyncio.run(_record([_key(r["body"]) for r in records if r["body"] != "fail"]))
     return {
         "batchItemFailures": [
             {"itemIdentifier": r["messageId"]} for r in records if r["body"] == "fail"
