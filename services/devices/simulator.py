@@ -367,6 +367,8 @@ async def simulate(
         await put_records(kinesis, stream, held, report)
         report.records += len(held)
         report.by_fault["out-of-order"] = report.by_fault.get("out-of-order", 0) + len(held)
+        if on_batch is not None:
+            on_batch(held)
     report.elapsed = time.monotonic() - started
     return report
 

@@ -68,7 +68,8 @@ from services.devices.domain import (
 )
 from services.devices.events import DeviceEvent
 from shared.aws import AwsClients, aws_errors
-from shared.consumers import BatchResult, Message
+from shared.config import Resources
+from shared.consumers import BatchResult, KinesisConsumer, Message, StreamConsumerConfig
 from shared.consumers import Outcome as MessageOutcome
 from shared.errors import RetryableError
 
@@ -444,9 +445,35 @@ def alarm_entry(index: int, envelope: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-async def worker() -> None:  # pragma: no cover - wired once the host lands
-    raise NotImplementedError
+def consumer_config(resources: Resources, environ: Mapping[str, str]) -> StreamConsumerConfig:
+    """The Kinesis consumer's settings: stack names plus FLEETLINE_LEASE_DURATION and
+    FLEETLINE_IDLE_BACKOFF (seconds; tests shorten them)."""
+    return StreamConsumerConfig(
+        lease_table=resources.get("LeasesTable"),
+        application=environ.get("FLEETLINE_TELEMETRY_APPLICATION", "telemetry"),
+        failure_queue_url=resources.get("TelemetryFailureQueue"),
+        lease_duration=float(environ.get("FLEETLINE_LEASE_DURATION", "10")),
+        idle_backoff=float(environ.get("FLEETLINE_IDLE_BACKOFF", "1")),
+    )
 
 
-def dynamo_store(aws: AwsClients, table: str) -> DynamoDeviceStore:
-    return DynamoDeviceStore(aws, table)
+async def worker() -> None:
+    """The ECS task: consume TelemetryStream (leases shared with the other tasks), sweep for
+    silent devices, until cancelled (the host cancels on SIGTERM after draining)."""
+    resources = Resources.from_environ()
+    config = TelemetryConfig.from_environ()
+    async with AwsClients() as aws:
+        store = DynamoDeviceStore(aws, resources.get("DevicesTable"))
+        processor = TelemetryProcessor(store, config, aws=aws)
+        consumer = KinesisConsumer(
+            aws, processor, stream=resources.get("TelemetryStream"),
+            config=consumer_config(resources, os.environ),
+        )
+        log.info("telemetry worker starting", zone=config.zone,
+                 write_mode=config.write_mode, silence_after=config.silence_after)
+        async with anyio.create_task_group() as tg:
+            await tg.start(processor.run_sweeper)
+            try:
+                await consumer.run()
+            finally:
+                tg.cancel_scope.cancel()

@@ -1,0 +1,144 @@
+"""The telemetry worker against the emulator: the runtime's Kinesis consumer with leases and
+checkpoints, the outbox unit of work, real PutRecords from the simulator."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from typing import Any
+
+import anyio
+import pytest
+
+from services.devices._store import DynamoDeviceStore
+from services.devices.domain import (
+    DEFAULT_THRESHOLDS,
+    DeviceState,
+    InvalidTelemetry,
+    Telemetry,
+    apply_telemetry,
+    parse_record,
+)
+from services.devices.simulator import FleetConfig, OutRecord, simulate
+from services.devices.telemetry import TelemetryConfig, TelemetryProcessor
+from shared.aws import AwsClients
+from shared.consumers import KinesisConsumer, StreamConsumerConfig
+from tests.integration._devices_support import (
+    create_device_resources,
+    device_docs,
+    drain_queue,
+    outbox_events,
+    wait_for,
+)
+
+pytestmark = pytest.mark.emulator
+
+
+def consumer_for(aws: AwsClients, res: Any, processor: TelemetryProcessor) -> KinesisConsumer:
+    return KinesisConsumer(aws, processor, stream=res.stream, config=StreamConsumerConfig(
+        lease_table=res.lease_table, application="telemetry",
+        failure_queue_url=res.failure_queue_url, lease_duration=3.0, idle_backoff=0.1,
+        max_attempts=2, retry_backoff=0.05,
+    ))
+
+
+def expected_states(sent: list[OutRecord]) -> dict[str, dict[str, Any]]:
+    """Ground truth: the valid local records of each device applied in seq order."""
+    by_device: dict[str, dict[int, Telemetry]] = defaultdict(dict)
+    for rec in sent:
+        try:
+            parsed = parse_record(rec.data)
+        except InvalidTelemetry:
+            continue
+        if isinstance(parsed, Telemetry) and parsed.zone == "eu":
+            by_device[parsed.device_id][parsed.seq] = parsed
+    out = {}
+    for device_id, records in by_device.items():
+        first = next(iter(records.values()))
+        state = DeviceState.new(first)
+        for seq in sorted(records):
+            apply_telemetry(state, records[seq], thresholds=DEFAULT_THRESHOLDS, arrival=0.0)
+        out[device_id] = state.snapshot()
+    return out
+
+
+async def test_faulty_fleet_ends_in_order_and_bad_records_reach_failure_queue(
+    aws: AwsClients,
+) -> None:
+    res = await create_device_resources(aws, prefix="faults")
+    sent: list[OutRecord] = []
+    fleet = FleetConfig(devices=60, tenants=3, eu_share=0.8, duplicates=0.1,
+                        out_of_order=0.1, malformed=0.03, misrouted=0.03, seed=5)
+    report = await simulate(aws, fleet, stream=res.stream, bus=None, rate=5_000, count=900,
+                            batch_size=150, on_batch=sent.extend)
+    assert report.by_fault.get("malformed", 0) > 0
+    assert report.by_fault.get("misrouted", 0) > 0
+    assert len(sent) == report.records
+
+    store = DynamoDeviceStore(aws, res.devices_table)
+    processor = TelemetryProcessor(store, TelemetryConfig(zone="eu"))
+    consumer = consumer_for(aws, res, processor)
+    async with anyio.create_task_group() as tg:
+        await tg.start(consumer.run)
+        # every record read: received == sent (stats are in-process)
+        await wait_for(lambda: _done(processor, report.records), within=30)
+        consumer.shutdown()
+
+    docs = await device_docs(aws, res.devices_table)
+    truth = expected_states(sent)
+    assert set(docs) == set(truth)
+    for device_id, expected in truth.items():
+        got = {k: docs[device_id][k] for k in expected if k not in ("status",)}
+        want = {k: v for k, v in expected.items() if k != "status"}
+        assert got == want, device_id
+        assert docs[device_id]["status"] == "online"
+    stats = processor.stats
+    assert stats.duplicates + stats.stale >= report.by_fault.get("duplicate", 0)
+    assert stats.device_writes < stats.applied  # coalesced: fewer writes than records
+
+    failures = [json.loads(m["Body"]) for m in await drain_queue(aws, res.failure_queue_url)]
+    reasons = [f["reason"] for f in failures]
+    assert len(failures) == report.by_fault["malformed"] + report.by_fault["misrouted"]
+    assert sum("malformed" in r for r in reasons) == report.by_fault["malformed"]
+    assert sum("residency" in r for r in reasons) == report.by_fault["misrouted"]
+    assert all(f["shard_id"] and f["sequence_number"] for f in failures)
+    # foreign-zone devices were never written
+    assert all(doc["zone"] == "eu" for doc in docs.values())
+
+
+async def _done(processor: TelemetryProcessor, total: int) -> bool:
+    return processor.stats.records >= total
+
+
+async def test_silent_device_reported_disconnected_once(aws: AwsClients) -> None:
+    res = await create_device_resources(aws, prefix="silence", shards=1)
+    store = DynamoDeviceStore(aws, res.devices_table)
+    processor = TelemetryProcessor(store, TelemetryConfig(zone="eu", silence_after=1.0,
+                                                          sweep_interval=0.2))
+    consumer = consumer_for(aws, res, processor)
+    kinesis = await aws.client("kinesis")
+
+    def record(device: str, seq: int) -> dict[str, Any]:
+        body = Telemetry(device_id=device, tenant_id="t-1", zone="eu", seq=seq, ts=float(seq),
+                         readings={"temperature": 20.0}).to_json()
+        return {"Data": body.encode(), "PartitionKey": device}
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(consumer.run)
+        tg.start_soon(processor.run_sweeper)
+        await kinesis.put_records(StreamName=res.stream,
+                                  Records=[record("quiet", 1), record("chatty", 1)])
+        # chatty keeps talking; quiet goes silent
+        for seq in range(2, 14):
+            await kinesis.put_records(StreamName=res.stream, Records=[record("chatty", seq)])
+            await anyio.sleep(0.25)
+        docs = await device_docs(aws, res.devices_table)
+        assert docs["quiet"]["status"] == "offline"
+        assert docs["chatty"]["status"] == "online"
+        consumer.shutdown()
+        tg.cancel_scope.cancel()
+    events = await outbox_events(aws, res.devices_stream_arn)
+    disconnected = [e["aggregate_id"] for e in events if e["type"] == "DeviceDisconnected"]
+    assert disconnected == ["quiet"]
+    connected = sorted(e["aggregate_id"] for e in events if e["type"] == "DeviceConnected")
+    assert connected == ["chatty", "quiet"]
