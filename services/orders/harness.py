@@ -17,6 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
@@ -27,7 +30,7 @@ import anyio.abc
 
 from services.orders import inventory, payments, shipping
 from services.orders.api import OrdersApi
-from services.orders.notifications import Mailer, MemoryMailer, Notifier
+from services.orders.notifications import LogMailer, Mailer, MemoryMailer, Notifier
 from services.orders.projection import OrderHistory, SalesProjection
 from services.orders.provider import ProviderSettings
 from services.orders.saga import SagaTimings, render_definition
@@ -73,6 +76,13 @@ class OrdersStack:
     bus_name: str
     queues: Mapping[str, str]  # "InventoryTasks" -> URL
     state_machine_arn: str
+
+    def to_json(self) -> str:
+        return json.dumps({**self.__dict__, "queues": dict(self.queues)})
+
+    @classmethod
+    def from_json(cls, text: str) -> OrdersStack:
+        return cls(**json.loads(text))
 
     def resources(self) -> Resources:
         """As the processes see them (`Resources.get("OrdersTable")`)."""
@@ -310,3 +320,33 @@ async def background_runtime(
     finally:
         stop.set()
         await task
+
+
+STACK_ENV = "FLEETLINE_ORDERS_STACK"
+
+
+def main(argv: list[str]) -> None:
+    """`python -m services.orders.harness <process>`: run one orders process of the stack in
+    `$FLEETLINE_ORDERS_STACK` (an `OrdersStack` as JSON) until SIGTERM / SIGINT. Tests use it
+    to SIGKILL a worker for real (no drain, no release)."""
+    if len(argv) != 2 or argv[1] not in OrdersRuntime.PROCESSES:
+        names = "|".join(OrdersRuntime.PROCESSES)
+        sys.exit(f"usage: python -m services.orders.harness {{{names}}}")
+    stack = OrdersStack.from_json(os.environ[STACK_ENV])
+
+    async def run() -> None:
+        async with AwsClients() as aws, anyio.create_task_group() as tg:
+            runtime = OrdersRuntime(aws, stack, tg, provider=ProviderSettings.from_environ(),
+                                    mailer=LogMailer())
+            await runtime.start(argv[1])
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for _ in signals:
+                    break
+            await runtime.stop()
+            tg.cancel_scope.cancel()
+
+    anyio.run(run)
+
+
+if __name__ == "__main__":
+    main(sys.argv)

@@ -8,7 +8,7 @@ It behaves like a card processor's API, with the failure modes that make payment
 * **Declines**: customers whose id starts with `decline` are always declined (like a test
   card number); otherwise a charge is declined when a hash of its key falls under
   `decline_rate`, so a retry of the same key gets the same answer even without the ledger.
-* **Latency**: every call waits `latency_seconds`.
+* **Latency**: every call takes `latency_seconds`, half before the effect and half after.
 * **Outages**: a call fails with `PaymentProviderUnavailable` before doing anything with
   probability `outage_rate`; with probability `lost_response_rate` the effect happens and the
   answer is lost (the caller sees the same error). Only idempotency makes the second safe.
@@ -111,12 +111,16 @@ class PaymentProvider:
         self._random = random.Random(settings.seed)
 
     async def _call(self) -> None:
+        # Half the latency is the request's way there (before the effect), half the answer's
+        # way back (after it), so a worker can die after the provider acted.
         if self.settings.latency_seconds:
-            await anyio.sleep(self.settings.latency_seconds)
+            await anyio.sleep(self.settings.latency_seconds / 2)
         if self._random.random() < self.settings.outage_rate:
             raise PaymentProviderUnavailable("payment provider unavailable (simulated outage)")
 
-    def _answer_lost(self) -> None:
+    async def _answer(self) -> None:
+        if self.settings.latency_seconds:
+            await anyio.sleep(self.settings.latency_seconds / 2)
         if self._random.random() < self.settings.lost_response_rate:
             raise PaymentProviderUnavailable("payment provider timed out (simulated lost answer)")
 
@@ -146,7 +150,7 @@ class PaymentProvider:
         except _store.ConditionFailed as exc:
             if exc.existing is not None:  # a repeat of the key: the first answer
                 status = ChargeStatus(exc.existing["status"])
-        self._answer_lost()
+        await self._answer()
         if status is ChargeStatus.DECLINED:
             raise PaymentDeclined(f"card declined (charge {charge_id})")
         return Charge(charge_id=charge_id, status=status, amount=amount, currency=currency)
@@ -183,7 +187,7 @@ class PaymentProvider:
                     f"charge {charge_id} is {item.get('status', 'unknown')}, cannot become "
                     f"{to.value}"
                 ) from exc
-        self._answer_lost()
+        await self._answer()
         return Charge(charge_id=charge_id, status=ChargeStatus(item["status"]),
                       amount=int(item["amount"]), currency=str(item["currency"]))
 

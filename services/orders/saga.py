@@ -61,11 +61,15 @@ SUBSTITUTIONS: Final = (
 )
 
 # Errors a retry can cure. `Orders.Transient` is what workers send for any retryable
-# failure of theirs (throttling, a 5xx); a missed heartbeat means the worker died.
+# failure of theirs (throttling, a 5xx); a missed heartbeat means the worker died, and a
+# step timeout that the worker was too slow or gone. (AWS names a missed heartbeat
+# States.HeartbeatTimeout, which States.Timeout also matches; the emulator reports it as
+# States.Timeout; both are listed.)
 TRANSIENT_ERRORS: Final = (
     "Orders.Transient",
     "PaymentProviderUnavailable",
     "States.HeartbeatTimeout",
+    "States.Timeout",
 )
 # Errors that end the saga in compensation at once (documented for the reader; the Catch is
 # States.ALL so an unexpected error compensates too).
@@ -255,8 +259,7 @@ def build_definition(timings: SagaTimings | None = None) -> dict[str, Any]:
 
     for index, (name, queue, action) in enumerate(COMPENSATION_STEPS):
         state = _callback_task(queue=queue, action=action, step=name, timings=t, result_path=None)
-        state["Retry"] = [_retry((*TRANSIENT_ERRORS, "States.Timeout"), t,
-                                 t.compensation_max_attempts)]
+        state["Retry"] = [_retry(TRANSIENT_ERRORS, t, t.compensation_max_attempts)]
         state["Catch"] = [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.compensation_failure",
                            "Next": "CompensationFailed"}]
         nxt = COMPENSATION_STEPS[index + 1][0] if index + 1 < len(COMPENSATION_STEPS) else None
@@ -318,6 +321,7 @@ def build_definition(timings: SagaTimings | None = None) -> dict[str, Any]:
     return {
         "Comment": "Order saga: reserve, authorize, ship, capture, commit; compensate in reverse",
         "StartAt": STEPS[0][0],
+        "TimeoutSeconds": 3600,
         "States": states,
     }
 
