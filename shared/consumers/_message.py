@@ -50,10 +50,17 @@ class Outcome(enum.StrEnum):
 @dataclass(frozen=True)
 class BatchResult:
     """Per-message outcome of a batch, by `Message.id`. A message missing from `outcomes`
-    counts as RETRY; `reasons` holds the error text for RETRY / DEAD_LETTER."""
+    counts as RETRY; `reasons` holds the error text for RETRY / DEAD_LETTER.
+
+    A message missing from `outcomes` was not attempted (a FIFO group stopped before it, or
+    the handler was cancelled): it is released at once (SQS visibility 0), not backed off.
+    `delays` optionally holds, for RETRY messages, the handler's "retry no sooner than"
+    hint in seconds (`RetryLater(delay=...)`); without one the consumer's backoff decides.
+    """
 
     outcomes: Mapping[str, Outcome]
     reasons: Mapping[str, str] = field(default_factory=dict)
+    delays: Mapping[str, float] = field(default_factory=dict)
 
 
 BatchHandler = Callable[[Sequence[Message]], Awaitable[BatchResult]]

@@ -1,0 +1,260 @@
+"""From a plain async handler over one typed event to a `BatchHandler`.
+
+Services write
+
+    async def handle(event: TypedEvent[DevicePaired], ctx: HandlerContext) -> None: ...
+
+and `batch_handler(handle, decode=registry.decode)` gives the `BatchHandler` every host
+runs. Per message: decode (a failure is an `InvalidMessageError` -> DEAD_LETTER), call the
+handler inside its own consumer span, and map what it raised to an `Outcome` by type:
+
+    returns None (or Outcome.SUCCEEDED)   SUCCEEDED
+    raises DuplicateEvent                 DUPLICATE   (deleted, counted as a skip)
+    raises a retryable error / unknown    RETRY       (RetryLater(delay=) sets the delay)
+    raises a PermanentError               DEAD_LETTER (InvalidMessageError, DeadLetter ...)
+
+Messages sharing a group (FIFO MessageGroupId, stream partition key) run one after another
+and the first failure stops the rest of that group: they get no outcome, so the host
+releases them unattempted and order holds. Different groups, and messages without a group,
+run concurrently (bounded by `concurrency`). Data never escapes as an exception: whatever a
+message does, the batch returns a result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import json
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+import anyio
+import structlog
+
+from shared.consumers._batch import plan_groups
+from shared.consumers._errors import DuplicateEvent, RetryLater
+from shared.consumers._message import BatchHandler, BatchResult, Message, Outcome
+from shared.errors import InvalidMessageError, is_retryable
+
+__all__ = [
+    "DeliveryControl",
+    "EventHandler",
+    "HandlerContext",
+    "batch_handler",
+    "classify",
+    "delivery_control",
+    "json_body",
+]
+
+E = TypeVar("E")
+
+_log = structlog.get_logger("shared.consumers")
+
+_DATA_ERRORS = (InvalidMessageError, ValueError, TypeError, KeyError)
+_MAX_REASON = 1_000  # characters; reasons travel as message attributes and log fields
+
+
+class DeliveryControl(Protocol):
+    """What a host lets a running handler do with its delivery (`HandlerContext.heartbeat`)."""
+
+    async def extend(self, message: Message, seconds: float | None = None) -> None:
+        """Keep `message` invisible for `seconds` more (None: the host's visibility timeout)."""
+        ...
+
+
+_CONTROL: contextvars.ContextVar[DeliveryControl | None] = contextvars.ContextVar(
+    "fleetline_delivery_control", default=None
+)
+
+
+@contextlib.contextmanager
+def delivery_control(control: DeliveryControl | None) -> Iterator[None]:
+    """Hosts wrap their call of a `BatchHandler` in this so handlers can heartbeat."""
+    token = _CONTROL.set(control)
+    try:
+        yield
+    finally:
+        _CONTROL.reset(token)
+
+
+@dataclass(frozen=True, kw_only=True)
+class HandlerContext:
+    """Per-message context handed to an event handler.
+
+    `log` is bound with the message id, the event id (when the event has one), the source
+    and the receive count. `heartbeat()` extends the message's lease on hosts that support
+    it (the SQS worker); elsewhere it does nothing. The SQS worker also extends on its own
+    before the visibility timeout runs out, so most handlers never call it.
+    """
+
+    message: Message
+    log: Any  # structlog BoundLogger; Any because structlog's bound types are protocols
+    event_id: str | None = None
+    _control: DeliveryControl | None = field(default=None, repr=False)
+
+    @property
+    def receive_count(self) -> int:
+        return self.message.receive_count
+
+    async def heartbeat(self, seconds: float | None = None) -> None:
+        """Ask the host to keep this message for `seconds` more (None: a full timeout).
+
+        Raises ValueError when `seconds` is negative.
+        """
+        if seconds is not None and seconds < 0:
+            raise ValueError(f"seconds must be non-negative, got {seconds!r}")
+        if self._control is not None:
+            await self._control.extend(self.message, seconds)
+
+
+EventHandler = Callable[[E, HandlerContext], Awaitable[Outcome | None]]
+"""`async def handle(event, ctx) -> None`; returning an `Outcome` overrides SUCCEEDED."""
+
+
+def json_body(message: Message) -> Any:
+    """The default decoder: the body parsed as JSON.
+
+    Raises InvalidMessageError (field "body") when the body is not JSON.
+    """
+    try:
+        return json.loads(message.body)
+    except (ValueError, TypeError) as exc:
+        raise InvalidMessageError(f"not JSON ({exc})", field="body") from exc
+
+
+def _reason(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= _MAX_REASON else text[: _MAX_REASON - 3] + "..."
+
+
+def classify(exc: BaseException) -> tuple[Outcome, float | None]:
+    """The outcome an exception stands for, and a retry delay hint if it carries one."""
+    if isinstance(exc, DuplicateEvent):
+        return Outcome.DUPLICATE, None
+    if isinstance(exc, RetryLater):
+        return Outcome.RETRY, exc.delay
+    if is_retryable(exc):
+        return Outcome.RETRY, None
+    return Outcome.DEAD_LETTER, None
+
+
+class _Collector:
+    def __init__(self) -> None:
+        self.outcomes: dict[str, Outcome] = {}
+        self.reasons: dict[str, str] = {}
+        self.delays: dict[str, float] = {}
+
+    def result(self) -> BatchResult:
+        return BatchResult(self.outcomes, self.reasons, self.delays)
+
+
+def batch_handler(
+    handler: EventHandler[E],
+    *,
+    decode: Callable[[Message], E] | None = None,
+    concurrency: int | None = None,
+    span: Callable[[Message], contextlib.AbstractContextManager[Any]] | None = None,
+) -> BatchHandler:
+    """Adapt `handler` (one typed event at a time) into a `BatchHandler`.
+
+    `decode` turns a Message into the handler's event (for example the event registry's
+    decoder); it raises `InvalidMessageError` for data that can never be handled. Without
+    it the body is parsed as JSON. `concurrency` bounds how many lanes (groups, or single
+    messages without a group) run at once; None runs the whole batch at once (a batch is at
+    most 10 SQS messages; pass a bound for large stream batches). `span` opens the consumer
+    span per message (the tracing module's; none by default).
+
+    Raises ValueError when `concurrency` < 1.
+    """
+    if concurrency is not None and concurrency < 1:
+        raise ValueError(f"concurrency must be >= 1, got {concurrency!r}")
+    decoder: Callable[[Message], Any] = decode if decode is not None else json_body
+
+    async def one(message: Message, into: _Collector) -> Outcome:
+        log = _log.bind(
+            message_id=message.id,
+            source=message.source.value,
+            receive_count=message.receive_count,
+        )
+        started = time.perf_counter()
+        outcome: Outcome
+        with span(message) if span is not None else contextlib.nullcontext():
+            try:
+                event = decoder(message)
+            except Exception as exc:  # data never crashes a worker
+                outcome, _ = classify(exc)
+                if isinstance(exc, _DATA_ERRORS):
+                    # A decoder failing on the data (pydantic's ValidationError and
+                    # JSONDecodeError are ValueErrors) will fail the same way next time.
+                    outcome = Outcome.DEAD_LETTER
+                into.outcomes[message.id] = outcome
+                into.reasons[message.id] = _reason(exc)
+                log.warning("message undecodable", outcome=outcome.value, error=_reason(exc))
+                return outcome
+            event_id = getattr(event, "id", None)
+            if event_id is not None:
+                event_id = str(event_id)
+                log = log.bind(event_id=event_id)
+            ctx = HandlerContext(
+                message=message, log=log, event_id=event_id, _control=_CONTROL.get()
+            )
+            try:
+                returned = await handler(event, ctx)
+            except Exception as exc:
+                outcome, delay = classify(exc)
+                into.outcomes[message.id] = outcome
+                if outcome is not Outcome.DUPLICATE:
+                    into.reasons[message.id] = _reason(exc)
+                    if delay is not None:
+                        into.delays[message.id] = delay
+                    log.warning(
+                        "handler failed",
+                        outcome=outcome.value,
+                        error=_reason(exc),
+                        exc_info=outcome is Outcome.RETRY and not isinstance(exc, RetryLater),
+                    )
+                else:
+                    log.info("duplicate skipped")
+                return outcome
+            outcome = returned if isinstance(returned, Outcome) else Outcome.SUCCEEDED
+            into.outcomes[message.id] = outcome
+            log.debug(
+                "message handled",
+                outcome=outcome.value,
+                duration_ms=round((time.perf_counter() - started) * 1000, 3),
+            )
+            return outcome
+
+    async def lane(messages: Sequence[Message], into: _Collector,
+                   limiter: anyio.CapacityLimiter | None) -> None:
+        async with limiter if limiter is not None else _NULL_ASYNC:
+            for message in messages:
+                if await one(message, into) not in (Outcome.SUCCEEDED, Outcome.DUPLICATE):
+                    return  # the rest of this group stays unattempted -> released
+
+    async def run(messages: Sequence[Message]) -> BatchResult:
+        into = _Collector()
+        lanes = plan_groups(messages)
+        if len(lanes) == 1:
+            await lane(lanes[0], into, None)
+            return into.result()
+        limiter = anyio.CapacityLimiter(concurrency) if concurrency is not None else None
+        async with anyio.create_task_group() as tg:
+            for group in lanes:
+                tg.start_soon(lane, group, into, limiter)
+        return into.result()
+
+    return run
+
+
+class _NullAsync:
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+_NULL_ASYNC = _NullAsync()

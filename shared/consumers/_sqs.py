@@ -1,0 +1,832 @@
+"""The SQS consumer: long polling, bounded in-flight work, batched deletes and visibility
+changes, a visibility heartbeat, DLQ routing with reasons, and a graceful drain.
+
+One `SqsConsumer` owns every background task it starts in one anyio task group inside
+`run()`:
+
+    pollers (1..n)   ReceiveMessage (<= 10, long poll) while in-flight slots are free
+    batch tasks      one per received batch: BatchHandler -> settle -> apply
+    heartbeat        one task: ChangeMessageVisibilityBatch for messages about to reappear
+    delete buffer    one task: DeleteMessageBatch at 10 receipts or after a short delay
+
+A message's life: received (invisible for the visibility timeout) -> handled, its
+visibility extended while the handler runs -> SUCCEEDED/DUPLICATE: deleted (batched);
+RETRY: visible again after a backoff delay (exponential, full jitter, by receive count);
+not attempted (a FIFO group stopped earlier, or shutdown): visible again now; DEAD_LETTER
+(or RETRY on the last allowed receive): sent to the DLQ with the reason, then deleted.
+
+`stop()` ends polling, lets running batches finish within `drain_seconds`, releases what did
+not finish (visibility 0), flushes pending deletes, and `run()` returns.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+import random
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import anyio
+import anyio.abc
+import structlog
+
+from shared.aws import AwsClient, AwsClients, aws_errors
+from shared.consumers._backoff import MAX_VISIBILITY_SECONDS, Backoff, RandomSource
+from shared.consumers._batch import (
+    Action,
+    Disposition,
+    Settlement,
+    chunks,
+    due_for_extension,
+    settle,
+)
+from shared.consumers._errors import ConsumerError
+from shared.consumers._handlers import delivery_control
+from shared.consumers._message import BatchHandler, BatchResult, Message, Outcome, SourceKind
+from shared.errors import AwsRequestError, AwsUnavailableError, FleetlineError
+
+__all__ = [
+    "DEAD_LETTER_ATTRIBUTE",
+    "ConsumerStatistics",
+    "DeadLetterMode",
+    "SqsConsumer",
+    "SqsSettings",
+    "message_from_sqs",
+]
+
+_log = structlog.get_logger("shared.consumers.sqs")
+
+DEAD_LETTER_ATTRIBUTE: Final = "fleetline.dead-letter"
+"""Message attribute the consumer adds to what it sends to a DLQ: JSON with reason, source
+queue, original message id, receive count and time."""
+
+_SQS_MAX_ATTRIBUTES: Final = 10
+_SQS_BATCH_BYTES: Final = 262_144  # a SendMessageBatch's total payload stays within 256 KiB
+_FATAL_RECEIVE_CODES: Final = frozenset(
+    {
+        "AWS.SimpleQueueService.NonExistentQueue",
+        "QueueDoesNotExist",
+        "AccessDenied",
+        "AccessDeniedException",
+        "InvalidAddress",
+        "KMS.AccessDeniedException",
+    }
+)
+
+
+class DeadLetterMode(enum.StrEnum):
+    """How a message the handler gave up on reaches the DLQ.
+
+    SEND (default): the consumer sends it to the DLQ named by the queue's RedrivePolicy
+    (or `SqsSettings.dead_letter_queue_url`) with the reason in the `fleetline.dead-letter`
+    message attribute, then deletes it: one receive, reason kept with the message.
+    REDRIVE: the consumer makes it visible again at once (visibility 0) and lets the
+    queue's redrive move it after maxReceiveCount receives; the reason is only in the logs.
+    Needs no sqs:SendMessage permission on the DLQ.
+    """
+
+    SEND = "send"
+    REDRIVE = "redrive"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SqsSettings:
+    """How an `SqsConsumer` polls, bounds, extends and retries. Defaults and why:
+
+    - `wait_time_seconds` 20: the longest long poll; an idle queue costs 3 requests/minute.
+    - `max_messages` 10: the largest receive batch; one receive and one delete per 10.
+    - `max_in_flight` 20: two batches: one is handled while the next is received, and a
+      slow downstream sees at most this many concurrent messages (backpressure: no receive
+      while the bound is reached).
+    - `pollers` 1: raise for high-throughput queues where receive latency is the limit.
+    - `visibility_timeout` None: the queue's own; set it to receive with another one.
+    - `heartbeat_interval` 1 s and `extend_when_remaining` 5 s (AWS .NET Message Processing
+      Framework defaults): a running message is extended by a full visibility timeout when
+      fewer than 5 s are left (at most half the timeout, for very short timeouts).
+    - `delete_flush_delay` 0.05 s: deletes from concurrent batches share DeleteMessageBatch
+      calls; a full batch of 10 is flushed at once.
+    - `backoff`: RETRY delays, base 1 s, cap 900 s, full jitter, by receive count.
+    - `drain_seconds` 45: shorter than the ECS stopTimeout of 60 s used by our task
+      definitions, so releasing and flushing finish before SIGKILL.
+    - `dead_letter`: see `DeadLetterMode`; `dead_letter_queue_url` overrides the one from the
+      queue's RedrivePolicy.
+    - `receive_error_backoff`: delay between failed receives (throttling, outage).
+
+    Raises ValueError naming the setting when a value is out of range.
+    """
+
+    wait_time_seconds: int = 20
+    max_messages: int = 10
+    max_in_flight: int = 20
+    pollers: int = 1
+    visibility_timeout: int | None = None
+    heartbeat_interval: float = 1.0
+    extend_when_remaining: float = 5.0
+    delete_flush_delay: float = 0.05
+    backoff: Backoff = field(default_factory=Backoff)
+    drain_seconds: float = 45.0
+    dead_letter: DeadLetterMode = DeadLetterMode.SEND
+    dead_letter_queue_url: str | None = None
+    receive_error_backoff: Backoff = field(default_factory=lambda: Backoff(base=1.0, cap=30.0))
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.wait_time_seconds <= 20:
+            raise ValueError(f"wait_time_seconds must be 0..20, got {self.wait_time_seconds!r}")
+        if not 1 <= self.max_messages <= 10:
+            raise ValueError(f"max_messages must be 1..10, got {self.max_messages!r}")
+        if self.max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be >= 1, got {self.max_in_flight!r}")
+        if self.pollers < 1:
+            raise ValueError(f"pollers must be >= 1, got {self.pollers!r}")
+        if self.visibility_timeout is not None and not (
+            1 <= self.visibility_timeout <= MAX_VISIBILITY_SECONDS
+        ):
+            raise ValueError(
+                f"visibility_timeout must be 1..{MAX_VISIBILITY_SECONDS}, "
+                f"got {self.visibility_timeout!r}"
+            )
+        for name in ("heartbeat_interval", "extend_when_remaining"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+        for name in ("delete_flush_delay", "drain_seconds"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be non-negative, got {getattr(self, name)!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConsumerStatistics:
+    """Counters since `run()` started (an immutable snapshot: `SqsConsumer.statistics()`)."""
+
+    received: int = 0
+    succeeded: int = 0
+    duplicates: int = 0
+    retried: int = 0
+    released: int = 0
+    dead_lettered: int = 0
+    deleted: int = 0
+    delete_failures: int = 0
+    visibility_extensions: int = 0
+    receive_requests: int = 0
+    empty_receives: int = 0
+    handler_errors: int = 0
+    in_flight: int = 0
+    batches: int = 0
+    handler_seconds: float = 0.0
+    max_lag_seconds: float = 0.0
+
+
+class _State(enum.Enum):
+    NEW = "new"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+def _string_attributes(raw: Mapping[str, Any]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, value in (raw.get("MessageAttributes") or {}).items():
+        text = value.get("StringValue")
+        if text is not None:  # String and Number types; binary values stay in `raw`
+            out[name] = str(text)
+    trace = (raw.get("Attributes") or {}).get("AWSTraceHeader")
+    if trace is not None:
+        out.setdefault("AWSTraceHeader", str(trace))
+    return out
+
+
+def message_from_sqs(raw: Mapping[str, Any], queue_url: str) -> Message:
+    """A `Message` from one entry of ReceiveMessage's `Messages`."""
+    system = raw.get("Attributes") or {}
+    sent = system.get("SentTimestamp")
+    return Message(
+        id=str(raw["MessageId"]),
+        body=str(raw.get("Body", "")),
+        source=SourceKind.SQS,
+        source_name=queue_url,
+        attributes=_string_attributes(raw),
+        receive_count=int(system.get("ApproximateReceiveCount", 1)),
+        group_id=system.get("MessageGroupId"),
+        sequence=system.get("SequenceNumber"),
+        receipt=str(raw["ReceiptHandle"]),
+        approximate_arrival=int(sent) / 1000.0 if sent is not None else None,
+        raw=raw,
+    )
+
+
+class _Slots:
+    """The in-flight bound: pollers take slots before receiving, batches give them back."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.used = 0
+        self._changed = anyio.Event()
+
+    async def take_up_to(self, wanted: int) -> int:
+        while self.used >= self.capacity:
+            await self._changed.wait()
+        taken = min(wanted, self.capacity - self.used)
+        self.used += taken
+        return taken
+
+    def give_back(self, count: int) -> None:
+        if count <= 0:
+            return
+        self.used -= count
+        self._changed.set()
+        self._changed = anyio.Event()
+
+
+@dataclass
+class _Counters:
+    values: dict[str, float] = field(default_factory=dict)
+
+    def add(self, name: str, amount: float = 1) -> None:
+        self.values[name] = self.values.get(name, 0) + amount
+
+    def high(self, name: str, value: float) -> None:
+        self.values[name] = max(self.values.get(name, 0.0), value)
+
+
+class SqsConsumer:
+    """Consumes one SQS queue (standard or FIFO) into a `BatchHandler`.
+
+        consumer = SqsConsumer(aws, queue_url, handler, settings=SqsSettings())
+        async with anyio.create_task_group() as tg:
+            await tg.start(consumer.run)   # returns once the queue is inspected and polling
+            ...
+            consumer.stop()                # run() returns after the drain
+
+    `rng` seeds the backoff's jitter (tests inject a seeded `random.Random`).
+    A consumer runs once: calling `run()` again is refused.
+    """
+
+    def __init__(
+        self,
+        aws: AwsClients,
+        queue_url: str,
+        handler: BatchHandler,
+        *,
+        settings: SqsSettings | None = None,
+        rng: RandomSource | None = None,
+    ) -> None:
+        if not queue_url:
+            raise ValueError("queue_url must not be empty")
+        self.queue_url = queue_url
+        self.settings = settings or SqsSettings()
+        self._aws = aws
+        self._handler = handler
+        self._rng: RandomSource = rng or random.Random()
+        self._state = _State.NEW
+        self._stop_requested = anyio.Event()
+        self._drain_seconds = self.settings.drain_seconds
+        self._work_scope: anyio.CancelScope | None = None
+        self._slots = _Slots(self.settings.max_in_flight)
+        self._counters = _Counters()
+        # receipt -> (message, visibility deadline on the monotonic clock)
+        self._tracked: dict[str, tuple[Message, float]] = {}
+        self._pending_deletes: list[Message] = []
+        self._delete_wakeup = anyio.Event()
+        self._delete_full = anyio.Event()
+        self._deletes_closed = False
+        self._sqs: AwsClient = None
+        self.visibility_timeout = self.settings.visibility_timeout or 30
+        self.fifo = queue_url.endswith(".fifo")
+        self.dead_letter_queue_url: str | None = self.settings.dead_letter_queue_url
+        self.max_receive_count: int | None = None
+        self._log = _log.bind(queue=queue_url.rsplit("/", 1)[-1])
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def stop(self, *, drain_seconds: float | None = None) -> None:
+        """Stop receiving and drain: running batches get `drain_seconds` (default: the
+        settings') to finish; the rest is released. Safe to call more than once (a later
+        call may shorten the drain, e.g. a second SIGTERM with 0) and before `run()`.
+
+        Raises ValueError when `drain_seconds` is negative.
+        """
+        if drain_seconds is not None:
+            if drain_seconds < 0:
+                raise ValueError(f"drain_seconds must be non-negative, got {drain_seconds!r}")
+            self._drain_seconds = min(self._drain_seconds, drain_seconds)
+            if self._work_scope is not None and self._stop_requested.is_set():
+                self._work_scope.deadline = min(
+                    self._work_scope.deadline, anyio.current_time() + self._drain_seconds
+                )
+        self._stop_requested.set()
+
+    def statistics(self) -> ConsumerStatistics:
+        """A snapshot of the counters."""
+        values = {k: v for k, v in self._counters.values.items()}
+        ints = {k: int(v) for k, v in values.items() if k not in {"handler_seconds",
+                                                                  "max_lag_seconds"}}
+        return ConsumerStatistics(
+            **ints,
+            in_flight=len(self._tracked),
+            handler_seconds=values.get("handler_seconds", 0.0),
+            max_lag_seconds=values.get("max_lag_seconds", 0.0),
+        )
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Consume until `stop()`; then drain, release, flush and return.
+
+        Signals readiness (`task_group.start`) once the queue's attributes are read.
+
+        Raises:
+            RuntimeError: `run()` was called before on this consumer.
+            ConsumerError: the queue does not exist or may not be read (not retried).
+        """
+        if self._state is not _State.NEW:
+            raise RuntimeError(f"SqsConsumer.run() may be called once (state: {self._state.value})")
+        self._state = _State.RUNNING
+        self._sqs = await self._aws.client("sqs")
+        await self._inspect_queue()
+        try:
+            async with anyio.create_task_group() as services:
+                services.start_soon(self._delete_loop)
+                heartbeat_scope = anyio.CancelScope()
+                services.start_soon(self._heartbeat_loop, heartbeat_scope)
+                try:
+                    await self._consume(task_status)
+                finally:
+                    # Whatever is still tracked never settled: its batch was cancelled by
+                    # the drain deadline (or never started). Release it in one go.
+                    with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+                        leftover = [m for m, _ in self._tracked.values()]
+                        self._tracked.clear()
+                        await self._release(leftover, reason="shutdown")
+                        await self._close_deletes()
+                    heartbeat_scope.cancel()
+        except BaseExceptionGroup as group:
+            # Surface a lone ConsumerError (queue gone, access denied) as itself.
+            fatal = group.subgroup(lambda e: isinstance(e, ConsumerError))
+            if fatal is not None and fatal.exceptions and group.split(ConsumerError)[1] is None:
+                first = fatal.exceptions[0]
+                while isinstance(first, BaseExceptionGroup):
+                    first = first.exceptions[0]
+                raise first from group
+            raise
+        finally:
+            self._state = _State.STOPPED
+            self._log.info("consumer stopped", **self._summary())
+
+    async def _consume(self, task_status: anyio.abc.TaskStatus[None]) -> None:
+        async with anyio.create_task_group() as work:
+            self._work_scope = work.cancel_scope
+            async with anyio.create_task_group() as polling:
+                for index in range(self.settings.pollers):
+                    polling.start_soon(self._poll_loop, work, index)
+                task_status.started()
+                self._log.info(
+                    "consumer started",
+                    fifo=self.fifo,
+                    visibility_timeout=self.visibility_timeout,
+                    dead_letter_queue=self.dead_letter_queue_url,
+                    max_receive_count=self.max_receive_count,
+                )
+                await self._stop_requested.wait()
+                self._state = _State.STOPPING
+                # A receive cancelled mid-flight may have taken messages: they reappear
+                # after their visibility timeout; nothing is lost.
+                polling.cancel_scope.cancel()
+            self._log.info("draining", in_flight=len(self._tracked),
+                           drain_seconds=self._drain_seconds)
+            work.cancel_scope.deadline = anyio.current_time() + self._drain_seconds
+
+    async def _inspect_queue(self) -> None:
+        names = ["VisibilityTimeout", "RedrivePolicy", "FifoQueue"]
+        try:
+            with aws_errors():
+                response = await self._sqs.get_queue_attributes(
+                    QueueUrl=self.queue_url, AttributeNames=names
+                )
+        except AwsRequestError as exc:
+            raise ConsumerError(f"cannot read queue {self.queue_url}: {exc}") from exc
+        attributes = response.get("Attributes", {})
+        if self.settings.visibility_timeout is None:
+            self.visibility_timeout = int(attributes.get("VisibilityTimeout", 30))
+        self.fifo = attributes.get("FifoQueue", "false") == "true" or self.fifo
+        policy = attributes.get("RedrivePolicy")
+        if policy:
+            parsed = json.loads(policy)
+            self.max_receive_count = int(parsed.get("maxReceiveCount", 0)) or None
+            if self.dead_letter_queue_url is None and "deadLetterTargetArn" in parsed:
+                self.dead_letter_queue_url = await self._queue_url_of(
+                    str(parsed["deadLetterTargetArn"])
+                )
+
+    async def _queue_url_of(self, arn: str) -> str | None:
+        parts = arn.split(":")
+        if len(parts) < 6:
+            return None
+        try:
+            with aws_errors():
+                response = await self._sqs.get_queue_url(
+                    QueueName=parts[5], QueueOwnerAWSAccountId=parts[4]
+                )
+        except FleetlineError as exc:
+            self._log.warning("dead-letter queue not reachable; using redrive", error=str(exc))
+            return None
+        return str(response["QueueUrl"])
+
+    # ------------------------------------------------------------------ receiving
+
+    async def _poll_loop(self, work: anyio.abc.TaskGroup, index: int) -> None:
+        failures = 0
+        while True:
+            wanted = await self._slots.take_up_to(self.settings.max_messages)
+            try:
+                raw = await self._receive(wanted)
+            except AwsUnavailableError as exc:
+                self._slots.give_back(wanted)
+                failures += 1
+                delay = self.settings.receive_error_backoff.delay(failures, self._rng)
+                self._log.warning("receive failed; retrying", error=str(exc),
+                                  poller=index, retry_in=round(delay, 3))
+                await anyio.sleep(delay)
+                continue
+            except BaseException:
+                self._slots.give_back(wanted)
+                raise
+            failures = 0
+            messages = [message_from_sqs(m, self.queue_url) for m in raw]
+            self._slots.give_back(wanted - len(messages))
+            if not messages:
+                self._counters.add("empty_receives")
+                continue
+            self._track(messages)
+            work.start_soon(self._process, messages)
+
+    async def _receive(self, wanted: int) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {
+            "QueueUrl": self.queue_url,
+            "MaxNumberOfMessages": wanted,
+            "WaitTimeSeconds": self.settings.wait_time_seconds,
+            "MessageSystemAttributeNames": ["All"],
+            "MessageAttributeNames": ["All"],
+        }
+        if self.settings.visibility_timeout is not None:
+            params["VisibilityTimeout"] = self.settings.visibility_timeout
+        if self.fifo:
+            # The SDK's own retries reuse this id, so a receive whose response was lost
+            # returns the same messages instead of hiding them for a visibility timeout.
+            params["ReceiveRequestAttemptId"] = uuid.uuid4().hex
+        self._counters.add("receive_requests")
+        try:
+            with aws_errors():
+                response = await self._sqs.receive_message(**params)
+        except AwsRequestError as exc:
+            if exc.code in _FATAL_RECEIVE_CODES:
+                raise ConsumerError(f"cannot receive from {self.queue_url}: {exc}") from exc
+            raise
+        return list(response.get("Messages", []))
+
+    def _track(self, messages: Sequence[Message]) -> None:
+        deadline = time.monotonic() + self.visibility_timeout
+        now = time.time()
+        for message in messages:
+            assert message.receipt is not None
+            self._tracked[message.receipt] = (message, deadline)
+            if message.approximate_arrival is not None:
+                self._counters.high("max_lag_seconds", max(0.0, now - message.approximate_arrival))
+        self._counters.add("received", len(messages))
+
+    # ------------------------------------------------------------------ handling
+
+    async def _process(self, messages: list[Message]) -> None:
+        started = time.perf_counter()
+        self._counters.add("batches")
+        settled = False
+        try:
+            try:
+                with delivery_control(self):
+                    result = await self._handler(messages)
+            except Exception as exc:  # a broken BatchHandler must not stop the consumer
+                self._counters.add("handler_errors")
+                self._log.exception("batch handler raised; retrying the batch",
+                                    messages=len(messages))
+                reason = f"{type(exc).__name__}: {exc}"
+                result = BatchResult(
+                    {m.id: Outcome.RETRY for m in messages}, {m.id: reason for m in messages}
+                )
+            self._counters.add("handler_seconds", time.perf_counter() - started)
+            settlement = settle(
+                messages,
+                result,
+                backoff=self.settings.backoff,
+                rng=self._rng,
+                dead_letter_available=self._dead_letter_available(),
+                max_receive_count=self.max_receive_count,
+            )
+            with anyio.CancelScope(shield=True):
+                await self._apply(settlement)
+            settled = True
+        finally:
+            # A cancelled batch (drain deadline) stays tracked: `run()` releases it at once.
+            if settled:
+                for message in messages:
+                    assert message.receipt is not None
+                    self._tracked.pop(message.receipt, None)
+            self._slots.give_back(len(messages))
+
+    def _dead_letter_available(self) -> bool:
+        if self.settings.dead_letter is DeadLetterMode.SEND:
+            return self.dead_letter_queue_url is not None
+        return self.max_receive_count is not None
+
+    async def _apply(self, settlement: Settlement) -> None:
+        if settlement.unknown_ids:
+            self._log.warning("handler returned outcomes for unknown ids",
+                              ids=list(settlement.unknown_ids))
+        for d in settlement.dispositions:
+            self._record(d)
+        deletes = [d.message for d in settlement.of(Action.DELETE)]
+        changes = [d for d in settlement.dispositions if d.action in (Action.RETRY, Action.RELEASE)]
+        dead = list(settlement.of(Action.DEAD_LETTER))
+        if dead and self.settings.dead_letter is DeadLetterMode.REDRIVE:
+            changes.extend(
+                Disposition(message=d.message, action=Action.RELEASE, outcome=d.outcome,
+                            visibility=0, reason=d.reason)
+                for d in dead
+            )
+            dead = []
+        if dead:
+            sent, failed = await self._send_to_dead_letter_queue(dead)
+            deletes.extend(sent)
+            changes.extend(failed)
+        self._queue_deletes(deletes)
+        if changes:
+            await self._change_visibility(
+                [(d.message, d.visibility or 0) for d in changes], purpose="retry"
+            )
+
+    def _record(self, d: Disposition) -> None:
+        m = d.message
+        if d.action is Action.DELETE:
+            self._counters.add("duplicates" if d.outcome is Outcome.DUPLICATE else "succeeded")
+            return
+        fields = {"message_id": m.id, "receive_count": m.receive_count, "error": d.reason}
+        if m.group_id is not None:
+            fields["group_id"] = m.group_id
+        if d.action is Action.RETRY:
+            self._counters.add("retried")
+            last = self.max_receive_count is not None and m.receive_count >= self.max_receive_count
+            self._log.warning(
+                "message failed; redrive moves it to the DLQ" if last
+                else "message failed; retrying later",
+                visibility_timeout=d.visibility, max_receive_count=self.max_receive_count,
+                **fields,
+            )
+        elif d.action is Action.RELEASE:
+            self._counters.add("released")
+            self._log.info("message released unattempted", **fields)
+        else:
+            self._counters.add("dead_lettered")
+            self._log.error("message dead-lettered", dead_letter_queue=self.dead_letter_queue_url,
+                            mode=self.settings.dead_letter.value, **fields)
+
+    # ------------------------------------------------------------------ DLQ
+
+    def _dead_letter_entry(self, index: int, d: Disposition) -> dict[str, Any]:
+        m = d.message
+        raw = m.raw
+        attributes = {
+            k: v for k, v in (raw.get("MessageAttributes") or {}).items()
+        }
+        note = json.dumps(
+            {
+                "reason": d.reason,
+                "queue": self.queue_url,
+                "message_id": m.id,
+                "receive_count": m.receive_count,
+                "at": round(time.time(), 3),
+            }
+        )
+        if len(attributes) < _SQS_MAX_ATTRIBUTES:
+            attributes[DEAD_LETTER_ATTRIBUTE] = {"DataType": "String", "StringValue": note}
+        # else: the message already carries the maximum of 10 attributes; its own
+        # attributes win, and the reason stays in the log line written for it.
+        entry: dict[str, Any] = {"Id": str(index), "MessageBody": m.body}
+        if attributes:
+            entry["MessageAttributes"] = attributes
+        trace = (raw.get("Attributes") or {}).get("AWSTraceHeader")
+        if trace:
+            entry["MessageSystemAttributes"] = {
+                "AWSTraceHeader": {"DataType": "String", "StringValue": trace}
+            }
+        if self.dead_letter_queue_url and self.dead_letter_queue_url.endswith(".fifo"):
+            entry["MessageGroupId"] = m.group_id or "dead-letter"
+            entry["MessageDeduplicationId"] = m.id
+        return entry
+
+    async def _send_to_dead_letter_queue(
+        self, dead: Sequence[Disposition]
+    ) -> tuple[list[Message], list[Disposition]]:
+        """Send to the DLQ; returns (sent: to delete, failed: to retry after a backoff)."""
+        sent: list[Message] = []
+        failed: list[Disposition] = []
+        batch: list[tuple[dict[str, Any], Disposition]] = []
+        size = 0
+
+        async def flush() -> None:
+            nonlocal batch, size
+            if not batch:
+                return
+            entries = {e["Id"]: d for e, d in batch}
+            try:
+                with aws_errors():
+                    response = await self._sqs.send_message_batch(
+                        QueueUrl=self.dead_letter_queue_url, Entries=[e for e, _ in batch]
+                    )
+            except FleetlineError as exc:
+                self._log.error("sending to the DLQ failed", error=str(exc))
+                failed.extend(entries.values())
+            else:
+                sent.extend(entries[s["Id"]].message for s in response.get("Successful", []))
+                for f in response.get("Failed", []):
+                    self._log.error("sending to the DLQ failed", code=f.get("Code"),
+                                    message_id=entries[f["Id"]].message.id)
+                    failed.append(entries[f["Id"]])
+            batch, size = [], 0
+
+        for index, d in enumerate(dead):
+            entry = self._dead_letter_entry(index, d)
+            entry_size = len(d.message.body.encode()) + len(json.dumps(
+                entry.get("MessageAttributes", {})))
+            if batch and (len(batch) == 10 or size + entry_size > _SQS_BATCH_BYTES):
+                await flush()
+            batch.append((entry, d))
+            size += entry_size
+        await flush()
+        retry = [
+            Disposition(
+                message=d.message, action=Action.RETRY, outcome=d.outcome,
+                visibility=self.settings.backoff.visibility_timeout(
+                    max(1, d.message.receive_count), self._rng),
+                reason=d.reason,
+            )
+            for d in failed
+        ]
+        return sent, retry
+
+    # ------------------------------------------------------------------ visibility
+
+    async def _change_visibility(
+        self, changes: Sequence[tuple[Message, int]], *, purpose: str
+    ) -> list[Message]:
+        """ChangeMessageVisibilityBatch in chunks of 10; returns the messages changed."""
+        changed: list[Message] = []
+        for chunk in chunks(list(changes)):
+            by_id = {str(i): m for i, (m, _) in enumerate(chunk)}
+            entries = [
+                {"Id": str(i), "ReceiptHandle": m.receipt, "VisibilityTimeout": seconds}
+                for i, (m, seconds) in enumerate(chunk)
+            ]
+            try:
+                with aws_errors():
+                    response = await self._sqs.change_message_visibility_batch(
+                        QueueUrl=self.queue_url, Entries=entries
+                    )
+            except FleetlineError as exc:
+                # The messages reappear when their current timeout ends: later, not lost.
+                self._log.warning("visibility change failed", purpose=purpose, error=str(exc),
+                                  messages=len(chunk))
+                continue
+            changed.extend(by_id[s["Id"]] for s in response.get("Successful", []))
+            for f in response.get("Failed", []):
+                self._log.warning("visibility change failed", purpose=purpose,
+                                  message_id=by_id[f["Id"]].id, code=f.get("Code"))
+        return changed
+
+    async def _release(self, messages: Sequence[Message], *, reason: str) -> None:
+        if not messages:
+            return
+        self._counters.add("released", len(messages))
+        self._log.info("releasing unfinished messages", count=len(messages), reason=reason,
+                       message_ids=[m.id for m in messages])
+        await self._change_visibility([(m, 0) for m in messages], purpose="release")
+
+    async def extend(self, message: Message, seconds: float | None = None) -> None:
+        """`HandlerContext.heartbeat()`: keep `message` invisible for `seconds` more."""
+        timeout = self.visibility_timeout if seconds is None else math.ceil(seconds)
+        timeout = max(0, min(MAX_VISIBILITY_SECONDS, timeout))
+        changed = await self._change_visibility([(message, timeout)], purpose="heartbeat")
+        if changed and message.receipt in self._tracked:
+            self._tracked[message.receipt] = (message, time.monotonic() + timeout)
+            self._counters.add("visibility_extensions")
+
+    async def _heartbeat_loop(self, scope: anyio.CancelScope) -> None:
+        threshold = min(self.settings.extend_when_remaining, self.visibility_timeout / 2)
+        interval = min(self.settings.heartbeat_interval, max(threshold / 2, 0.05))
+        with scope:
+            while True:
+                await anyio.sleep(interval)
+                now = time.monotonic()
+                due = due_for_extension(
+                    {r: deadline for r, (_, deadline) in self._tracked.items()},
+                    now=now, threshold=threshold,
+                )
+                if not due:
+                    continue
+                messages = [self._tracked[r][0] for r in due if r in self._tracked]
+                changed = await self._change_visibility(
+                    [(m, self.visibility_timeout) for m in messages], purpose="heartbeat"
+                )
+                deadline = now + self.visibility_timeout
+                for m in changed:
+                    if m.receipt in self._tracked:
+                        self._tracked[m.receipt] = (m, deadline)
+                self._counters.add("visibility_extensions", len(changed))
+
+    # ------------------------------------------------------------------ deletes
+
+    def _queue_deletes(self, messages: Sequence[Message]) -> None:
+        if not messages:
+            return
+        if self._deletes_closed:  # pragma: no cover - the drain closes deletes last
+            raise RuntimeError("deletes queued after the consumer closed its delete buffer")
+        self._pending_deletes.extend(messages)
+        self._delete_wakeup.set()
+        if len(self._pending_deletes) >= 10:
+            self._delete_full.set()
+
+    async def _delete_loop(self) -> None:
+        while not self._deletes_closed:
+            await self._delete_wakeup.wait()
+            if len(self._pending_deletes) < 10 and not self._deletes_closed:
+                with anyio.move_on_after(self.settings.delete_flush_delay):
+                    await self._delete_full.wait()
+            self._delete_wakeup = anyio.Event()
+            self._delete_full = anyio.Event()
+            await self._flush_deletes()
+
+    async def _close_deletes(self) -> None:
+        self._deletes_closed = True
+        self._delete_wakeup.set()
+        self._delete_full.set()
+        await self._flush_deletes()
+
+    async def _flush_deletes(self) -> None:
+        batch, self._pending_deletes = self._pending_deletes, []
+        if not batch:
+            return
+        async with anyio.create_task_group() as tg:
+            for chunk in chunks(batch):
+                tg.start_soon(self._delete_chunk, chunk)
+
+    async def _delete_chunk(self, chunk: Sequence[Message]) -> None:
+        remaining = list(chunk)
+        for attempt in range(1, 4):
+            by_id = {str(i): m for i, m in enumerate(remaining)}
+            try:
+                with aws_errors():
+                    response = await self._sqs.delete_message_batch(
+                        QueueUrl=self.queue_url,
+                        Entries=[{"Id": i, "ReceiptHandle": m.receipt} for i, m in by_id.items()],
+                    )
+            except AwsUnavailableError as exc:
+                if attempt == 3:
+                    self._give_up_deletes(remaining, str(exc))
+                    return
+                await anyio.sleep(self.settings.backoff.delay(attempt, self._rng) / 4)
+                continue
+            except FleetlineError as exc:
+                self._give_up_deletes(remaining, str(exc))
+                return
+            self._counters.add("deleted", len(response.get("Successful", [])))
+            retry: list[Message] = []
+            for f in response.get("Failed", []):
+                message = by_id[f["Id"]]
+                if f.get("SenderFault"):
+                    self._give_up_deletes([message], f"{f.get('Code')}: {f.get('Message')}")
+                else:
+                    retry.append(message)
+            if not retry:
+                return
+            remaining = retry
+        self._give_up_deletes(remaining, "server errors on every attempt")
+
+    def _give_up_deletes(self, messages: Sequence[Message], error: str) -> None:
+        # The effect was applied; the message will be delivered again and the inbox makes
+        # that delivery a DUPLICATE.
+        self._counters.add("delete_failures", len(messages))
+        self._log.warning("delete failed; the message will be redelivered", error=error,
+                          message_ids=[m.id for m in messages])
+
+    def _summary(self) -> dict[str, Any]:
+        stats = self.statistics()
+        return {
+            "received": stats.received,
+            "succeeded": stats.succeeded,
+            "duplicates": stats.duplicates,
+            "retried": stats.retried,
+            "released": stats.released,
+            "dead_lettered": stats.dead_lettered,
+            "deleted": stats.deleted,
+        }
