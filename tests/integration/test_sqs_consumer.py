@@ -100,9 +100,9 @@ async def queue_depth(aws: AwsClients, url: str) -> int:
         attrs["ApproximateNumberOfMessagesNotVisible"])
 
 
-async def wait_for(condition: Callable[[], Awaitable[bool] | bool], *, timeout: float,
+async def wait_for(condition: Callable[[], Awaitable[bool] | bool], *, within: float,
                    what: str) -> None:
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while True:
         value = condition()
         if not isinstance(value, bool):
@@ -110,7 +110,7 @@ async def wait_for(condition: Callable[[], Awaitable[bool] | bool], *, timeout: 
         if value:
             return
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+            raise AssertionError(f"timed out after {within} s waiting for {what}")
         await anyio.sleep(0.05)
 
 
@@ -142,14 +142,14 @@ async def test_poison_message_reaches_dlq_with_reason_while_others_flow(
     consumer = SqsConsumer(aws, url, batch_handler(handle), settings=FAST,
                            rng=random.Random(7))
     async with running(consumer):
-        await wait_for(lambda: sorted(handled) == goods, timeout=10, what="good messages")
+        await wait_for(lambda: sorted(handled) == goods, within=10, what="good messages")
         dead = []
 
         async def in_dlq() -> bool:
             dead.extend(await drain_queue(aws, dlq, wait=0))
             return bool(dead)
 
-        await wait_for(in_dlq, timeout=15, what="the poison message in the DLQ")
+        await wait_for(in_dlq, within=15, what="the poison message in the DLQ")
     assert attempts["poison"] == 2  # maxReceiveCount receives, then the DLQ
     assert json.loads(dead[0]["Body"]) == {"n": "poison"}
     note = json.loads(dead[0]["MessageAttributes"][DEAD_LETTER_ATTRIBUTE]["StringValue"])
@@ -183,7 +183,7 @@ async def test_redrive_mode_lets_the_queue_move_the_poison_message(aws: AwsClien
             dead.extend(await drain_queue(aws, dlq, wait=0))
             return bool(dead)
 
-        await wait_for(in_dlq, timeout=15, what="the redrive to the DLQ")
+        await wait_for(in_dlq, within=15, what="the redrive to the DLQ")
     assert attempts == 2
     assert json.loads(dead[0]["Body"]) == {"n": 1}
 
@@ -204,8 +204,8 @@ async def test_malformed_json_goes_to_dlq_with_reason_at_once(aws: AwsClients) -
             dead.extend(await drain_queue(aws, dlq, wait=0))
             return bool(dead)
 
-        await wait_for(in_dlq, timeout=10, what="the malformed message in the DLQ")
-        await wait_for(lambda: sorted(handled) == [1, 2], timeout=10, what="good messages")
+        await wait_for(in_dlq, within=10, what="the malformed message in the DLQ")
+        await wait_for(lambda: sorted(handled) == [1, 2], within=10, what="good messages")
     assert dead[0]["Body"] == "{not json"
     note = json.loads(dead[0]["MessageAttributes"][DEAD_LETTER_ATTRIBUTE]["StringValue"])
     assert note["receive_count"] == 1  # no retries for data that can never succeed
@@ -243,7 +243,7 @@ async def test_fifo_keeps_group_order_and_a_failure_stops_only_its_group(
     settings = SqsSettings(wait_time_seconds=1, backoff=Backoff(base=1.0, minimum=1.0, cap=2.0))
     consumer = SqsConsumer(aws, url, batch_handler(handle), settings=settings)
     async with running(consumer):
-        await wait_for(lambda: len(order) == 8, timeout=15, what="all eight messages")
+        await wait_for(lambda: len(order) == 8, within=15, what="all eight messages")
     assert [i for g, i in order if g == "A"] == [0, 1, 2, 3]
     assert [i for g, i in order if g == "B"] == [0, 1, 2, 3]
     # Group B did not wait for group A's retry.
@@ -264,7 +264,7 @@ async def test_heartbeat_keeps_a_slow_message_from_being_redelivered(aws: AwsCli
     await send(aws, url, [json.dumps({"n": 1})])
     consumer = SqsConsumer(aws, url, batch_handler(handle), settings=FAST)
     async with running(consumer):
-        await wait_for(lambda: consumer.statistics().deleted == 1, timeout=10,
+        await wait_for(lambda: consumer.statistics().deleted == 1, within=10,
                        what="the slow message to be deleted")
     assert calls == [1]
     assert consumer.statistics().visibility_extensions >= 2
@@ -288,7 +288,7 @@ async def test_stop_releases_what_cannot_finish_within_the_drain(aws: AwsClients
     t0 = time.monotonic()
     async with anyio.create_task_group() as tg:
         await tg.start(consumer.run)
-        await wait_for(lambda: started.is_set() and len(finished) == 2, timeout=10,
+        await wait_for(lambda: started.is_set() and len(finished) == 2, within=10,
                        what="the slow message to start and the others to finish")
         consumer.stop()
     assert time.monotonic() - t0 < 10
@@ -314,7 +314,7 @@ async def test_a_batch_of_ten_costs_one_receive_and_one_delete(aws: AwsClients) 
     before = aws.counter.snapshot()
     async with running(consumer):
         await done.wait()
-        await wait_for(lambda: consumer.statistics().deleted == 10, timeout=5, what="deletes")
+        await wait_for(lambda: consumer.statistics().deleted == 10, within=5, what="deletes")
         after = aws.counter.snapshot()
     receives = after.get("sqs.ReceiveMessage", 0) - before.get("sqs.ReceiveMessage", 0)
     deletes = after.get("sqs.DeleteMessageBatch", 0) - before.get("sqs.DeleteMessageBatch", 0)
