@@ -64,6 +64,12 @@ def up(
     ] = True,
     template: TemplateOpt = Path("deploy/template.yaml"),
     state_dir: StateDirOpt = Path(".fleetline"),
+    api_port: Annotated[
+        int, typer.Option("--api-port", help="port of the local HTTP API (default: a free one)")
+    ] = 0,
+    bind_host: Annotated[
+        str, typer.Option("--bind", envvar="FLEETLINE_BIND", help="address local servers listen on")
+    ] = "127.0.0.1",
 ) -> None:
     """Start the emulator, deploy the stack, run its workers; print READY when it takes traffic."""
     from shared.local import UpConfig, ensure_no_running, run_up, start_detached
@@ -87,6 +93,10 @@ def up(
                 "--state-dir",
                 str(state_dir),
                 "--workers" if workers else "--no-workers",
+                "--api-port",
+                str(api_port),
+                "--bind",
+                bind_host,
                 *(["--aws"] if aws else []),
             ]
             state = start_detached(argv, state_dir=state_dir)
@@ -101,6 +111,8 @@ def up(
             endpoint=endpoint,
             real_aws=aws,
             workers=workers,
+            api_port=api_port,
+            bind_host=bind_host,
         )
 
         def on_ready(state: object) -> None:

@@ -1,10 +1,13 @@
-"""Deploying the template for `up`: delegates to `shared.deployment` when it exists; until
-then (and as its minimal stand-in) creates or updates the stack and waits for it."""
+"""Deploying the template for `up`, through `shared.deployment` (the one deployment path:
+artifacts to S3, create or update, wait, read back). Until that module is in the tree, a
+minimal create-or-update stands in (`_create_or_update`); it goes when it lands."""
 
 from __future__ import annotations
 
+import importlib
 import time
 from pathlib import Path
+from typing import Any
 
 import anyio
 
@@ -18,6 +21,46 @@ _CAPABILITIES = ["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM", "CAPABILITY_AUTO_EXPA
 
 
 async def deploy_template(
+    aws: AwsClients,
+    *,
+    template: dict[str, Any],
+    template_path: Path,
+    statemachines_dir: Path,
+    stack_name: str,
+    within_s: float = 120.0,
+    emulated: bool = True,
+    parameters: dict[str, str] | None = None,
+) -> None:
+    """Create or update `stack_name` and wait until it settles.
+
+    On an emulator the template's parameters that only AWS needs get local placeholders
+    (`shared.deployment.local_parameters`), keeping only those the template declares.
+
+    Raises a ConfigurationError (one line) when the stack cannot be deployed.
+    """
+    try:
+        deployment: Any = importlib.import_module("shared.deployment")
+    except ImportError:
+        await _create_or_update(
+            aws, template_path=template_path, stack_name=stack_name, within_s=within_s
+        )
+        return
+    declared = set(template.get("Parameters", {}))
+    values = dict(deployment.local_parameters()) if emulated else {}
+    values.update(parameters or {})
+    await deployment.deploy(
+        aws,
+        deployment.DeploySettings(
+            stack_name=stack_name,
+            template=template_path,
+            statemachines_dir=statemachines_dir,
+            parameters={k: v for k, v in values.items() if k in declared},
+            timeout=within_s,
+        ),
+    )
+
+
+async def _create_or_update(
     aws: AwsClients,
     *,
     template_path: Path,

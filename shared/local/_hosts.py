@@ -54,7 +54,7 @@ def _context(function: dict[str, Any]) -> LambdaContext:
 
 
 async def serve_http_api(spec: dict[str, Any], stop: anyio.Event) -> None:
-    """Serve the API's routes on 127.0.0.1:spec["port"] until `stop` is set."""
+    """Serve the API's routes on spec["host"]:spec["port"] until `stop` is set."""
     from aiohttp import web
 
     routes = [
@@ -99,7 +99,7 @@ async def serve_http_api(spec: dict[str, Any], stop: anyio.Event) -> None:
     app.router.add_route("*", "/{tail:.*}", handle)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", int(spec["port"]))
+    site = web.TCPSite(runner, str(spec.get("host", "127.0.0.1")), int(spec["port"]))
     await site.start()
     log.info("http api listening", api=spec.get("name"), url=f"http://127.0.0.1:{spec['port']}")
     try:

@@ -156,6 +156,8 @@ async def plan_processes(
     free_port: Any,
     include_triggers: bool = True,
     stack_name: str = "fleetline",
+    api_port: int = 0,
+    bind_host: str = "127.0.0.1",
 ) -> LocalProcesses:
     """Specs for every local process. ECS containers come from the deployed task definition
     (the emulator resolved its environment); Lambda environments from the deployed function.
@@ -270,8 +272,15 @@ async def plan_processes(
             routes.append(
                 {"route_key": route.route_key, "function": _function_json(route.function)}
             )
-        port = int(free_port())
-        api_spec = {"kind": "http-api", "name": api.name, "port": port, "routes": routes}
+        # A fixed --api-port gives the first API that port and the next ones the following.
+        port = api_port + len([s for s in specs if s.kind == "api"]) if api_port else free_port()
+        api_spec = {
+            "kind": "http-api",
+            "name": api.name,
+            "port": port,
+            "routes": routes,
+            "host": bind_host,
+        }
         api_env[SPEC_ENV] = json.dumps(api_spec)
         specs.append(
             ProcessSpec(

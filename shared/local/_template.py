@@ -9,7 +9,6 @@ without an emulator.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -29,25 +28,55 @@ class TemplateError(ConfigurationError):
     """The template cannot be read, or uses something the local runner cannot resolve."""
 
 
+def _loader() -> type:
+    """A YAML loader that reads CloudFormation's short-form tags (`!Ref X` -> {"Ref": "X"},
+    `!GetAtt A.B` -> {"Fn::GetAtt": ["A", "B"]}); the C loader when PyYAML has it."""
+    import yaml
+
+    base = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+    class CfnLoader(base):  # type: ignore[misc,valid-type]
+        pass
+
+    def construct(loader: Any, suffix: str, node: Any) -> dict[str, Any]:
+        name = (
+            "Ref" if suffix == "Ref" else "Condition" if suffix == "Condition" else f"Fn::{suffix}"
+        )
+        if isinstance(node, yaml.ScalarNode):
+            value: Any = loader.construct_scalar(node)
+            if suffix == "GetAtt" and isinstance(value, str):
+                value = value.split(".", 1)
+        elif isinstance(node, yaml.SequenceNode):
+            value = loader.construct_sequence(node, deep=True)
+        else:
+            value = loader.construct_mapping(node, deep=True)
+        return {name: value}
+
+    CfnLoader.add_multi_constructor("!", construct)
+    return CfnLoader
+
+
 def load_template(path: Path) -> Template:
     """The template as plain dicts, short-form tags (`!Ref`, `!Sub` ...) expanded.
 
     Raises TemplateError naming the file and the first problem.
     """
+    import yaml
+
     if not path.is_file():
         raise TemplateError(
             f"template {path} not found: run from the repository root or pass --template"
         )
-    from cfnlint.decode import decode  # the local extra's parser knows CloudFormation's tags
-
-    template, matches = decode(str(path))
-    if matches or template is None:
-        first = matches[0] if matches else "unreadable"
-        raise TemplateError(f"template {path} is invalid: {first}")
-    plain = json.loads(json.dumps(template, default=str))
-    if not isinstance(plain, dict) or not isinstance(plain.get("Resources"), dict):
-        raise TemplateError(f"template {path} has no Resources section")
-    return plain
+    try:
+        template = yaml.load(path.read_text(), Loader=_loader())
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise TemplateError(f"template {path} is invalid{line}: {problem}") from None
+    if not isinstance(template, dict) or not isinstance(template.get("Resources"), dict):
+        raise TemplateError(f"template {path} is invalid: it has no Resources mapping")
+    return template
 
 
 @dataclass(frozen=True, kw_only=True)

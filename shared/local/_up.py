@@ -62,6 +62,8 @@ class UpConfig:
     real_aws: bool = False  # --aws: deploy to the account; no emulator gaps to supply
     workers: bool = True  # run local processes
     deploy_timeout: float = 120.0
+    api_port: int = 0  # first local HTTP API port; 0 = free ones
+    bind_host: str = "127.0.0.1"  # where local servers listen (0.0.0.0 in a container)
 
 
 @dataclass
@@ -105,9 +107,12 @@ async def _deploy(aws: AwsClients, config: UpConfig, template: Template) -> Depl
 
     await deploy_template(
         aws,
+        template=template,
         template_path=config.template,
+        statemachines_dir=config.statemachines_dir,
         stack_name=config.stack_name,
         within_s=config.deploy_timeout,
+        emulated=not config.real_aws,
     )
     stack = await describe_stack(aws, config.stack_name)
     if stack is None:
@@ -157,6 +162,11 @@ async def run_up(config: UpConfig, *, on_ready: Callable[[UpState], None]) -> Up
                     _log_dir(config).mkdir(parents=True, exist_ok=True)
                     emulator = Emulator(port=config.port, log_path=_log_dir(config) / "moto.log")
                     await anyio.to_thread.run_sync(emulator.start)
+                    log.info(
+                        "emulator started",
+                        endpoint=emulator.endpoint_url,
+                        seconds=round(time.monotonic() - started, 2),
+                    )
                     assert emulator.process is not None
                     run.state = replace(
                         run.state,
@@ -170,6 +180,8 @@ async def run_up(config: UpConfig, *, on_ready: Callable[[UpState], None]) -> Up
                             log=str(_log_dir(config) / "moto.log"),
                         )
                     )
+                elif config.endpoint is not None:
+                    await anyio.to_thread.run_sync(_configure_moto, config.endpoint)
                 run.save()
                 base_env = _prepare_environment(run.state.endpoint)
                 async with AwsClients() as aws, anyio.create_task_group() as children:
@@ -222,7 +234,9 @@ async def _start(
     children: anyio.abc.TaskGroup,
 ) -> LocalProcesses:
     """Deploy, supply the gaps, start the local processes."""
+    began = time.monotonic()
     stack = await _deploy(aws, config, template)
+    log.info("deployed", stack=config.stack_name, seconds=round(time.monotonic() - began, 2))
     facts = await gather_facts(aws, template, stack)
     plan = plan_gaps(template, facts, statemachines_dir=config.statemachines_dir)
     emulated = not config.real_aws
@@ -237,11 +251,19 @@ async def _start(
             base_env=base_env,
             free_port=free_port,
             include_triggers=emulated,
+            stack_name=config.stack_name,
+            api_port=config.api_port,
+            bind_host=config.bind_host,
         )
     for name, reason in processes.skipped.items():
         log.warning("not started", process=name, reason=reason)
     for spec in processes.specs:
         await children.start(supervisor.supervise, spec)
+    log.info(
+        "local processes started",
+        count=len(processes.specs),
+        seconds=round(time.monotonic() - began, 2),
+    )
     return processes
 
 
@@ -250,6 +272,17 @@ def _unwrap(exc: BaseException) -> BaseException:
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
     return exc
+
+
+def _configure_moto(endpoint: str) -> None:
+    """A moto server given by AWS_ENDPOINT_URL (compose.yaml) needs the same settings as the
+    embedded one; other endpoints (LocalStack) have no /moto-api and are left alone."""
+    from shared.local.emulator import configure_endpoint
+
+    try:
+        configure_endpoint(endpoint)
+    except OSError as exc:
+        log.info("endpoint is not a moto server; not configured", endpoint=endpoint, error=str(exc))
 
 
 def _one_line(exc: BaseException) -> str:

@@ -23,7 +23,7 @@ from typing import Self
 
 from shared.errors import ConfigurationError, FleetlineError
 
-__all__ = ["Emulator", "EmulatorError", "free_port", "port_in_use"]
+__all__ = ["Emulator", "EmulatorError", "configure_endpoint", "free_port", "port_in_use"]
 
 
 class EmulatorError(FleetlineError):
@@ -44,11 +44,24 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
 
 def _post_json(url: str, body: object, timeout: float = 5.0) -> bytes:
     request = urllib.request.Request(
-        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"},
+        url,
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
         method="POST",
     )
     with urllib.request.urlopen(request, timeout=timeout) as response:
         return bytes(response.read())
+
+
+def configure_endpoint(endpoint_url: str) -> None:
+    """Switch on state machine execution in the moto server at `endpoint_url`.
+
+    Raises OSError (URLError) when nothing answers or it is not a moto server.
+    """
+    _post_json(
+        f"{endpoint_url.rstrip('/')}/moto-api/config",
+        {"stepfunctions": {"execute_state_machine": True}},
+    )
 
 
 @dataclass
@@ -84,7 +97,10 @@ class Emulator:
         try:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)],
-                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
             )
         finally:
             if log is not subprocess.DEVNULL:
@@ -106,10 +122,7 @@ class Emulator:
 
     def configure(self) -> None:
         """Settings the emulator needs (they survive `reset`)."""
-        _post_json(
-            f"{self.endpoint_url}/moto-api/config",
-            {"stepfunctions": {"execute_state_machine": True}},
-        )
+        configure_endpoint(self.endpoint_url)
 
     def reset(self) -> None:
         """Forget all state (between tests)."""
@@ -130,7 +143,9 @@ class Emulator:
         return self.start()
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         with contextlib.suppress(Exception):
