@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import inspect
 import json
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -37,6 +38,8 @@ from shared.consumers._batch import plan_groups
 from shared.consumers._errors import DuplicateEvent, RetryLater
 from shared.consumers._message import BatchHandler, BatchResult, Message, Outcome
 from shared.errors import InvalidMessageError, is_retryable
+from shared.events import ClaimCheckReader, EventRegistry
+from shared.tracing import consumer_span
 
 __all__ = [
     "DeliveryControl",
@@ -140,6 +143,18 @@ def classify(exc: BaseException) -> tuple[Outcome, float | None]:
     return Outcome.DEAD_LETTER, None
 
 
+def _span_attributes(message: Message) -> dict[str, Any]:
+    attributes: dict[str, Any] = {
+        "messaging.system": "aws_sqs" if message.source.value == "sqs" else message.source.value,
+        "messaging.message.id": message.id,
+        "messaging.destination.name": message.source_name,
+        "messaging.operation": "process",
+    }
+    if message.group_id is not None:
+        attributes["messaging.message.group_id"] = message.group_id
+    return attributes
+
+
 class _Collector:
     def __init__(self) -> None:
         self.outcomes: dict[str, Outcome] = {}
@@ -153,24 +168,46 @@ class _Collector:
 def batch_handler(
     handler: EventHandler[E],
     *,
-    decode: Callable[[Message], E] | None = None,
+    registry: EventRegistry | None = None,
+    claim_check: ClaimCheckReader | None = None,
+    decode: Callable[[Message], E | Awaitable[E]] | None = None,
     concurrency: int | None = None,
-    span: Callable[[Message], contextlib.AbstractContextManager[Any]] | None = None,
+    tracing: bool = True,
 ) -> BatchHandler:
     """Adapt `handler` (one typed event at a time) into a `BatchHandler`.
 
-    `decode` turns a Message into the handler's event (for example the event registry's
-    decoder); it raises `InvalidMessageError` for data that can never be handled. Without
-    it the body is parsed as JSON. `concurrency` bounds how many lanes (groups, or single
-    messages without a group) run at once; None runs the whole batch at once (a batch is at
-    most 10 SQS messages; pass a bound for large stream batches). `span` opens the consumer
-    span per message (the tracing module's; none by default).
+    The event comes from `registry` (`TypedEvent`s from any transport's body; with
+    `claim_check`, payloads stored in S3 are fetched first), or from `decode` (a function
+    of the Message, sync or async), or else is the body parsed as JSON. A decoder raises
+    `InvalidMessageError` for data that can never be handled; `ValueError`, `TypeError` and
+    `KeyError` from a decoder count the same (pydantic's ValidationError is a ValueError).
 
-    Raises ValueError when `concurrency` < 1.
+    `concurrency` bounds how many lanes (groups, or single messages without a group) run at
+    once; None runs the whole batch at once (a batch is at most 10 SQS messages; pass a
+    bound for large stream batches). `tracing` opens one CONSUMER span per message that
+    continues the producer's trace (the envelope's `trace`, else the transport attributes).
+
+    Raises ValueError when `concurrency` < 1, or when both `registry` and `decode` are given.
     """
     if concurrency is not None and concurrency < 1:
         raise ValueError(f"concurrency must be >= 1, got {concurrency!r}")
-    decoder: Callable[[Message], Any] = decode if decode is not None else json_body
+    if registry is not None and decode is not None:
+        raise ValueError("give either registry or decode, not both")
+    decoder: Callable[[Message], Any]
+    if registry is not None:
+        chosen = registry
+
+        if claim_check is not None:
+            reader = claim_check
+
+            async def decoder(message: Message) -> Any:
+                return await chosen.decode_async(message.body, claim_check=reader)
+        else:
+
+            def decoder(message: Message) -> Any:
+                return chosen.decode(message.body)
+    else:
+        decoder = decode if decode is not None else json_body
 
     async def one(message: Message, into: _Collector) -> Outcome:
         log = _log.bind(
@@ -179,20 +216,24 @@ def batch_handler(
             receive_count=message.receive_count,
         )
         started = time.perf_counter()
-        outcome: Outcome
-        with span(message) if span is not None else contextlib.nullcontext():
-            try:
-                event = decoder(message)
-            except Exception as exc:  # data never crashes a worker
-                outcome, _ = classify(exc)
-                if isinstance(exc, _DATA_ERRORS):
-                    # A decoder failing on the data (pydantic's ValidationError and
-                    # JSONDecodeError are ValueErrors) will fail the same way next time.
-                    outcome = Outcome.DEAD_LETTER
-                into.outcomes[message.id] = outcome
-                into.reasons[message.id] = _reason(exc)
-                log.warning("message undecodable", outcome=outcome.value, error=_reason(exc))
-                return outcome
+        event: Any = None
+        failure: Exception | None = None
+        try:
+            event = decoder(message)
+            if inspect.isawaitable(event):
+                event = await event
+        except Exception as exc:  # data never crashes a worker
+            failure = exc
+        kind = getattr(event, "type", None) if failure is None else None
+        name = f"{kind or message.source_name.rsplit('/', 1)[-1]} process"
+        with (
+            consumer_span(event if failure is None else message, name,
+                          attributes=_span_attributes(message))
+            if tracing
+            else contextlib.nullcontext()
+        ):
+            if failure is not None:
+                return undecodable(message, failure, into, log)
             event_id = getattr(event, "id", None)
             if event_id is not None:
                 event_id = str(event_id)
@@ -203,21 +244,7 @@ def batch_handler(
             try:
                 returned = await handler(event, ctx)
             except Exception as exc:
-                outcome, delay = classify(exc)
-                into.outcomes[message.id] = outcome
-                if outcome is not Outcome.DUPLICATE:
-                    into.reasons[message.id] = _reason(exc)
-                    if delay is not None:
-                        into.delays[message.id] = delay
-                    log.warning(
-                        "handler failed",
-                        outcome=outcome.value,
-                        error=_reason(exc),
-                        exc_info=outcome is Outcome.RETRY and not isinstance(exc, RetryLater),
-                    )
-                else:
-                    log.info("duplicate skipped")
-                return outcome
+                return failed(message, exc, into, log)
             outcome = returned if isinstance(returned, Outcome) else Outcome.SUCCEEDED
             into.outcomes[message.id] = outcome
             log.debug(
@@ -226,6 +253,35 @@ def batch_handler(
                 duration_ms=round((time.perf_counter() - started) * 1000, 3),
             )
             return outcome
+
+    def undecodable(message: Message, exc: Exception, into: _Collector, log: Any) -> Outcome:
+        outcome, _ = classify(exc)
+        if isinstance(exc, _DATA_ERRORS):
+            # A decoder failing on the data (pydantic's ValidationError and JSONDecodeError
+            # are ValueErrors) will fail the same way next time.
+            outcome = Outcome.DEAD_LETTER
+        into.outcomes[message.id] = outcome
+        into.reasons[message.id] = _reason(exc)
+        log.warning("message undecodable", outcome=outcome.value, error=_reason(exc))
+        return outcome
+
+    def failed(message: Message, exc: Exception, into: _Collector, log: Any) -> Outcome:
+        outcome, delay = classify(exc)
+        into.outcomes[message.id] = outcome
+        if outcome is Outcome.DUPLICATE:
+            log.info("duplicate skipped")
+            return outcome
+        into.reasons[message.id] = _reason(exc)
+        if delay is not None:
+            into.delays[message.id] = delay
+        log.warning(
+            "handler failed",
+            outcome=outcome.value,
+            error=_reason(exc),
+            # A traceback for the unexpected (bugs, outages); not for deliberate signals.
+            exc_info=outcome is Outcome.RETRY and not isinstance(exc, RetryLater),
+        )
+        return outcome
 
     async def lane(messages: Sequence[Message], into: _Collector,
                    limiter: anyio.CapacityLimiter | None) -> None:
