@@ -1,0 +1,84 @@
+"""Events: the envelope, the registry of event types, decoding from every transport, the claim
+check for payloads over EventBridge's 256 KB, and JSON Schema export.
+
+Declaring and publishing (a service's `events.py`, listed in the `fleetline.events` entry-point
+group):
+
+    @event_type("OrderPlaced", source="fleetline.orders", version=1)
+    class OrderPlaced(BaseModel):
+        order_id: str
+
+    envelope = Envelope.new(OrderPlaced(order_id="o-1"), aggregate_id="o-1", sequence=1)
+    entry = to_put_events_entry(envelope, bus_name)
+
+Consuming:
+
+    load_registered_events()             # once, at start-up
+    event = registry.decode(message.body)  # or await registry.decode_async(..., claim_check=cc)
+    match event.data:
+        case OrderPlaced(order_id=order_id): ...
+
+Errors derive from `shared.errors` (see `shared.events._errors`): everything a bad message can
+cause is an `InvalidMessageError` naming the field, so consumers dead-letter it with the reason.
+"""
+
+from shared.events._codec import deserialize_dynamodb_image, find_envelope, parse_envelope
+from shared.events._envelope import DataRef, Envelope, TypedEvent
+from shared.events._errors import (
+    ClaimCheckIntegrityError,
+    ClaimCheckNotConfiguredError,
+    EventTooLargeError,
+    InvalidEventDataError,
+    MalformedMessageError,
+    UnknownEventTypeError,
+)
+from shared.events._eventbridge import (
+    MAX_PUT_EVENTS_ENTRY_BYTES,
+    put_events_entry_size,
+    to_put_events_entry,
+)
+from shared.events._ids import event_id_time_ms, new_event_id
+from shared.events._registry import (
+    ENTRY_POINT_GROUP,
+    ClaimCheckReader,
+    EventRegistry,
+    event_type,
+    load_registered_events,
+    registry,
+)
+from shared.events._spec import (
+    IRREGULAR_PAST_TENSE,
+    EventSpec,
+    check_event_type_name,
+    spec_of,
+)
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "IRREGULAR_PAST_TENSE",
+    "MAX_PUT_EVENTS_ENTRY_BYTES",
+    "ClaimCheckIntegrityError",
+    "ClaimCheckNotConfiguredError",
+    "ClaimCheckReader",
+    "DataRef",
+    "Envelope",
+    "EventRegistry",
+    "EventSpec",
+    "EventTooLargeError",
+    "InvalidEventDataError",
+    "MalformedMessageError",
+    "TypedEvent",
+    "UnknownEventTypeError",
+    "check_event_type_name",
+    "deserialize_dynamodb_image",
+    "event_id_time_ms",
+    "event_type",
+    "find_envelope",
+    "load_registered_events",
+    "new_event_id",
+    "parse_envelope",
+    "put_events_entry_size",
+    "registry",
+    "spec_of",
+    "to_put_events_entry",
+]

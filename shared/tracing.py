@@ -1,0 +1,440 @@
+"""OpenTelemetry for fleetline: X-Ray-compatible trace ids, one propagation format, and the
+inject/extract helpers for every transport the services use.
+
+Setup (once per process, at the edge: the worker host, the Lambda adapter, the CLI):
+
+    configure_tracing("orders-worker")                       # OTLP when the env says so
+    configure_tracing("test", exporter=InMemorySpanExporter()) # tests
+
+Trace ids come from the AWS X-Ray id generator (the first 32 bits are the epoch seconds), so the
+ADOT collector can hand spans to X-Ray unchanged. Context travels in a *carrier*: a flat
+`dict[str, str]` holding the W3C `traceparent` (and `tracestate` when not empty) and the X-Ray
+`X-Amzn-Trace-Id` header, both written by one composite propagator. Extraction reads X-Ray first
+and W3C last, so when both are present the W3C context (which carries `tracestate`) wins.
+
+Where the carrier goes, per transport:
+
+- SQS: `sqs_trace_attributes()` gives message attribute `traceparent` (only when the caller's
+  attributes leave room: never more than 10) and system attribute `AWSTraceHeader`;
+  consumers read them with `carrier_from_sqs()`.
+- SNS: `sns_trace_attributes()` (message attribute `traceparent`); `carrier_from_sns()` reads
+  a notification (also the non-raw notification JSON an SQS subscriber receives).
+- EventBridge: the envelope's `trace` (filled by `Envelope.new`) plus the entry's
+  `TraceHeader` (`shared.events.to_put_events_entry`); consumers read the envelope's `trace`.
+- Kinesis, DynamoDB Streams and the outbox: the envelope's `trace`, captured when the envelope
+  is made (for the outbox: inside the request span, i.e. at commit time).
+- Step Functions: `with_trace(payload)` puts the carrier in the `trace` field of the execution
+  input or a task payload, `xray_trace_header()` gives StartExecution's `traceHeader`;
+  `carrier_from_payload()` reads it back.
+
+Consumers wrap each message in `consumer_span(...)` (a CONSUMER span whose parent is the
+producer's context) and a batch in `batch_span(...)` (links to every distinct producer context).
+
+`configure_tracing` may be called again (tests do): spans made through `tracer()`,
+`consumer_span` and `batch_span` always go to the latest configuration. The OpenTelemetry global
+provider can be set only once per process, so third-party code that calls
+`opentelemetry.trace.get_tracer` directly keeps the first configuration.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Final, Protocol, runtime_checkable
+
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.context import Context
+from opentelemetry.propagators.aws import AwsXRayPropagator
+from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.sdk.extension.aws.trace import AwsXRayIdGenerator
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
+from opentelemetry.trace import Link, Span, SpanContext, SpanKind
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+__all__ = [
+    "SQS_MAX_MESSAGE_ATTRIBUTES",
+    "TRACEPARENT",
+    "TRACESTATE",
+    "XRAY_HEADER",
+    "SqsTraceAttributes",
+    "TraceCarrierSource",
+    "attached",
+    "batch_span",
+    "carrier_from_payload",
+    "carrier_from_sns",
+    "carrier_from_sqs",
+    "configure_tracing",
+    "consumer_span",
+    "current_carrier",
+    "distinct_producer_contexts",
+    "extract",
+    "format_xray_trace_id",
+    "inject",
+    "sns_trace_attributes",
+    "span_context_of",
+    "sqs_trace_attributes",
+    "tracer",
+    "with_trace",
+    "xray_trace_header",
+]
+
+TRACEPARENT: Final = "traceparent"
+TRACESTATE: Final = "tracestate"
+XRAY_HEADER: Final = "X-Amzn-Trace-Id"
+SQS_SYSTEM_TRACE_ATTRIBUTE: Final = "AWSTraceHeader"
+SQS_MAX_MESSAGE_ATTRIBUTES: Final = 10  # SQS and SNS both refuse an 11th message attribute
+PAYLOAD_TRACE_FIELD: Final = "trace"
+
+_PROPAGATOR: Final = CompositePropagator(
+    [AwsXRayPropagator(), TraceContextTextMapPropagator()]
+)
+
+_provider: TracerProvider | None = None
+_global_set = False
+
+
+def configure_tracing(
+    service_name: str,
+    *,
+    exporter: SpanExporter | None = None,
+    batch: bool | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> TracerProvider:
+    """Set up the SDK for this process and return the provider.
+
+    Exporter: `exporter` when given; else OTLP over HTTP when `OTEL_EXPORTER_OTLP_ENDPOINT`
+    (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set in `environ` (default `os.environ`),
+    which on ECS points at the ADOT collector sidecar; else none (spans are still made, so ids
+    reach logs and carriers, but nothing is exported). `batch` picks BatchSpanProcessor
+    (default for OTLP) or SimpleSpanProcessor (default for an explicit exporter, so tests see
+    spans as soon as they end).
+
+    Also installs the composite propagator (W3C tracecontext + X-Ray) as the global one.
+
+    Raises:
+        ValueError: `service_name` is empty.
+    """
+    global _provider, _global_set
+    if not service_name:
+        raise ValueError("service_name must not be empty")
+    env = os.environ if environ is None else environ
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": service_name}),
+        id_generator=AwsXRayIdGenerator(),
+    )
+    chosen = exporter
+    use_batch = batch
+    if chosen is None and (
+        env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    ):
+        # Imported here: the OTLP exporter pulls in protobuf, which a process without a
+        # collector never needs.
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        chosen = OTLPSpanExporter()
+        use_batch = True if batch is None else batch
+    if chosen is not None:
+        processor: SpanProcessor = (
+            BatchSpanProcessor(chosen) if use_batch else SimpleSpanProcessor(chosen)
+        )
+        provider.add_span_processor(processor)
+    previous, _provider = _provider, provider
+    if previous is not None:
+        previous.shutdown()
+    if not _global_set:
+        trace.set_tracer_provider(provider)
+        _global_set = True
+    propagate.set_global_textmap(_PROPAGATOR)
+    return provider
+
+
+def tracer(name: str) -> trace.Tracer:
+    """A tracer from the latest `configure_tracing` (the global provider before that)."""
+    provider = _provider
+    if provider is None:
+        return trace.get_tracer(name)
+    return provider.get_tracer(name)
+
+
+# --------------------------------------------------------------------------- carriers
+
+
+def inject(
+    carrier: dict[str, str] | None = None, *, context: Context | None = None
+) -> dict[str, str]:
+    """Write the current (or given) context into `carrier` (a new dict when None) and return
+    it. Writes nothing when there is no valid span context."""
+    out: dict[str, str] = {} if carrier is None else carrier
+    _PROPAGATOR.inject(out, context=context)
+    return out
+
+
+def current_carrier() -> dict[str, str]:
+    """The current context as a new carrier; empty outside any span."""
+    return inject()
+
+
+def extract(carrier: Mapping[str, str] | None) -> Context:
+    """The context a carrier holds, as a parent for new spans. An empty or unreadable carrier
+    gives an empty context (a new trace), never an error: tracing must not fail a message."""
+    if not carrier:
+        return Context()
+    return _PROPAGATOR.extract(dict(carrier), context=Context())
+
+
+def span_context_of(carrier: Mapping[str, str] | None) -> SpanContext | None:
+    """The remote span context in a carrier, or None when it holds none."""
+    span_context = trace.get_current_span(extract(carrier)).get_span_context()
+    return span_context if span_context.is_valid else None
+
+
+def format_xray_trace_id(trace_id: int) -> str:
+    """`1-5f8a1b2c-0123456789abcdef01234567`: the X-Ray form of a 128-bit trace id."""
+    hex_id = format(trace_id, "032x")
+    return f"1-{hex_id[:8]}-{hex_id[8:]}"
+
+
+def xray_trace_header(context: Context | None = None) -> str | None:
+    """The `X-Amzn-Trace-Id` value of the current (or given) context, or None outside a span.
+    For APIs with a trace header parameter: PutEvents `TraceHeader`, StartExecution
+    `traceHeader`, SQS `AWSTraceHeader`."""
+    return inject(context=context).get(XRAY_HEADER)
+
+
+# --------------------------------------------------------------------------- SQS / SNS
+
+
+@dataclass(frozen=True, kw_only=True)
+class SqsTraceAttributes:
+    """What to pass to SendMessage / SendMessageBatch entries: `MessageAttributes` (the caller's
+    plus `traceparent` when there is room) and `MessageSystemAttributes` (`AWSTraceHeader`,
+    which does not count towards the limit of 10)."""
+
+    message_attributes: dict[str, Any]
+    system_attributes: dict[str, Any]
+
+
+def _attribute_room(existing: Mapping[str, Any]) -> int:
+    return SQS_MAX_MESSAGE_ATTRIBUTES - len(existing)
+
+
+def _with_trace_attributes(
+    existing: Mapping[str, Any] | None, carrier: Mapping[str, str]
+) -> dict[str, Any]:
+    attributes: dict[str, Any] = dict(existing or {})
+    if len(attributes) > SQS_MAX_MESSAGE_ATTRIBUTES:
+        raise ValueError(
+            f"message_attributes has {len(attributes)} entries; SQS and SNS allow "
+            f"{SQS_MAX_MESSAGE_ATTRIBUTES}"
+        )
+    # One attribute for the W3C context, a second for tracestate only when it is non-empty
+    # and there is room: the caller's attributes always come first.
+    for key in (TRACEPARENT, TRACESTATE):
+        value = carrier.get(key)
+        if value and key not in attributes and _attribute_room(attributes) > 0:
+            attributes[key] = {"DataType": "String", "StringValue": value}
+    return attributes
+
+
+def sqs_trace_attributes(
+    message_attributes: Mapping[str, Any] | None = None, *, context: Context | None = None
+) -> SqsTraceAttributes:
+    """Attributes that carry the current (or given) context on an SQS message.
+
+    The X-Ray header goes in the `AWSTraceHeader` system attribute; the W3C `traceparent` in a
+    message attribute only when the caller's attributes leave room (at most 10 in total).
+
+    Raises:
+        ValueError: `message_attributes` already has more than 10 entries.
+    """
+    carrier = inject(context=context)
+    system: dict[str, Any] = {}
+    if XRAY_HEADER in carrier:
+        system[SQS_SYSTEM_TRACE_ATTRIBUTE] = {
+            "DataType": "String",
+            "StringValue": carrier[XRAY_HEADER],
+        }
+    return SqsTraceAttributes(
+        message_attributes=_with_trace_attributes(message_attributes, carrier),
+        system_attributes=system,
+    )
+
+
+def sns_trace_attributes(
+    message_attributes: Mapping[str, Any] | None = None, *, context: Context | None = None
+) -> dict[str, Any]:
+    """`MessageAttributes` for SNS Publish / PublishBatch carrying the current (or given)
+    context as `traceparent` (when the caller's attributes leave room, at most 10), which SNS
+    forwards to SQS subscribers (raw delivery: as message attributes; otherwise inside the
+    notification JSON). SNS has no system trace attribute to use instead.
+
+    Raises:
+        ValueError: `message_attributes` already has more than 10 entries.
+    """
+    return _with_trace_attributes(message_attributes, inject(context=context))
+
+
+def _attribute_value(value: Any) -> str | None:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Mapping):
+        # SQS API: StringValue; Lambda SQS event: stringValue; SNS notification JSON: Value.
+        for key in ("StringValue", "stringValue", "Value"):
+            found = value.get(key)
+            if isinstance(found, str):
+                return found
+    return None
+
+
+def carrier_from_sqs(
+    message_attributes: Mapping[str, Any] | None = None,
+    system_attributes: Mapping[str, Any] | None = None,
+) -> dict[str, str]:
+    """The carrier of a received SQS message, from its `MessageAttributes` (API shape, Lambda
+    event shape, or already flattened to strings) and its `Attributes` (`AWSTraceHeader`)."""
+    carrier: dict[str, str] = {}
+    for key in (TRACEPARENT, TRACESTATE):
+        value = _attribute_value((message_attributes or {}).get(key))
+        if value:
+            carrier[key] = value
+    for attrs in (system_attributes or {}, message_attributes or {}):
+        header = _attribute_value(attrs.get(SQS_SYSTEM_TRACE_ATTRIBUTE))
+        if header:
+            carrier[XRAY_HEADER] = header
+            break
+    return carrier
+
+
+def carrier_from_sns(notification: Mapping[str, Any]) -> dict[str, str]:
+    """The carrier of an SNS notification (the JSON SNS delivers to a non-raw SQS subscriber,
+    or a Lambda event's `Sns` record)."""
+    attributes = notification.get("MessageAttributes")
+    return carrier_from_sqs(attributes if isinstance(attributes, Mapping) else None)
+
+
+# --------------------------------------------------------------------------- payloads
+
+
+def with_trace(payload: Mapping[str, Any], *, context: Context | None = None) -> dict[str, Any]:
+    """A copy of `payload` (a Step Functions execution input or task payload) with the current
+    (or given) carrier in its `trace` field. State machine definitions pass `trace.$` on to
+    each task's payload so tasks continue the execution's trace."""
+    return {**payload, PAYLOAD_TRACE_FIELD: inject(context=context)}
+
+
+def carrier_from_payload(payload: Mapping[str, Any]) -> dict[str, str]:
+    """The carrier in a payload's `trace` field; empty when absent or not string-valued."""
+    raw = payload.get(PAYLOAD_TRACE_FIELD)
+    if not isinstance(raw, Mapping):
+        return {}
+    return {str(k): v for k, v in raw.items() if isinstance(v, str)}
+
+
+# --------------------------------------------------------------------------- consumer spans
+
+
+@runtime_checkable
+class TraceCarrierSource(Protocol):
+    """Anything with a `trace` carrier: an `Envelope`, a `TypedEvent`."""
+
+    @property
+    def trace(self) -> Mapping[str, str]: ...
+
+
+def _carrier_of(source: object) -> Mapping[str, str]:
+    """Find the producer's carrier. Order: an envelope's `trace` (the producer's context at
+    commit time, the most precise), then transport attributes (`traceparent`,
+    `AWSTraceHeader`), then a plain mapping used as the carrier itself."""
+    if source is None:
+        return {}
+    trace_field = getattr(source, "trace", None)
+    if isinstance(trace_field, Mapping) and trace_field:
+        return trace_field
+    envelope = getattr(source, "envelope", None)
+    if envelope is not None and envelope is not source:
+        found = _carrier_of(envelope)
+        if found:
+            return found
+    attributes = getattr(source, "attributes", None)
+    if isinstance(attributes, Mapping):
+        return carrier_from_sqs(attributes, attributes)
+    if isinstance(source, Mapping):
+        return {str(k): v for k, v in source.items() if isinstance(v, str)}
+    return {}
+
+
+@contextlib.contextmanager
+def consumer_span(
+    source: object,
+    name: str,
+    *,
+    attributes: Mapping[str, Any] | None = None,
+    links: Iterable[SpanContext] = (),
+) -> Iterator[Span]:
+    """A CONSUMER span for one message that continues the producer's trace.
+
+    `source` is an `Envelope` / `TypedEvent` (its `trace`), a `shared.consumers.Message` (its
+    `attributes`: `traceparent`, `AWSTraceHeader`), a carrier mapping, or None (a new trace).
+    The span is current inside the block; an exception escaping the block is recorded on it
+    and re-raised.
+    """
+    parent = extract(_carrier_of(source))
+    span_links = [Link(link) for link in links]
+    with tracer("shared.consumers").start_as_current_span(
+        name,
+        context=parent,
+        kind=SpanKind.CONSUMER,
+        attributes=dict(attributes or {}),
+        links=span_links,
+    ) as span:
+        yield span
+
+
+def distinct_producer_contexts(sources: Iterable[object]) -> list[SpanContext]:
+    """Each distinct producer span context among `sources`, in first-seen order."""
+    seen: set[tuple[int, int]] = set()
+    out: list[SpanContext] = []
+    for source in sources:
+        span_context = span_context_of(_carrier_of(source))
+        if span_context is None:
+            continue
+        key = (span_context.trace_id, span_context.span_id)
+        if key not in seen:
+            seen.add(key)
+            out.append(span_context)
+    return out
+
+
+@contextlib.contextmanager
+def batch_span(
+    sources: Iterable[object],
+    name: str,
+    *,
+    attributes: Mapping[str, Any] | None = None,
+) -> Iterator[Span]:
+    """A CONSUMER span for a whole batch, with a span link to every distinct producer context
+    in `sources` (messages or envelopes). A batch has many parents, so it starts a new trace
+    (or continues the caller's current span); each message's own `consumer_span` continues its
+    producer's trace."""
+    sources = list(sources)
+    links = [Link(ctx) for ctx in distinct_producer_contexts(sources)]
+    attrs = {"messaging.batch.message_count": len(sources), **(attributes or {})}
+    with tracer("shared.consumers").start_as_current_span(
+        name, kind=SpanKind.CONSUMER, attributes=attrs, links=links
+    ) as span:
+        yield span
+
+
+@contextlib.contextmanager
+def attached(context: Context) -> Iterator[None]:
+    """Make `context` current inside the block."""
+    token = otel_context.attach(context)
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
