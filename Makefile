@@ -13,8 +13,10 @@ $(BIN)/fleetline: pyproject.toml
 
 install: $(BIN)/fleetline
 
+# Runs the demo steps and stops everything again (exit 0 = every step passed); keep the stack
+# running with `$(BIN)/fleetline up` or `$(BIN)/fleetline demo` (see docs/local.md).
 demo: install
-	$(BIN)/fleetline demo
+	$(BIN)/fleetline demo --exit
 
 test: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
