@@ -10,6 +10,8 @@ Item (partition key `lease_key`, type S):
     expires_at     N, epoch ms on the owner's clock (now + lease duration) at its last renewal
     checkpoint     S, the last processed sequence number, or SHARD_END; absent before the first
     parent_shard_ids  L of S
+    handoff_to     worker id that asked the owner to hand the lease over (graceful steal)
+    handoff_at     N, epoch ms of that request
 
 Every write an owner makes is conditional on `owner = me AND counter = c`; takes and steals
 are conditional on the counter and expiry the taker read (the lease is unchanged since the
@@ -52,6 +54,8 @@ def _lease_from_item(item: dict[str, Any]) -> Lease:
         expires_at_ms=int(item.get("expires_at", {"N": "0"})["N"]),
         checkpoint=item["checkpoint"]["S"] if "checkpoint" in item else None,
         parent_shard_ids=parents,
+        handoff_to=item["handoff_to"]["S"] if "handoff_to" in item else None,
+        handoff_at_ms=int(item.get("handoff_at", {"N": "0"})["N"]),
     )
 
 
@@ -151,7 +155,10 @@ class LeaseTable:
                 response = await ddb.update_item(
                     TableName=self.table_name,
                     Key={"lease_key": {"S": lease.key}},
-                    UpdateExpression="SET #owner = :me, #counter = :next, expires_at = :exp",
+                    UpdateExpression=(
+                        "SET #owner = :me, #counter = :next, expires_at = :exp"
+                        " REMOVE handoff_to, handoff_at"
+                    ),
                     ConditionExpression="#counter = :seen AND expires_at = :seen_exp",
                     ExpressionAttributeNames={"#owner": "owner", "#counter": "counter"},
                     ExpressionAttributeValues={
@@ -169,45 +176,47 @@ class LeaseTable:
             raise
         return _lease_from_item(response["Attributes"])
 
-    async def renew(self, lease: Lease, *, expires_at_ms: int) -> None:
-        """Move the expiry of a lease this worker owns.
+    async def renew(self, lease: Lease, *, expires_at_ms: int) -> Lease:
+        """Move the expiry of a lease this worker owns; returns the lease as stored (a
+        `handoff_to` in it asks this worker to hand the lease over).
 
         Raises:
             LeaseLostError: the lease has another owner or counter now.
         """
-        await self._owner_update(
+        return await self._owner_update(
             lease, "SET expires_at = :exp", {":exp": {"N": str(expires_at_ms)}}
         )
 
-    async def checkpoint(self, lease: Lease, sequence: str, *, expires_at_ms: int) -> None:
+    async def checkpoint(self, lease: Lease, sequence: str, *, expires_at_ms: int) -> Lease:
         """Record `sequence` (or SHARD_END) as processed; renews the lease in the same write.
+        Returns the lease as stored (see `renew`).
 
         Raises:
             LeaseLostError: the lease has another owner or counter now (fencing).
         """
-        await self._owner_update(
+        return await self._owner_update(
             lease,
             "SET checkpoint = :cp, expires_at = :exp",
             {":cp": {"S": sequence}, ":exp": {"N": str(expires_at_ms)}},
         )
 
-    async def release(self, lease: Lease, *, checkpoint: str | None) -> None:
+    async def release(
+        self, lease: Lease, *, checkpoint: str | None, keep_handoff: bool = False
+    ) -> None:
         """Hand the lease back (no owner, expired now) with a final checkpoint, so another
-        worker can take it at once.
+        worker can take it at once. `keep_handoff` leaves a hand-off request in place: the
+        free lease stays reserved for the worker that asked for it.
 
         Raises:
             LeaseLostError: the lease has another owner or counter now.
         """
-        if checkpoint is None:
-            await self._owner_update(
-                lease, "SET expires_at = :zero REMOVE #owner", {":zero": {"N": "0"}}
-            )
-        else:
-            await self._owner_update(
-                lease,
-                "SET expires_at = :zero, checkpoint = :cp REMOVE #owner",
-                {":zero": {"N": "0"}, ":cp": {"S": checkpoint}},
-            )
+        expression = "SET expires_at = :zero"
+        values: dict[str, dict[str, str]] = {":zero": {"N": "0"}}
+        if checkpoint is not None:
+            expression += ", checkpoint = :cp"
+            values[":cp"] = {"S": checkpoint}
+        expression += " REMOVE #owner" if keep_handoff else " REMOVE #owner, handoff_to, handoff_at"
+        await self._owner_update(lease, expression, values)
 
     async def delete_all(self) -> None:
         """Delete every lease of this application (to restart from the initial position)."""
@@ -218,15 +227,43 @@ class LeaseTable:
                     TableName=self.table_name, Key={"lease_key": {"S": lease.key}}
                 )
 
+    async def request_handoff(self, lease: Lease, *, to: str, now_ms: int) -> bool:
+        """Ask the owner of `lease` to hand it over to worker `to` (it finishes its batch,
+        checkpoints and releases). True when the request was recorded; False when the lease
+        changed since it was read or another request is pending."""
+        ddb = await self._aws.client("dynamodb")
+        try:
+            with aws_errors():
+                await ddb.update_item(
+                    TableName=self.table_name,
+                    Key={"lease_key": {"S": lease.key}},
+                    UpdateExpression="SET handoff_to = :to, handoff_at = :now",
+                    ConditionExpression=(
+                        "#counter = :seen AND #owner = :owner AND attribute_not_exists(handoff_to)"
+                    ),
+                    ExpressionAttributeNames={"#owner": "owner", "#counter": "counter"},
+                    ExpressionAttributeValues={
+                        ":to": {"S": to},
+                        ":now": {"N": str(now_ms)},
+                        ":seen": {"N": str(lease.counter)},
+                        ":owner": {"S": lease.owner or ""},
+                    },
+                )
+        except FleetlineError as exc:
+            if getattr(exc, "code", None) == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
     async def _owner_update(
         self, lease: Lease, expression: str, values: dict[str, dict[str, str]]
-    ) -> None:
+    ) -> Lease:
         ddb = await self._aws.client("dynamodb")
         if lease.owner is None:
             raise LeaseLostError(lease.shard_id)
         try:
             with aws_errors():
-                await ddb.update_item(
+                response = await ddb.update_item(
                     TableName=self.table_name,
                     Key={"lease_key": {"S": lease.key}},
                     UpdateExpression=expression,
@@ -237,8 +274,10 @@ class LeaseTable:
                         ":me": {"S": lease.owner},
                         ":counter": {"N": str(lease.counter)},
                     },
+                    ReturnValues="ALL_NEW",
                 )
         except FleetlineError as exc:
             if getattr(exc, "code", None) == "ConditionalCheckFailedException":
                 raise LeaseLostError(lease.shard_id) from exc
             raise
+        return _lease_from_item(response["Attributes"])

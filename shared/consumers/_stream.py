@@ -150,6 +150,9 @@ class StreamConsumerConfig:
     max_attempts:       handler attempts per record before it goes to the failure queue.
     retry_backoff / retry_backoff_max: exponential backoff with full jitter between attempts.
     max_leases:         at most this many shards per worker (None: no cap).
+    handoff_timeout:    a worker rebalancing asks the owner to hand a lease over (it finishes
+                        its batch, checkpoints, releases: no duplicates); after this long
+                        without a release it takes the lease by force. None: always by force.
     shutdown_grace:     after shutdown(), in-flight handlers get this long before they are
                         cancelled (keep it below the ECS stopTimeout, default 30 s).
     """
@@ -169,6 +172,7 @@ class StreamConsumerConfig:
     retry_backoff: float = 0.5
     retry_backoff_max: float = 20.0
     max_leases: int | None = None
+    handoff_timeout: float | None = 30.0
     shutdown_grace: float = 20.0
 
     def __post_init__(self) -> None:
@@ -186,6 +190,7 @@ class StreamConsumerConfig:
                 raise ValueError(f"{name} must be positive, got {value}")
         for name, maybe in {
             "renew_interval": self.renew_interval, "take_interval": self.take_interval,
+            "handoff_timeout": self.handoff_timeout,
         }.items():
             if maybe is not None and maybe <= 0:
                 raise ValueError(f"{name} must be positive, got {maybe}")
@@ -230,6 +235,8 @@ class StreamConsumerStatistics:
     leases_taken: int = 0
     leases_stolen: int = 0
     leases_lost: int = 0
+    leases_handed_off: int = 0
+    handoffs_requested: int = 0
     lease_rounds: int = 0
     millis_behind: Mapping[str, int] = field(default_factory=dict)
 
@@ -252,6 +259,7 @@ class _Held:
     drain: anyio.Event = field(default_factory=anyio.Event)
     lost: bool = False
     ended: bool = False
+    handoff_to: str | None = None  # another worker asked for this lease: drain and release
 
     def __post_init__(self) -> None:
         self.position = self.lease.checkpoint
@@ -369,7 +377,8 @@ class StreamConsumer:
         names = (
             "records_received", "records_succeeded", "records_duplicate", "records_retried",
             "records_dead_lettered", "handler_calls", "reads", "checkpoints", "leases_taken",
-            "leases_stolen", "leases_lost", "lease_rounds",
+            "leases_stolen", "leases_lost", "leases_handed_off", "handoffs_requested",
+            "lease_rounds",
         )
         return {name: self._counts[name] for name in names}
 
@@ -448,6 +457,8 @@ class StreamConsumer:
                 held.lease.owner, held.lease.counter,
             ):
                 self._lose(held, "lease changed hands")
+            else:
+                self._notice_handoff(held, current)
         now_ms = _now_ms()
         plan = plan_leases(
             leases,
@@ -456,7 +467,17 @@ class StreamConsumer:
             held=[s for s, h in self._held.items() if not h.lost],
             known_shards=self._shards.keys(),
             max_leases=self.config.max_leases,
+            handoff_timeout_ms=(
+                None if self.config.handoff_timeout is None
+                else int(self.config.handoff_timeout * 1000)
+            ),
         )
+        if plan.request_handoff is not None:
+            asked = plan.request_handoff
+            if await self._table.request_handoff(asked, to=self.worker_id, now_ms=now_ms):
+                self._counts["handoffs_requested"] += 1
+                self._log.info("hand-off requested", shard=asked.shard_id, owner=asked.owner,
+                               target=plan.target, workers=plan.live_workers)
         wanted = [(lease, False) for lease in plan.take]
         if plan.steal is not None:
             wanted.append((plan.steal, True))
@@ -489,7 +510,7 @@ class StreamConsumer:
         async def renew(held: _Held) -> None:
             expires = _now_ms() + int(self.config.lease_duration * 1000)
             try:
-                await self._table.renew(held.lease, expires_at_ms=expires)
+                stored = await self._table.renew(held.lease, expires_at_ms=expires)
             except LeaseLostError:
                 self._lose(held, "renewal refused")
                 return
@@ -498,10 +519,21 @@ class StreamConsumer:
                 return
             held.expires_at_ms = expires
             held.renewed_at = time.monotonic()
+            self._notice_handoff(held, stored)
 
         async with anyio.create_task_group() as tg:
             for held in due:
                 tg.start_soon(renew, held)
+
+    def _notice_handoff(self, held: _Held, stored: Lease) -> None:
+        """Another worker asked for this lease: finish the in-flight batch, checkpoint and
+        release it (the shard task's hand-back does that once drained)."""
+        if stored.handoff_to is None or stored.handoff_to == self.worker_id:
+            return
+        if held.handoff_to is None and not held.lost:
+            held.handoff_to = stored.handoff_to
+            held.drain.set()
+            self._log.info("handing lease over", shard=held.lease.shard_id, to=stored.handoff_to)
 
     def _lose(self, held: _Held, why: str) -> None:
         if held.lost:
@@ -531,8 +563,13 @@ class StreamConsumer:
             return
         newer = held.position if held.position != held.checkpointed else None
         try:
-            await self._table.release(held.lease, checkpoint=newer)
-            self._log.info("lease released", shard=held.lease.shard_id, checkpoint=held.position)
+            await self._table.release(
+                held.lease, checkpoint=newer, keep_handoff=held.handoff_to is not None
+            )
+            if held.handoff_to is not None:
+                self._counts["leases_handed_off"] += 1
+            self._log.info("lease released", shard=held.lease.shard_id, checkpoint=held.position,
+                           handed_to=held.handoff_to)
         except LeaseLostError:
             self._lose(held, "release refused")
         except RetryableError as exc:
@@ -606,7 +643,8 @@ class StreamConsumer:
         if held.position is None or held.position == held.checkpointed:
             return
         expires = _now_ms() + int(self.config.lease_duration * 1000)
-        await self._table.checkpoint(held.lease, held.position, expires_at_ms=expires)
+        stored = await self._table.checkpoint(held.lease, held.position, expires_at_ms=expires)
+        self._notice_handoff(held, stored)
         held.checkpointed = held.position
         held.expires_at_ms = expires
         held.renewed_at = time.monotonic()

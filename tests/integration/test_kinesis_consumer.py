@@ -700,3 +700,46 @@ async def test_order_per_key_holds_across_a_split(aws: AwsClients) -> None:
     assert leases["s0"].checkpoint == SHARD_END
     assert leases["s1"].checkpoint == "9"
     assert leases["s2"].checkpoint == "9"
+
+
+async def test_rebalancing_hands_leases_over_without_duplicates(aws: AwsClients) -> None:
+    """A second worker joins while records keep arriving: A hands two shards over (finishes
+    its batch, checkpoints, releases), B takes them; every record is handled exactly once."""
+    await make_stream(aws, "handoff", 4)
+    first, second = Recorder(), Recorder()
+    sent: list[str] = []
+
+    async def produce(count: int) -> None:
+        for _ in range(count):
+            burst = len(sent) // 20
+            batch = [(f"dev-{i}", f"h{burst}-{i}") for i in range(20)]
+            await put(aws, "handoff", batch)
+            sent.extend(body for _, body in batch)
+            await anyio.sleep(0.05)
+
+    async with anyio.create_task_group() as tg:
+        a = KinesisConsumer(aws, first, stream="handoff", config=fast_config(worker_id="A"))
+        await tg.start(a.run)
+        await produce(5)
+        b = KinesisConsumer(aws, second, stream="handoff", config=fast_config(worker_id="B"))
+        await tg.start(b.run)
+        await produce(30)
+
+        async def split() -> bool:
+            return len(a.held_shards) == 2 and len(b.held_shards) == 2
+
+        await wait_for(split, 10, "a 2/2 split")
+        await produce(5)
+
+        async def all_handled() -> bool:
+            return first.bodies() | second.bodies() == set(sent)
+
+        await wait_for(all_handled, 10, "every record")
+        a.shutdown()
+        b.shutdown()
+    handled = [m.body for m in first.handled + second.handled]
+    assert sorted(handled) == sorted(sent)  # exactly once: no duplicate across the hand-off
+    assert a.statistics().leases_handed_off == 2
+    assert b.statistics().handoffs_requested == 2
+    assert b.statistics().leases_stolen == 0
+    assert second.handled  # B really processed its shards

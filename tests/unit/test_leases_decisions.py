@@ -173,3 +173,67 @@ def test_parents_first_orders_the_shard_graph() -> None:
     assert order.index("a") < order.index("c")
     assert order.index("b") < order.index("c") < order.index("d")
     assert sorted(order) == ["a", "b", "c", "d"]
+
+
+def test_steal_is_a_handoff_request_when_a_timeout_is_set() -> None:
+    leases = [lease(f"s{i}", "A") for i in range(4)]
+    plan = plan_leases(leases, me="B", now_ms=NOW, handoff_timeout_ms=3_000)
+    assert plan.steal is None
+    assert plan.request_handoff is not None
+    assert plan.request_handoff.shard_id == "s0"
+
+
+def test_pending_handoff_counts_as_mine_and_blocks_a_second_request() -> None:
+    asked = Lease(key="app#s0", shard_id="s0", owner="A", counter=1, expires_at_ms=NOW + 5_000,
+                  handoff_to="B", handoff_at_ms=NOW - 1_000)
+    leases = [asked, *(lease(f"s{i}", "A") for i in range(1, 4))]
+    plan = plan_leases(leases, me="B", now_ms=NOW, handoff_timeout_ms=3_000)
+    assert plan.request_handoff is None
+    assert plan.steal is None
+    assert not plan.take
+
+
+def test_overdue_handoff_becomes_a_forced_steal() -> None:
+    asked = Lease(key="app#s0", shard_id="s0", owner="A", counter=1, expires_at_ms=NOW + 5_000,
+                  handoff_to="B", handoff_at_ms=NOW - 3_000)
+    leases = [asked, *(lease(f"s{i}", "A") for i in range(1, 4))]
+    plan = plan_leases(leases, me="B", now_ms=NOW, handoff_timeout_ms=3_000)
+    assert plan.steal == asked
+    assert plan.request_handoff is None
+
+
+def test_released_handoff_lease_is_simply_taken() -> None:
+    leases = [lease("s0"), *(lease(f"s{i}", "A") for i in range(1, 4))]
+    plan = plan_leases(leases, me="B", now_ms=NOW, handoff_timeout_ms=3_000)
+    assert [item.shard_id for item in plan.take] == ["s0"]
+    assert plan.request_handoff is not None  # A still holds 3 > 2: one more, politely
+    assert plan.request_handoff.shard_id == "s1"
+    balanced = [lease("s0", "B"), lease("s1"), lease("s2", "A"), lease("s3", "A")]
+    again = plan_leases(balanced, me="B", now_ms=NOW, held=["s0"], handoff_timeout_ms=3_000)
+    assert [item.shard_id for item in again.take] == ["s1"]
+    assert again.request_handoff is None
+
+
+def test_leases_asked_by_another_worker_are_not_asked_again() -> None:
+    asked = Lease(key="app#s0", shard_id="s0", owner="A", counter=1, expires_at_ms=NOW + 5_000,
+                  handoff_to="C", handoff_at_ms=NOW)
+    leases = [asked, *(lease(f"s{i}", "A") for i in range(1, 4))]
+    plan = plan_leases(leases, me="B", now_ms=NOW, handoff_timeout_ms=3_000)
+    assert plan.request_handoff is not None
+    assert plan.request_handoff.shard_id == "s1"
+
+
+def test_lease_released_for_a_handoff_is_reserved_for_the_asker() -> None:
+    released = Lease(key="app#s0", shard_id="s0", owner=None, counter=1, expires_at_ms=0,
+                     handoff_to="B", handoff_at_ms=NOW - 500)
+    leases = [released, *(lease(f"s{i}", "A") for i in range(1, 4))]
+    a_plan = plan_leases(leases, me="A", now_ms=NOW, held=["s1", "s2", "s3"],
+                         handoff_timeout_ms=3_000)
+    assert a_plan.live_workers == 2  # B asked, so B is alive though it holds nothing yet
+    assert not a_plan.take
+    b_plan = plan_leases(leases, me="B", now_ms=NOW, handoff_timeout_ms=3_000)
+    assert [item.shard_id for item in b_plan.take] == ["s0"]
+    # A reservation older than the timeout is void: anyone may take the lease.
+    late = plan_leases(leases, me="A", now_ms=NOW + 3_000, held=["s1", "s2", "s3"],
+                       handoff_timeout_ms=3_000)
+    assert [item.shard_id for item in late.take] == ["s0"]
