@@ -102,6 +102,10 @@ def up(
             state = start_detached(argv, state_dir=state_dir)
             print(_ready_line(state), flush=True)
             return
+        if not sys.stderr.isatty():  # a log file (detached) or a pipe: JSON lines
+            from shared.local._logs import setup_logging
+
+            setup_logging("fleetline-up")
         config = UpConfig(
             stack_name=stack_name,
             port=port,

@@ -14,7 +14,6 @@ stop timeout).
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import signal
@@ -37,6 +36,7 @@ from shared.local._lambda import (
     outcomes_from_response,
     sqs_event,
 )
+from shared.local._logs import setup_logging
 from shared.local._supervisor import EX_CONFIG
 from shared.local._supply import SPEC_ENV
 
@@ -190,7 +190,7 @@ def main() -> None:
         spec = json.loads(os.environ[SPEC_ENV])
     except (KeyError, json.JSONDecodeError):
         sys.exit(f"{SPEC_ENV} must hold this process's spec (JSON); `fleetline up` sets it")
-    _setup_logging()
+    setup_logging(f"local-{spec.get('kind', 'host')}")
     try:
         anyio.run(_main, spec)
     except BaseException as exc:
@@ -202,19 +202,6 @@ def main() -> None:
             log.error("cannot start", error=str(cause))
             sys.exit(EX_CONFIG)
         raise
-
-
-def _setup_logging() -> None:
-    """structlog JSON through `shared.logging` when it is there (stdout goes to the log)."""
-    try:
-        shared_logging = importlib.import_module("shared.logging")
-    except ImportError:
-        return
-    for name in ("configure", "configure_logging", "setup"):
-        configure = getattr(shared_logging, name, None)
-        if callable(configure):
-            configure()
-            return
 
 
 if __name__ == "__main__":

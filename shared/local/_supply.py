@@ -125,15 +125,18 @@ def _python_argv(command: list[str]) -> tuple[str, ...] | None:
     return (sys.executable, *command[1:])
 
 
-def _worker_module(argv: tuple[str, ...]) -> str | None:
-    """The handler module a `python -m shared.hosts.worker module:attr` command names."""
-    if "-m" in argv:
-        index = argv.index("-m")
-        rest = argv[index + 1 :]
-        if rest and rest[0] == "shared.hosts.worker" and len(rest) > 1:
-            return rest[1].split(":")[0]
-        return rest[0] if rest else None
-    return None
+def _command_modules(argv: tuple[str, ...]) -> list[str]:
+    """Modules a `python -m module [module:attr]` command needs: the `-m` module and, for the
+    worker host, the handler's module."""
+    if "-m" not in argv:
+        return []
+    rest = argv[argv.index("-m") + 1 :]
+    if not rest:
+        return []
+    needed = [rest[0]]
+    if rest[0] == "shared.hosts.worker" and len(rest) > 1:
+        needed.append(rest[1].split(":")[0])
+    return needed
 
 
 async def _function_env(aws: AwsClients, function: FunctionSpec) -> dict[str, str]:
@@ -183,9 +186,9 @@ async def plan_processes(
                 if len(runnable) == 1
                 else f"{service.logical_id}-{container['name']}"
             )
-            module = _worker_module(argv)
-            if module is not None and not module_exists(module):
-                skipped[name] = f"module {module} not found"
+            absent = [m for m in _command_modules(argv) if not module_exists(m)]
+            if absent:
+                skipped[name] = f"module {absent[0]} not found"
                 continue
             env = {**base_env, **{e["name"]: e["value"] for e in container.get("environment", [])}}
             ports = [
