@@ -66,6 +66,14 @@ class DeliveryControl(Protocol):
         """Keep `message` invisible for `seconds` more (None: the host's visibility timeout)."""
         ...
 
+    def completed(
+        self, message: Message, outcome: Outcome, reason: str | None, delay: float | None
+    ) -> None:
+        """`message` is finished with `outcome`, before the batch is. A host uses this only
+        if the batch is cancelled (a drain deadline): finished messages are settled by their
+        own outcome instead of being released and handled twice."""
+        ...
+
 
 _CONTROL: contextvars.ContextVar[DeliveryControl | None] = contextvars.ContextVar(
     "fleetline_delivery_control", default=None
@@ -156,10 +164,18 @@ def _span_attributes(message: Message) -> dict[str, Any]:
 
 
 class _Collector:
-    def __init__(self) -> None:
+    def __init__(self, control: DeliveryControl | None) -> None:
         self.outcomes: dict[str, Outcome] = {}
         self.reasons: dict[str, str] = {}
         self.delays: dict[str, float] = {}
+        self._control = control
+
+    def finish(self, message: Message, outcome: Outcome) -> Outcome:
+        self.outcomes[message.id] = outcome
+        if self._control is not None:
+            self._control.completed(message, outcome, self.reasons.get(message.id),
+                                    self.delays.get(message.id))
+        return outcome
 
     def result(self) -> BatchResult:
         return BatchResult(self.outcomes, self.reasons, self.delays)
@@ -246,13 +262,12 @@ def batch_handler(
             except Exception as exc:
                 return failed(message, exc, into, log)
             outcome = returned if isinstance(returned, Outcome) else Outcome.SUCCEEDED
-            into.outcomes[message.id] = outcome
             log.debug(
                 "message handled",
                 outcome=outcome.value,
                 duration_ms=round((time.perf_counter() - started) * 1000, 3),
             )
-            return outcome
+            return into.finish(message, outcome)
 
     def undecodable(message: Message, exc: Exception, into: _Collector, log: Any) -> Outcome:
         outcome, _ = classify(exc)
@@ -260,17 +275,15 @@ def batch_handler(
             # A decoder failing on the data (pydantic's ValidationError and JSONDecodeError
             # are ValueErrors) will fail the same way next time.
             outcome = Outcome.DEAD_LETTER
-        into.outcomes[message.id] = outcome
         into.reasons[message.id] = _reason(exc)
         log.warning("message undecodable", outcome=outcome.value, error=_reason(exc))
-        return outcome
+        return into.finish(message, outcome)
 
     def failed(message: Message, exc: Exception, into: _Collector, log: Any) -> Outcome:
         outcome, delay = classify(exc)
-        into.outcomes[message.id] = outcome
         if outcome is Outcome.DUPLICATE:
             log.info("duplicate skipped")
-            return outcome
+            return into.finish(message, outcome)
         into.reasons[message.id] = _reason(exc)
         if delay is not None:
             into.delays[message.id] = delay
@@ -281,7 +294,7 @@ def batch_handler(
             # A traceback for the unexpected (bugs, outages); not for deliberate signals.
             exc_info=outcome is Outcome.RETRY and not isinstance(exc, RetryLater),
         )
-        return outcome
+        return into.finish(message, outcome)
 
     async def lane(messages: Sequence[Message], into: _Collector,
                    limiter: anyio.CapacityLimiter | None) -> None:
@@ -291,7 +304,7 @@ def batch_handler(
                     return  # the rest of this group stays unattempted -> released
 
     async def run(messages: Sequence[Message]) -> BatchResult:
-        into = _Collector()
+        into = _Collector(_CONTROL.get())
         lanes = plan_groups(messages)
         if len(lanes) == 1:
             await lane(lanes[0], into, None)

@@ -252,6 +252,32 @@ class _Counters:
         self.values[name] = max(self.values.get(name, 0.0), value)
 
 
+class _BatchProgress:
+    """The DeliveryControl a batch's handler sees: heartbeats go to the consumer, early
+    per-message outcomes are kept in case the batch is cancelled."""
+
+    def __init__(self, consumer: SqsConsumer) -> None:
+        self._consumer = consumer
+        self.outcomes: dict[str, Outcome] = {}
+        self.reasons: dict[str, str] = {}
+        self.delays: dict[str, float] = {}
+
+    async def extend(self, message: Message, seconds: float | None = None) -> None:
+        await self._consumer.extend(message, seconds)
+
+    def completed(
+        self, message: Message, outcome: Outcome, reason: str | None, delay: float | None
+    ) -> None:
+        self.outcomes[message.id] = outcome
+        if reason is not None:
+            self.reasons[message.id] = reason
+        if delay is not None:
+            self.delays[message.id] = delay
+
+    def result(self) -> BatchResult:
+        return BatchResult(dict(self.outcomes), dict(self.reasons), dict(self.delays))
+
+
 class SqsConsumer:
     """Consumes one SQS queue (standard or FIFO) into a `BatchHandler`.
 
@@ -318,6 +344,10 @@ class SqsConsumer:
                     self._work_scope.deadline, anyio.current_time() + self._drain_seconds
                 )
         self._stop_requested.set()
+
+    def shutdown(self) -> None:
+        """`stop()` with the configured drain: the name every consumer shares, for hosts."""
+        self.stop()
 
     def statistics(self) -> ConsumerStatistics:
         """A snapshot of the counters."""
@@ -503,10 +533,17 @@ class SqsConsumer:
         started = time.perf_counter()
         self._counters.add("batches")
         settled = False
+        progress = _BatchProgress(self)
         try:
             try:
-                with delivery_control(self):
+                with delivery_control(progress):
                     result = await self._handler(messages)
+            except anyio.get_cancelled_exc_class():
+                # The drain deadline passed: settle what finished by its own outcome; the
+                # rest stays tracked and `run()` releases it.
+                with anyio.CancelScope(shield=True):
+                    await self._settle_partial(messages, progress)
+                raise
             except Exception as exc:  # a broken BatchHandler must not stop the consumer
                 self._counters.add("handler_errors")
                 self._log.exception("batch handler raised; retrying the batch",
@@ -534,6 +571,21 @@ class SqsConsumer:
                     assert message.receipt is not None
                     self._tracked.pop(message.receipt, None)
             self._slots.give_back(len(messages))
+
+    async def _settle_partial(self, messages: Sequence[Message], progress: _BatchProgress) -> None:
+        partial = progress.result()
+        done = [m for m in messages if m.id in partial.outcomes]
+        if not done:
+            return
+        settlement = settle(
+            done, partial, backoff=self.settings.backoff, rng=self._rng,
+            dead_letter_available=self._dead_letter_available(),
+            max_receive_count=self.max_receive_count,
+        )
+        await self._apply(settlement)
+        for message in done:
+            assert message.receipt is not None
+            self._tracked.pop(message.receipt, None)
 
     def _dead_letter_available(self) -> bool:
         if self.settings.dead_letter is DeadLetterMode.SEND:
