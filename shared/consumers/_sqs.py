@@ -56,7 +56,10 @@ __all__ = [
     "DeadLetterMode",
     "SqsConsumer",
     "SqsSettings",
+    "change_visibility",
+    "dead_letter_entry",
     "message_from_sqs",
+    "send_dead_letters",
 ]
 
 _log = structlog.get_logger("shared.consumers.sqs")
@@ -645,77 +648,15 @@ class SqsConsumer:
 
     # ------------------------------------------------------------------ DLQ
 
-    def _dead_letter_entry(self, index: int, d: Disposition) -> dict[str, Any]:
-        m = d.message
-        raw = m.raw
-        attributes = {
-            k: v for k, v in (raw.get("MessageAttributes") or {}).items()
-        }
-        note = json.dumps(
-            {
-                "reason": d.reason,
-                "queue": self.queue_url,
-                "message_id": m.id,
-                "receive_count": m.receive_count,
-                "at": round(time.time(), 3),
-            }
-        )
-        if len(attributes) < _SQS_MAX_ATTRIBUTES:
-            attributes[DEAD_LETTER_ATTRIBUTE] = {"DataType": "String", "StringValue": note}
-        # else: the message already carries the maximum of 10 attributes; its own
-        # attributes win, and the reason stays in the log line written for it.
-        entry: dict[str, Any] = {"Id": str(index), "MessageBody": m.body}
-        if attributes:
-            entry["MessageAttributes"] = attributes
-        trace = (raw.get("Attributes") or {}).get("AWSTraceHeader")
-        if trace:
-            entry["MessageSystemAttributes"] = {
-                "AWSTraceHeader": {"DataType": "String", "StringValue": trace}
-            }
-        if self.dead_letter_queue_url and self.dead_letter_queue_url.endswith(".fifo"):
-            entry["MessageGroupId"] = m.group_id or "dead-letter"
-            entry["MessageDeduplicationId"] = m.id
-        return entry
-
     async def _send_to_dead_letter_queue(
         self, dead: Sequence[Disposition]
     ) -> tuple[list[Message], list[Disposition]]:
         """Send to the DLQ; returns (sent: to delete, failed: to retry after a backoff)."""
-        sent: list[Message] = []
-        failed: list[Disposition] = []
-        batch: list[tuple[dict[str, Any], Disposition]] = []
-        size = 0
-
-        async def flush() -> None:
-            nonlocal batch, size
-            if not batch:
-                return
-            entries = {e["Id"]: d for e, d in batch}
-            try:
-                with aws_errors():
-                    response = await self._sqs.send_message_batch(
-                        QueueUrl=self.dead_letter_queue_url, Entries=[e for e, _ in batch]
-                    )
-            except FleetlineError as exc:
-                self._log.error("sending to the DLQ failed", error=str(exc))
-                failed.extend(entries.values())
-            else:
-                sent.extend(entries[s["Id"]].message for s in response.get("Successful", []))
-                for f in response.get("Failed", []):
-                    self._log.error("sending to the DLQ failed", code=f.get("Code"),
-                                    message_id=entries[f["Id"]].message.id)
-                    failed.append(entries[f["Id"]])
-            batch, size = [], 0
-
-        for index, d in enumerate(dead):
-            entry = self._dead_letter_entry(index, d)
-            entry_size = len(d.message.body.encode()) + len(json.dumps(
-                entry.get("MessageAttributes", {})))
-            if batch and (len(batch) == 10 or size + entry_size > _SQS_BATCH_BYTES):
-                await flush()
-            batch.append((entry, d))
-            size += entry_size
-        await flush()
+        assert self.dead_letter_queue_url is not None
+        sent, failed = await send_dead_letters(
+            self._sqs, dead, queue_url=self.queue_url,
+            dead_letter_queue_url=self.dead_letter_queue_url, log=self._log,
+        )
         retry = [
             Disposition(
                 message=d.message, action=Action.RETRY, outcome=d.outcome,
@@ -732,29 +673,9 @@ class SqsConsumer:
     async def _change_visibility(
         self, changes: Sequence[tuple[Message, int]], *, purpose: str
     ) -> list[Message]:
-        """ChangeMessageVisibilityBatch in chunks of 10; returns the messages changed."""
-        changed: list[Message] = []
-        for chunk in chunks(list(changes)):
-            by_id = {str(i): m for i, (m, _) in enumerate(chunk)}
-            entries = [
-                {"Id": str(i), "ReceiptHandle": m.receipt, "VisibilityTimeout": seconds}
-                for i, (m, seconds) in enumerate(chunk)
-            ]
-            try:
-                with aws_errors():
-                    response = await self._sqs.change_message_visibility_batch(
-                        QueueUrl=self.queue_url, Entries=entries
-                    )
-            except FleetlineError as exc:
-                # The messages reappear when their current timeout ends: later, not lost.
-                self._log.warning("visibility change failed", purpose=purpose, error=str(exc),
-                                  messages=len(chunk))
-                continue
-            changed.extend(by_id[s["Id"]] for s in response.get("Successful", []))
-            for f in response.get("Failed", []):
-                self._log.warning("visibility change failed", purpose=purpose,
-                                  message_id=by_id[f["Id"]].id, code=f.get("Code"))
-        return changed
+        return await change_visibility(
+            self._sqs, self.queue_url, changes, purpose=purpose, log=self._log
+        )
 
     async def _release(self, messages: Sequence[Message], *, reason: str) -> None:
         if not messages:
@@ -882,3 +803,127 @@ class SqsConsumer:
             "dead_lettered": stats.dead_lettered,
             "deleted": stats.deleted,
         }
+
+
+# ---------------------------------------------------------------------- shared with Lambda
+
+
+def dead_letter_entry(
+    index: int, d: Disposition, *, queue_url: str, dead_letter_queue_url: str
+) -> dict[str, Any]:
+    """A SendMessageBatch entry that moves `d.message` to the DLQ: same body, attributes and
+    trace header, plus the `fleetline.dead-letter` attribute (reason, queue, id, receive count,
+    time) when the message leaves room for it (SQS allows 10 attributes)."""
+    m = d.message
+    raw = m.raw
+    attributes = dict(raw.get("MessageAttributes") or {})
+    note = json.dumps(
+        {
+            "reason": d.reason,
+            "queue": queue_url,
+            "message_id": m.id,
+            "receive_count": m.receive_count,
+            "at": round(time.time(), 3),
+        }
+    )
+    if len(attributes) < _SQS_MAX_ATTRIBUTES:
+        attributes[DEAD_LETTER_ATTRIBUTE] = {"DataType": "String", "StringValue": note}
+    # else: the message already carries the maximum of 10 attributes; its own attributes
+    # win, and the reason stays in the log line written for it.
+    entry: dict[str, Any] = {"Id": str(index), "MessageBody": m.body}
+    if attributes:
+        entry["MessageAttributes"] = attributes
+    trace = (raw.get("Attributes") or {}).get("AWSTraceHeader")
+    if trace:
+        entry["MessageSystemAttributes"] = {
+            "AWSTraceHeader": {"DataType": "String", "StringValue": trace}
+        }
+    if dead_letter_queue_url.endswith(".fifo"):
+        entry["MessageGroupId"] = m.group_id or "dead-letter"
+        entry["MessageDeduplicationId"] = m.id
+    return entry
+
+
+async def send_dead_letters(
+    sqs: AwsClient,
+    dead: Sequence[Disposition],
+    *,
+    queue_url: str,
+    dead_letter_queue_url: str,
+    log: Any,
+) -> tuple[list[Message], list[Disposition]]:
+    """SendMessageBatch to the DLQ in batches within 10 entries and 256 KiB.
+
+    Returns (messages now in the DLQ, which the caller deletes; dispositions that could not
+    be sent, which the caller retries later). Never raises for AWS errors: they are logged.
+    """
+    sent: list[Message] = []
+    failed: list[Disposition] = []
+    batch: list[tuple[dict[str, Any], Disposition]] = []
+    size = 0
+
+    async def flush() -> None:
+        nonlocal batch, size
+        if not batch:
+            return
+        entries = {e["Id"]: d for e, d in batch}
+        try:
+            with aws_errors():
+                response = await sqs.send_message_batch(
+                    QueueUrl=dead_letter_queue_url, Entries=[e for e, _ in batch]
+                )
+        except FleetlineError as exc:
+            log.error("sending to the DLQ failed", error=str(exc))
+            failed.extend(entries.values())
+        else:
+            sent.extend(entries[s["Id"]].message for s in response.get("Successful", []))
+            for f in response.get("Failed", []):
+                log.error("sending to the DLQ failed", code=f.get("Code"),
+                          message_id=entries[f["Id"]].message.id)
+                failed.append(entries[f["Id"]])
+        batch, size = [], 0
+
+    for index, d in enumerate(dead):
+        entry = dead_letter_entry(index, d, queue_url=queue_url,
+                                  dead_letter_queue_url=dead_letter_queue_url)
+        entry_size = len(d.message.body.encode()) + len(
+            json.dumps(entry.get("MessageAttributes", {})))
+        if batch and (len(batch) == 10 or size + entry_size > _SQS_BATCH_BYTES):
+            await flush()
+        batch.append((entry, d))
+        size += entry_size
+    await flush()
+    return sent, failed
+
+
+async def change_visibility(
+    sqs: AwsClient,
+    queue_url: str,
+    changes: Sequence[tuple[Message, int]],
+    *,
+    purpose: str,
+    log: Any,
+) -> list[Message]:
+    """ChangeMessageVisibilityBatch in chunks of 10; returns the messages changed. Failures
+    are logged, not raised: such a message reappears when its current timeout ends."""
+    changed: list[Message] = []
+    for chunk in chunks(list(changes)):
+        by_id = {str(i): m for i, (m, _) in enumerate(chunk)}
+        entries = [
+            {"Id": str(i), "ReceiptHandle": m.receipt, "VisibilityTimeout": seconds}
+            for i, (m, seconds) in enumerate(chunk)
+        ]
+        try:
+            with aws_errors():
+                response = await sqs.change_message_visibility_batch(
+                    QueueUrl=queue_url, Entries=entries
+                )
+        except FleetlineError as exc:
+            log.warning("visibility change failed", purpose=purpose, error=str(exc),
+                        messages=len(chunk))
+            continue
+        changed.extend(by_id[s["Id"]] for s in response.get("Successful", []))
+        for f in response.get("Failed", []):
+            log.warning("visibility change failed", purpose=purpose,
+                        message_id=by_id[f["Id"]].id, code=f.get("Code"))
+    return changed
