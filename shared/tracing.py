@@ -379,11 +379,15 @@ def consumer_span(
     """A CONSUMER span for one message that continues the producer's trace.
 
     `source` is an `Envelope` / `TypedEvent` (its `trace`), a `shared.consumers.Message` (its
-    `attributes`: `traceparent`, `AWSTraceHeader`), a carrier mapping, or None (a new trace).
+    `attributes`: `traceparent`, `AWSTraceHeader`), a carrier mapping, or None. Without a
+    readable producer context the span is a child of the current span (or a new trace).
     The span is current inside the block; an exception escaping the block is recorded on it
     and re-raised.
     """
-    parent = extract(_carrier_of(source))
+    extracted = extract(_carrier_of(source))
+    # Without a producer context the message continues whatever is current (a batch span),
+    # rather than starting a disconnected trace.
+    parent = extracted if trace.get_current_span(extracted).get_span_context().is_valid else None
     span_links = [Link(link) for link in links]
     with tracer("shared.consumers").start_as_current_span(
         name,

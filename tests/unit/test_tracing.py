@@ -1,0 +1,264 @@
+"""Trace context across every transport: producer span -> inject -> (the transport's shape) ->
+extract -> consumer span, with the real SDK and its InMemorySpanExporter."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+from pydantic import BaseModel
+
+from shared import tracing
+from shared.consumers._message import Message, SourceKind
+from shared.events import Envelope, EventRegistry, event_type, to_put_events_entry
+
+REG = EventRegistry()
+
+
+@event_type("BeaconPinged", source="fleetline.tests", registry=REG)
+class BeaconPinged(BaseModel):
+    beacon_id: str
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    tracing.configure_tracing("test-tracing", exporter=exporter)
+    yield exporter
+    exporter.clear()
+
+
+def _by_name(exporter: InMemorySpanExporter, name: str) -> ReadableSpan:
+    (found,) = [s for s in exporter.get_finished_spans() if s.name == name]
+    return found
+
+
+def _assert_child_of(child: ReadableSpan, parent: ReadableSpan) -> None:
+    assert child.context is not None
+    assert parent.context is not None
+    assert child.context.trace_id == parent.context.trace_id
+    assert child.parent is not None
+    assert child.parent.span_id == parent.context.span_id
+    assert child.parent.is_remote
+    assert child.kind is SpanKind.CONSUMER
+
+
+def _produce(name: str = "produce") -> Any:
+    return tracing.tracer("test").start_as_current_span(name, kind=SpanKind.PRODUCER)
+
+
+# --------------------------------------------------------------------------- ids
+
+
+def test_trace_ids_are_xray_compatible(spans: InMemorySpanExporter) -> None:
+    with _produce():
+        header = tracing.xray_trace_header()
+    span = _by_name(spans, "produce")
+    assert span.context is not None
+    epoch = span.context.trace_id >> 96  # X-Ray: the first 32 bits are the start time
+    assert abs(epoch - time.time()) < 60
+    assert header is not None
+    assert header.startswith(f"Root={tracing.format_xray_trace_id(span.context.trace_id)};")
+    assert tracing.xray_trace_header() is None  # outside any span
+
+
+# --------------------------------------------------------------------------- SQS
+
+
+def test_sqs_message_attributes_continue_the_trace(spans: InMemorySpanExporter) -> None:
+    with _produce():
+        attrs = tracing.sqs_trace_attributes({"kind": {"DataType": "String", "StringValue": "x"}})
+    assert set(attrs.message_attributes) == {"kind", "traceparent"}
+    assert set(attrs.system_attributes) == {"AWSTraceHeader"}
+    # what ReceiveMessage returns, flattened by the SQS consumer into Message.attributes
+    received = Message(
+        id="m-1", body="{}", source=SourceKind.SQS, source_name="q",
+        attributes={
+            "traceparent": attrs.message_attributes["traceparent"]["StringValue"],
+            "AWSTraceHeader": attrs.system_attributes["AWSTraceHeader"]["StringValue"],
+        },
+    )
+    with tracing.consumer_span(received, "consume"):
+        pass
+    _assert_child_of(_by_name(spans, "consume"), _by_name(spans, "produce"))
+
+
+def test_sqs_api_shapes_and_the_xray_header_alone_are_enough(spans: InMemorySpanExporter) -> None:
+    with _produce():
+        attrs = tracing.sqs_trace_attributes()
+    # only the system attribute (e.g. a message sent by an X-Ray-instrumented producer)
+    carrier = tracing.carrier_from_sqs(
+        None, {"AWSTraceHeader": attrs.system_attributes["AWSTraceHeader"]["StringValue"]}
+    )
+    assert set(carrier) == {"X-Amzn-Trace-Id"}
+    with tracing.consumer_span(carrier, "consume-xray"):
+        pass
+    # the Lambda event shape (stringValue)
+    lambda_carrier = tracing.carrier_from_sqs(
+        {"traceparent": {"stringValue": attrs.message_attributes["traceparent"]["StringValue"],
+                         "dataType": "String"}}
+    )
+    with tracing.consumer_span(lambda_carrier, "consume-lambda"):
+        pass
+    producer = _by_name(spans, "produce")
+    _assert_child_of(_by_name(spans, "consume-xray"), producer)
+    _assert_child_of(_by_name(spans, "consume-lambda"), producer)
+
+
+def test_sqs_never_exceeds_ten_message_attributes(spans: InMemorySpanExporter) -> None:
+    nine = {f"a{i}": {"DataType": "String", "StringValue": "v"} for i in range(9)}
+    ten = {**nine, "a9": {"DataType": "String", "StringValue": "v"}}
+    with _produce():
+        with_room = tracing.sqs_trace_attributes(nine)
+        full = tracing.sqs_trace_attributes(ten)
+        with pytest.raises(ValueError, match="10"):
+            tracing.sqs_trace_attributes({**ten, "a10": {}})
+    assert len(with_room.message_attributes) == 10
+    assert "traceparent" in with_room.message_attributes
+    assert full.message_attributes == ten  # no room: the caller's attributes are kept as is
+    assert "AWSTraceHeader" in full.system_attributes  # ... and the trace still travels
+    assert nine == {f"a{i}": {"DataType": "String", "StringValue": "v"} for i in range(9)}
+
+
+# --------------------------------------------------------------------------- SNS
+
+
+def test_sns_notification_continues_the_trace(spans: InMemorySpanExporter) -> None:
+    with _produce():
+        attributes = tracing.sns_trace_attributes()
+    # the JSON a non-raw SQS subscription receives
+    notification = json.loads(json.dumps({
+        "Type": "Notification", "MessageId": "n-1", "Message": "{}",
+        "MessageAttributes": {
+            k: {"Type": v["DataType"], "Value": v["StringValue"]} for k, v in attributes.items()
+        },
+    }))
+    with tracing.consumer_span(tracing.carrier_from_sns(notification), "consume"):
+        pass
+    _assert_child_of(_by_name(spans, "consume"), _by_name(spans, "produce"))
+
+
+# --------------------------------------------------------------------------- EventBridge
+
+
+def test_eventbridge_event_continues_the_trace(spans: InMemorySpanExporter) -> None:
+    with _produce():
+        envelope = Envelope.new(BeaconPinged(beacon_id="b"), aggregate_id="b", sequence=1)
+        entry = to_put_events_entry(envelope, "bus")
+    assert entry["TraceHeader"] == envelope.trace["X-Amzn-Trace-Id"]
+    delivered = json.dumps({
+        "version": "0", "id": "x", "detail-type": entry["DetailType"], "source": entry["Source"],
+        "detail": json.loads(entry["Detail"]),
+    })
+    event = REG.decode(delivered)
+    with tracing.consumer_span(event, "consume"):
+        pass
+    _assert_child_of(_by_name(spans, "consume"), _by_name(spans, "produce"))
+
+
+# --------------------------------------------------------------------------- Kinesis / outbox
+
+
+def test_kinesis_record_continues_the_trace(spans: InMemorySpanExporter) -> None:
+    with _produce():
+        envelope = Envelope.new(BeaconPinged(beacon_id="b"), aggregate_id="b", sequence=1)
+    record = {"kinesis": {"partitionKey": "b",
+                          "data": base64.b64encode(envelope.to_json().encode()).decode()}}
+    with tracing.consumer_span(REG.decode(record), "consume"):
+        pass
+    _assert_child_of(_by_name(spans, "consume"), _by_name(spans, "produce"))
+
+
+def test_outbox_keeps_the_context_at_commit_time(spans: InMemorySpanExporter) -> None:
+    with (
+        tracing.tracer("test").start_as_current_span("api-request"),
+        tracing.tracer("test").start_as_current_span("commit"),
+    ):
+        stored = Envelope.new(BeaconPinged(beacon_id="b"), aggregate_id="b", sequence=1)
+    # later, in the relay, outside any span: the stored context is what travels
+    relayed = Envelope.model_validate_json(stored.to_json())
+    assert relayed.trace == stored.trace
+    with tracing.consumer_span(relayed, "consume"):
+        pass
+    _assert_child_of(_by_name(spans, "consume"), _by_name(spans, "commit"))
+
+
+# --------------------------------------------------------------------------- Step Functions
+
+
+def test_step_functions_payload_continues_the_trace(spans: InMemorySpanExporter) -> None:
+    with _produce():
+        execution_input = json.dumps(tracing.with_trace({"rollout_id": "r-1"}))
+        header = tracing.xray_trace_header()
+    task_payload = json.loads(execution_input)  # the definition passes "trace.$": "$.trace"
+    assert task_payload["rollout_id"] == "r-1"
+    assert header == task_payload["trace"]["X-Amzn-Trace-Id"]
+    with tracing.consumer_span(tracing.carrier_from_payload(task_payload), "task"):
+        pass
+    _assert_child_of(_by_name(spans, "task"), _by_name(spans, "produce"))
+    assert tracing.carrier_from_payload({"trace": "garbage"}) == {}
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def test_mixed_batch_links_every_producer_and_each_message_continues_its_own(
+    spans: InMemorySpanExporter,
+) -> None:
+    envelopes = []
+    for name, count in (("producer-a", 2), ("producer-b", 1)):
+        with _produce(name):
+            envelopes += [
+                Envelope.new(BeaconPinged(beacon_id=name), aggregate_id=name, sequence=i)
+                for i in range(count)
+            ]
+    untraced = Envelope.new(BeaconPinged(beacon_id="c"), aggregate_id="c", sequence=0)
+    batch = [*envelopes, untraced]
+
+    with tracing.batch_span(batch, "process-batch"):
+        for index, envelope in enumerate(batch):
+            with tracing.consumer_span(envelope, f"message-{index}"):
+                pass
+
+    producer_a, producer_b = _by_name(spans, "producer-a"), _by_name(spans, "producer-b")
+    batch_span = _by_name(spans, "process-batch")
+    assert batch_span.kind is SpanKind.CONSUMER
+    assert producer_a.context is not None
+    assert producer_b.context is not None
+    assert [(link.context.trace_id, link.context.span_id) for link in batch_span.links] == [
+        (producer_a.context.trace_id, producer_a.context.span_id),
+        (producer_b.context.trace_id, producer_b.context.span_id),
+    ]
+    assert batch_span.attributes is not None
+    assert batch_span.attributes["messaging.batch.message_count"] == 4
+    _assert_child_of(_by_name(spans, "message-0"), producer_a)
+    _assert_child_of(_by_name(spans, "message-1"), producer_a)
+    _assert_child_of(_by_name(spans, "message-2"), producer_b)
+    # no producer context: the message continues the batch span instead of inventing a parent
+    orphan = _by_name(spans, "message-3")
+    assert orphan.parent is not None
+    assert batch_span.context is not None
+    assert orphan.parent.span_id == batch_span.context.span_id
+
+
+# --------------------------------------------------------------------------- robustness
+
+
+def test_unreadable_carriers_start_a_new_trace_and_errors_are_recorded(
+    spans: InMemorySpanExporter,
+) -> None:
+    with tracing.consumer_span({"traceparent": "not-a-traceparent"}, "garbage"):
+        pass
+    assert _by_name(spans, "garbage").parent is None
+    with pytest.raises(RuntimeError), tracing.consumer_span(None, "failing"):
+        raise RuntimeError("handler broke")
+    failing = _by_name(spans, "failing")
+    assert failing.status.status_code is StatusCode.ERROR
+    assert [e.name for e in failing.events] == ["exception"]
