@@ -48,6 +48,7 @@ __all__ = [
     "configure_metrics",
     "consumer",
     "get_metrics",
+    "render_emf",
 ]
 
 EMF_MAX_VALUES: Final = 100  # EMF: a metric value array holds at most 100 numbers
