@@ -35,6 +35,7 @@ __all__ = [
     "ReservationStatus",
     "ReserveDecision",
     "StockRow",
+    "UndoKind",
     "cancellation_reason",
     "decide_authorize",
     "decide_capture",
@@ -51,6 +52,7 @@ __all__ = [
     "sales_deltas",
     "should_apply_sequence",
     "stock_invariant_violations",
+    "undo_kind",
 ]
 
 # The price list (minor units). A real shop reads a catalogue service; a fixed table keeps the
@@ -128,53 +130,64 @@ def price_lines(
 
 
 class ReservationStatus(enum.StrEnum):
-    RESERVED = "RESERVED"
-    COMMITTED = "COMMITTED"  # stock left the warehouse: reserved -> shipped
-    RELEASED = "RELEASED"  # compensation: reserved -> available (or a tombstone)
+    RESERVING = "RESERVING"  # claimed; per-sku holds being placed
+    RESERVED = "RESERVED"  # every sku holds the order's quantity
+    COMMITTED = "COMMITTED"  # stock left the warehouse: holds -> shipped
+    RELEASED = "RELEASED"  # compensation: holds (or shipped) -> available, or a tombstone
 
 
 class ReserveDecision(enum.StrEnum):
-    APPLY = "apply"  # available -= q, reserved += q, reservation RESERVED
+    CLAIM = "claim"  # write the reservation RESERVING, then place the holds
+    PLACE_HOLDS = "place-holds"  # a RESERVING claim from an earlier attempt: place the rest
     ALREADY_DONE = "already-done"  # a retry of a reservation that happened
     CLOSED = "closed"  # compensation already ran for this order: never reserve again
 
 
 def decide_reserve(status: ReservationStatus | None) -> ReserveDecision:
     if status is None:
-        return ReserveDecision.APPLY
+        return ReserveDecision.CLAIM
+    if status is ReservationStatus.RESERVING:
+        return ReserveDecision.PLACE_HOLDS
     if status is ReservationStatus.RELEASED:
         return ReserveDecision.CLOSED
     return ReserveDecision.ALREADY_DONE
 
 
 class ReleaseDecision(enum.StrEnum):
-    APPLY = "apply"  # reserved -> available
-    RETURN = "return"  # shipped -> available (released after commit)
+    FLIP = "flip"  # mark RELEASED (remembering the status released from), then undo per sku
+    UNDO = "undo"  # RELEASED before: make sure every sku is undone (idempotent)
     TOMBSTONE = "tombstone"  # nothing reserved: record RELEASED so a late reserve is refused
-    NOOP = "noop"  # released before
 
 
 def decide_release(status: ReservationStatus | None) -> ReleaseDecision:
     if status is None:
         return ReleaseDecision.TOMBSTONE
-    if status is ReservationStatus.RESERVED:
-        return ReleaseDecision.APPLY
-    if status is ReservationStatus.COMMITTED:
-        return ReleaseDecision.RETURN
-    return ReleaseDecision.NOOP
+    if status is ReservationStatus.RELEASED:
+        return ReleaseDecision.UNDO
+    return ReleaseDecision.FLIP
+
+
+class UndoKind(enum.StrEnum):
+    UNHOLD = "unhold"  # held -> available
+    RETURN = "return"  # shipped -> available (released after commit)
+
+
+def undo_kind(released_from: ReservationStatus | None) -> UndoKind:
+    """How a release undoes a reservation that was in `released_from`."""
+    return UndoKind.RETURN if released_from is ReservationStatus.COMMITTED else UndoKind.UNHOLD
 
 
 class CommitDecision(enum.StrEnum):
-    APPLY = "apply"  # reserved -> shipped
-    ALREADY_DONE = "already-done"
-    MISSING = "missing"  # nothing reserved (or released): a permanent error for the saga
+    FLIP = "flip"  # mark COMMITTED, then move each sku's hold to shipped
+    MOVE = "move"  # COMMITTED before: make sure every hold moved (idempotent)
+    MISSING = "missing"  # nothing (fully) reserved, or released: a permanent error
 
 
 def decide_commit(status: ReservationStatus | None) -> CommitDecision:
     if status is ReservationStatus.RESERVED:
-        return CommitDecision.APPLY
+        return CommitDecision.FLIP
     if status is ReservationStatus.COMMITTED:
-        return CommitDecision.ALREADY_DONE
+        return CommitDecision.MOVE
     return CommitDecision.MISSING
 
 

@@ -1,18 +1,30 @@
 """The inventory service: stock per sku and one reservation per order, in its own table.
 
 Items (InventoryTable, pk/sk):
-    SKU#<sku>   / STOCK         initial, available, reserved, shipped
-    RES#<order> / RESERVATION   status (RESERVED | COMMITTED | RELEASED), lines
+    SKU#<sku>   / STOCK         initial, available, reserved, shipped,
+                                holds {order: qty}, returned {order: qty}
+    RES#<order> / RESERVATION   status (RESERVING | RESERVED | COMMITTED | RELEASED),
+                                released_from, lines
 
-Invariant, per sku: initial = available + reserved + shipped. Every change moves a quantity
-between two of the counters and the reservation's status in one TransactWriteItems, guarded
-by the reservation's status, so a retried or redelivered task cannot apply twice.
+Invariant, per sku: initial = available + reserved + shipped, and reserved = sum(holds).
+
+No transactions: every stock change is ONE conditional UpdateItem of one sku item that
+moves a quantity between two counters and records the order in the item (`holds`,
+`returned`), so repeating it is refused by its own condition and it is idempotent on its
+own. The reservation item is the saga-facing state machine; its status flips
+(conditional writes) order the per-sku steps, and every action re-runs the per-sku steps of
+the state it finds, so a worker that died half-way is finished by the retry. Single-item
+writes cost 1 write unit instead of a transaction's 2 per item, never conflict across
+orders, and do not depend on the emulator's TransactWriteItems (whose rollback restores a
+copy of the whole table, undoing concurrent writes: ../shared/notes/emulator.md).
 
 Saga actions (task queue `InventoryTasksQueue`):
-    reserve   available -> reserved          (OutOfStock when a sku is short)
-    commit    reserved  -> shipped
-    release   reserved  -> available, or shipped -> available after a commit; with nothing
-              reserved, a RELEASED tombstone, so a reserve still in flight is refused
+    reserve   claim RESERVING, hold each sku (available -> reserved), flip RESERVED.
+              A short sku: undo the holds placed, RELEASED, OutOfStock.
+    commit    flip COMMITTED, move each hold to shipped.
+    release   flip RELEASED (remembering from what), then undo: holds -> available, or
+              after a commit shipped -> available. With nothing reserved, a RELEASED
+              tombstone, so a reserve still in flight is refused (ReservationClosed).
 """
 
 from __future__ import annotations
@@ -27,31 +39,26 @@ from services.orders.domain import (
     ReservationStatus,
     ReserveDecision,
     StockRow,
+    UndoKind,
     decide_commit,
     decide_release,
     decide_reserve,
+    undo_kind,
 )
 from services.orders.errors import OutOfStock, ReservationClosed, ReservationMissing
 from services.orders.events import OrderLine
 from services.orders.tasks import CallbackTasks, TaskRequest
 from shared.aws import AwsClients, aws_errors
+from shared.config import Resources
 from shared.errors import AwsRequestError, RetryableError
 
-__all__ = ["Inventory", "stock_rows", "worker"]
+__all__ = ["Inventory", "tasks"]
 
 _MAX_RACES = 4  # re-reads after a lost race before giving up (the step retries then)
 
 
 class _Race(RetryableError):
     """The reservation changed between read and write more often than expected."""
-
-
-def _res_key(order_id: str) -> dict[str, Any]:
-    return _store.to_item({"pk": f"RES#{order_id}", "sk": "RESERVATION"})
-
-
-def _sku_key(sku: str) -> dict[str, Any]:
-    return _store.to_item({"pk": f"SKU#{sku}", "sk": "STOCK"})
 
 
 class Inventory:
@@ -61,6 +68,10 @@ class Inventory:
         self._aws = aws
         self.table = table
 
+    @classmethod
+    def from_environ(cls, aws: AwsClients, resources: Resources | None = None) -> Inventory:
+        return cls(aws, table=(resources or Resources.from_environ()).get("InventoryTable"))
+
     async def seed(self, stock: Mapping[str, int]) -> None:
         """Set each sku's initial and available stock (overwrites: for demos and tests)."""
         ddb = await self._aws.client("dynamodb")
@@ -68,107 +79,164 @@ class Inventory:
             with aws_errors():
                 await ddb.put_item(TableName=self.table, Item=_store.to_item({
                     "pk": f"SKU#{sku}", "sk": "STOCK", "sku": sku, "initial": quantity,
-                    "available": quantity, "reserved": 0, "shipped": 0,
+                    "available": quantity, "reserved": 0, "shipped": 0, "holds": {},
+                    "returned": {},
                 }))
 
-    async def _status(
-        self, order_id: str
-    ) -> tuple[ReservationStatus | None, dict[str, Any] | None]:
+    # --- one sku, one conditional write ---------------------------------------------------
+
+    async def _sku_update(self, sku: str, order_id: str, quantity: int, *, update: str,
+                          condition: str) -> tuple[bool, dict[str, Any] | None]:
+        """(applied, the item as it was when the condition failed)."""
+        ddb = await self._aws.client("dynamodb")
+        try:
+            with aws_errors():
+                await ddb.update_item(
+                    TableName=self.table,
+                    Key=_store.to_item({"pk": f"SKU#{sku}", "sk": "STOCK"}),
+                    UpdateExpression=update,
+                    ConditionExpression=condition,
+                    ExpressionAttributeNames={"#o": order_id},
+                    ExpressionAttributeValues=_store.to_item({":q": quantity}),
+                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                )
+        except AwsRequestError as exc:
+            if exc.code != "ConditionalCheckFailedException":
+                raise
+            old = getattr(exc.__cause__, "response", {}).get("Item")
+            return False, (_store.plain(old) if old else None)
+        return True, None
+
+    async def _hold(self, order_id: str, line: OrderLine) -> bool:
+        """available -> reserved for this order; False when the sku is short or unknown."""
+        applied, old = await self._sku_update(
+            line.sku, order_id, line.quantity,
+            update="SET available = available - :q, reserved = reserved + :q, holds.#o = :q",
+            condition="attribute_exists(pk) AND available >= :q "
+                      "AND attribute_not_exists(holds.#o)")
+        return applied or bool(old and order_id in (old.get("holds") or {}))
+
+    async def _unhold(self, order_id: str, line: OrderLine) -> None:
+        await self._sku_update(
+            line.sku, order_id, line.quantity,
+            update="REMOVE holds.#o SET available = available + :q, reserved = reserved - :q",
+            condition="attribute_exists(holds.#o)")
+
+    async def _ship(self, order_id: str, line: OrderLine) -> None:
+        await self._sku_update(
+            line.sku, order_id, line.quantity,
+            update="REMOVE holds.#o SET reserved = reserved - :q, shipped = shipped + :q",
+            condition="attribute_exists(holds.#o)")
+
+    async def _give_back(self, order_id: str, line: OrderLine) -> None:
+        await self._ship(order_id, line)  # a commit that died half-way: finish it first
+        await self._sku_update(
+            line.sku, order_id, line.quantity,
+            update="SET shipped = shipped - :q, available = available + :q, returned.#o = :q",
+            condition="attribute_not_exists(returned.#o) AND shipped >= :q")
+
+    # --- the reservation ------------------------------------------------------------------
+
+    async def _reservation(self, order_id: str) -> tuple[ReservationStatus | None,
+                                                         dict[str, Any] | None]:
         ddb = await self._aws.client("dynamodb")
         item = await _store.get(ddb, self.table, f"RES#{order_id}", "RESERVATION")
         return (ReservationStatus(item["status"]) if item else None), item
 
-    async def _transact(self, items: list[dict[str, Any]]) -> list[str] | None:
-        """Run a transaction; None on success, else the cancellation reason codes."""
+    async def _flip(self, order_id: str, frm: ReservationStatus, to: ReservationStatus) -> bool:
         ddb = await self._aws.client("dynamodb")
         try:
             with aws_errors():
-                await ddb.transact_write_items(TransactItems=items)
+                await ddb.update_item(
+                    TableName=self.table,
+                    Key=_store.to_item({"pk": f"RES#{order_id}", "sk": "RESERVATION"}),
+                    UpdateExpression="SET #s = :to, released_from = :from" if
+                    to is ReservationStatus.RELEASED else "SET #s = :to",
+                    ConditionExpression="#s = :from",
+                    ExpressionAttributeNames={"#s": "status"},
+                    ExpressionAttributeValues=_store.to_item({":to": to.value,
+                                                              ":from": frm.value}),
+                )
         except AwsRequestError as exc:
-            if exc.code != "TransactionCanceledException":
-                raise
-            reasons = getattr(exc.__cause__, "response", {}).get("CancellationReasons", [])
-            return [str(r.get("Code", "None")) for r in reasons]
-        return None
+            if exc.code == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
 
-    def _move(self, line: OrderLine, frm: str, to: str, *, guard: bool) -> dict[str, Any]:
-        update: dict[str, Any] = {
-            "TableName": self.table,
-            "Key": _sku_key(line.sku),
-            "UpdateExpression": f"SET {frm} = {frm} - :q, {to} = {to} + :q",
-            "ExpressionAttributeValues": _store.to_item({":q": line.quantity}),
-        }
-        update["ConditionExpression"] = (
-            f"attribute_exists(pk) AND {frm} >= :q" if guard else "attribute_exists(pk)"
-        )
-        return {"Update": update}
+    @staticmethod
+    def _lines(item: Mapping[str, Any] | None) -> list[OrderLine]:
+        return [OrderLine.model_validate(x) for x in (item or {}).get("lines", [])]
 
     async def reserve(self, order_id: str, lines: Sequence[OrderLine]) -> dict[str, Any]:
         """Reserve every line or none.
 
         Raises:
-            OutOfStock: a sku is unknown or short (nothing is reserved).
+            OutOfStock: a sku is unknown or short (nothing stays reserved).
             ReservationClosed: the saga released this order already.
         """
+        ddb = await self._aws.client("dynamodb")
         for _ in range(_MAX_RACES):
-            status, _item = await self._status(order_id)
+            status, item = await self._reservation(order_id)
             decision = decide_reserve(status)
             if decision is ReserveDecision.ALREADY_DONE:
                 return {"reservation_id": order_id, "status": status, "repeat": True}
             if decision is ReserveDecision.CLOSED:
                 raise ReservationClosed(f"order {order_id} was released before reserving")
-            put = {"Put": {
-                "TableName": self.table,
-                "Item": _store.to_item({
-                    "pk": f"RES#{order_id}", "sk": "RESERVATION",
-                    "status": ReservationStatus.RESERVED.value,
-                    "lines": [line.model_dump() for line in lines],
-                }),
-                "ConditionExpression": "attribute_not_exists(pk)",
-            }}
-            moves = [self._move(line, "available", "reserved", guard=True) for line in lines]
-            reasons = await self._transact([put, *moves])
-            if reasons is None:
-                return {"reservation_id": order_id, "status": ReservationStatus.RESERVED}
-            if reasons[0] == "ConditionalCheckFailed":
-                continue  # the reservation appeared meanwhile: decide again
-            short = [line.sku for line, code in zip(lines, reasons[1:], strict=False)
-                     if code == "ConditionalCheckFailed"]
+            if decision is ReserveDecision.CLAIM:
+                try:
+                    await _store.put_if_absent(ddb, self.table, {
+                        "pk": f"RES#{order_id}", "sk": "RESERVATION",
+                        "status": ReservationStatus.RESERVING.value,
+                        "lines": [line.model_dump() for line in lines],
+                    })
+                except _store.ConditionFailed:
+                    continue  # a twin claimed it: decide again
+                wanted = list(lines)
+            else:
+                wanted = self._lines(item)
+            short = [line.sku for line in wanted if not await self._hold(order_id, line)][:1]
             if short:
-                raise OutOfStock(f"not enough stock for {', '.join(short)}")
-            raise _Race(f"reservation transaction cancelled: {reasons}")
+                await self._flip(order_id, ReservationStatus.RESERVING, ReservationStatus.RELEASED)
+                for line in wanted:
+                    await self._unhold(order_id, line)
+                raise OutOfStock(f"not enough stock for {short[0]}")
+            if await self._flip(order_id, ReservationStatus.RESERVING,
+                                ReservationStatus.RESERVED):
+                return {"reservation_id": order_id, "status": ReservationStatus.RESERVED}
+            status, _ = await self._reservation(order_id)
+            if status is ReservationStatus.RELEASED:  # compensated while we held: undo ours
+                for line in wanted:
+                    await self._unhold(order_id, line)
+                raise ReservationClosed(f"order {order_id} was released while reserving")
         raise _Race(f"reservation of {order_id} kept racing")
 
     async def commit(self, order_id: str) -> dict[str, Any]:
-        """Reserved stock leaves the warehouse (reserved -> shipped).
+        """Reserved stock leaves the warehouse (holds -> shipped).
 
         Raises:
             ReservationMissing: nothing is reserved for the order.
         """
         for _ in range(_MAX_RACES):
-            status, item = await self._status(order_id)
+            status, item = await self._reservation(order_id)
             decision = decide_commit(status)
-            if decision is CommitDecision.ALREADY_DONE:
-                return {"status": ReservationStatus.COMMITTED, "repeat": True}
-            if decision is CommitDecision.MISSING or item is None:
+            if decision is CommitDecision.MISSING:
                 raise ReservationMissing(f"order {order_id} has no live reservation ({status})")
-            lines = [OrderLine.model_validate(x) for x in item["lines"]]
-            if await self._transact([
-                self._flip(order_id, ReservationStatus.RESERVED, ReservationStatus.COMMITTED),
-                *[self._move(line, "reserved", "shipped", guard=True) for line in lines],
-            ]) is None:
-                return {"status": ReservationStatus.COMMITTED}
+            if decision is CommitDecision.FLIP and not await self._flip(
+                    order_id, ReservationStatus.RESERVED, ReservationStatus.COMMITTED):
+                continue
+            for line in self._lines(item):
+                await self._ship(order_id, line)
+            return {"status": ReservationStatus.COMMITTED,
+                    "repeat": decision is CommitDecision.MOVE}
         raise _Race(f"commit of {order_id} kept racing")
 
     async def release(self, order_id: str) -> dict[str, Any]:
         """Undo the reservation, whatever state it is in (idempotent)."""
+        ddb = await self._aws.client("dynamodb")
         for _ in range(_MAX_RACES):
-            status, item = await self._status(order_id)
+            status, item = await self._reservation(order_id)
             decision = decide_release(status)
-            if decision is ReleaseDecision.NOOP:
-                return {"status": ReservationStatus.RELEASED, "repeat": True}
             if decision is ReleaseDecision.TOMBSTONE:
-                ddb = await self._aws.client("dynamodb")
                 try:
                     await _store.put_if_absent(ddb, self.table, {
                         "pk": f"RES#{order_id}", "sk": "RESERVATION",
@@ -178,27 +246,22 @@ class Inventory:
                 except _store.ConditionFailed:
                     continue
                 return {"status": ReservationStatus.RELEASED, "tombstone": True}
-            assert item is not None
-            assert status is not None
-            lines = [OrderLine.model_validate(x) for x in item["lines"]]
-            frm = "reserved" if decision is ReleaseDecision.APPLY else "shipped"
-            if await self._transact([
-                self._flip(order_id, status, ReservationStatus.RELEASED),
-                *[self._move(line, frm, "available", guard=False) for line in lines],
-            ]) is None:
-                return {"status": ReservationStatus.RELEASED}
+            if decision is ReleaseDecision.FLIP:
+                assert status is not None
+                if not await self._flip(order_id, status, ReservationStatus.RELEASED):
+                    continue
+                released_from: ReservationStatus | None = status
+            else:
+                raw = (item or {}).get("released_from")
+                released_from = ReservationStatus(raw) if raw else None
+            kind = undo_kind(released_from)
+            for line in self._lines(item):
+                if kind is UndoKind.RETURN:
+                    await self._give_back(order_id, line)
+                else:
+                    await self._unhold(order_id, line)
+            return {"status": ReservationStatus.RELEASED, "undo": kind}
         raise _Race(f"release of {order_id} kept racing")
-
-    def _flip(self, order_id: str, frm: ReservationStatus, to: ReservationStatus
-              ) -> dict[str, Any]:
-        return {"Update": {
-            "TableName": self.table,
-            "Key": _res_key(order_id),
-            "UpdateExpression": "SET #s = :to",
-            "ConditionExpression": "#s = :from",
-            "ExpressionAttributeNames": {"#s": "status"},
-            "ExpressionAttributeValues": _store.to_item({":to": to.value, ":from": frm.value}),
-        }}
 
     async def stock(self) -> list[StockRow]:
         """Every sku's counters (a scan: for audits, tests and the CLI)."""
@@ -219,10 +282,6 @@ class Inventory:
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
-async def stock_rows(aws: AwsClients, table: str) -> list[StockRow]:
-    return await Inventory(aws, table=table).stock()
-
-
 def tasks(aws: AwsClients, *, table: str) -> CallbackTasks:
     """The inventory worker's task handler."""
     inventory = Inventory(aws, table=table)
@@ -238,6 +297,3 @@ def tasks(aws: AwsClients, *, table: str) -> CallbackTasks:
 
     return CallbackTasks(aws, {"reserve": reserve, "commit": commit, "release": release},
                          service="inventory")
-
-
-worker = tasks  # placeholder until the worker host's factory shape is known

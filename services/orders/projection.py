@@ -15,13 +15,17 @@ out-of-order pair (Confirmed before Placed) still ends CONFIRMED.
 **Sales projection** (SalesProjectionTable, queue SalesProjectionQueue, OrderConfirmed only):
 orders, units and revenue per day and sku.
 
-    SALES#<day>  / SKU#<sku>   orders, units, revenue (minor units), currency
-    INBOX#<event id> / SALES   the processed event (inbox)
+    SALES#<day>  / SKU#<sku>   orders, units, revenue (minor units), currency, seen {event ids}
 
-Counters are additive, so the dedupe record and the increments go in one TransactWriteItems
-(the inbox Put conditional on `attribute_not_exists`); `ADD` needs no read and no version,
-so concurrent orders for the same sku never conflict. (The unit of work's in-item inbox with
-a version check would make every order of a busy sku race for one item.)
+Each (day, sku) item is its own inbox: one UpdateItem `ADD`s the counts and the event id to
+`seen`, on the condition that `seen` does not contain it. So a redelivery is refused item by
+item, and a worker that died after counting some skus of an order is completed by the
+redelivery without counting the others twice. One write unit per sku, no read, no version,
+no transaction, so concurrent orders of one sku never conflict. (A transactional inbox
+costs 2 units per item plus the inbox item; the unit of work's versioned in-item inbox would
+make every order of a busy sku race for one item.) Bound: `seen` holds one id per confirmed
+order of that sku and day, about 10,000 before the 400 KB item limit; a busier shop shards
+the item by hour.
 
 This projection was added after the producer existed, with only a rule on the orders bus and
 a queue in the template (see docs/orders.md): the saga and the API did not change.
@@ -131,37 +135,33 @@ class SalesProjection:
         """Count a confirmed order once; False for a duplicate. Other events are ignored."""
         data = envelope.data
         if not isinstance(data, OrderConfirmed):
-            return True  # the rule should not send these; nothing to count
+            return True  # cancelled orders sell nothing
         day = sales_day(data.confirmed_at or envelope.time or datetime.now(UTC).isoformat())
-        items: list[dict[str, Any]] = [{"Put": {
-            "TableName": self.table,
-            "Item": _store.to_item({"pk": f"INBOX#{envelope.id}", "sk": "SALES",
-                                    "order_id": data.order_id}),
-            "ConditionExpression": "attribute_not_exists(pk)",
-        }}]
-        for sku, (units, revenue) in sorted(sales_deltas(data.items).items()):
-            items.append({"Update": {
-                "TableName": self.table,
-                "Key": _store.to_item({"pk": f"SALES#{day}", "sk": f"SKU#{sku}"}),
-                "UpdateExpression": "ADD orders :one, units :u, revenue :r "
-                                    "SET currency = :c, sku = :sku, #day = :day",
-                "ExpressionAttributeNames": {"#day": "day"},
-                "ExpressionAttributeValues": _store.to_item({
-                    ":one": 1, ":u": units, ":r": revenue, ":c": data.currency, ":sku": sku,
-                    ":day": day}),
-            }})
         ddb = await self._aws.client("dynamodb")
-        try:
-            with aws_errors():
-                await ddb.transact_write_items(TransactItems=items)
-        except AwsRequestError as exc:
-            if exc.code != "TransactionCanceledException":
-                raise
-            reasons = getattr(exc.__cause__, "response", {}).get("CancellationReasons") or []
-            if reasons and reasons[0].get("Code") == "ConditionalCheckFailed":
-                return False
-            raise
-        return True
+        counted = False
+        for sku, (units, revenue) in sorted(sales_deltas(data.items).items()):
+            try:
+                with aws_errors():
+                    await ddb.update_item(
+                        TableName=self.table,
+                        Key=_store.to_item({"pk": f"SALES#{day}", "sk": f"SKU#{sku}"}),
+                        UpdateExpression="ADD orders :one, units :u, revenue :r, seen :ids "
+                                         "SET currency = :c, sku = :sku, #day = :day",
+                        ConditionExpression="NOT contains(seen, :id)",
+                        ExpressionAttributeNames={"#day": "day"},
+                        ExpressionAttributeValues={
+                            **_store.to_item({":one": 1, ":u": units, ":r": revenue,
+                                              ":c": data.currency, ":sku": sku, ":day": day,
+                                              ":id": envelope.id}),
+                            ":ids": {"SS": [envelope.id]},
+                        },
+                    )
+            except AwsRequestError as exc:
+                if exc.code != "ConditionalCheckFailedException":
+                    raise
+                continue  # this sku counted it before (a redelivery after a partial crash)
+            counted = True
+        return counted
 
     async def handle(self, envelope: OrderEnvelope, ctx: HandlerContext) -> None:
         if not await self.apply(envelope):

@@ -88,19 +88,23 @@ def test_price_lines_merges_skus_and_totals() -> None:
 
 def test_reservation_decisions() -> None:
     s = d.ReservationStatus
-    assert d.decide_reserve(None) is d.ReserveDecision.APPLY
+    assert d.decide_reserve(None) is d.ReserveDecision.CLAIM
+    assert d.decide_reserve(s.RESERVING) is d.ReserveDecision.PLACE_HOLDS
     assert d.decide_reserve(s.RESERVED) is d.ReserveDecision.ALREADY_DONE
     assert d.decide_reserve(s.COMMITTED) is d.ReserveDecision.ALREADY_DONE
     # compensated first (tombstone): a late reserve must never take stock
     assert d.decide_reserve(s.RELEASED) is d.ReserveDecision.CLOSED
     assert d.decide_release(None) is d.ReleaseDecision.TOMBSTONE
-    assert d.decide_release(s.RESERVED) is d.ReleaseDecision.APPLY
-    assert d.decide_release(s.COMMITTED) is d.ReleaseDecision.RETURN
-    assert d.decide_release(s.RELEASED) is d.ReleaseDecision.NOOP
-    assert d.decide_commit(s.RESERVED) is d.CommitDecision.APPLY
-    assert d.decide_commit(s.COMMITTED) is d.CommitDecision.ALREADY_DONE
-    assert d.decide_commit(s.RELEASED) is d.CommitDecision.MISSING
-    assert d.decide_commit(None) is d.CommitDecision.MISSING
+    for live in (s.RESERVING, s.RESERVED, s.COMMITTED):
+        assert d.decide_release(live) is d.ReleaseDecision.FLIP
+    assert d.decide_release(s.RELEASED) is d.ReleaseDecision.UNDO
+    assert d.undo_kind(s.COMMITTED) is d.UndoKind.RETURN
+    assert d.undo_kind(s.RESERVED) is d.UndoKind.UNHOLD
+    assert d.undo_kind(s.RESERVING) is d.UndoKind.UNHOLD
+    assert d.decide_commit(s.RESERVED) is d.CommitDecision.FLIP
+    assert d.decide_commit(s.COMMITTED) is d.CommitDecision.MOVE
+    for not_ready in (None, s.RESERVING, s.RELEASED):
+        assert d.decide_commit(not_ready) is d.CommitDecision.MISSING
 
 
 def test_payment_decisions() -> None:
