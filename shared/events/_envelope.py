@@ -67,8 +67,9 @@ class Envelope(BaseModel):
     - `type`: PascalCase past tense (`OrderPlaced`); `source`: dotted (`fleetline.orders`);
       `version`: the schema version of `data` (int >= 1). (type, version) selects the model.
     - `time`: when the fact happened, UTC (naive input is taken as UTC).
-    - `correlation_id`: the id shared by everything one request caused; `causation_id`: the
-      id of the event (or command) that directly caused this one.
+    - `correlation_id`: the id shared by everything one request caused (missing on input: the
+      event's own id); `causation_id`: the id of the event (or command) that directly caused
+      this one.
     - `aggregate_id`, `sequence`: the entity and its per-entity counter (>= 0), for ordering
       and for ignoring stale events.
     - `tenant_id`: optional.
@@ -91,6 +92,15 @@ class Envelope(BaseModel):
     trace: dict[str, str] = Field(default_factory=dict)
     data: dict[str, Any] | None = None
     data_ref: DataRef | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_correlation(cls, value: Any) -> Any:
+        # Tolerant reader: an envelope without a correlation id starts its own chain, exactly
+        # as `Envelope.new` does when no causation or correlation id is given.
+        if isinstance(value, dict) and not value.get("correlation_id") and value.get("id"):
+            return {**value, "correlation_id": value["id"]}
+        return value
 
     @field_validator("type")
     @classmethod

@@ -173,6 +173,12 @@ def test_envelope_is_frozen_ignores_unknown_fields_and_normalises_time_to_utc() 
     assert json.loads(back.to_json())["time"] == "2026-01-01T10:00:00.000000Z"
 
 
+def test_missing_correlation_id_defaults_to_the_event_id() -> None:
+    raw = json.loads(_envelope().to_json())
+    del raw["correlation_id"]
+    assert Envelope.model_validate(raw).correlation_id == raw["id"]
+
+
 def test_envelope_needs_data_or_data_ref() -> None:
     raw = json.loads(_envelope().to_json())
     del raw["data"]
