@@ -20,7 +20,6 @@ Tasks (all owned by the task group inside `run`):
 from __future__ import annotations
 
 import enum
-import json
 import os
 import socket
 import time
@@ -41,6 +40,7 @@ from shared.consumers._message import BatchHandler, BatchResult, Message, Source
 from shared.consumers._stream_decisions import (
     FailedRecord,
     backoff_delay,
+    fit_failure_message,
     is_shard_end,
     settle_batch,
 )
@@ -55,14 +55,15 @@ __all__ = [
     "StreamConsumer",
     "StreamConsumerConfig",
     "StreamConsumerStatistics",
+    "TrimmedDataError",
 ]
 
 log = structlog.get_logger("shared.consumers.stream")
 
-# A failure-queue message carries at most this much of the record's body, so that a
-# SendMessageBatch of 10 stays under SQS's 256 KiB; the sequence number finds the full
+# A failure-queue message is at most this many bytes (the record's body is cut to fit), so
+# that a SendMessageBatch of 10 stays under SQS's 256 KiB; the sequence number finds the full
 # record in the stream for as long as the stream retains it.
-_FAILURE_BODY_CHARS = 24_000
+_FAILURE_MESSAGE_BYTES = 25_000
 
 
 class InitialPosition(enum.StrEnum):
@@ -76,6 +77,11 @@ class InitialPosition(enum.StrEnum):
 class ExpiredIteratorError(RetryableError):
     """The shard iterator expired (Kinesis: 5 min, DynamoDB Streams: 15 min): get a new one
     from the last processed position."""
+
+
+class TrimmedDataError(RetryableError):
+    """The position asked for is older than the stream's retention (DynamoDB Streams
+    TrimmedDataAccessException): read on from the oldest record still retained."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -582,6 +588,7 @@ class StreamConsumer:
         shard_id = held.lease.shard_id
         source = self._source
         iterator: str | None = None
+        trimmed = False
         read_failures = 0
         if held.position == SHARD_END:  # ended but not released before a crash
             await self._end_shard(held)
@@ -592,10 +599,20 @@ class StreamConsumer:
                 return
             try:
                 if iterator is None:
-                    iterator = await source.get_iterator(
-                        shard_id, after=held.position, initial=self.config.initial_position
+                    after = None if trimmed else held.position
+                    initial = (
+                        InitialPosition.TRIM_HORIZON if trimmed else self.config.initial_position
                     )
+                    iterator = await source.get_iterator(shard_id, after=after, initial=initial)
+                    trimmed = False
                 page = await source.get_records(shard_id, iterator, limit=self._limit)
+            except TrimmedDataError as exc:
+                # The checkpoint is older than the stream's retention: those records are gone.
+                # Say so loudly and carry on from the oldest record still there.
+                self._log.error("records past retention were lost; resuming at TRIM_HORIZON",
+                                shard=shard_id, checkpoint=held.position, error=str(exc))
+                iterator, trimmed = None, True
+                continue
             except ExpiredIteratorError:
                 iterator = None
                 continue
@@ -768,7 +785,6 @@ class StreamConsumer:
 
     def _failure_body(self, shard_id: str, letter: FailedRecord) -> str:
         message = letter.message
-        body = message.body
         document: dict[str, Any] = {
             "source": str(self._source.kind),
             "stream": self._source.name,
@@ -776,11 +792,10 @@ class StreamConsumer:
             "shard_id": shard_id,
             "sequence_number": message.sequence,
             "partition_key": message.group_id,
-            "reason": letter.reason,
+            "reason": letter.reason[:2_000],
             "attempts": letter.attempts,
             "approximate_arrival": message.approximate_arrival,
             "worker": self.worker_id,
-            "body": body[:_FAILURE_BODY_CHARS],
-            "body_truncated": len(body) > _FAILURE_BODY_CHARS,
+            "body": message.body,
         }
-        return json.dumps(document, separators=(",", ":"))
+        return fit_failure_message(document, max_bytes=_FAILURE_MESSAGE_BYTES)

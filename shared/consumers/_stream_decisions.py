@@ -5,9 +5,12 @@ and how long to back off. No I/O; `_stream.py` acts on the answers.
 
 from __future__ import annotations
 
+import json
+import math
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from shared.consumers._message import BatchResult, Message, Outcome
 
@@ -15,6 +18,7 @@ __all__ = [
     "FailedRecord",
     "ShardSettlement",
     "backoff_delay",
+    "fit_failure_message",
     "is_shard_end",
     "settle_batch",
 ]
@@ -178,3 +182,29 @@ def backoff_delay(
         raise ValueError(f"failures must be at least 1, got {failures}")
     ceiling = min(cap, base * 2 ** min(failures - 1, 32))
     return (rng or random).uniform(0.0, ceiling)
+
+
+def fit_failure_message(document: Mapping[str, Any], *, max_bytes: int) -> str:
+    """`document` as compact JSON of at most `max_bytes` UTF-8 bytes, its "body" cut (by
+    bytes, never inside a character) as far as needed; "body_truncated" says whether it was.
+
+    Raises:
+        ValueError: the document does not fit even with an empty body.
+    """
+    fitted = {**document, "body_truncated": False}
+    text = json.dumps(fitted, separators=(",", ":"), ensure_ascii=False)
+    excess = len(text.encode()) - max_bytes
+    while excess > 0:
+        body = str(fitted.get("body") or "")
+        if not body:
+            raise ValueError(f"failure message exceeds {max_bytes} bytes without its body")
+        raw = body.encode()
+        # A byte of body costs 1 to 6 bytes of JSON (escapes): cut in proportion, then measure
+        # again.
+        cost = len(json.dumps(body, ensure_ascii=False).encode()) / len(raw)
+        keep = max(0, len(raw) - math.ceil(excess / cost) - 16)
+        fitted["body"] = raw[:keep].decode("utf-8", errors="ignore")
+        fitted["body_truncated"] = True
+        text = json.dumps(fitted, separators=(",", ":"), ensure_ascii=False)
+        excess = len(text.encode()) - max_bytes
+    return text

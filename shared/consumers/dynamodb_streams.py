@@ -28,6 +28,7 @@ from shared.consumers._stream import (
     ShardInfo,
     StreamConsumer,
     StreamConsumerConfig,
+    TrimmedDataError,
 )
 from shared.errors import AwsRequestError, ConfigurationError
 
@@ -133,8 +134,13 @@ class DynamoDBStreamSource:
             kwargs.update(ShardIteratorType="AFTER_SEQUENCE_NUMBER", SequenceNumber=after)
         else:
             kwargs.update(ShardIteratorType=str(initial))
-        with aws_errors():
-            response = await client.get_shard_iterator(**kwargs)
+        try:
+            with aws_errors():
+                response = await client.get_shard_iterator(**kwargs)
+        except AwsRequestError as exc:
+            if exc.code == "TrimmedDataAccessException":
+                raise TrimmedDataError(str(exc)) from exc
+            raise
         return str(response["ShardIterator"])
 
     async def get_records(self, shard_id: str, iterator: str, *, limit: int) -> RecordsPage:
@@ -142,6 +148,7 @@ class DynamoDBStreamSource:
 
         Raises:
             ExpiredIteratorError: the iterator is older than 15 minutes.
+            TrimmedDataError: the position is older than the 24 h retention.
             AwsUnavailableError: throttled or unavailable.
         """
         client = await self._aws.client("dynamodbstreams")
@@ -151,6 +158,8 @@ class DynamoDBStreamSource:
         except AwsRequestError as exc:
             if exc.code == "ExpiredIteratorException":
                 raise ExpiredIteratorError(str(exc)) from exc
+            if exc.code == "TrimmedDataAccessException":
+                raise TrimmedDataError(str(exc)) from exc
             raise
         messages = [self._message(shard_id, record) for record in response.get("Records", [])]
         return RecordsPage(messages=messages, next_iterator=response.get("NextShardIterator"))

@@ -13,8 +13,18 @@ import pytest
 from shared.aws import AwsClients
 from shared.consumers._leases import LeaseTable, create_lease_table
 from shared.consumers._message import BatchResult, Message, Outcome, SourceKind
-from shared.consumers._stream import StreamConsumerConfig
-from shared.consumers.dynamodb_streams import DynamoDBStreamsConsumer, latest_stream_arn
+from shared.consumers._stream import (
+    InitialPosition,
+    RecordsPage,
+    StreamConsumer,
+    StreamConsumerConfig,
+    TrimmedDataError,
+)
+from shared.consumers.dynamodb_streams import (
+    DynamoDBStreamsConsumer,
+    DynamoDBStreamSource,
+    latest_stream_arn,
+)
 
 pytestmark = pytest.mark.emulator
 
@@ -130,3 +140,56 @@ async def test_restart_resumes_after_the_checkpoint(aws: AwsClients) -> None:
         await ddb.put_item(TableName="restart", Item={"pk": {"S": f"b{i}"}, "sk": {"S": "x"}})
     await run_until(6)
     assert seen == ["a0", "a1", "a2", "b0", "b1", "b2"]
+
+
+class TrimmingSource(DynamoDBStreamSource):
+    """The real source; its first read answers TrimmedDataAccessException, as DynamoDB does
+    for a checkpoint older than the stream's 24 h retention."""
+
+    def __init__(self, aws: AwsClients, arn: str) -> None:
+        super().__init__(aws, arn)
+        self.opened: list[tuple[str | None, InitialPosition]] = []
+        self.reads = 0
+
+    async def get_iterator(
+        self, shard_id: str, *, after: str | None, initial: InitialPosition
+    ) -> str:
+        self.opened.append((after, initial))
+        return await super().get_iterator(shard_id, after=after, initial=initial)
+
+    async def get_records(self, shard_id: str, iterator: str, *, limit: int) -> RecordsPage:
+        self.reads += 1
+        if self.reads == 1:
+            raise TrimmedDataError("TrimmedDataAccessException")
+        return await super().get_records(shard_id, iterator, limit=limit)
+
+
+async def test_checkpoint_past_retention_resumes_at_trim_horizon(aws: AwsClients) -> None:
+    arn = await make_table(aws, "trimmed")
+    ddb = await aws.client("dynamodb")
+    seen: list[str] = []
+
+    async def handler(batch: Sequence[Message]) -> BatchResult:
+        seen.extend(json.loads(m.body)["dynamodb"]["Keys"]["pk"]["S"] for m in batch)
+        return BatchResult({m.id: Outcome.SUCCEEDED for m in batch})
+
+    for i in range(2):
+        await ddb.put_item(TableName="trimmed", Item={"pk": {"S": f"a{i}"}, "sk": {"S": "x"}})
+    table = LeaseTable(aws, "leases", "outbox-relay")
+    async with anyio.create_task_group() as tg:
+        first = DynamoDBStreamsConsumer(aws, handler, stream_arn=arn, config=fast_config())
+        await tg.start(first.run)
+        await wait_for(lambda: len(seen) >= 2, 10, "2 records")
+        first.shutdown()
+    [lease] = await table.list()
+    source = TrimmingSource(aws, arn)
+    async with anyio.create_task_group() as tg:
+        second = StreamConsumer(aws, handler, source, fast_config())
+        await tg.start(second.run)
+        await wait_for(lambda: len(seen) >= 4, 10, "the records again from the horizon")
+        second.shutdown()
+    assert source.opened[:2] == [
+        (lease.checkpoint, InitialPosition.TRIM_HORIZON),
+        (None, InitialPosition.TRIM_HORIZON),
+    ]
+    assert seen == ["a0", "a1", "a0", "a1"]

@@ -3,12 +3,18 @@ shard end, backoff."""
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
 
 from shared.consumers._message import BatchResult, Message, Outcome, SourceKind
-from shared.consumers._stream_decisions import backoff_delay, is_shard_end, settle_batch
+from shared.consumers._stream_decisions import (
+    backoff_delay,
+    fit_failure_message,
+    is_shard_end,
+    settle_batch,
+)
 
 
 def records(n: int) -> list[Message]:
@@ -125,3 +131,21 @@ def test_backoff_is_full_jitter_within_a_capped_window() -> None:
     assert all(0 <= d <= w for d, w in zip(delays, windows, strict=True))
     with pytest.raises(ValueError, match="failures"):
         backoff_delay(0, base=1, cap=2)
+
+
+@pytest.mark.parametrize("body", ["x" * 100_000, "é" * 60_000, "\u0001" * 40_000, "ok"])
+def test_failure_message_fits_the_sqs_batch_budget(body: str) -> None:
+    document = {"shard_id": "shardId-1", "sequence_number": "42", "body": body}
+    text = fit_failure_message(document, max_bytes=25_000)
+    assert len(text.encode()) <= 25_000
+    parsed = json.loads(text)
+    assert parsed["shard_id"] == "shardId-1"
+    assert parsed["sequence_number"] == "42"
+    assert parsed["body_truncated"] is (body != "ok")
+    assert body.startswith(parsed["body"])
+    assert len(parsed["body"]) > 1_000 or body == "ok"
+
+
+def test_failure_message_refuses_metadata_that_cannot_fit() -> None:
+    with pytest.raises(ValueError, match="without its body"):
+        fit_failure_message({"reason": "r" * 100, "body": "b"}, max_bytes=50)
