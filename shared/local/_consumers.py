@@ -113,7 +113,9 @@ async def consume(
             shutdown_grace=float(mapping.get("drain_seconds", 10)),
         )
         if kind == "kinesis":
-            consumer = consumer_type(aws, handler, stream=source_arn, config=config)
+            # By name: the emulator's GetRecords does not resolve a stream ARN.
+            name = source_arn.rsplit("/", 1)[-1]
+            consumer = consumer_type(aws, handler, stream=name, config=config)
         else:
             consumer = consumer_type(aws, handler, stream_arn=source_arn, config=config)
         await tg.start(consumer.run)

@@ -4,17 +4,20 @@ and lag where measurable, and the local processes (thin AWS calls; rendering is 
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import anyio
 
 from shared.aws import AwsClients, aws_errors
-from shared.errors import FleetlineError
+from shared.errors import AwsRequestError, FleetlineError
 from shared.local._gaps import NOT_EMULATED, SUPPLIED
-from shared.local._stack import describe_stack
+from shared.local._stack import StackResource, describe_stack
 from shared.local._state import UpState, pid_alive
-from shared.local._template import load_template
+from shared.local._template import Template, load_template
 
 __all__ = ["ProcessRow", "QueueRow", "ResourceRow", "StackStatus", "StreamRow", "collect_status"]
 
@@ -42,7 +45,14 @@ class StreamRow:
     logical_id: str
     name: str
     shards: int
-    lag: str  # "n/a" where no checkpoint is readable
+    lag: str  # per consumer: "app: 0.0 s" (age of the oldest unprocessed record), or why not
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Checkpoint:
+    application: str
+    shard_id: str
+    sequence: str | None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -136,23 +146,21 @@ async def collect_status(
                 is_dlq=is_dlq,
             )
         )
+    checkpoints = await _checkpoints(aws, template, deployed, stack_name)
     streams = []
     for row in rows:
         if row.type != "AWS::Kinesis::Stream" or not row.physical_id:
             continue
         kinesis = await aws.client("kinesis")
         with aws_errors():
-            summary = (
-                await kinesis.describe_stream_summary(
-                    StreamName=row.physical_id,
-                )
-            )["StreamDescriptionSummary"]
+            shards = (await kinesis.list_shards(StreamName=row.physical_id))["Shards"]
+        open_shards = [s for s in shards if "EndingSequenceNumber" not in s["SequenceNumberRange"]]
         streams.append(
             StreamRow(
                 logical_id=row.logical_id,
                 name=row.physical_id,
-                shards=int(summary.get("OpenShardCount", 0)),
-                lag="n/a (iterator age is a CloudWatch metric of the consumer)",
+                shards=len(open_shards),
+                lag=await _kinesis_lag(kinesis, row.physical_id, shards, checkpoints),
             )
         )
     processes = []
@@ -189,3 +197,78 @@ async def collect_status(
         processes=tuple(processes),
         urls=dict(state.urls) if state else {},
     )
+
+
+async def _checkpoints(
+    aws: AwsClients, template: Template, deployed: dict[str, StackResource], stack_name: str
+) -> list[_Checkpoint]:
+    """Every shard checkpoint in the stack's lease tables (tables keyed by `lease_key`) and in
+    the local mappings' lease table. Small tables: one Scan each."""
+    tables = [
+        deployed[logical].physical_id
+        for logical, resource in template["Resources"].items()
+        if resource.get("Type") == "AWS::DynamoDB::Table"
+        and logical in deployed
+        and any(
+            k.get("AttributeName") == "lease_key"
+            for k in resource.get("Properties", {}).get("KeySchema", [])
+        )
+    ]
+    tables.append(f"{stack_name}-local-mapping-leases")
+    dynamodb = await aws.client("dynamodb")
+    found: list[_Checkpoint] = []
+    for table in tables:
+        if not table:
+            continue
+        try:
+            with aws_errors():
+                items = (await dynamodb.scan(TableName=table))["Items"]
+        except AwsRequestError:  # the local table exists only when a mapping needs it
+            continue
+        for item in items:
+            if "shard_id" not in item:
+                continue
+            found.append(
+                _Checkpoint(
+                    application=item.get("application", {}).get("S", "?"),
+                    shard_id=item["shard_id"]["S"],
+                    sequence=item.get("checkpoint", {}).get("S"),
+                )
+            )
+    return found
+
+
+async def _kinesis_lag(
+    kinesis: Any, stream: str, shards: list[dict[str, Any]], checkpoints: list[_Checkpoint]
+) -> str:
+    """Per consumer application, the age of the oldest record not yet checkpointed (0 when
+    caught up): what the IteratorAge metric shows on AWS."""
+    shard_ids = {s["ShardId"] for s in shards}
+    mine = [c for c in checkpoints if c.shard_id in shard_ids]
+    if not mine:
+        return "no consumer checkpoint"
+    worst: dict[str, float] = {}
+    for checkpoint in mine:
+        if checkpoint.sequence == "SHARD_END":
+            continue
+        if checkpoint.sequence is None:
+            position: dict[str, str] = {"ShardIteratorType": "TRIM_HORIZON"}
+        else:
+            position = {
+                "ShardIteratorType": "AFTER_SEQUENCE_NUMBER",
+                "StartingSequenceNumber": checkpoint.sequence,
+            }
+        with aws_errors():
+            iterator = (
+                await kinesis.get_shard_iterator(
+                    StreamName=stream, ShardId=checkpoint.shard_id, **position
+                )
+            )["ShardIterator"]
+            records = (await kinesis.get_records(ShardIterator=iterator, Limit=1))["Records"]
+        age = 0.0
+        if records:
+            arrived = records[0].get("ApproximateArrivalTimestamp")
+            if isinstance(arrived, datetime):
+                age = max(0.0, time.time() - arrived.timestamp())
+        worst[checkpoint.application] = max(worst.get(checkpoint.application, 0.0), age)
+    return ", ".join(f"{app}: {age:.1f} s" for app, age in sorted(worst.items())) or "drained"

@@ -225,6 +225,7 @@ async def plan_processes(
                 "batching_window_seconds": mapping.batching_window_seconds,
                 "starting_position": mapping.starting_position,
                 "report_batch_item_failures": mapping.report_batch_item_failures,
+                "lease_table": _consumers.local_lease_table(stack_name),
             }
         )
     for logical, mappings in by_function.items():

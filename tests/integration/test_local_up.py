@@ -210,18 +210,57 @@ async def test_pipe_relays_outbox_events_to_the_bus(aws: AwsClients) -> None:
     """Outbox row -> table stream -> local pipe (consumer + relay) -> bus -> rule -> queue
     -> mapping -> function, which records the envelope id."""
     dynamodb = await aws.client("dynamodb")
-    envelope = {"id": "evt-pipe-1", "type": "OrderPlaced", "source": "fleetline.orders",
-                "version": 1, "data": {}}
-    await dynamodb.put_item(TableName="uptest-outbox", Item={
-        "pk": {"S": "order#1"}, "outbox": {"L": [{"S": json.dumps(envelope)}]},
-    })
+    envelope = {
+        "id": "evt-pipe-1",
+        "type": "OrderPlaced",
+        "source": "fleetline.orders",
+        "version": 1,
+        "data": {},
+    }
+    await dynamodb.put_item(
+        TableName="uptest-outbox",
+        Item={
+            "pk": {"S": "order#1"},
+            "outbox": {"L": [{"S": json.dumps(envelope)}]},
+        },
+    )
 
     async def seen() -> bool:
-        got = await dynamodb.get_item(TableName="uptest-outbox",
-                                      Key={"pk": {"S": "seen#evt-pipe-1"}})
+        got = await dynamodb.get_item(
+            TableName="uptest-outbox", Key={"pk": {"S": "seen#evt-pipe-1"}}
+        )
         return "Item" in got
 
     assert await _poll(seen, within=20), "the outbox event never reached the function"
+
+
+async def test_kinesis_mapping_and_stream_lag(aws: AwsClients, up: Up) -> None:
+    kinesis = await aws.client("kinesis")
+    dynamodb = await aws.client("dynamodb")
+    await kinesis.put_record(
+        StreamName="uptest-telemetry", Data=b"hello-kinesis", PartitionKey="device-1"
+    )
+
+    async def seen() -> bool:
+        got = await dynamodb.get_item(
+            TableName="uptest-outbox", Key={"pk": {"S": "seen#hello-kinesis"}}
+        )
+        return "Item" in got
+
+    assert await _poll(seen, within=20), "the Kinesis mapping never invoked the function"
+
+    def lag() -> str:
+        done = _fleetline(
+            "status", "--json", "--template", str(TEMPLATE), "--state-dir", str(up.state_dir)
+        )
+        assert done.returncode == 0, done.stderr
+        return str(json.loads(done.stdout)["streams"][0]["lag"])
+
+    # Checkpointed after the batch: caught up (age of the oldest unprocessed record).
+    deadline = time.monotonic() + 15
+    while (current := lag()) != "TelemetryMapping: 0.0 s" and time.monotonic() < deadline:
+        await anyio.sleep(0.5)
+    assert current == "TelemetryMapping: 0.0 s"
 
 
 async def test_subscription_filter_policy_is_supplied(aws: AwsClients) -> None:

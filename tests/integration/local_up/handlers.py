@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 from typing import Any
@@ -52,6 +53,10 @@ def work(event: dict[str, Any], context: Any) -> dict[str, Any]:
     "fail" is reported in batchItemFailures."""
     del context
     records = event["Records"]
+    if records and "kinesis" in records[0]:
+        data = [base64.b64decode(r["kinesis"]["data"]).decode() for r in records]
+        asyncio.run(_record(data))
+        return {"batchItemFailures": []}
     asyncio.run(_record([_key(r["body"]) for r in records if r["body"] != "fail"]))
     return {
         "batchItemFailures": [
