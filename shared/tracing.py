@@ -75,6 +75,7 @@ __all__ = [
     "extract",
     "format_xray_trace_id",
     "inject",
+    "producer_span",
     "sns_trace_attributes",
     "span_context_of",
     "sqs_trace_attributes",
@@ -355,6 +356,9 @@ def _carrier_of(source: object) -> Mapping[str, str]:
     trace_field = getattr(source, "trace", None)
     if isinstance(trace_field, Mapping) and trace_field:
         return trace_field
+    if isinstance(source, Mapping) and isinstance(source.get(PAYLOAD_TRACE_FIELD), Mapping):
+        # an envelope or payload as a plain dict (the outbox keeps envelopes as dicts)
+        return carrier_from_payload(source)
     envelope = getattr(source, "envelope", None)
     if envelope is not None and envelope is not source:
         found = _carrier_of(envelope)
@@ -430,6 +434,33 @@ def batch_span(
     attrs = {"messaging.batch.message_count": len(sources), **(attributes or {})}
     with tracer("shared.consumers").start_as_current_span(
         name, kind=SpanKind.CONSUMER, attributes=attrs, links=links
+    ) as span:
+        yield span
+
+
+@contextlib.contextmanager
+def producer_span(
+    sources: Iterable[object],
+    name: str,
+    *,
+    attributes: Mapping[str, Any] | None = None,
+) -> Iterator[Span]:
+    """A PRODUCER span around sending messages that were created earlier (the outbox relay's
+    PutEvents). When every source carries the same producer context, the span is its child,
+    so the send joins the trace of the request that committed the events; when they carry
+    several, it is a child of the current span with a link to each; with none, a child of the
+    current span. `sources`: envelopes (objects or dicts with `trace`), messages, carriers."""
+    sources = list(sources)
+    contexts = distinct_producer_contexts(sources)
+    parent: Context | None = None
+    links: list[Link] = []
+    if len(contexts) == 1:
+        parent = trace.set_span_in_context(trace.NonRecordingSpan(contexts[0]))
+    else:
+        links = [Link(ctx) for ctx in contexts]
+    attrs = {"messaging.batch.message_count": len(sources), **(attributes or {})}
+    with tracer("shared.producers").start_as_current_span(
+        name, context=parent, kind=SpanKind.PRODUCER, attributes=attrs, links=links
     ) as span:
         yield span
 

@@ -248,6 +248,33 @@ def test_mixed_batch_links_every_producer_and_each_message_continues_its_own(
     assert orphan.parent.span_id == batch_span.context.span_id
 
 
+def test_relay_publish_joins_the_commit_trace_or_links_many(spans: InMemorySpanExporter) -> None:
+    def committed(name: str) -> dict[str, Any]:
+        with tracing.tracer("test").start_as_current_span(name):
+            envelope = Envelope.new(BeaconPinged(beacon_id=name), aggregate_id=name, sequence=1)
+        return json.loads(envelope.to_json())  # the relay holds envelopes as plain dicts
+
+    one, other = committed("commit-1"), committed("commit-2")
+    with tracing.producer_span([one], "bus publish"):
+        pass
+    with tracing.producer_span([one, other], "bus publish many"):
+        pass
+    single = _by_name(spans, "bus publish")
+    commit_1, commit_2 = _by_name(spans, "commit-1"), _by_name(spans, "commit-2")
+    assert single.kind is SpanKind.PRODUCER
+    assert single.parent is not None
+    assert commit_1.context is not None
+    assert commit_2.context is not None
+    assert single.parent.span_id == commit_1.context.span_id
+    assert single.context is not None
+    assert single.context.trace_id == commit_1.context.trace_id
+    many = _by_name(spans, "bus publish many")
+    assert many.parent is None
+    assert [link.context.span_id for link in many.links] == [
+        commit_1.context.span_id, commit_2.context.span_id,
+    ]
+
+
 # --------------------------------------------------------------------------- robustness
 
 
