@@ -46,9 +46,10 @@ from services.orders.events import SOURCE, OrderPlaced
 from services.orders.requests import MAX_BODY_BYTES, PlaceOrderRequest, parse_place_order
 from shared.aws import AwsClients, aws_errors
 from shared.config import Resources
+from shared.hosts.lambda_ import HttpRequest, HttpResponse, http_api_handler
 from shared.outbox import ConcurrencyConflictError, EventDraft, ItemRef, UnitOfWork
 
-__all__ = ["OrdersApi", "Response"]
+__all__ = ["OrdersApi", "Response", "handler"]
 
 _log = structlog.get_logger("services.orders.api")
 _KEY_PATTERN: Final = re.compile(r"^[\x21-\x7e]{1,255}$")
@@ -228,3 +229,19 @@ _HIDDEN: Final = frozenset({"pk", "sk", "seq"})
 
 def _view(item: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in sorted(item.items()) if k not in _HIDDEN}
+
+
+def _routes(aws: AwsClients, resources: Resources) -> dict[str, Any]:
+    api = OrdersApi.from_environ(aws, resources)
+
+    async def route(request: HttpRequest) -> HttpResponse:
+        answer = await api.route(request.raw)
+        return HttpResponse(answer.status, answer.body, dict(answer.headers or {}))
+
+    return {key: route for key in ("POST /orders", "GET /orders/{id}",
+                                   "GET /customers/{id}/orders", "$default")}
+
+
+handler = http_api_handler(setup=_routes, max_body_bytes=MAX_BODY_BYTES)
+"""The Lambda behind the HTTP API (`services.orders.api.handler`); `OrdersApi.route` does
+the routing by path, so every route key lands in the same function."""

@@ -51,8 +51,9 @@ from services.orders.tasks import CallbackTasks, TaskRequest
 from shared.aws import AwsClients, aws_errors
 from shared.config import Resources
 from shared.errors import AwsRequestError, RetryableError
+from shared.hosts import SqsQueue, Worker
 
-__all__ = ["Inventory", "tasks"]
+__all__ = ["Inventory", "tasks", "worker"]
 
 _MAX_RACES = 4  # re-reads after a lost race before giving up (the step retries then)
 
@@ -297,3 +298,12 @@ def tasks(aws: AwsClients, *, table: str) -> CallbackTasks:
 
     return CallbackTasks(aws, {"reserve": reserve, "commit": commit, "release": release},
                          service="inventory")
+
+
+worker = Worker(
+    name="orders-inventory",
+    source=SqsQueue("InventoryTasksQueue"),
+    handler=lambda aws, resources: tasks(aws, table=resources.get("InventoryTable"))
+    .batch_handler(),
+)
+"""`python -m shared.hosts.worker services.orders.inventory:worker` (the ECS service)."""

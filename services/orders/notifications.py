@@ -40,8 +40,9 @@ from shared.consumers import (
     batch_handler,
 )
 from shared.errors import AwsRequestError
+from shared.hosts import SqsQueue, Worker
 
-__all__ = ["Email", "LogMailer", "Mailer", "MemoryMailer", "Notifier", "compose"]
+__all__ = ["Email", "LogMailer", "Mailer", "MemoryMailer", "Notifier", "compose", "worker"]
 
 _log = structlog.get_logger("services.orders.notifications")
 
@@ -176,3 +177,9 @@ class Notifier:
         return batch_handler(self.handle, decode=decode_order_event)
 
 
+worker = Worker(
+    name="orders-notifications",
+    source=SqsQueue("NotificationsQueue"),
+    handler=lambda aws, resources: Notifier.from_environ(aws, resources).batch_handler(),
+)
+"""`python -m shared.hosts.worker services.orders.notifications:worker` (the ECS service)."""

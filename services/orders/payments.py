@@ -37,8 +37,9 @@ from services.orders.provider import PaymentProvider, ProviderSettings
 from services.orders.tasks import CallbackTasks, TaskOrder, TaskRequest
 from shared.aws import AwsClients, aws_errors
 from shared.errors import AwsRequestError, RetryableError
+from shared.hosts import SqsQueue, Worker
 
-__all__ = ["Payments", "tasks"]
+__all__ = ["Payments", "tasks", "worker"]
 
 _MAX_RACES = 4
 
@@ -196,3 +197,13 @@ def tasks(aws: AwsClients, *, table: str, settings: ProviderSettings | None = No
 
     return CallbackTasks(aws, {"authorize": authorize, "capture": capture, "refund": refund},
                          service="payments")
+
+
+worker = Worker(
+    name="orders-payments",
+    source=SqsQueue("PaymentTasksQueue"),
+    handler=lambda aws, resources: tasks(aws, table=resources.get("PaymentsTable"))
+    .batch_handler(),
+)
+"""`python -m shared.hosts.worker services.orders.payments:worker` (the ECS service); the
+provider simulator reads its settings from FLEETLINE_PSP_* (see provider.py)."""

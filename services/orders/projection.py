@@ -33,8 +33,13 @@ a queue in the template (see docs/orders.md): the saga and the API did not chang
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+
+import anyio
+import anyio.abc
 
 from services.orders import _store
 from services.orders._envelopes import OrderEnvelope, decode_order_event
@@ -42,10 +47,18 @@ from services.orders.domain import OrderStatus, sales_day, sales_deltas
 from services.orders.events import OrderCancelled, OrderConfirmed, OrderPlaced
 from shared.aws import AwsClients, aws_errors
 from shared.config import Resources
-from shared.consumers import BatchHandler, DuplicateEvent, HandlerContext, batch_handler
+from shared.consumers import (
+    BatchHandler,
+    BatchResult,
+    DuplicateEvent,
+    HandlerContext,
+    Message,
+    batch_handler,
+)
 from shared.errors import AwsRequestError
+from shared.hosts import Consumer, SqsQueue, Worker
 
-__all__ = ["OrderHistory", "SalesProjection", "history_view"]
+__all__ = ["OrderHistory", "Queues", "SalesProjection", "history_view", "worker"]
 
 
 def history_view(envelope: OrderEnvelope) -> dict[str, Any]:
@@ -179,3 +192,70 @@ class SalesProjection:
                 TableName=self.table, KeyConditionExpression="pk = :pk",
                 ExpressionAttributeValues=_store.to_item({":pk": f"SALES#{day}"}))
         return [_store.plain(i) for i in page.get("Items", ())]
+
+
+@dataclass(frozen=True)
+class Queues:
+    """A worker source over several SQS queues: one consumer per queue, run together, shut
+    down together. The handler sees each message's `source_name` (its queue URL)."""
+
+    queues: tuple[str, ...]
+
+    async def open(self, aws: AwsClients, resources: Resources, handler: BatchHandler, *,
+                   name: str, drain_seconds: float) -> Consumer:
+        consumers = [await SqsQueue(q).open(aws, resources, handler, name=name,
+                                            drain_seconds=drain_seconds)
+                     for q in self.queues]
+        return _Together(consumers)
+
+
+class _Together:
+    def __init__(self, consumers: Sequence[Consumer]) -> None:
+        self._consumers = list(consumers)
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+                  ) -> None:
+        async with anyio.create_task_group() as tg:
+            for consumer in self._consumers:
+                await tg.start(consumer.run)
+            task_status.started()
+
+    def shutdown(self) -> None:
+        for consumer in self._consumers:
+            consumer.shutdown()
+
+
+def _by_queue(aws: AwsClients, resources: Resources) -> BatchHandler:
+    """One handler for both read models, dispatching each batch by the queue it came from."""
+    history = OrderHistory.from_environ(aws, resources).batch_handler()
+    sales = SalesProjection.from_environ(aws, resources).batch_handler()
+    sales_queue = resources.get("SalesProjectionQueue")
+
+    async def handle(messages: Sequence[Message]) -> BatchResult:
+        is_sales = [m for m in messages if _same_queue(m.source_name, sales_queue)]
+        rest = [m for m in messages if not _same_queue(m.source_name, sales_queue)]
+        outcomes: dict[str, Any] = {}
+        reasons: dict[str, str] = {}
+        for part, handler in ((is_sales, sales), (rest, history)):
+            if part:
+                result = await handler(part)
+                outcomes.update(result.outcomes)
+                reasons.update(result.reasons)
+        return BatchResult(outcomes, reasons)
+
+    return handle
+
+
+def _same_queue(source: str, configured: str) -> bool:
+    """Queue URL vs the configured name/URL/ARN: compare the queue names."""
+    return source.rstrip("/").rsplit("/", 1)[-1] == configured.rsplit(":", 1)[-1].rsplit(
+        "/", 1)[-1]
+
+
+worker = Worker(
+    name="orders-projection",
+    source=Queues(("OrderHistoryQueue", "SalesProjectionQueue")),
+    handler=_by_queue,
+)
+"""`python -m shared.hosts.worker services.orders.projection:worker`: both read models in one
+ECS service, one consumer per queue."""

@@ -23,8 +23,9 @@ from shared.aws import AwsClients, aws_errors
 from shared.config import Resources
 from shared.consumers import BatchHandler, DuplicateEvent, HandlerContext, Message, batch_handler
 from shared.errors import AwsRequestError, InvalidMessageError
+from shared.hosts.lambda_ import sqs_handler
 
-__all__ = ["SagaStarter", "decode_order_placed", "execution_input"]
+__all__ = ["SagaStarter", "decode_order_placed", "execution_input", "handler"]
 
 _log = structlog.get_logger("services.orders.saga_starter")
 
@@ -85,3 +86,8 @@ class SagaStarter:
 
     def batch_handler(self) -> BatchHandler:
         return batch_handler(self.handle, decode=decode_order_placed)
+
+
+handler = sqs_handler(
+    setup=lambda aws, resources: SagaStarter.from_environ(aws, resources).batch_handler())
+"""The Lambda on SagaStartQueue (`services.orders.saga_starter.handler`)."""

@@ -20,8 +20,9 @@ from services.orders.errors import ShipmentClosed, ShippingUnavailable
 from services.orders.tasks import CallbackTasks, TaskOrder, TaskRequest
 from shared.aws import AwsClients, aws_errors
 from shared.errors import AwsRequestError, RetryableError
+from shared.hosts import SqsQueue, Worker
 
-__all__ = ["UNSERVED_COUNTRIES", "Shipping", "tasks"]
+__all__ = ["UNSERVED_COUNTRIES", "Shipping", "tasks", "worker"]
 
 UNSERVED_COUNTRIES: Final = frozenset({"AQ"})  # Antarctica: no carrier
 _MAX_RACES = 4
@@ -115,3 +116,12 @@ def tasks(aws: AwsClients, *, table: str) -> CallbackTasks:
         return await shipping.cancel(task.order)
 
     return CallbackTasks(aws, {"create": create, "cancel": cancel}, service="shipping")
+
+
+worker = Worker(
+    name="orders-shipping",
+    source=SqsQueue("ShippingTasksQueue"),
+    handler=lambda aws, resources: tasks(aws, table=resources.get("InventoryTable"))
+    .batch_handler(),
+)
+"""`python -m shared.hosts.worker services.orders.shipping:worker` (the ECS service)."""
