@@ -257,10 +257,10 @@ async def test_kinesis_mapping_and_stream_lag(aws: AwsClients, up: Up) -> None:
         return str(json.loads(done.stdout)["streams"][0]["lag"])
 
     # Checkpointed after the batch: caught up (age of the oldest unprocessed record).
-    deadline = time.monotonic() + 15
-    while (current := lag()) != "TelemetryMapping: 0.0 s" and time.monotonic() < deadline:
-        await anyio.sleep(0.5)
-    assert current == "TelemetryMapping: 0.0 s"
+    async def caught_up() -> bool:
+        return lag() == "TelemetryMapping: 0.0 s"
+
+    assert await _poll(caught_up), lag()
 
 
 async def test_subscription_filter_policy_is_supplied(aws: AwsClients) -> None:

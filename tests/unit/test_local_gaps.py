@@ -64,10 +64,13 @@ def test_state_machine_definition_has_substitutions_resolved(
 
 def test_triggers_apis_pipes_services_and_ttl(template: dict, facts: StackFacts) -> None:
     plan = plan_gaps(template, facts)
-    (mapping,) = plan.event_source_mappings
+    mapping, stream_mapping = plan.event_source_mappings
     assert mapping.function.handler == "tests.integration.local_up.handlers.work"
     assert mapping.source_arn == f"arn:aws:sqs:us-east-1:{ACCOUNT}:s-work"
     assert mapping.report_batch_item_failures
+    assert stream_mapping.source_arn == f"arn:aws:kinesis:us-east-1:{ACCOUNT}:stream/s-telemetry"
+    assert (stream_mapping.batch_size, stream_mapping.starting_position) == (100, "TRIM_HORIZON")
+    assert not stream_mapping.report_batch_item_failures
     (api,) = plan.http_apis
     assert [(r.route_key, r.function.name) for r in api.routes] == [("POST /echo/{name}", "s-api")]
     (pipe,) = plan.pipes
