@@ -45,6 +45,9 @@ from shared.consumers._stream_decisions import (
     settle_batch,
 )
 from shared.errors import RetryableError
+from shared.metrics import ConsumerMetrics
+from shared.metrics import Counter as Metric
+from shared.metrics import consumer as consumer_metrics
 
 __all__ = [
     "ExpiredIteratorError",
@@ -304,6 +307,8 @@ class StreamConsumer:
         handler: BatchHandler,
         source: ShardSource,
         config: StreamConsumerConfig,
+        *,
+        metrics: ConsumerMetrics | None = None,
     ) -> None:
         self._aws = aws
         self._handler = handler
@@ -321,6 +326,10 @@ class StreamConsumer:
         self._shards: dict[str, ShardInfo] = {}
         self._counts: Counter[str] = Counter()
         self._lag: dict[str, int] = {}
+        # EMF metrics (shared.metrics) named after the consumer group: Received, Succeeded,
+        # Failed (failed attempts), Retried, DeadLettered, DuplicatesSkipped, HandlerLatency,
+        # BatchSize (records per read) and Lag (iterator age, the largest of the period).
+        self._metrics = metrics or consumer_metrics(config.application)
         self._log = log.bind(
             source=str(source.kind), stream=source.name, application=config.application,
             worker=self.worker_id,
@@ -676,17 +685,23 @@ class StreamConsumer:
 
     def _note_lag(self, shard_id: str, page: RecordsPage) -> None:
         if page.millis_behind is not None:
-            self._lag[shard_id] = page.millis_behind
+            lag = page.millis_behind
         elif page.messages and page.messages[-1].approximate_arrival is not None:
             arrival = page.messages[-1].approximate_arrival
-            self._lag[shard_id] = max(0, int((time.time() - arrival) * 1000))
+            lag = max(0, int((time.time() - arrival) * 1000))
         elif not page.messages:
-            self._lag[shard_id] = 0
+            lag = 0
+        else:
+            return
+        self._lag[shard_id] = lag
+        self._metrics.observe_lag(lag / 1000)
 
     async def _process(self, held: _Held, messages: Sequence[Message]) -> None:
         """Hand `messages` to the handler until all are done; advance `held.position`."""
         config = self.config
         self._counts["records_received"] += len(messages)
+        self._metrics.count(Metric.RECEIVED, len(messages))
+        self._metrics.observe_batch_size(len(messages))
         pending = list(messages)
         window = len(pending)
         head_attempts = 0
@@ -696,12 +711,14 @@ class StreamConsumer:
             result: BatchResult | None = None
             error: str | None = None
             self._counts["handler_calls"] += 1
+            started = time.perf_counter()
             try:
                 result = await self._handler(batch)
             except Exception as exc:  # a handler bug must not stop the shard
                 error = f"{type(exc).__name__}: {exc}"
                 self._log.exception("handler raised", shard=held.lease.shard_id,
                                     batch_size=len(batch))
+            self._metrics.observe_latency(time.perf_counter() - started)
             settlement = settle_batch(
                 batch, result, head_attempts=head_attempts, max_attempts=config.max_attempts,
                 handler_error=error,
@@ -717,9 +734,12 @@ class StreamConsumer:
                 pending = pending[settlement.completed:]
             head_attempts = settlement.head_attempts
             window = max(1, min(settlement.window, len(pending)))
+            if settlement.failed:
+                self._metrics.count(Metric.FAILED)
             if settlement.retry:
                 failures += 1
                 self._counts["records_retried"] += 1
+                self._metrics.count(Metric.RETRIED)
                 await self._checkpoint(held)
                 delay = backoff_delay(failures, base=config.retry_backoff,
                                       cap=config.retry_backoff_max)
@@ -733,8 +753,10 @@ class StreamConsumer:
             outcome = result.outcomes.get(message.id)
             if outcome == "succeeded":
                 self._counts["records_succeeded"] += 1
+                self._metrics.count(Metric.SUCCEEDED)
             elif outcome == "duplicate":
                 self._counts["records_duplicate"] += 1
+                self._metrics.count(Metric.DUPLICATES_SKIPPED)
 
     async def _dead_letter(self, held: _Held, dead: Sequence[FailedRecord]) -> bool:
         """Send `dead` to the failure queue (retrying until it succeeds or the shard is
@@ -748,6 +770,7 @@ class StreamConsumer:
             )
         if self.config.failure_queue_url is None:
             self._counts["records_dead_lettered"] += len(dead)
+            self._metrics.count(Metric.DEAD_LETTERED, len(dead))
             return True
         remaining = list(dead)
         failures = 0
@@ -764,6 +787,7 @@ class StreamConsumer:
             if not await self._pause(held, delay):
                 return False
         self._counts["records_dead_lettered"] += len(dead)
+        self._metrics.count(Metric.DEAD_LETTERED, len(dead))
         return True
 
     async def _send_failures(self, shard_id: str, dead: list[FailedRecord]) -> list[FailedRecord]:

@@ -48,6 +48,8 @@ class ShardSettlement:
     head_attempts: attempts already spent on the record that now heads the remainder.
     window:       how many records to hand the handler next time (halved when the handler
                   raised for a batch of several records, to isolate a poison record).
+    failed:       the call failed for a record (the handler raised, or answered RETRY or
+                  nothing for it), whether it is retried or now dead-lettered.
     """
 
     completed: int
@@ -56,6 +58,7 @@ class ShardSettlement:
     retry: bool = False
     head_attempts: int = 0
     window: int = 1
+    failed: bool = False
 
 
 def settle_batch(
@@ -88,7 +91,7 @@ def settle_batch(
     if handler_error is not None and size > 1:
         return ShardSettlement(
             completed=0, checkpoint=None, retry=True, head_attempts=head_attempts,
-            window=(size + 1) // 2,
+            window=(size + 1) // 2, failed=True,
         )
 
     completed = 0
@@ -136,7 +139,7 @@ def settle_batch(
         completed += 1
         return ShardSettlement(
             completed=completed, checkpoint=failed.sequence, dead_letters=tuple(dead),
-            retry=False, window=size,
+            retry=False, window=size, failed=True,
         )
     return ShardSettlement(
         completed=completed,
@@ -145,6 +148,7 @@ def settle_batch(
         retry=True,
         head_attempts=attempts,
         window=size,
+        failed=True,
     )
 
 

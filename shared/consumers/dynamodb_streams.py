@@ -31,6 +31,7 @@ from shared.consumers._stream import (
     TrimmedDataError,
 )
 from shared.errors import AwsRequestError, ConfigurationError
+from shared.metrics import ConsumerMetrics
 
 __all__ = ["DynamoDBStreamSource", "DynamoDBStreamsConsumer", "latest_stream_arn"]
 
@@ -198,6 +199,7 @@ class DynamoDBStreamsConsumer(StreamConsumer):
 
     def __init__(
         self, aws: AwsClients, handler: BatchHandler, *, stream_arn: str,
-        config: StreamConsumerConfig,
+        config: StreamConsumerConfig, metrics: ConsumerMetrics | None = None,
     ) -> None:
-        super().__init__(aws, handler, DynamoDBStreamSource(aws, stream_arn), config)
+        source = DynamoDBStreamSource(aws, stream_arn)
+        super().__init__(aws, handler, source, config, metrics=metrics)

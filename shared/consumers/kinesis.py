@@ -26,6 +26,7 @@ from shared.consumers._stream import (
     StreamConsumerConfig,
 )
 from shared.errors import AwsRequestError
+from shared.metrics import ConsumerMetrics
 
 __all__ = ["KinesisConsumer", "KinesisSource"]
 
@@ -157,6 +158,6 @@ class KinesisConsumer(StreamConsumer):
 
     def __init__(
         self, aws: AwsClients, handler: BatchHandler, *, stream: str,
-        config: StreamConsumerConfig,
+        config: StreamConsumerConfig, metrics: ConsumerMetrics | None = None,
     ) -> None:
-        super().__init__(aws, handler, KinesisSource(aws, stream), config)
+        super().__init__(aws, handler, KinesisSource(aws, stream), config, metrics=metrics)

@@ -3,6 +3,7 @@ queue, resharding (parents before children), requests per 1,000 records."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -30,6 +31,7 @@ from shared.consumers._stream import (
 )
 from shared.consumers.kinesis import KinesisConsumer, KinesisSource
 from shared.errors import AwsUnavailableError
+from shared.metrics import Metrics
 
 pytestmark = pytest.mark.emulator
 
@@ -163,9 +165,11 @@ async def test_bad_record_goes_to_failure_queue_and_shard_moves_on(aws: AwsClien
     queue_url = (await sqs.create_queue(QueueName="failures"))["QueueUrl"]
     handler = Recorder(poison=frozenset({"poison"}))
     placed = await put(aws, "bad", [("dev-1", "a"), ("dev-1", "poison"), ("dev-1", "b")])
+    metrics = Metrics(service="test", stream=io.StringIO()).consumer("telemetry")
     async with anyio.create_task_group() as tg:
         consumer = KinesisConsumer(
-            aws, handler, stream="bad", config=fast_config(failure_queue_url=queue_url)
+            aws, handler, stream="bad", config=fast_config(failure_queue_url=queue_url),
+            metrics=metrics,
         )
         await tg.start(consumer.run)
         await put(aws, "bad", [("dev-1", "c")])
@@ -188,6 +192,13 @@ async def test_bad_record_goes_to_failure_queue_and_shard_moves_on(aws: AwsClien
     assert "poison payload" in failure["reason"]
     assert failure["attempts"] == 3
     assert consumer.statistics().records_dead_lettered == 1
+    emitted = metrics.statistics()
+    assert emitted.received == 4
+    assert emitted.succeeded == 3
+    assert emitted.dead_lettered == 1
+    assert emitted.failed == 3  # three failed attempts of the poison record
+    assert emitted.retried == 2  # two of them were retried
+    assert emitted.lag_seconds_last is not None
     # Order held: a and b came before c, and b after the poison record's attempts.
     order = [m.body for m in handler.succeeded]
     assert order.index("a") < order.index("b") < order.index("c")

@@ -33,6 +33,7 @@ def test_all_done_checkpoints_the_last_record() -> None:
     assert settled.completed == 3
     assert settled.checkpoint == "3"
     assert not settled.retry
+    assert not settled.failed
     assert not settled.dead_letters
 
 
@@ -44,6 +45,7 @@ def test_checkpoint_stops_before_the_first_retry() -> None:
     assert settled.completed == 1
     assert settled.checkpoint == "1"
     assert settled.retry
+    assert settled.failed
     assert settled.head_attempts == 1  # record 2 failed once
 
 
@@ -80,6 +82,7 @@ def test_retries_are_bounded_then_the_record_is_dead_lettered() -> None:
         assert attempts == expected
     final = settle_batch(batch, result, head_attempts=attempts, max_attempts=3)
     assert not final.retry
+    assert final.failed
     assert final.completed == 1
     assert final.checkpoint == "1"  # the shard moves on past the bad record
     [letter] = final.dead_letters
