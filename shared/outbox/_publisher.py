@@ -22,6 +22,7 @@ import structlog
 
 from shared.aws import AwsClients, aws_errors
 from shared.errors import is_retryable
+from shared.tracing import producer_span
 
 __all__ = [
     "MAX_ENTRIES",
@@ -170,7 +171,9 @@ class EventPublisher:
             queues.setdefault(key, deque()).append(envelope)
         while queues:
             heads = [queue.popleft() for queue in queues.values()]
-            failures = await self._send_round(heads, report)
+            # A PRODUCER span per round joins the trace stored in the envelopes at commit.
+            with producer_span(heads, f"{self.config.bus_name} publish"):
+                failures = await self._send_round(heads, report)
             for key in list(queues):
                 if not queues[key]:
                     del queues[key]
