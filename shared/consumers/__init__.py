@@ -50,6 +50,7 @@ from shared.consumers._stream import (
     StreamConsumer,
     StreamConsumerConfig,
     StreamConsumerStatistics,
+    TrimmedDataError,
 )
 from shared.consumers.dynamodb_streams import (
     DynamoDBStreamsConsumer,
@@ -96,6 +97,7 @@ __all__ = [
     "StreamConsumer",
     "StreamConsumerConfig",
     "StreamConsumerStatistics",
+    "TrimmedDataError",
     "batch_handler",
     "classify",
     "create_lease_table",
