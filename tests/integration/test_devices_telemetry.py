@@ -113,8 +113,8 @@ async def _done(processor: TelemetryProcessor, total: int) -> bool:
 async def test_silent_device_reported_disconnected_once(aws: AwsClients) -> None:
     res = await create_device_resources(aws, prefix="silence", shards=1)
     store = DynamoDeviceStore(aws, res.devices_table)
-    processor = TelemetryProcessor(store, TelemetryConfig(zone="eu", silence_after=1.0,
-                                                          sweep_interval=0.2))
+    processor = TelemetryProcessor(store, TelemetryConfig(
+        zone="eu", write_mode="items", silence_after=1.0, sweep_interval=0.2))
     consumer = consumer_for(aws, res, processor)
     kinesis = await aws.client("kinesis")
 
