@@ -36,6 +36,7 @@ from shared.metrics import Metrics
 pytestmark = pytest.mark.emulator
 
 LEASES = "leases"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def fast_config(**overrides: object) -> StreamConsumerConfig:
@@ -757,3 +758,54 @@ async def test_rebalancing_hands_leases_over_without_duplicates(aws: AwsClients)
     assert b.statistics().handoffs_requested == 2
     assert b.statistics().leases_stolen == 0
     assert second.handled  # B really processed its shards
+
+
+async def test_sigterm_on_a_worker_process_finishes_the_batch_and_hands_the_lease_back(
+    aws: AwsClients, tmp_path: Path
+) -> None:
+    """The real ECS entry (`python -m shared.hosts.worker`): SIGTERM mid-batch lets the batch
+    finish, checkpoints it, releases the lease and exits 0; a new worker resumes after it."""
+    await make_stream(aws, "sigterm", 1)
+    await put(aws, "sigterm", [("k", "0.4") for _ in range(4)])
+    ledger = tmp_path / "ledger.txt"
+    root = ROOT
+    env = {
+        **os.environ,
+        "FLEETLINE_SHUTDOWN_STREAM": "sigterm",
+        "FLEETLINE_SHUTDOWN_LEASES": LEASES,
+        "FLEETLINE_DRAIN_SECONDS": "10",
+        "FLEETLINE_TEST_LEDGER": str(ledger),
+        "PYTHONPATH": str(root),
+    }
+    log = tmp_path / "worker.log"
+    with log.open("w") as sink:
+        process = subprocess.Popen(  # noqa: ASYNC220 - polled below without blocking the loop
+            [sys.executable, "-m", "shared.hosts.worker",
+             "tests.integration.kinesis_worker_app:worker"],
+            cwd=root, env=env, stdout=sink, stderr=subprocess.STDOUT,
+        )
+    try:
+        async def mid_batch() -> bool:
+            assert process.poll() is None, log.read_text()
+            lines = ledger.read_text().splitlines() if ledger.exists() else []
+            return any(line.startswith("done") for line in lines)
+
+        await wait_for(mid_batch, 20, "the worker to be inside its first batch")
+        process.send_signal(signal.SIGTERM)
+
+        async def exited() -> bool:
+            return process.poll() is not None
+
+        await wait_for(exited, 15, "the worker to exit")
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(5)
+    assert process.returncode == 0, log.read_text()
+    lines = ledger.read_text().splitlines()
+    assert [line for line in lines if line.startswith("done")] == [
+        f"done {n}" for n in range(1, 5)
+    ]  # the in-flight batch (all four records) finished
+    [lease] = await LeaseTable(aws, LEASES, "kinesis-shutdown-test").list()
+    assert lease.owner is None  # handed back, no expiry wait for the next worker
+    assert lease.checkpoint == "4"
