@@ -19,10 +19,11 @@ viewer link (the page URL with a tenant token).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -38,8 +39,9 @@ from services.devices.events import DeviceEvent
 from services.devices.query import DeviceQueries, DeviceRecord, InvalidQueryError
 from shared.aws import AwsClients
 from shared.config import Resources
-from shared.consumers import HandlerContext, SqsConsumer, SqsSettings, batch_handler
+from shared.consumers import HandlerContext, SqsSettings, batch_handler
 from shared.events import TypedEvent, load_registered_events, registry
+from shared.hosts import SqsQueue, Worker
 
 __all__ = ["DashboardServer", "FleetView", "Hub", "worker"]
 
@@ -294,28 +296,34 @@ class DashboardServer:
         return web.json_response(record.model_dump(mode="json"))
 
 
-async def worker() -> None:  # pragma: no cover - exercised by `fleetline up` and the tests
-    """Serve the dashboard and consume DashboardQueue until cancelled.
-
-    FLEETLINE_DASHBOARD_HOST / FLEETLINE_DASHBOARD_PORT (default 127.0.0.1:8080)."""
+@contextlib.asynccontextmanager
+async def dashboard_lifespan(aws: AwsClients, resources: Resources) -> AsyncIterator[Any]:
+    """Seed the view from the read model, serve HTTP, hand the queue handler to the host;
+    stop serving after the drain. FLEETLINE_DASHBOARD_HOST / FLEETLINE_DASHBOARD_PORT
+    (default 127.0.0.1:8080; the task definition maps 8080)."""
     load_registered_events()
-    resources = Resources.from_environ()
     host = os.environ.get("FLEETLINE_DASHBOARD_HOST", "127.0.0.1")
     port = int(os.environ.get("FLEETLINE_DASHBOARD_PORT", "8080"))
+    queries = DeviceQueries(aws, resources.get("DeviceReadModelTable"))
+    hub = Hub()
+    hub.seed(await queries.all_devices())
+    server = DashboardServer(hub, queries)
+    url = await server.start(host, port)
+    log.info("dashboard listening", url=url,
+             devices=sum(len(v.devices) for v in hub.views.values()),
+             hint="`fleetline devices url --tenant t-001` prints a viewer link")
+    try:
+        yield dashboard_handler(hub)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await server.stop()
+
+
+def worker() -> Worker:
+    """The ECS task (`python -m shared.hosts.worker services.devices.dashboard:worker`)."""
     wait = int(os.environ.get("FLEETLINE_WAIT_TIME_SECONDS", "20"))
-    async with AwsClients() as aws:
-        queries = DeviceQueries(aws, resources.get("DeviceReadModelTable"))
-        hub = Hub()
-        hub.seed(await queries.all_devices())
-        server = DashboardServer(hub, queries)
-        url = await server.start(host, port)
-        log.info("dashboard listening", url=url, devices=sum(len(v.devices)
-                                                            for v in hub.views.values()))
-        consumer = SqsConsumer(aws, resources.get("DashboardQueue"), dashboard_handler(hub),
-                               settings=SqsSettings(wait_time_seconds=wait))
-        try:
-            async with anyio.create_task_group() as tg:
-                await tg.start(consumer.run)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await server.stop()
+    return Worker(
+        name="dashboard",
+        source=SqsQueue("DashboardQueue", SqsSettings(wait_time_seconds=wait)),
+        lifespan=dashboard_lifespan,
+    )

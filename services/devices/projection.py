@@ -20,7 +20,6 @@ import os
 from collections.abc import Mapping
 from typing import Any, Final
 
-import anyio
 import structlog
 from botocore.exceptions import ClientError
 from pydantic import BaseModel
@@ -32,11 +31,11 @@ from shared.consumers import (
     BatchHandler,
     DuplicateEvent,
     HandlerContext,
-    SqsConsumer,
     SqsSettings,
     batch_handler,
 )
 from shared.events import TypedEvent, load_registered_events, registry
+from shared.hosts import SqsQueue, Worker
 from shared.outbox import to_item
 
 __all__ = ["ReadModel", "projection_handler", "read_model_item", "worker"]
@@ -123,17 +122,16 @@ def projection_handler(read_model: ReadModel) -> BatchHandler:
     return batch_handler(handle, decode=lambda m: registry.decode(m.body))
 
 
-async def worker() -> None:  # pragma: no cover - exercised by `fleetline up`
-    """Consume DeviceProjectionQueue until cancelled."""
+def _handler(aws: AwsClients, resources: Resources) -> BatchHandler:
     load_registered_events()
-    resources = Resources.from_environ()
+    return projection_handler(ReadModel(aws, resources.get("DeviceReadModelTable")))
+
+
+def worker() -> Worker:
+    """The ECS task (`python -m shared.hosts.worker services.devices.projection:worker`)."""
     wait = int(os.environ.get("FLEETLINE_WAIT_TIME_SECONDS", "20"))
-    async with AwsClients() as aws:
-        read_model = ReadModel(aws, resources.get("DeviceReadModelTable"))
-        consumer = SqsConsumer(
-            aws, resources.get("DeviceProjectionQueue"), projection_handler(read_model),
-            settings=SqsSettings(wait_time_seconds=wait),
-        )
-        log.info("device projection started", table=read_model.table)
-        async with anyio.create_task_group() as tg:
-            await tg.start(consumer.run)
+    return Worker(
+        name="device-projection",
+        source=SqsQueue("DeviceProjectionQueue", SqsSettings(wait_time_seconds=wait)),
+        handler=_handler,
+    )

@@ -35,10 +35,11 @@ writing them the same way. Arrival time is the stream's ApproximateArrivalTimest
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -69,9 +70,10 @@ from services.devices.domain import (
 from services.devices.events import DeviceEvent
 from shared.aws import AwsClients, aws_errors
 from shared.config import Resources
-from shared.consumers import BatchResult, KinesisConsumer, Message, StreamConsumerConfig
+from shared.consumers import BatchHandler, BatchResult, Message
 from shared.consumers import Outcome as MessageOutcome
 from shared.errors import RetryableError
+from shared.hosts import KinesisStream, Worker
 
 __all__ = [
     "TelemetryConfig",
@@ -457,38 +459,42 @@ def alarm_entry(index: int, envelope: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def consumer_config(resources: Resources, environ: Mapping[str, str]) -> StreamConsumerConfig:
-    """The Kinesis consumer's settings: stack names plus FLEETLINE_LEASE_DURATION and
-    FLEETLINE_IDLE_BACKOFF (seconds; tests shorten them) and FLEETLINE_STREAM_LIMIT (records
-    per GetRecords; default the service maximum)."""
-    return StreamConsumerConfig(
-        lease_table=resources.get("LeasesTable"),
-        application=environ.get("FLEETLINE_TELEMETRY_APPLICATION", "telemetry"),
-        failure_queue_url=resources.get("TelemetryFailureQueue"),
-        lease_duration=float(environ.get("FLEETLINE_LEASE_DURATION", "10")),
-        idle_backoff=float(environ.get("FLEETLINE_IDLE_BACKOFF", "1")),
-        limit=int(environ["FLEETLINE_STREAM_LIMIT"]) if environ.get("FLEETLINE_STREAM_LIMIT")
-        else None,
-    )
+def stream_options(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Kinesis consumer settings from FLEETLINE_LEASE_DURATION, FLEETLINE_IDLE_BACKOFF
+    (seconds; tests shorten them) and FLEETLINE_STREAM_LIMIT (records per GetRecords;
+    default the service maximum). Unset: the runtime's defaults."""
+    options: dict[str, Any] = {}
+    if environ.get("FLEETLINE_LEASE_DURATION"):
+        options["lease_duration"] = float(environ["FLEETLINE_LEASE_DURATION"])
+    if environ.get("FLEETLINE_IDLE_BACKOFF"):
+        options["idle_backoff"] = float(environ["FLEETLINE_IDLE_BACKOFF"])
+    if environ.get("FLEETLINE_STREAM_LIMIT"):
+        options["limit"] = int(environ["FLEETLINE_STREAM_LIMIT"])
+    return options
 
 
-async def worker() -> None:
-    """The ECS task: consume TelemetryStream (leases shared with the other tasks), sweep for
-    silent devices, until cancelled (the host cancels on SIGTERM after draining)."""
-    resources = Resources.from_environ()
+@contextlib.asynccontextmanager
+async def telemetry_lifespan(aws: AwsClients, resources: Resources) -> AsyncIterator[BatchHandler]:
+    """The processor over DevicesTable, with its silence sweeper running alongside."""
     config = TelemetryConfig.from_environ()
-    async with AwsClients() as aws:
-        store = DynamoDeviceStore(aws, resources.get("DevicesTable"))
-        processor = TelemetryProcessor(store, config, aws=aws)
-        consumer = KinesisConsumer(
-            aws, processor, stream=resources.get("TelemetryStream"),
-            config=consumer_config(resources, os.environ),
-        )
-        log.info("telemetry worker starting", zone=config.zone,
-                 write_mode=config.write_mode, silence_after=config.silence_after)
-        async with anyio.create_task_group() as tg:
-            await tg.start(processor.run_sweeper)
-            try:
-                await consumer.run()
-            finally:
-                tg.cancel_scope.cancel()
+    processor = TelemetryProcessor(
+        DynamoDeviceStore(aws, resources.get("DevicesTable")), config, aws=aws
+    )
+    log.info("telemetry processor ready", zone=config.zone, write_mode=config.write_mode,
+             silence_after=config.silence_after)
+    async with anyio.create_task_group() as tg:
+        await tg.start(processor.run_sweeper)
+        yield processor
+        tg.cancel_scope.cancel()
+
+
+def worker() -> Worker:
+    """The ECS task (`python -m shared.hosts.worker services.devices.telemetry:worker`):
+    TelemetryStream with leases shared by the tasks, bad records to TelemetryFailureQueue."""
+    return Worker(
+        name="telemetry",
+        source=KinesisStream("TelemetryStream", application="telemetry",
+                             failure_queue="TelemetryFailureQueue",
+                             options=stream_options(os.environ)),
+        lifespan=telemetry_lifespan,
+    )

@@ -34,9 +34,10 @@ def start_worker(res: DeviceResources, log: Path) -> subprocess.Popen[bytes]:
     env.update(res.environ())
     env.update(FLEETLINE_RESIDENCY_ZONE="eu", FLEETLINE_LEASE_DURATION="2",
                FLEETLINE_IDLE_BACKOFF="0.1", FLEETLINE_STREAM_LIMIT="100")
-    code = ("import faulthandler, signal, anyio; faulthandler.register(signal.SIGUSR1); "
-            "from services.devices.telemetry import worker; anyio.run(worker)")
-    return subprocess.Popen([sys.executable, "-c", code], env=env,
+    # The ECS command of the template, run by the runtime's host.
+    command = [sys.executable, "-X", "faulthandler", "-m", "shared.hosts.worker",
+               "services.devices.telemetry:worker"]
+    return subprocess.Popen(command, env=env,
                             stdout=log.open("wb"), stderr=subprocess.STDOUT)
 
 
@@ -72,15 +73,14 @@ async def test_killed_worker_loses_nothing_and_double_counts_nothing(aws: AwsCli
             return len(docs) == DEVICES and all(d["seq"] == SEQS for d in docs.values())
 
         await wait_for(all_done, within=40, interval=0.3)
-    except AssertionError:
-        second.send_signal(signal.SIGUSR1)  # its stacks go to the log, for the failure report
-        raise
     finally:
         second.send_signal(signal.SIGTERM)
         try:
-            second.wait(timeout=15)
+            status = second.wait(timeout=15)
         except subprocess.TimeoutExpired:
             second.kill()
+            raise
+    assert status == 0  # SIGTERM: drained, leases handed back, exit 0
 
     docs = await device_docs(aws, res.devices_table)
     assert {d["received"] for d in docs.values()} == {SEQS}  # nothing counted twice
