@@ -105,7 +105,7 @@ def up(
         if not sys.stderr.isatty():  # a log file (detached) or a pipe: JSON lines
             from shared.local._logs import setup_logging
 
-            setup_logging("fleetline-up")
+            setup_logging("fleetline-up", stream=sys.stderr)
         config = UpConfig(
             stack_name=stack_name,
             port=port,

@@ -110,6 +110,11 @@ async def consume(
                 str(mapping.get("starting_position", "TRIM_HORIZON"))
             ),
             limit=int(mapping.get("batch_size", 100)),
+            failure_queue_url=(
+                await _queue_url(aws, str(mapping["failure_arn"]))
+                if mapping.get("failure_arn")
+                else None
+            ),
             shutdown_grace=float(mapping.get("drain_seconds", 10)),
         )
         if kind == "kinesis":
@@ -147,17 +152,14 @@ async def relay(spec: dict[str, Any], stop: anyio.Event) -> None:
     bus = str(spec["target_arn"]).rsplit("/", 1)[-1]
     async with AwsClients() as aws:
         handler = relay_type(aws, outbox.PublisherConfig(bus_name=bus))
+        source = spec.get("source_parameters", {}).get("DynamoDBStreamParameters", {})
         mapping = {
             "logical_id": spec["logical_id"],
             "source_arn": spec["source_arn"],
             "lease_table": spec["lease_table"],
-            "batch_size": int(
-                spec.get("source_parameters", {})
-                .get("DynamoDBStreamParameters", {})
-                .get("BatchSize", 100)
-            ),
-            "starting_position": spec.get("source_parameters", {})
-            .get("DynamoDBStreamParameters", {})
-            .get("StartingPosition", "TRIM_HORIZON"),
+            "batch_size": int(source.get("BatchSize", 100)),
+            "starting_position": source.get("StartingPosition", "TRIM_HORIZON"),
+            # The pipe's dead-letter queue receives what the relay cannot publish.
+            "failure_arn": source.get("DeadLetterConfig", {}).get("Arn"),
         }
         await consume("dynamodb-stream", mapping, handler, stop)

@@ -102,6 +102,7 @@ class PipeSpec:
     enrichment_arn: str | None = None
     source_parameters: dict[str, Any] = field(default_factory=dict)
     target_parameters: dict[str, Any] = field(default_factory=dict)
+    running: bool = True  # DesiredState
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -385,6 +386,7 @@ def plan_gaps(
                 else str(props["Enrichment"]),
                 source_parameters=dict(props.get("SourceParameters", {})),
                 target_parameters=dict(props.get("TargetParameters", {})),
+                running=str(props.get("DesiredState", "RUNNING")) == "RUNNING",
             )
         )
 

@@ -298,6 +298,9 @@ async def plan_processes(
         )
 
     for pipe in plan.pipes:
+        if not pipe.running:
+            skipped[pipe.logical_id] = "DesiredState is STOPPED"
+            continue
         reason = _consumers.missing("pipe")
         if reason:
             skipped[pipe.logical_id] = reason
