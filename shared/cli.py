@@ -271,18 +271,13 @@ def schemas(
     ),
 ) -> None:
     """Write the JSON Schema of every registered event type into docs/events/."""
-    import importlib
+    from shared.events import export_schemas
 
     try:
-        export_schemas = importlib.import_module("shared.events").export_schemas
-    except (ImportError, AttributeError):
-        raise _fail("shared.events.export_schemas is not available in this version") from None
-    try:
         written = export_schemas(out)
-    except FleetlineError as exc:
-        raise _fail(str(exc)) from None
-    count = len(written) if hasattr(written, "__len__") else "all"
-    console.print(f"wrote {count} schemas to {out}")
+    except (FleetlineError, OSError) as exc:
+        raise _fail(f"{exc}; fix it and run `fleetline schemas` again") from None
+    console.print(f"wrote {len(written)} schema files to {out}")
 
 
 def _load_plugins() -> None:
