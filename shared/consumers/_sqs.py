@@ -49,6 +49,9 @@ from shared.consumers._errors import ConsumerError
 from shared.consumers._handlers import delivery_control
 from shared.consumers._message import BatchHandler, BatchResult, Message, Outcome, SourceKind
 from shared.errors import AwsRequestError, AwsUnavailableError, FleetlineError
+from shared.metrics import ConsumerMetrics
+from shared.metrics import Counter as Metric
+from shared.metrics import consumer as consumer_metrics
 
 __all__ = [
     "DEAD_LETTER_ATTRIBUTE",
@@ -302,6 +305,7 @@ class SqsConsumer:
         *,
         settings: SqsSettings | None = None,
         rng: RandomSource | None = None,
+        metrics: ConsumerMetrics | None = None,
     ) -> None:
         if not queue_url:
             raise ValueError("queue_url must not be empty")
@@ -328,6 +332,9 @@ class SqsConsumer:
         self.dead_letter_queue_url: str | None = self.settings.dead_letter_queue_url
         self.max_receive_count: int | None = None
         self._log = _log.bind(queue=queue_url.rsplit("/", 1)[-1])
+        # EMF metrics (shared.metrics) named after the queue: Received, Succeeded, Failed,
+        # Retried, DeadLettered, DuplicatesSkipped, HandlerLatency, BatchSize, Lag.
+        self._metrics = metrics or consumer_metrics(queue_url.rsplit("/", 1)[-1])
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -523,12 +530,17 @@ class SqsConsumer:
     def _track(self, messages: Sequence[Message]) -> None:
         deadline = time.monotonic() + self.visibility_timeout
         now = time.time()
+        lag = 0.0
         for message in messages:
             assert message.receipt is not None
             self._tracked[message.receipt] = (message, deadline)
             if message.approximate_arrival is not None:
-                self._counters.high("max_lag_seconds", max(0.0, now - message.approximate_arrival))
+                lag = max(lag, now - message.approximate_arrival)
+        self._counters.high("max_lag_seconds", lag)
         self._counters.add("received", len(messages))
+        self._metrics.count(Metric.RECEIVED, len(messages))
+        self._metrics.observe_batch_size(len(messages))
+        self._metrics.observe_lag(lag)
 
     # ------------------------------------------------------------------ handling
 
@@ -555,7 +567,9 @@ class SqsConsumer:
                 result = BatchResult(
                     {m.id: Outcome.RETRY for m in messages}, {m.id: reason for m in messages}
                 )
-            self._counters.add("handler_seconds", time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            self._counters.add("handler_seconds", elapsed)
+            self._metrics.observe_latency(elapsed)
             settlement = settle(
                 messages,
                 result,
@@ -624,13 +638,21 @@ class SqsConsumer:
     def _record(self, d: Disposition) -> None:
         m = d.message
         if d.action is Action.DELETE:
-            self._counters.add("duplicates" if d.outcome is Outcome.DUPLICATE else "succeeded")
+            if d.outcome is Outcome.DUPLICATE:
+                self._counters.add("duplicates")
+                self._metrics.count(Metric.DUPLICATES_SKIPPED)
+            else:
+                self._counters.add("succeeded")
+                self._metrics.count(Metric.SUCCEEDED)
             return
+        if d.outcome is not None:
+            self._metrics.count(Metric.FAILED)
         fields = {"message_id": m.id, "receive_count": m.receive_count, "error": d.reason}
         if m.group_id is not None:
             fields["group_id"] = m.group_id
         if d.action is Action.RETRY:
             self._counters.add("retried")
+            self._metrics.count(Metric.RETRIED)
             last = self.max_receive_count is not None and m.receive_count >= self.max_receive_count
             self._log.warning(
                 "message failed; redrive moves it to the DLQ" if last
@@ -643,6 +665,7 @@ class SqsConsumer:
             self._log.info("message released unattempted", **fields)
         else:
             self._counters.add("dead_lettered")
+            self._metrics.count(Metric.DEAD_LETTERED)
             self._log.error("message dead-lettered", dead_letter_queue=self.dead_letter_queue_url,
                             mode=self.settings.dead_letter.value, **fields)
 

@@ -50,6 +50,7 @@ from shared.consumers import (
 )
 from shared.errors import ConfigurationError, FleetlineError
 from shared.logging import configure_logging
+from shared.metrics import configure_metrics, get_metrics
 from shared.tracing import configure_tracing
 
 __all__ = [
@@ -276,8 +277,10 @@ async def serve(
     drain_seconds: float | None = None,
     stop: anyio.Event | None = None,
     signals: Sequence[signal.Signals] = (signal.SIGTERM, signal.SIGINT),
+    metrics_interval: float = 60.0,
 ) -> None:
     """Run `worker` until a signal (or `stop`), then shut down gracefully and return.
+    Metrics (shared.metrics) are flushed every `metrics_interval` seconds and at the end.
 
     `signals` are watched only in the main thread (pass () elsewhere, e.g. in tests, and
     use `stop`). The first signal starts the drain; a second one cuts it short.
@@ -294,6 +297,8 @@ async def serve(
             aws, resources, handler, name=worker.name, drain_seconds=drain
         )
         async with anyio.create_task_group() as outer:
+            # EMF lines every `metrics_interval`, and a last one after the drain.
+            outer.start_soon(get_metrics().run, metrics_interval)
             async with anyio.create_task_group() as inner:
                 await inner.start(consumer.run)
                 log.info("worker ready", drain_seconds=drain)
@@ -363,6 +368,7 @@ def configure_process(service: str) -> None:
     (OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set) for a host process."""
     configure_logging(service=service, level=os.environ.get("LOG_LEVEL", "INFO"))
     configure_tracing(service)
+    configure_metrics(service=service)
 
 
 def _fatal(exc: BaseException) -> FleetlineError | None:

@@ -35,6 +35,7 @@ import json
 import os
 import random
 import threading
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
@@ -62,6 +63,9 @@ from shared.consumers._handlers import delivery_control
 from shared.consumers._sqs import change_visibility, send_dead_letters
 from shared.errors import FleetlineError, InvalidMessageError, PermanentError, RetryableError
 from shared.hosts._worker import HandlerFactory, configure_process
+from shared.metrics import Counter as Metric
+from shared.metrics import consumer as consumer_metrics
+from shared.metrics import get_metrics
 from shared.tracing import extract, tracer
 
 __all__ = [
@@ -215,7 +219,42 @@ class _Progress:
             self.delays[message.id] = delay
 
 
+def _source_label(message: Message) -> str:
+    """The metrics name of an event source: queue, stream or table name from its ARN."""
+    arn = str(message.raw.get("eventSourceARN") or message.source_name)
+    if ":table/" in arn:
+        return arn.split(":table/", 1)[1].split("/", 1)[0]
+    return arn.rsplit(":", 1)[-1].rsplit("/", 1)[-1] or "lambda"
+
+
 async def _run_batch(
+    handler: BatchHandler, messages: Sequence[Message], deadline: float | None
+) -> BatchResult:
+    """`_run_once`, with the consumer metrics recorded (the entry points flush them: one EMF
+    line per source per invocation, which Lambda's log stream carries to CloudWatch)."""
+    started = time.perf_counter()
+    result = await _run_once(handler, messages, deadline)
+    metrics = consumer_metrics(_source_label(messages[0]))
+    metrics.count(Metric.RECEIVED, len(messages))
+    metrics.observe_batch_size(len(messages))
+    metrics.observe_latency(time.perf_counter() - started)
+    arrivals = [m.approximate_arrival for m in messages if m.approximate_arrival is not None]
+    if arrivals:
+        metrics.observe_lag(max(0.0, time.time() - min(arrivals)))
+    for m in messages:
+        outcome = result.outcomes.get(m.id)
+        if outcome is Outcome.SUCCEEDED:
+            metrics.count(Metric.SUCCEEDED)
+        elif outcome is Outcome.DUPLICATE:
+            metrics.count(Metric.DUPLICATES_SKIPPED)
+        elif outcome is not None:
+            metrics.count(Metric.FAILED)
+            if outcome is Outcome.RETRY:
+                metrics.count(Metric.RETRIED)
+    return result
+
+
+async def _run_once(
     handler: BatchHandler, messages: Sequence[Message], deadline: float | None
 ) -> BatchResult:
     """The handler's result; a handler error retries the batch; at the deadline, what
@@ -377,6 +416,8 @@ def sqs_handler(
                 log=_log,
             )
             handled = [m.id for m in sent]
+            consumer_metrics(_source_label(sent[0]) if sent else "sqs").count(
+                Metric.DEAD_LETTERED, len(sent))
             for m in sent:
                 _log.error("message dead-lettered", message_id=m.id,
                            receive_count=m.receive_count, error=result.reasons.get(m.id),
@@ -389,9 +430,16 @@ def sqs_handler(
         return {"batchItemFailures": sqs_batch_item_failures(messages, result, handled=handled)}
 
     def entry(event: Any, context: Any) -> dict[str, Any]:
-        return rt.run(lambda aws: invoke(aws, event, context))
+        return rt.run(lambda aws: _flushing(invoke(aws, event, context)))
 
     return entry
+
+
+async def _flushing(work: Awaitable[T]) -> T:
+    try:
+        return await work
+    finally:
+        get_metrics().flush()
 
 
 # --------------------------------------------------------------------------- streams
@@ -517,11 +565,12 @@ def _stream_handler(
             if "://" not in url:
                 url = rt.resources.get(failure_queue) if failure_queue[:1].isupper() else url
             handled = await _send_failures(aws, url, dead, result)
+            consumer_metrics(_source_label(dead[0])).count(Metric.DEAD_LETTERED, len(handled))
         return {"batchItemFailures": stream_batch_item_failures(messages, result,
                                                                 handled=handled)}
 
     def entry(event: Any, context: Any) -> dict[str, Any]:
-        return rt.run(lambda aws: invoke(aws, event, context))
+        return rt.run(lambda aws: _flushing(invoke(aws, event, context)))
 
     return entry
 
@@ -608,7 +657,7 @@ def eventbridge_handler(
         raise InvocationFailed(reason, outcome=outcome)
 
     def entry(event: Any, context: Any) -> None:
-        rt.run(lambda aws: invoke(aws, event, context))
+        rt.run(lambda aws: _flushing(invoke(aws, event, context)))
 
     return entry
 
