@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import functools
 import re
 from dataclasses import dataclass
 from typing import Final
@@ -40,6 +41,7 @@ IRREGULAR_PAST_TENSE: Final = frozenset(
 )  # fmt: skip
 
 
+@functools.lru_cache(maxsize=1024)  # every decoded envelope checks its type: a handful of names
 def check_event_type_name(name: str) -> str:
     """Return `name` when it is a PascalCase past-tense event name, e.g. `OrderPlaced`.
 
