@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import pytest
 
 from shared.aws import AwsClients
@@ -18,6 +19,7 @@ from shared.consumers import (
     DEAD_LETTER_ATTRIBUTE,
     Backoff,
     BatchResult,
+    DeadLetter,
     DeadLetterMode,
     HandlerContext,
     Message,
@@ -25,7 +27,10 @@ from shared.consumers import (
     SqsConsumer,
     SqsSettings,
     batch_handler,
+    message_from_sqs,
 )
+from shared.hosts.lambda_ import LambdaRuntime, sqs_handler
+from shared.local._lambda import sqs_event
 
 pytestmark = pytest.mark.emulator
 
@@ -321,3 +326,51 @@ async def test_a_batch_of_ten_costs_one_receive_and_one_delete(aws: AwsClients) 
     assert seen == [10]
     assert receives <= 2  # the one that got ten, perhaps a second one already polling
     assert deletes == 1
+
+
+async def test_lambda_sqs_adapter_backs_off_and_dead_letters_with_reason(
+    aws: AwsClients,
+) -> None:
+    """The same handler behind the Lambda SQS adapter: a transient failure is hidden for
+    the backoff delay (not the queue's 30 s timeout), a permanent one goes to the DLQ with
+    its reason and is not reported, so the mapping deletes it."""
+    url, dlq = await make_queue(aws, "lambda", visibility=30, max_receive_count=5)
+    await send(aws, url, [json.dumps({"n": n}) for n in ("ok", "flaky", "poison")])
+    sqs = await aws.client("sqs")
+    received = (await sqs.receive_message(
+        QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1,
+        MessageSystemAttributeNames=["All"], MessageAttributeNames=["All"]))["Messages"]
+    assert len(received) == 3
+    arn = (await sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
+           )["Attributes"]["QueueArn"]
+    event = sqs_event([message_from_sqs(m, url) for m in received], arn)
+
+    async def handle(body: dict[str, Any], ctx: HandlerContext) -> None:
+        if body["n"] == "flaky":
+            raise RuntimeError("try later")
+        if body["n"] == "poison":
+            raise DeadLetter("never valid")
+
+    runtime = LambdaRuntime()
+    try:
+        entry = sqs_handler(batch_handler(handle), runtime=runtime,
+                            backoff=Backoff(base=1.0, minimum=1.0, cap=1.0))
+        answer = await anyio.to_thread.run_sync(entry, event, None)
+    finally:
+        await anyio.to_thread.run_sync(runtime.close)
+    ids = {json.loads(m["Body"])["n"]: m["MessageId"] for m in received}
+    assert answer == {"batchItemFailures": [{"itemIdentifier": ids["flaky"]}]}
+    dead = await drain_queue(aws, dlq)
+    assert [json.loads(m["Body"])["n"] for m in dead] == ["poison"]
+    note = json.loads(dead[0]["MessageAttributes"][DEAD_LETTER_ATTRIBUTE]["StringValue"])
+    assert note["reason"] == "DeadLetter: never valid"
+    # The flaky one reappears after the 1 s backoff, long before the queue's 30 s timeout.
+    again: list[dict[str, Any]] = []
+
+    async def flaky_back() -> bool:
+        again.extend(await drain_queue(aws, url, wait=1))
+        return bool(again)
+
+    await wait_for(flaky_back, within=5, what="the flaky message after its backoff")
+    # ("ok" stays hidden for 30 s: deleting it is the event source mapping's job.)
+    assert [json.loads(m["Body"])["n"] for m in again] == ["flaky"]
