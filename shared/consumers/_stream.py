@@ -34,6 +34,7 @@ import anyio.abc
 import structlog
 
 from shared.aws import AwsClients, aws_errors
+from shared.consumers._errors import ConsumerError
 from shared.consumers._lease_decisions import SHARD_END, Lease, parents_first, plan_leases
 from shared.consumers._leases import LeaseLostError, LeaseTable
 from shared.consumers._message import BatchHandler, BatchResult, Message, SourceKind
@@ -44,7 +45,7 @@ from shared.consumers._stream_decisions import (
     is_shard_end,
     settle_batch,
 )
-from shared.errors import RetryableError
+from shared.errors import PermanentError, RetryableError
 from shared.metrics import ConsumerMetrics
 from shared.metrics import Counter as Metric
 from shared.metrics import consumer as consumer_metrics
@@ -345,15 +346,25 @@ class StreamConsumer:
 
         Raises:
             RuntimeError: `run` was called before on this instance.
-            FleetlineError: the stream or the lease table cannot be read at start-up.
+            ConsumerError: the stream or the lease table cannot be read at start-up (missing,
+                access denied): retrying will not help.
+            RetryableError: AWS was unavailable at start-up.
         """
         if self._state is not _State.NEW:
             raise RuntimeError("A StreamConsumer runs once; make a new one to run again.")
         self._state = _State.RUNNING
         try:
+            if not self._stopping:
+                try:  # reads the stream and the lease table: both exist and are readable
+                    await self._sync_shards()
+                except PermanentError as exc:
+                    # A missing stream or lease table, or no access: a worker exits on it.
+                    raise ConsumerError(
+                        f"cannot consume {self._source.name} with lease table "
+                        f"{self.config.lease_table}: {exc}"
+                    ) from exc
             async with anyio.create_task_group() as tg:
                 if not self._stopping:
-                    await self._sync_shards()
                     await self._rebalance(tg)
                 task_status.started()
                 self._log.info("stream consumer started", shards=sorted(self._held))

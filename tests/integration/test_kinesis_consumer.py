@@ -19,6 +19,7 @@ import anyio
 import pytest
 
 from shared.aws import AwsClients
+from shared.consumers._errors import ConsumerError
 from shared.consumers._lease_decisions import SHARD_END
 from shared.consumers._leases import LeaseLostError, LeaseTable, create_lease_table
 from shared.consumers._message import BatchResult, Message, Outcome, SourceKind
@@ -809,3 +810,15 @@ async def test_sigterm_on_a_worker_process_finishes_the_batch_and_hands_the_leas
     [lease] = await LeaseTable(aws, LEASES, "kinesis-shutdown-test").list()
     assert lease.owner is None  # handed back, no expiry wait for the next worker
     assert lease.checkpoint == "4"
+
+
+async def test_missing_stream_or_lease_table_is_refused_at_start(aws: AwsClients) -> None:
+    await make_stream(aws, "exists", 1)
+    with pytest.raises(ConsumerError, match="nope"):
+        await KinesisConsumer(aws, Recorder(), stream="nope", config=fast_config()).run()
+    consumer = KinesisConsumer(aws, Recorder(), stream="exists",
+                               config=fast_config(lease_table="no-such-table"))
+    with pytest.raises(ConsumerError, match="no-such-table"):
+        await consumer.run()
+    with pytest.raises(RuntimeError, match="runs once"):
+        await consumer.run()
