@@ -94,3 +94,17 @@ def test_bad_configuration_is_refused() -> None:
         configure_logging(service="")
     with pytest.raises(ValueError, match="level"):
         configure_logging(service="s", level="LOUD")
+
+
+def test_testing_helpers_capture_the_real_pipeline() -> None:
+    from shared.testing import capture_logs, capture_spans
+
+    with capture_spans() as spans, capture_logs(service="svc") as logs:
+        carrier = {"traceparent": "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"}
+        with tracing.consumer_span(carrier, "consume"), bind_message_context(message_id="m-1"):
+            structlog.get_logger("h").info("handled")
+    (line,) = logs.events("handled")
+    assert line["trace_id"] == "ab" * 16  # the producer's trace, continued by the consumer
+    assert line["span_id"] == f"{spans.one('consume').context.span_id:016x}"  # type: ignore[union-attr]
+    assert line["message_id"] == "m-1"
+    assert line["service"] == "svc"

@@ -1,0 +1,9 @@
+"""Test tools that are part of the product: services' tests use them as the framework's do.
+
+- `capture_spans()`: the real OpenTelemetry SDK with an in-memory exporter.
+- `capture_logs()`: the real `shared.logging` JSON pipeline, captured and parsed.
+"""
+
+from shared.testing._observability import CapturedLogs, CapturedSpans, capture_logs, capture_spans
+
+__all__ = ["CapturedLogs", "CapturedSpans", "capture_logs", "capture_spans"]
