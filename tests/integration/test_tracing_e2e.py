@@ -6,7 +6,8 @@
     └── worker's consumer span (CONSUMER), after bus -> rule -> SQS queue -> SqsConsumer
 
 Resources are created through the API inside the test: a table with a stream, a custom bus,
-a rule with an SQS target.
+a rule with an SQS target. The tests after it carry a context over one real transport each:
+SQS attributes, an SNS notification to an SQS subscriber, a Step Functions task payload.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from shared.consumers import (
     SqsConsumer,
     SqsSettings,
     batch_handler,
+    message_from_sqs,
 )
 from shared.events import EventRegistry, TypedEvent, event_type
 from shared.outbox import EventDraft, ItemRef, PublisherConfig, Relay, UnitOfWork
@@ -181,3 +183,107 @@ async def test_one_trace_from_api_request_through_outbox_bus_queue_and_worker(
     assert publish.end_time <= consume.start_time
     assert consume.attributes is not None
     assert consume.attributes["messaging.destination.name"] == queue_url
+
+
+# ----------------------------------------------------------------------- single transports
+
+
+async def _receive(aws: AwsClients, url: str) -> dict[str, Any]:
+    sqs = await aws.client("sqs")
+    with anyio.fail_after(10):
+        while True:
+            got = await sqs.receive_message(
+                QueueUrl=url, WaitTimeSeconds=1, MessageAttributeNames=["All"],
+                MessageSystemAttributeNames=["All"],
+            )
+            if got.get("Messages"):
+                return dict(got["Messages"][0])
+
+
+def _assert_continues(spans: InMemorySpanExporter, consumer: str, producer: str) -> None:
+    (child,) = [s for s in spans.get_finished_spans() if s.name == consumer]
+    (parent,) = [s for s in spans.get_finished_spans() if s.name == producer]
+    assert child.context is not None
+    assert parent.context is not None
+    assert child.context.trace_id == parent.context.trace_id
+    assert child.parent is not None
+    assert child.parent.span_id == parent.context.span_id
+
+
+async def test_sqs_message_attributes_carry_the_trace_through_the_queue(
+    aws: AwsClients, spans: InMemorySpanExporter
+) -> None:
+    sqs = await aws.client("sqs")
+    url = (await sqs.create_queue(QueueName="traced"))["QueueUrl"]
+    with tracing.tracer("e2e").start_as_current_span("send", kind=SpanKind.PRODUCER):
+        attributes = tracing.sqs_trace_attributes(
+            {"kind": {"DataType": "String", "StringValue": "plain"}}
+        )
+        await sqs.send_message(
+            QueueUrl=url, MessageBody="not an envelope",
+            MessageAttributes=attributes.message_attributes,
+            MessageSystemAttributes=attributes.system_attributes,
+        )
+    raw = await _receive(aws, url)
+    assert raw["Attributes"]["AWSTraceHeader"] == (
+        attributes.system_attributes["AWSTraceHeader"]["StringValue"]
+    )
+    with tracing.consumer_span(message_from_sqs(raw, url), "receive"):
+        pass
+    _assert_continues(spans, "receive", "send")
+
+
+async def test_sns_notification_carries_the_trace_to_an_sqs_subscriber(
+    aws: AwsClients, spans: InMemorySpanExporter
+) -> None:
+    sns, sqs = await aws.client("sns"), await aws.client("sqs")
+    topic = (await sns.create_topic(Name="alarms"))["TopicArn"]
+    url = (await sqs.create_queue(QueueName="alarm-sub"))["QueueUrl"]
+    arn = (await sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"]))[
+        "Attributes"
+    ]["QueueArn"]
+    await sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn)  # non-raw delivery
+    with tracing.tracer("e2e").start_as_current_span("publish", kind=SpanKind.PRODUCER):
+        await sns.publish(
+            TopicArn=topic, Message="{}", MessageAttributes=tracing.sns_trace_attributes()
+        )
+    notification = json.loads((await _receive(aws, url))["Body"])
+    with tracing.consumer_span(tracing.carrier_from_sns(notification), "notified"):
+        pass
+    _assert_continues(spans, "notified", "publish")
+
+
+async def test_step_functions_task_payload_carries_the_trace(
+    aws: AwsClients, spans: InMemorySpanExporter
+) -> None:
+    sfn, sqs = await aws.client("stepfunctions"), await aws.client("sqs")
+    url = (await sqs.create_queue(QueueName="sfn-task"))["QueueUrl"]
+    definition = {
+        "StartAt": "Notify",
+        "States": {
+            "Notify": {
+                "Type": "Task",
+                "Resource": "arn:aws:states:::sqs:sendMessage",
+                # a task payload: business fields plus the execution's trace carrier
+                "Parameters": {
+                    "QueueUrl": url,
+                    "MessageBody": {"rollout_id.$": "$.rollout_id", "trace.$": "$.trace"},
+                },
+                "End": True,
+            }
+        },
+    }
+    machine = await sfn.create_state_machine(
+        name="traced", definition=json.dumps(definition),
+        roleArn="arn:aws:iam::123456789012:role/sfn-test",
+    )
+    with tracing.tracer("e2e").start_as_current_span("start rollout", kind=SpanKind.PRODUCER):
+        await sfn.start_execution(
+            stateMachineArn=machine["stateMachineArn"], name="rollout-1",
+            input=json.dumps(tracing.with_trace({"rollout_id": "r-1"})),
+        )
+    payload = json.loads((await _receive(aws, url))["Body"])
+    assert payload["rollout_id"] == "r-1"
+    with tracing.consumer_span(tracing.carrier_from_payload(payload), "task"):
+        pass
+    _assert_continues(spans, "task", "start rollout")
