@@ -9,8 +9,10 @@ Setup (once per process, at the edge: the worker host, the Lambda adapter, the C
 Trace ids come from the AWS X-Ray id generator (the first 32 bits are the epoch seconds), so the
 ADOT collector can hand spans to X-Ray unchanged. Context travels in a *carrier*: a flat
 `dict[str, str]` holding the W3C `traceparent` (and `tracestate` when not empty) and the X-Ray
-`X-Amzn-Trace-Id` header, both written by one composite propagator. Extraction reads X-Ray first
-and W3C last, so when both are present the W3C context (which carries `tracestate`) wins.
+`X-Amzn-Trace-Id` header, both written by one composite propagator (also installed as the global
+one). Extraction prefers W3C (it carries `tracestate`) and falls back to the X-Ray header, so a
+message from an X-Ray-only producer (e.g. `AWSTraceHeader` set by AWS) still continues its
+trace. An unreadable carrier never fails a message: it starts a new trace.
 
 Where the carrier goes, per transport:
 
@@ -29,6 +31,7 @@ Where the carrier goes, per transport:
 
 Consumers wrap each message in `consumer_span(...)` (a CONSUMER span whose parent is the
 producer's context) and a batch in `batch_span(...)` (links to every distinct producer context).
+A relay that sends messages created earlier wraps the send in `producer_span(...)`.
 
 `configure_tracing` may be called again (tests do): spans made through `tracer()`,
 `consumer_span` and `batch_span` always go to the latest configuration. The OpenTelemetry global
