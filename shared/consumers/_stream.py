@@ -420,6 +420,7 @@ class StreamConsumer:
         next_sync = now + config.shard_sync_interval
         next_take = now + config.effective_take_interval
         grace_started = False
+        failures = 0
         while True:
             if self._stopping:
                 if not grace_started:
@@ -440,10 +441,15 @@ class StreamConsumer:
                     await self._rebalance(tg)
                     next_take = time.monotonic() + config.effective_take_interval
                 await self._renew_due(renew_every)
+                failures = 0
             except RetryableError as exc:
+                failures += 1
                 self._log.warning("lease coordination failed; retrying", error=str(exc))
             wait = min(next_sync, next_take) - time.monotonic()
             wait = max(0.0, min(wait, renew_every / 2))
+            if failures:  # DynamoDB or the stream is struggling: do not hammer it, but keep
+                # trying within the renewal interval so held leases do not lapse
+                wait = max(wait, renew_every / 4)
             if self._stopping:
                 wait = min(wait, 0.05) if not self._held else renew_every / 2
             with anyio.move_on_after(wait):
