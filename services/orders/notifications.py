@@ -41,6 +41,7 @@ from shared.consumers import (
 )
 from shared.errors import AwsRequestError
 from shared.hosts import SqsQueue, Worker
+from shared.tracing import consumer_span
 
 __all__ = ["Email", "LogMailer", "Mailer", "MemoryMailer", "Notifier", "compose", "worker"]
 
@@ -168,7 +169,8 @@ class Notifier:
         return email
 
     async def handle(self, envelope: OrderEnvelope, ctx: HandlerContext) -> None:
-        email = await self.notify(envelope)
+        with consumer_span(dict(envelope.trace), f"orders.notifications {envelope.type}"):
+            email = await self.notify(envelope)
         if email is not None:
             ctx.log.info("customer notified", order_id=envelope.data.order_id,
                          type=envelope.type)

@@ -57,6 +57,7 @@ from shared.consumers import (
 )
 from shared.errors import AwsRequestError
 from shared.hosts import Consumer, SqsQueue, Worker
+from shared.tracing import consumer_span
 
 __all__ = ["OrderHistory", "Queues", "SalesProjection", "history_view", "worker"]
 
@@ -125,7 +126,9 @@ class OrderHistory:
         return applied or listed
 
     async def handle(self, envelope: OrderEnvelope, ctx: HandlerContext) -> None:
-        if not await self.apply(envelope):
+        with consumer_span(dict(envelope.trace), f"orders.order-history {envelope.type}"):
+            applied = await self.apply(envelope)
+        if not applied:
             raise DuplicateEvent(envelope.id)
         ctx.log.info("order history updated", order_id=envelope.data.order_id,
                      type=envelope.type)
@@ -177,7 +180,9 @@ class SalesProjection:
         return counted
 
     async def handle(self, envelope: OrderEnvelope, ctx: HandlerContext) -> None:
-        if not await self.apply(envelope):
+        with consumer_span(dict(envelope.trace), f"orders.sales-projection {envelope.type}"):
+            applied = await self.apply(envelope)
+        if not applied:
             raise DuplicateEvent(envelope.id)
         ctx.log.info("sales counted", order_id=envelope.data.order_id)
 

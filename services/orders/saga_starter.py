@@ -24,6 +24,7 @@ from shared.config import Resources
 from shared.consumers import BatchHandler, DuplicateEvent, HandlerContext, Message, batch_handler
 from shared.errors import AwsRequestError, InvalidMessageError
 from shared.hosts.lambda_ import sqs_handler
+from shared.tracing import consumer_span, with_trace, xray_trace_header
 
 __all__ = ["SagaStarter", "decode_order_placed", "execution_input", "handler"]
 
@@ -43,12 +44,13 @@ def decode_order_placed(message: Message) -> OrderEnvelope:
 
 
 def execution_input(envelope: OrderEnvelope) -> dict[str, Any]:
-    return {
+    """The saga's input; `trace` is the current context (the starter's consumer span, a
+    child of the request that placed the order), passed on to every task payload."""
+    return with_trace({
         "order": envelope.data.model_dump(mode="json"),
         "event_id": envelope.id,
         "correlation_id": envelope.correlation_id or envelope.data.order_id,
-        "trace": dict(envelope.trace),
-    }
+    })
 
 
 class SagaStarter:
@@ -66,10 +68,15 @@ class SagaStarter:
         sfn = await self._aws.client("stepfunctions")
         try:
             with aws_errors():
+                options: dict[str, Any] = {}
+                header = xray_trace_header()
+                if header:
+                    options["traceHeader"] = header
                 await sfn.start_execution(
                     stateMachineArn=self.state_machine_arn,
                     name=envelope.data.order_id,
                     input=json.dumps(execution_input(envelope)),
+                    **options,
                 )
         except AwsRequestError as exc:
             if exc.code == "ExecutionAlreadyExists":
@@ -79,7 +86,9 @@ class SagaStarter:
 
     async def handle(self, envelope: OrderEnvelope, ctx: HandlerContext) -> None:
         """Raises DuplicateEvent when the saga runs already (counted as a skip)."""
-        if not await self.start(envelope):
+        with consumer_span(dict(envelope.trace), "orders.saga-starter OrderPlaced"):
+            started = await self.start(envelope)
+        if not started:
             raise DuplicateEvent(envelope.id)
         ctx.log.info("saga started", order_id=envelope.data.order_id,
                      correlation_id=envelope.correlation_id)

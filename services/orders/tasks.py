@@ -35,6 +35,7 @@ from services.orders.events import Address, OrderLine
 from shared.aws import AwsClients, aws_errors, error_code
 from shared.consumers import BatchHandler, HandlerContext, Message, batch_handler
 from shared.errors import AwsRequestError, InvalidMessageError, is_retryable
+from shared.tracing import consumer_span
 
 __all__ = ["Action", "CallbackTasks", "TaskOrder", "TaskRequest"]
 
@@ -123,14 +124,17 @@ class CallbackTasks:
             return
         result: Mapping[str, Any] | None = None
         failure: BaseException | None = None
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._heartbeat, task, log)
-            try:
-                result = await action(task)
-            except Exception as exc:  # every failure is answered to the state machine
-                failure = exc
-            finally:
-                tg.cancel_scope.cancel()
+        with consumer_span(dict(task.trace), f"orders.{self.service}.{task.action}",
+                           attributes={"order.id": task.order.order_id,
+                                       "saga.step": task.step, "saga.attempt": task.attempt}):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._heartbeat, task, log)
+                try:
+                    result = await action(task)
+                except Exception as exc:  # every failure is answered to the state machine
+                    failure = exc
+                finally:
+                    tg.cancel_scope.cancel()
         if failure is None:
             await self._answer_success(task.task_token, dict(result or {}), log)
         else:
