@@ -49,7 +49,7 @@ from shared.config import Resources
 from shared.hosts.lambda_ import HttpRequest, HttpResponse, http_api_handler
 from shared.outbox import ConcurrencyConflictError, EventDraft, ItemRef, UnitOfWork
 
-__all__ = ["OrdersApi", "Response", "handler"]
+__all__ = ["OrdersApi", "Response", "api_routes", "handler"]
 
 _log = structlog.get_logger("services.orders.api")
 _KEY_PATTERN: Final = re.compile(r"^[\x21-\x7e]{1,255}$")
@@ -231,7 +231,8 @@ def _view(item: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in sorted(item.items()) if k not in _HIDDEN}
 
 
-def _routes(aws: AwsClients, resources: Resources) -> dict[str, Any]:
+def api_routes(aws: AwsClients, resources: Resources) -> dict[str, Any]:
+    """The HTTP API's route table for `http_api_handler` (every route key -> one router)."""
     api = OrdersApi.from_environ(aws, resources)
 
     async def route(request: HttpRequest) -> HttpResponse:
@@ -242,6 +243,6 @@ def _routes(aws: AwsClients, resources: Resources) -> dict[str, Any]:
                                    "GET /customers/{id}/orders", "$default")}
 
 
-handler = http_api_handler(setup=_routes, max_body_bytes=MAX_BODY_BYTES)
+handler = http_api_handler(setup=api_routes, max_body_bytes=MAX_BODY_BYTES)
 """The Lambda behind the HTTP API (`services.orders.api.handler`); `OrdersApi.route` does
 the routing by path, so every route key lands in the same function."""

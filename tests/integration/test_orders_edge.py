@@ -14,15 +14,20 @@ from collections.abc import AsyncIterator
 import anyio
 import pytest
 
+from services.orders.api import api_routes
 from services.orders.harness import STACK_ENV, background_runtime, create_stack
 from services.orders.inventory import Inventory
+from services.orders.requests import MAX_BODY_BYTES
 from shared.aws import AwsClients
+from shared.hosts.lambda_ import LambdaRuntime, http_api_handler
+from shared.local._lambda import LambdaContext
 from tests.integration.orders_support import (
     STOCK,
     Orders,
     at_least,
     eventually,
     order_body,
+    post_event,
     running_orders,
 )
 
@@ -133,3 +138,20 @@ async def test_worker_killed_mid_step_retries_and_charges_once(aws: AwsClients) 
         if child.returncode is None:
             child.kill()
             await child.wait()
+
+
+async def test_lambda_entry_point_runs_the_api_unchanged(orders: Orders) -> None:
+    runtime = LambdaRuntime(resources=orders.stack.resources())
+    handler = http_api_handler(setup=api_routes, runtime=runtime, max_body_bytes=MAX_BODY_BYTES)
+    context = LambdaContext(function_name="orders-api", timeout_s=30)
+    event = {**post_event(order_body("c-lambda"), "k-lambda"), "routeKey": "POST /orders"}
+    try:
+        answer = await anyio.to_thread.run_sync(handler, event, context)
+        too_big = await anyio.to_thread.run_sync(
+            handler, {**event, "body": "x" * (MAX_BODY_BYTES + 1)}, context)
+    finally:
+        await anyio.to_thread.run_sync(runtime.close)
+    assert answer["statusCode"] == 202, answer
+    assert too_big["statusCode"] == 413
+    order_id = json.loads(answer["body"])["order_id"]
+    assert (await orders.final(order_id))["status"] == "CONFIRMED"
