@@ -733,8 +733,13 @@ class StreamConsumer:
                 result = await self._handler(batch)
             except Exception as exc:  # a handler bug must not stop the shard
                 error = f"{type(exc).__name__}: {exc}"
-                self._log.exception("handler raised", shard=held.lease.shard_id,
-                                    batch_size=len(batch))
+                if len(batch) > 1:  # bisecting: the traceback comes once the record is alone
+                    self._log.warning("handler raised; halving the batch",
+                                      shard=held.lease.shard_id, batch_size=len(batch),
+                                      error=error)
+                else:
+                    self._log.exception("handler raised", shard=held.lease.shard_id,
+                                        sequence_number=batch[0].sequence)
             self._metrics.observe_latency(time.perf_counter() - started)
             settlement = settle_batch(
                 batch, result, head_attempts=head_attempts, max_attempts=config.max_attempts,

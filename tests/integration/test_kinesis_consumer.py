@@ -17,6 +17,7 @@ from typing import Any
 
 import anyio
 import pytest
+import structlog.testing
 
 from shared.aws import AwsClients
 from shared.consumers._errors import ConsumerError
@@ -220,17 +221,23 @@ async def test_handler_exception_bisects_to_the_poison_record(aws: AwsClients) -
 
     bodies = [f"ok{i}" for i in range(6)]
     await put(aws, "raises", [("k", b) for b in [*bodies[:3], "boom", *bodies[3:]]])
-    async with anyio.create_task_group() as tg:
-        consumer = KinesisConsumer(
-            aws, handler, stream="raises", config=fast_config(failure_queue_url=queue_url)
-        )
-        await tg.start(consumer.run)
+    # Captured, not rendered: the console renderer spends a second per pretty traceback.
+    with structlog.testing.capture_logs() as logs:
+        async with anyio.create_task_group() as tg:
+            consumer = KinesisConsumer(
+                aws, handler, stream="raises", config=fast_config(failure_queue_url=queue_url)
+            )
+            await tg.start(consumer.run)
 
-        async def done() -> bool:
-            return set(handled) == set(bodies)
+            async def done() -> bool:
+                return set(handled) == set(bodies)
 
-        await wait_for(done, 10, "every good record around the raising one")
-        consumer.shutdown()
+            await wait_for(done, 10, "every good record around the raising one")
+            consumer.shutdown()
+    raised = [e for e in logs if e["event"] == "handler raised"]
+    assert len(raised) == 3  # one traceback per attempt of the isolated record only
+    assert {e["sequence_number"] for e in raised} == {"4"}
+    assert any(e["event"] == "record dead-lettered" for e in logs)
     assert handled == bodies  # each good record once, in order: bisection blamed only boom
     received = await sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10)
     [failure] = [json.loads(m["Body"]) for m in received["Messages"]]
