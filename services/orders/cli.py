@@ -154,3 +154,36 @@ def catalog_command() -> None:
     """The skus and prices an order may use."""
     for sku, price in CATALOG.items():
         typer.echo(f"{sku:12} {price / 100:8.2f}")
+
+
+@app.command("seed")
+def seed_command(
+    quantity: Annotated[int, typer.Option(help="stock per sku")] = 100,
+    table: Annotated[str | None, typer.Option(help="inventory table (default: the stack's)")]
+    = None,
+) -> None:
+    """Set every catalogue sku's stock (the local stack starts empty)."""
+    import anyio
+
+    from services.orders.inventory import Inventory
+    from shared.aws import AwsClients
+    from shared.local import read_state
+
+    state = read_state(Path(".fleetline"))
+    if state is not None and state.endpoint and not os.environ.get("AWS_ENDPOINT_URL"):
+        os.environ["AWS_ENDPOINT_URL"] = state.endpoint
+
+    async def main() -> None:
+        async with AwsClients() as aws:
+            name = table or os.environ.get("FLEETLINE_INVENTORY_TABLE")
+            if name is None and state is not None:
+                cfn = await aws.client("cloudformation")
+                stack = (await cfn.describe_stacks(StackName=state.stack_name))["Stacks"][0]
+                outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
+                name = outputs.get("InventoryTable")
+            if not name:
+                raise typer.BadParameter("no inventory table: pass --table or run `fleetline up`")
+            await Inventory(aws, table=name).seed({sku: quantity for sku in CATALOG})
+        typer.echo(f"seeded {quantity} of each of {len(CATALOG)} skus in {name}")
+
+    anyio.run(main)
