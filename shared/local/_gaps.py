@@ -23,6 +23,7 @@ from typing import Any
 from shared.local._template import StackFacts, Template, TemplateError, resolve
 
 __all__ = [
+    "BucketPolicySpec",
     "EventSourceMappingSpec",
     "FunctionSpec",
     "GapPlan",
@@ -41,6 +42,7 @@ __all__ = [
 SUPPLIED = {
     "AWS::SNS::Subscription": "created through the API",
     "AWS::SQS::QueuePolicy": "created through the API",
+    "AWS::S3::BucketPolicy": "created through the API",
     "AWS::StepFunctions::StateMachine": "re-created through the API",
     "AWS::Pipes::Pipe": "local relay process",
     "AWS::Lambda::EventSourceMapping": "local poller process",
@@ -73,6 +75,13 @@ class SubscriptionSpec:
 class QueuePolicySpec:
     logical_id: str
     queue_urls: tuple[str, ...]
+    policy: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class BucketPolicySpec:
+    logical_id: str
+    bucket: str
     policy: str
 
 
@@ -151,12 +160,14 @@ class ServiceSpec:
 class GapPlan:
     subscriptions: tuple[SubscriptionSpec, ...] = ()
     queue_policies: tuple[QueuePolicySpec, ...] = ()
+    bucket_policies: tuple[BucketPolicySpec, ...] = ()
     time_to_live: tuple[TimeToLiveSpec, ...] = ()
     state_machines: tuple[StateMachineSpec, ...] = ()
     pipes: tuple[PipeSpec, ...] = ()
     event_source_mappings: tuple[EventSourceMappingSpec, ...] = ()
     http_apis: tuple[HttpApiSpec, ...] = ()
     services: tuple[ServiceSpec, ...] = ()
+    problems: dict[str, str] = field(default_factory=dict)  # logical id -> why not supplied
 
     def functions(self) -> dict[str, FunctionSpec]:
         """Every function a local process hosts, by logical id."""
@@ -301,6 +312,107 @@ def _integration_of(target: Any) -> str | None:
     return None
 
 
+def _subscription(logical: str, props: dict[str, Any], ctx: _Ctx) -> SubscriptionSpec:
+    attributes: dict[str, str] = {}
+    for key in ("FilterPolicy", "FilterPolicyScope", "RawMessageDelivery", "RedrivePolicy"):
+        if key in props:
+            text = _as_json(props[key])
+            attributes[key] = text.lower() if key == "RawMessageDelivery" else text
+    return SubscriptionSpec(
+        logical_id=logical,
+        topic_arn=str(props["TopicArn"]),
+        protocol=str(props["Protocol"]),
+        endpoint=str(props["Endpoint"]),
+        attributes=attributes,
+    )
+
+
+def _queue_policy(logical: str, props: dict[str, Any], ctx: _Ctx) -> QueuePolicySpec:
+    return QueuePolicySpec(
+        logical_id=logical,
+        queue_urls=tuple(str(q) for q in props.get("Queues", [])),
+        policy=_as_json(props.get("PolicyDocument", {})),
+    )
+
+
+def _bucket_policy(logical: str, props: dict[str, Any], ctx: _Ctx) -> BucketPolicySpec:
+    return BucketPolicySpec(
+        logical_id=logical,
+        bucket=str(props["Bucket"]),
+        policy=_as_json(props.get("PolicyDocument", {})),
+    )
+
+
+def _state_machine(logical: str, props: dict[str, Any], ctx: _Ctx) -> StateMachineSpec:
+    arn = ctx.facts.physical.get(logical)
+    return StateMachineSpec(
+        logical_id=logical,
+        name=str(props.get("StateMachineName") or (arn.split(":")[-1] if arn else logical)),
+        arn=arn,
+        definition=_definition(logical, props, ctx.statemachines_dir),
+        role_arn=str(props["RoleArn"]),
+        type=str(props.get("StateMachineType", "STANDARD")),
+    )
+
+
+def _pipe(logical: str, props: dict[str, Any], ctx: _Ctx) -> PipeSpec:
+    enrichment = props.get("Enrichment")
+    return PipeSpec(
+        logical_id=logical,
+        name=str(props.get("Name", logical)),
+        source_arn=str(props["Source"]),
+        target_arn=str(props["Target"]),
+        enrichment_arn=None if enrichment is None else str(enrichment),
+        source_parameters=dict(props.get("SourceParameters", {})),
+        target_parameters=dict(props.get("TargetParameters", {})),
+        running=str(props.get("DesiredState", "RUNNING")) == "RUNNING",
+    )
+
+
+def _mapping(logical: str, props: dict[str, Any], ctx: _Ctx) -> EventSourceMappingSpec:
+    return EventSourceMappingSpec(
+        logical_id=logical,
+        function=_function(ctx.template, ctx.facts, str(props["FunctionName"])),
+        source_arn=str(props["EventSourceArn"]),
+        batch_size=int(props.get("BatchSize", 10)),
+        batching_window_seconds=int(props.get("MaximumBatchingWindowInSeconds", 0)),
+        starting_position=str(props.get("StartingPosition", "TRIM_HORIZON")),
+        report_batch_item_failures="ReportBatchItemFailures"
+        in props.get("FunctionResponseTypes", []),
+        enabled=props.get("Enabled", True) not in (False, "false", "False"),
+    )
+
+
+def _service(logical: str, props: dict[str, Any], ctx: _Ctx) -> ServiceSpec:
+    arn = ctx.facts.physical.get(logical, "")
+    return ServiceSpec(
+        logical_id=logical,
+        name=str(props.get("ServiceName") or arn.split("/")[-1] or logical),
+        cluster=str(props.get("Cluster", "default")),
+        task_definition=str(props["TaskDefinition"]),
+        desired_count=int(props.get("DesiredCount", 1)),
+    )
+
+
+@dataclass(frozen=True)
+class _Ctx:
+    template: Template
+    facts: StackFacts
+    statemachines_dir: Path
+
+
+def _build_all(ctx: _Ctx, kind: str, build: Any, problems: dict[str, str]) -> tuple[Any, ...]:
+    """`build` for every resource of `kind`; a resource that cannot be resolved is left out
+    and its reason kept in `problems`, so one odd resource does not stop the others."""
+    built = []
+    for logical, resource in _of_type(ctx.template, kind):
+        try:
+            built.append(build(logical, _props(resource, ctx.template, ctx.facts), ctx))
+        except (TemplateError, KeyError, TypeError, ValueError) as exc:
+            problems[logical] = f"not supplied: {exc}"
+    return tuple(built)
+
+
 def plan_gaps(
     template: Template,
     facts: StackFacts,
@@ -309,125 +421,48 @@ def plan_gaps(
 ) -> GapPlan:
     """What the local runner must supply for this template on this deployed stack.
 
-    Raises TemplateError naming the resource when something cannot be resolved.
+    A resource that cannot be resolved (an intrinsic the runner does not know, a missing
+    definition file) is left out with the reason in `GapPlan.problems`, keyed by logical id.
     """
-    sm_dir = statemachines_dir or Path("deploy/statemachines")
-
-    subscriptions = []
-    for logical, resource in _of_type(template, "AWS::SNS::Subscription"):
-        props = _props(resource, template, facts)
-        attributes: dict[str, str] = {}
-        for key in ("FilterPolicy", "FilterPolicyScope", "RawMessageDelivery", "RedrivePolicy"):
-            if key in props:
-                text = _as_json(props[key])
-                attributes[key] = text.lower() if key == "RawMessageDelivery" else text
-        subscriptions.append(
-            SubscriptionSpec(
-                logical_id=logical,
-                topic_arn=str(props["TopicArn"]),
-                protocol=str(props["Protocol"]),
-                endpoint=str(props["Endpoint"]),
-                attributes=attributes,
-            )
-        )
-
-    queue_policies = [
-        QueuePolicySpec(
-            logical_id=logical,
-            queue_urls=tuple(str(q) for q in props.get("Queues", [])),
-            policy=_as_json(props.get("PolicyDocument", {})),
-        )
-        for logical, resource in _of_type(template, "AWS::SQS::QueuePolicy")
-        for props in [_props(resource, template, facts)]
-    ]
+    ctx = _Ctx(template, facts, statemachines_dir or Path("deploy/statemachines"))
+    problems: dict[str, str] = {}
 
     time_to_live = []
     for logical, resource in _of_type(template, "AWS::DynamoDB::Table"):
         ttl = resource.get("Properties", {}).get("TimeToLiveSpecification")
-        if ttl and ttl.get("Enabled", True) in (True, "true", "True"):
-            time_to_live.append(
-                TimeToLiveSpec(
-                    logical_id=logical,
-                    table_name=facts.physical.get(logical)
-                    or str(
-                        resolve(resource["Properties"].get("TableName", logical), template, facts)
-                    ),
-                    attribute=str(resolve(ttl["AttributeName"], template, facts)),
-                )
+        if not ttl or ttl.get("Enabled", True) not in (True, "true", "True"):
+            continue
+        try:
+            table = facts.physical.get(logical) or str(
+                resolve(resource["Properties"].get("TableName", logical), template, facts)
             )
-
-    state_machines = []
-    for logical, resource in _of_type(template, "AWS::StepFunctions::StateMachine"):
-        props = _props(resource, template, facts)
-        arn = facts.physical.get(logical)
-        name = str(props.get("StateMachineName") or (arn.split(":")[-1] if arn else logical))
-        state_machines.append(
-            StateMachineSpec(
-                logical_id=logical,
-                name=name,
-                arn=arn,
-                definition=_definition(logical, props, sm_dir),
-                role_arn=str(props["RoleArn"]),
-                type=str(props.get("StateMachineType", "STANDARD")),
-            )
+            attribute = str(resolve(ttl["AttributeName"], template, facts))
+        except (TemplateError, KeyError) as exc:
+            problems[logical] = f"TTL not supplied: {exc}"
+            continue
+        time_to_live.append(
+            TimeToLiveSpec(logical_id=logical, table_name=table, attribute=attribute)
         )
 
-    pipes = []
-    for logical, resource in _of_type(template, "AWS::Pipes::Pipe"):
-        props = _props(resource, template, facts)
-        pipes.append(
-            PipeSpec(
-                logical_id=logical,
-                name=str(props.get("Name", logical)),
-                source_arn=str(props["Source"]),
-                target_arn=str(props["Target"]),
-                enrichment_arn=None
-                if props.get("Enrichment") is None
-                else str(props["Enrichment"]),
-                source_parameters=dict(props.get("SourceParameters", {})),
-                target_parameters=dict(props.get("TargetParameters", {})),
-                running=str(props.get("DesiredState", "RUNNING")) == "RUNNING",
-            )
-        )
-
-    mappings = []
-    for logical, resource in _of_type(template, "AWS::Lambda::EventSourceMapping"):
-        props = _props(resource, template, facts)
-        mappings.append(
-            EventSourceMappingSpec(
-                logical_id=logical,
-                function=_function(template, facts, str(props["FunctionName"])),
-                source_arn=str(props["EventSourceArn"]),
-                batch_size=int(props.get("BatchSize", 10)),
-                batching_window_seconds=int(props.get("MaximumBatchingWindowInSeconds", 0)),
-                starting_position=str(props.get("StartingPosition", "TRIM_HORIZON")),
-                report_batch_item_failures="ReportBatchItemFailures"
-                in props.get("FunctionResponseTypes", []),
-                enabled=props.get("Enabled", True) not in (False, "false", "False"),
-            )
-        )
-
-    services = []
-    for logical, resource in _of_type(template, "AWS::ECS::Service"):
-        props = _props(resource, template, facts)
-        arn = facts.physical.get(logical, "")
-        services.append(
-            ServiceSpec(
-                logical_id=logical,
-                name=str(props.get("ServiceName") or arn.split("/")[-1] or logical),
-                cluster=str(props.get("Cluster", "default")),
-                task_definition=str(props["TaskDefinition"]),
-                desired_count=int(props.get("DesiredCount", 1)),
-            )
-        )
+    try:
+        http_apis = _http_apis(template, facts)
+    except (TemplateError, KeyError) as exc:
+        http_apis = ()
+        problems["HttpApi"] = f"not supplied: {exc}"
 
     return GapPlan(
-        subscriptions=tuple(subscriptions),
-        queue_policies=tuple(queue_policies),
+        subscriptions=_build_all(ctx, "AWS::SNS::Subscription", _subscription, problems),
+        queue_policies=_build_all(ctx, "AWS::SQS::QueuePolicy", _queue_policy, problems),
+        bucket_policies=_build_all(ctx, "AWS::S3::BucketPolicy", _bucket_policy, problems),
         time_to_live=tuple(time_to_live),
-        state_machines=tuple(state_machines),
-        pipes=tuple(pipes),
-        event_source_mappings=tuple(mappings),
-        http_apis=_http_apis(template, facts),
-        services=tuple(services),
+        state_machines=_build_all(
+            ctx, "AWS::StepFunctions::StateMachine", _state_machine, problems
+        ),
+        pipes=_build_all(ctx, "AWS::Pipes::Pipe", _pipe, problems),
+        event_source_mappings=_build_all(
+            ctx, "AWS::Lambda::EventSourceMapping", _mapping, problems
+        ),
+        http_apis=http_apis,
+        services=_build_all(ctx, "AWS::ECS::Service", _service, problems),
+        problems=problems,
     )

@@ -52,6 +52,7 @@ class UpState:
     children: tuple[ChildRecord, ...] = ()
     urls: dict[str, str] = field(default_factory=dict)  # "api" -> http://127.0.0.1:N ...
     skipped: dict[str, str] = field(default_factory=dict)  # process -> why it is not running
+    problems: dict[str, str] = field(default_factory=dict)  # logical id -> why not supplied
     error: str | None = None
     ready_seconds: float | None = None
 
@@ -96,6 +97,7 @@ class UpState:
                     for c in data.get("children", [])
                 ),
                 urls={str(k): str(v) for k, v in dict(data.get("urls", {})).items()},
+                problems={str(k): str(v) for k, v in dict(data.get("problems", {})).items()},
                 skipped={str(k): str(v) for k, v in dict(data.get("skipped", {})).items()},
                 error=data.get("error"),
                 ready_seconds=data.get("ready_seconds"),

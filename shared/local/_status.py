@@ -84,7 +84,7 @@ def _resource_state(kind: str, deployed: str | None, emulated: bool) -> str:
         return f"local: {SUPPLIED[kind]}"
     if emulated and kind in NOT_EMULATED:
         return NOT_EMULATED[kind]
-    return "MISSING"
+    return "not created by the emulator" if emulated else "MISSING"
 
 
 async def collect_status(
@@ -112,11 +112,12 @@ async def collect_status(
                 logical_id=logical,
                 type=kind,
                 physical_id=found.physical_id if found else None,
-                state=_resource_state(kind, found.status if found else None, emulated),
+                state=(state.problems.get(logical) if state else None)
+                or _resource_state(kind, found.status if found else None, emulated),
             )
         )
-    dlq_arns = {
-        str(r.get("Properties", {}).get("RedrivePolicy", {}).get("deadLetterTargetArn", ""))
+    dlq_logical_ids = {
+        _getatt_target(r.get("Properties", {}).get("RedrivePolicy", {}).get("deadLetterTargetArn"))
         for r in template["Resources"].values()
         if r.get("Type") == "AWS::SQS::Queue"
     }
@@ -133,9 +134,7 @@ async def collect_status(
                 )
             )["Attributes"]
         name = row.physical_id.rsplit("/", 1)[-1]
-        is_dlq = any(row.logical_id in arn for arn in dlq_arns) or name.endswith(
-            ("-dlq", "-dlq.fifo")
-        )
+        is_dlq = row.logical_id in dlq_logical_ids or name.endswith(("-dlq", "-dlq.fifo"))
         queues.append(
             QueueRow(
                 logical_id=row.logical_id,
@@ -272,3 +271,11 @@ async def _kinesis_lag(
                 age = max(0.0, time.time() - arrived.timestamp())
         worst[checkpoint.application] = max(worst.get(checkpoint.application, 0.0), age)
     return ", ".join(f"{app}: {age:.1f} s" for app, age in sorted(worst.items())) or "drained"
+
+
+def _getatt_target(value: Any) -> str | None:
+    """`{"Fn::GetAtt": ["Dlq", "Arn"]}` -> "Dlq" (a redrive target in the template)."""
+    if isinstance(value, dict) and "Fn::GetAtt" in value:
+        target = value["Fn::GetAtt"]
+        return str(target[0] if isinstance(target, list) else str(target).split(".")[0])
+    return None

@@ -7,8 +7,9 @@ import importlib.util
 import json
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import structlog
@@ -16,7 +17,15 @@ import structlog
 from shared.aws import AwsClients, aws_errors
 from shared.errors import AwsRequestError
 from shared.local import _consumers
-from shared.local._gaps import FunctionSpec, GapPlan
+from shared.local._gaps import (
+    BucketPolicySpec,
+    FunctionSpec,
+    GapPlan,
+    QueuePolicySpec,
+    StateMachineSpec,
+    SubscriptionSpec,
+    TimeToLiveSpec,
+)
 from shared.local._supervisor import ProcessSpec
 
 __all__ = ["SPEC_ENV", "LocalProcesses", "apply_api_gaps", "module_exists", "plan_processes"]
@@ -35,79 +44,99 @@ def module_exists(module: str) -> bool:
         return False
 
 
-async def apply_api_gaps(aws: AwsClients, plan: GapPlan) -> list[str]:
-    """Create what the emulator skipped; idempotent (a second `up` on the same endpoint
-    finds and keeps what the first created). Returns one line per change, for the log."""
-    done: list[str] = []
-    if plan.subscriptions:
-        sns = await aws.client("sns")
-        for sub in plan.subscriptions:
-            with aws_errors():
-                listed = await sns.list_subscriptions_by_topic(TopicArn=sub.topic_arn)
-            existing = [
-                s["SubscriptionArn"]
-                for s in listed.get("Subscriptions", [])
-                if s["Protocol"] == sub.protocol and s["Endpoint"] == sub.endpoint
-            ]
-            with aws_errors():
-                if existing:
-                    for key, value in sub.attributes.items():
-                        await sns.set_subscription_attributes(
-                            SubscriptionArn=existing[0],
-                            AttributeName=key,
-                            AttributeValue=value,
-                        )
-                else:
-                    await sns.subscribe(
-                        TopicArn=sub.topic_arn,
-                        Protocol=sub.protocol,
-                        Endpoint=sub.endpoint,
-                        Attributes=sub.attributes,
-                        ReturnSubscriptionArn=True,
-                    )
-            done.append(f"subscription {sub.logical_id}")
-    if plan.queue_policies:
-        sqs = await aws.client("sqs")
-        for policy in plan.queue_policies:
-            for url in policy.queue_urls:
-                with aws_errors():
-                    await sqs.set_queue_attributes(
-                        QueueUrl=url, Attributes={"Policy": policy.policy}
-                    )
-            done.append(f"queue policy {policy.logical_id}")
-    if plan.time_to_live:
-        dynamodb = await aws.client("dynamodb")
-        for ttl in plan.time_to_live:
-            try:
-                with aws_errors():
-                    await dynamodb.update_time_to_live(
-                        TableName=ttl.table_name,
-                        TimeToLiveSpecification={"Enabled": True, "AttributeName": ttl.attribute},
-                    )
-            except AwsRequestError as exc:  # already enabled by an earlier `up`
-                if exc.code != "ValidationException":
-                    raise
-            done.append(f"ttl {ttl.logical_id}")
-    if plan.state_machines:
-        sfn = await aws.client("stepfunctions")
-        for machine in plan.state_machines:
-            # Same name -> same ARN as the stack created, so outputs and env stay valid.
-            if machine.arn:
-                try:
-                    with aws_errors():
-                        await sfn.delete_state_machine(stateMachineArn=machine.arn)
-                except AwsRequestError as exc:
-                    if exc.code not in {"StateMachineDoesNotExist", "ResourceNotFound"}:
-                        raise
-            with aws_errors():
-                await sfn.create_state_machine(
-                    name=machine.name,
-                    definition=machine.definition,
-                    roleArn=machine.role_arn,
-                    type=machine.type,
+async def _subscribe(aws: AwsClients, sub: SubscriptionSpec) -> None:
+    sns = await aws.client("sns")
+    with aws_errors():
+        listed = await sns.list_subscriptions_by_topic(TopicArn=sub.topic_arn)
+    existing = [
+        s["SubscriptionArn"]
+        for s in listed.get("Subscriptions", [])
+        if s["Protocol"] == sub.protocol and s["Endpoint"] == sub.endpoint
+    ]
+    with aws_errors():
+        if existing:
+            for key, value in sub.attributes.items():
+                await sns.set_subscription_attributes(
+                    SubscriptionArn=existing[0], AttributeName=key, AttributeValue=value
                 )
-            done.append(f"state machine {machine.logical_id}")
-    return done
+        else:
+            await sns.subscribe(
+                TopicArn=sub.topic_arn,
+                Protocol=sub.protocol,
+                Endpoint=sub.endpoint,
+                Attributes=sub.attributes,
+                ReturnSubscriptionArn=True,
+            )
+
+
+async def _queue_policy(aws: AwsClients, policy: QueuePolicySpec) -> None:
+    sqs = await aws.client("sqs")
+    for url in policy.queue_urls:
+        with aws_errors():
+            await sqs.set_queue_attributes(QueueUrl=url, Attributes={"Policy": policy.policy})
+
+
+async def _bucket_policy(aws: AwsClients, policy: BucketPolicySpec) -> None:
+    s3 = await aws.client("s3")
+    with aws_errors():
+        await s3.put_bucket_policy(Bucket=policy.bucket, Policy=policy.policy)
+
+
+async def _time_to_live(aws: AwsClients, ttl: TimeToLiveSpec) -> None:
+    dynamodb = await aws.client("dynamodb")
+    try:
+        with aws_errors():
+            await dynamodb.update_time_to_live(
+                TableName=ttl.table_name,
+                TimeToLiveSpecification={"Enabled": True, "AttributeName": ttl.attribute},
+            )
+    except AwsRequestError as exc:  # already enabled by an earlier `up`
+        if exc.code != "ValidationException":
+            raise
+
+
+async def _state_machine(aws: AwsClients, machine: StateMachineSpec) -> None:
+    sfn = await aws.client("stepfunctions")
+    # Same name -> same ARN as the stack created, so outputs and environments stay valid.
+    if machine.arn:
+        try:
+            with aws_errors():
+                await sfn.delete_state_machine(stateMachineArn=machine.arn)
+        except AwsRequestError as exc:
+            if exc.code not in {"StateMachineDoesNotExist", "ResourceNotFound"}:
+                raise
+    with aws_errors():
+        await sfn.create_state_machine(
+            name=machine.name,
+            definition=machine.definition,
+            roleArn=machine.role_arn,
+            type=machine.type,
+        )
+
+
+async def apply_api_gaps(aws: AwsClients, plan: GapPlan) -> tuple[list[str], dict[str, str]]:
+    """Create what the emulator skipped; idempotent (a second `up` on the same endpoint
+    finds and keeps what the first created). Returns the logical ids supplied, and the ones
+    the endpoint refused with the reason (`status` shows them); an unreachable endpoint
+    raises."""
+    done: list[str] = []
+    problems: dict[str, str] = {}
+    steps: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+        *((s.logical_id, partial(_subscribe, aws, s)) for s in plan.subscriptions),
+        *((p.logical_id, partial(_queue_policy, aws, p)) for p in plan.queue_policies),
+        *((b.logical_id, partial(_bucket_policy, aws, b)) for b in plan.bucket_policies),
+        *((t.logical_id, partial(_time_to_live, aws, t)) for t in plan.time_to_live),
+        *((m.logical_id, partial(_state_machine, aws, m)) for m in plan.state_machines),
+    ]
+    for logical, step in steps:
+        try:
+            await step()
+        except AwsRequestError as exc:
+            problems[logical] = f"not supplied: {exc}"
+            log.warning("not supplied", resource=logical, error=str(exc))
+            continue
+        done.append(logical)
+    return done, problems
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -138,6 +138,11 @@ def _derived_attribute(
         name = str(resolve(resource.get("Properties", {}).get("Name"), template, facts))
     if name is None:
         return None
+    rule_path = name
+    if kind == "AWS::Events::Rule":
+        bus = resolve(resource.get("Properties", {}).get("EventBusName"), template, facts)
+        if bus and bus != "default":
+            rule_path = f"{_name_of(str(bus))}/{name}"
     arns = {
         "AWS::SQS::Queue": f"arn:aws:sqs:{region}:{account}:{name}",
         "AWS::SNS::Topic": physical,
@@ -150,10 +155,15 @@ def _derived_attribute(
         "AWS::S3::Bucket": f"arn:aws:s3:::{name}",
         "AWS::ECS::Cluster": f"arn:aws:ecs:{region}:{account}:cluster/{name}",
         "AWS::Logs::LogGroup": f"arn:aws:logs:{region}:{account}:log-group:{name}:*",
+        "AWS::Events::Rule": f"arn:aws:events:{region}:{account}:rule/{rule_path}",
+        "AWS::Events::Archive": f"arn:aws:events:{region}:{account}:archive/{name}",
+        "AWS::KMS::Key": f"arn:aws:kms:{region}:{account}:key/{name}",
+        "AWS::ECS::TaskDefinition": physical,
+        "AWS::ECS::Service": physical,
     }
     if attribute == "Arn" and kind in arns:
         return arns[kind]
-    if attribute in {"QueueName", "TopicName", "Name", "StreamName"}:
+    if attribute in {"QueueName", "TopicName", "Name", "StreamName", "KeyId", "ArchiveName"}:
         return name
     if attribute == "QueueUrl" and kind == "AWS::SQS::Queue":
         return physical

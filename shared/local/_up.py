@@ -185,13 +185,16 @@ async def run_up(config: UpConfig, *, on_ready: Callable[[UpState], None]) -> Up
                 run.save()
                 base_env = _prepare_environment(run.state.endpoint)
                 async with AwsClients() as aws, anyio.create_task_group() as children:
-                    processes = await _start(aws, config, template, base_env, supervisor, children)
+                    processes, problems = await _start(
+                        aws, config, template, base_env, supervisor, children
+                    )
                     run.state = replace(
                         run.state,
                         phase=Phase.READY,
                         error=None,
                         urls={s.name: s.url for s in processes.specs if s.url},
                         skipped=dict(processes.skipped),
+                        problems=problems,
                         ready_seconds=round(time.monotonic() - started, 2),
                     )
                     run.save()
@@ -232,17 +235,22 @@ async def _start(
     base_env: dict[str, str],
     supervisor: Supervisor,
     children: anyio.abc.TaskGroup,
-) -> LocalProcesses:
-    """Deploy, supply the gaps, start the local processes."""
+) -> tuple[LocalProcesses, dict[str, str]]:
+    """Deploy, supply the gaps, start the local processes. Returns the processes and the
+    resources that could not be supplied, with the reasons."""
     began = time.monotonic()
     stack = await _deploy(aws, config, template)
     log.info("deployed", stack=config.stack_name, seconds=round(time.monotonic() - began, 2))
     facts = await gather_facts(aws, template, stack)
     plan = plan_gaps(template, facts, statemachines_dir=config.statemachines_dir)
     emulated = not config.real_aws
+    problems = dict(plan.problems)
     if emulated:
-        for line in await apply_api_gaps(aws, plan):
-            log.info("supplied", what=line)
+        supplied, refused = await apply_api_gaps(aws, plan)
+        problems.update(refused)
+        log.info("supplied through the API", resources=supplied)
+    for logical, reason in problems.items():
+        log.warning("not supplied", resource=logical, reason=reason)
     processes = LocalProcesses()
     if config.workers:
         processes = await plan_processes(
@@ -264,7 +272,7 @@ async def _start(
         count=len(processes.specs),
         seconds=round(time.monotonic() - began, 2),
     )
-    return processes
+    return processes, problems
 
 
 def _unwrap(exc: BaseException) -> BaseException:
