@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -829,3 +830,90 @@ async def test_missing_stream_or_lease_table_is_refused_at_start(aws: AwsClients
         await consumer.run()
     with pytest.raises(RuntimeError, match="runs once"):
         await consumer.run()
+
+
+async def shard_tails(aws: AwsClients, stream: str) -> dict[str, str]:
+    """The last sequence number of every shard that has records."""
+    kinesis = await aws.client("kinesis")
+    tails: dict[str, str] = {}
+    for shard in (await kinesis.list_shards(StreamName=stream))["Shards"]:
+        iterator = (await kinesis.get_shard_iterator(
+            StreamName=stream, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+        ))["ShardIterator"]
+        records = (await kinesis.get_records(ShardIterator=iterator, Limit=10_000))["Records"]
+        if records:
+            tails[shard["ShardId"]] = records[-1]["SequenceNumber"]
+    return tails
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not os.environ.get("FLEETLINE_CHAOS"),
+    reason="chaos rig (30-60 s of worker processes): run with FLEETLINE_CHAOS=1",
+)
+async def test_chaos_of_kills_and_restarts_loses_nothing(aws: AwsClients, tmp_path: Path) -> None:
+    """Wolverine-style rig: three worker processes, a producer that never stops, and three
+    times a SIGKILL of a random worker that holds leases (replaced by a new one). Afterwards
+    every record was handled, and every shard's checkpoint is its last record."""
+    await make_stream(aws, "chaos", 4)
+    rng = random.Random(20261123)
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(name: str) -> None:
+        procs[name] = subprocess.Popen(
+            [sys.executable, "-c", WORKER, "chaos", name, str(tmp_path / f"{name}.txt")],
+            env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+
+    def handled() -> list[str]:
+        return [line for path in tmp_path.glob("*.txt") for line in path.read_text().split()]
+
+    sent: list[str] = []
+    producing = True
+
+    async def produce() -> None:
+        while producing:
+            batch = [(f"dev-{(len(sent) + i) % 40}", f"c{len(sent) + i}") for i in range(25)]
+            await put(aws, "chaos", batch)
+            sent.extend(body for _, body in batch)
+            await anyio.sleep(0.1)
+
+    table = LeaseTable(aws, LEASES, "telemetry")
+    kills = 0
+    try:
+        for name in ("w1", "w2", "w3"):
+            start(name)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(produce)
+            for generation in range(4, 7):
+                owners: set[str] = set()
+
+                async def busy() -> bool:
+                    nonlocal owners
+                    owners = {lease.owner for lease in await table.list()
+                              if lease.owner in procs}
+                    return len(owners) >= 2
+
+                await wait_for(busy, 20, "two live workers holding leases")
+                victim = rng.choice(sorted(owners))  # a worker in the middle of its shards
+                procs.pop(victim).kill()
+                kills += 1
+                start(f"w{generation}")
+            producing = False
+
+        async def settled() -> bool:
+            if not set(sent) <= set(handled()):
+                return False
+            tails = await shard_tails(aws, "chaos")
+            checkpoints = {lease.shard_id: lease.checkpoint for lease in await table.list()}
+            return all(checkpoints.get(shard) == tail for shard, tail in tails.items())
+
+        await wait_for(settled, 45, "every record handled and checkpointed")
+    finally:
+        for process in procs.values():
+            process.kill()
+            process.wait(5)
+    seen = handled()
+    duplicates = len(seen) - len(set(seen))
+    print(f"\nchaos: {len(sent)} records, {duplicates} delivered twice after {kills} SIGKILLs")
+    assert set(seen) == set(sent)
