@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import inspect
 import json
-import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -57,6 +57,13 @@ _log = structlog.get_logger("shared.consumers")
 
 _DATA_ERRORS = (InvalidMessageError, ValueError, TypeError, KeyError)
 _MAX_REASON = 1_000  # characters; reasons travel as message attributes and log fields
+
+
+def _message_log(message: Message, event_id: str | None) -> Any:
+    log = _log.bind(
+        message_id=message.id, source=message.source.value, receive_count=message.receive_count
+    )
+    return log if event_id is None else log.bind(event_id=event_id)
 
 
 class DeliveryControl(Protocol):
@@ -101,9 +108,14 @@ class HandlerContext:
     """
 
     message: Message
-    log: Any  # structlog BoundLogger; Any because structlog's bound types are protocols
     event_id: str | None = None
     _control: DeliveryControl | None = field(default=None, repr=False)
+
+    @functools.cached_property
+    def log(self) -> Any:
+        """A structlog logger bound with message id, event id, source and receive count
+        (made on first use: most messages never log)."""
+        return _message_log(self.message, self.event_id)
 
     @property
     def receive_count(self) -> int:
@@ -226,12 +238,6 @@ def batch_handler(
         decoder = decode if decode is not None else json_body
 
     async def one(message: Message, into: _Collector) -> Outcome:
-        log = _log.bind(
-            message_id=message.id,
-            source=message.source.value,
-            receive_count=message.receive_count,
-        )
-        started = time.perf_counter()
         event: Any = None
         failure: Exception | None = None
         try:
@@ -249,45 +255,41 @@ def batch_handler(
             else contextlib.nullcontext()
         ):
             if failure is not None:
-                return undecodable(message, failure, into, log)
+                return undecodable(message, failure, into)
             event_id = getattr(event, "id", None)
-            if event_id is not None:
-                event_id = str(event_id)
-                log = log.bind(event_id=event_id)
             ctx = HandlerContext(
-                message=message, log=log, event_id=event_id, _control=_CONTROL.get()
+                message=message,
+                event_id=None if event_id is None else str(event_id),
+                _control=_CONTROL.get(),
             )
             try:
                 returned = await handler(event, ctx)
             except Exception as exc:
-                return failed(message, exc, into, log)
+                return failed(ctx, exc, into)
             outcome = returned if isinstance(returned, Outcome) else Outcome.SUCCEEDED
-            log.debug(
-                "message handled",
-                outcome=outcome.value,
-                duration_ms=round((time.perf_counter() - started) * 1000, 3),
-            )
             return into.finish(message, outcome)
 
-    def undecodable(message: Message, exc: Exception, into: _Collector, log: Any) -> Outcome:
+    def undecodable(message: Message, exc: Exception, into: _Collector) -> Outcome:
         outcome, _ = classify(exc)
         if isinstance(exc, _DATA_ERRORS):
             # A decoder failing on the data (pydantic's ValidationError and JSONDecodeError
             # are ValueErrors) will fail the same way next time.
             outcome = Outcome.DEAD_LETTER
         into.reasons[message.id] = _reason(exc)
-        log.warning("message undecodable", outcome=outcome.value, error=_reason(exc))
+        _message_log(message, None).warning(
+            "message undecodable", outcome=outcome.value, error=_reason(exc))
         return into.finish(message, outcome)
 
-    def failed(message: Message, exc: Exception, into: _Collector, log: Any) -> Outcome:
+    def failed(ctx: HandlerContext, exc: Exception, into: _Collector) -> Outcome:
+        message = ctx.message
         outcome, delay = classify(exc)
         if outcome is Outcome.DUPLICATE:
-            log.info("duplicate skipped")
+            ctx.log.info("duplicate skipped")
             return into.finish(message, outcome)
         into.reasons[message.id] = _reason(exc)
         if delay is not None:
             into.delays[message.id] = delay
-        log.warning(
+        ctx.log.warning(
             "handler failed",
             outcome=outcome.value,
             error=_reason(exc),
@@ -311,8 +313,10 @@ def batch_handler(
             return into.result()
         limiter = anyio.CapacityLimiter(concurrency) if concurrency is not None else None
         async with anyio.create_task_group() as tg:
-            for group in lanes:
+            for group in lanes[1:]:
                 tg.start_soon(lane, group, into, limiter)
+            # The first lane runs in this task: one task fewer per batch.
+            await lane(lanes[0], into, limiter)
         return into.result()
 
     return run
