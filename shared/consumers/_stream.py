@@ -154,9 +154,9 @@ class StreamConsumerConfig:
                         a shard reaching its end triggers a sync at once).
     idle_backoff:       wait after an empty read (default 1 s: Kinesis allows 5 reads per
                         second per shard shared by all consumers).
-    limit:              records per GetRecords (default: the service maximum, 10,000 for
-                        Kinesis and 1,000 for DynamoDB Streams), so a busy shard costs one
-                        request per page.
+    limit:              records per GetRecords (default and cap: the service maximum,
+                        10,000 for Kinesis and 1,000 for DynamoDB Streams), so a busy shard
+                        costs one request per page.
     max_attempts:       handler attempts per record before it goes to the failure queue.
     retry_backoff / retry_backoff_max: exponential backoff with full jitter between attempts.
     max_leases:         at most this many shards per worker (None: no cap).
@@ -317,7 +317,9 @@ class StreamConsumer:
         self.config = config
         self.worker_id = config.worker_id or default_worker_id()
         self._table = LeaseTable(aws, config.lease_table, config.application)
-        self._limit = config.limit or source.default_limit
+        # Never above the service maximum (a Lambda mapping's BatchSize may be larger than
+        # what one GetRecords returns: 10,000 for Kinesis, 1,000 for DynamoDB Streams).
+        self._limit = min(config.limit or source.default_limit, source.default_limit)
         self._state = _State.NEW
         self._stopping = False
         self._wake = anyio.Event()
