@@ -101,7 +101,7 @@ class RequestCounter:
 
     def _on_before_send(self, event_name: str, **_: Any) -> None:
         # event_name is "before-send.<service>.<Operation>"
-        _, _, key = event_name.partition(".")
+        key = event_name.partition(".")[2]
         with self._lock:
             self._counts[key] += 1
 
