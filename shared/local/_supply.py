@@ -37,7 +37,12 @@ _ECS_DEFAULT_STOP_TIMEOUT = 30.0
 
 
 def module_exists(module: str) -> bool:
-    """True when `module` can be imported (without importing it)."""
+    """True when `module` can be imported by a child (without importing it). Children run
+    `python -m ...` in this working directory, which puts it first on their path; the check
+    does the same, so a console-script `fleetline` sees what its children will see."""
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
     try:
         return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):

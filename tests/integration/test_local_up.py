@@ -19,7 +19,8 @@ import pytest
 
 from shared.aws import AwsClients
 from shared.local import load_template, read_state
-from shared.local._state import pid_alive
+from shared.local._state import ChildRecord, pid_alive
+from shared.local._supervisor import EX_CONFIG, Backoff, ProcessSpec, Supervisor
 
 pytestmark = [pytest.mark.emulator, pytest.mark.slow]
 
@@ -171,7 +172,7 @@ async def _poll(check: object, within: float = 15.0) -> object:
         result = await check()  # type: ignore[operator]
         if result or time.monotonic() > deadline:
             return result
-        await anyio.sleep(0.2)
+        await anyio.sleep(0.05)
 
 
 async def test_event_source_mapping_invokes_the_function(aws: AwsClients, up: Up) -> None:
@@ -327,3 +328,76 @@ def test_down_stops_every_process(tmp_path: Path, up: Up) -> None:
     assert not [pid for pid in pids if pid_alive(pid)]
     log = next(Path(c.log or "") for c in state.children if c.name == "SleeperService")
     assert "sleeper drained" in log.read_text()  # SIGTERM, then a graceful exit
+
+
+# -- the supervisor on its own: real child processes, short timings ---------------------------
+
+
+async def test_supervisor_restarts_a_crashed_child_with_backoff(tmp_path: Path) -> None:
+    records: list[ChildRecord] = []
+    supervisor = Supervisor(
+        log_dir=tmp_path,
+        on_change=records.append,
+        backoff=Backoff(initial=0.05, maximum=0.2, stable_after=30),
+    )
+    spec = ProcessSpec(
+        name="crasher",
+        kind="service",
+        argv=(sys.executable, "-c", "print('up'); raise SystemExit(3)"),
+        env=dict(os.environ),
+        stop_timeout=1,
+    )
+    async with anyio.create_task_group() as tg:
+        await tg.start(supervisor.supervise, spec)
+        async def restarted_thrice() -> bool:
+            return len(records) >= 4
+
+        assert await _poll(restarted_thrice, within=10)
+        await supervisor.stop()
+    assert [r.restarts for r in records[:4]] == [0, 1, 2, 3]
+    assert len({r.pid for r in records}) == len(records)  # a new process each time
+    assert (tmp_path / "crasher.log").read_text().count("up") >= 3  # one log, appended
+
+
+async def test_supervisor_does_not_restart_a_misconfigured_child(tmp_path: Path) -> None:
+    exits: list[tuple[str, int]] = []
+    supervisor = Supervisor(
+        log_dir=tmp_path,
+        on_change=lambda r: None,
+        on_exit=lambda name, code: exits.append((name, code)),
+        backoff=Backoff(initial=0.01),
+    )
+    spec = ProcessSpec(
+        name="bad",
+        kind="lambda",
+        argv=(sys.executable, "-c", f"raise SystemExit({EX_CONFIG})"),
+        env=dict(os.environ),
+    )
+    with anyio.fail_after(10):
+        await supervisor.supervise(spec)  # returns: not restarted
+    assert exits == [("bad", EX_CONFIG)]
+
+
+async def test_stop_kills_a_child_that_ignores_sigterm(tmp_path: Path) -> None:
+    supervisor = Supervisor(log_dir=tmp_path, on_change=lambda r: None)
+    stubborn = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "print('ready', flush=True); time.sleep(60)"
+    )
+    spec = ProcessSpec(
+        name="stubborn",
+        kind="service",
+        argv=(sys.executable, "-c", stubborn),
+        env=dict(os.environ),
+        stop_timeout=0.5,
+    )
+    async with anyio.create_task_group() as tg:
+        pid = await tg.start(supervisor.supervise, spec)
+        async def ready() -> bool:
+            return "ready" in (tmp_path / "stubborn.log").read_text()
+
+        assert await _poll(ready, within=10)
+        started = time.monotonic()
+        await supervisor.stop()
+        assert time.monotonic() - started < 3
+    assert not pid_alive(pid)
