@@ -1,0 +1,138 @@
+"""The DynamoDB side of idempotency: four conditional writes, no reads.
+
+A failed acquire returns the existing record (ReturnValuesOnConditionCheckFailure=ALL_OLD),
+so judging it needs no GetItem. Renew, complete and release are conditional on the owner
+token: a holder whose lease was taken over is fenced out.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from shared.aws import AwsClients, aws_errors, error_code
+from shared.idempotency._config import IdempotencyConfig
+from shared.idempotency._state import Record, Status
+
+__all__ = ["IdempotencyStore"]
+
+_CCF = "ConditionalCheckFailedException"
+
+
+class IdempotencyStore:
+    """Idempotency records in one DynamoDB table (partition key `config.key_attribute`, TTL on
+    `config.ttl_attribute`)."""
+
+    def __init__(self, aws: AwsClients, config: IdempotencyConfig) -> None:
+        self._aws = aws
+        self.config = config
+
+    def _names(self) -> dict[str, str]:
+        return {"#k": self.config.key_attribute, "#exp": self.config.ttl_attribute}
+
+    async def acquire(
+        self, key: str, *, owner: str, payload_hash: str, now: float
+    ) -> Record | None:
+        """Write INPROGRESS for `owner` when the key is free, expired, or held by an expired
+        lease with the same payload. Returns None on success, else the record that stands."""
+        config = self.config
+        dynamodb = await self._aws.client("dynamodb")
+        item = {
+            config.key_attribute: {"S": key},
+            "status": {"S": Status.IN_PROGRESS.value},
+            "owner": {"S": owner},
+            "payload_hash": {"S": payload_hash},
+            "lease_until": {"N": repr(now + config.lease)},
+            config.ttl_attribute: {"N": str(int(now + config.expires_after))},
+        }
+        try:
+            await dynamodb.put_item(
+                TableName=config.table,
+                Item=item,
+                ConditionExpression=(
+                    "attribute_not_exists(#k) OR #exp <= :now OR "
+                    "(#st = :inprogress AND lease_until <= :now AND payload_hash = :h)"
+                ),
+                ExpressionAttributeNames={**self._names(), "#st": "status"},
+                ExpressionAttributeValues={
+                    ":now": {"N": repr(now)},
+                    ":inprogress": {"S": Status.IN_PROGRESS.value},
+                    ":h": {"S": payload_hash},
+                },
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except ClientError as exc:
+            if error_code(exc) != _CCF:
+                with aws_errors():
+                    raise
+            existing = exc.response.get("Item")
+            if not existing:  # deleted in between: let the caller try again
+                return Record(key=key, status=Status.IN_PROGRESS, owner="", payload_hash="",
+                              expires_at=0.0)
+            return Record.from_item(existing, key_attribute=config.key_attribute,
+                                    ttl_attribute=config.ttl_attribute)
+        return None
+
+    async def _owned_update(self, key: str, owner: str, expression: str,
+                            values: dict[str, Any], extra_names: dict[str, str]) -> bool:
+        dynamodb = await self._aws.client("dynamodb")
+        try:
+            await dynamodb.update_item(
+                TableName=self.config.table,
+                Key={self.config.key_attribute: {"S": key}},
+                UpdateExpression=expression,
+                ConditionExpression="#owner = :owner AND #st = :inprogress",
+                ExpressionAttributeNames={"#owner": "owner", "#st": "status", **extra_names},
+                ExpressionAttributeValues={
+                    ":owner": {"S": owner},
+                    ":inprogress": {"S": Status.IN_PROGRESS.value},
+                    **values,
+                },
+            )
+        except ClientError as exc:
+            if error_code(exc) == _CCF:
+                return False
+            with aws_errors():
+                raise
+        return True
+
+    async def renew(self, key: str, *, owner: str, now: float) -> bool:
+        """Extend `owner`'s lease. False when the key is no longer ours."""
+        return await self._owned_update(
+            key, owner, "SET lease_until = :lease",
+            {":lease": {"N": repr(now + self.config.lease)}}, {},
+        )
+
+    async def complete(self, key: str, *, owner: str, result: str, now: float) -> bool:
+        """Store the result as COMPLETED. False when the key is no longer ours (fenced out)."""
+        return await self._owned_update(
+            key, owner, "SET #st = :completed, #result = :result, #exp = :exp REMOVE lease_until",
+            {
+                ":completed": {"S": Status.COMPLETED.value},
+                ":result": {"S": result},
+                ":exp": {"N": str(int(now + self.config.expires_after))},
+            },
+            {"#result": "result", "#exp": self.config.ttl_attribute},
+        )
+
+    async def release(self, key: str, *, owner: str) -> bool:
+        """Delete `owner`'s INPROGRESS record after a failed effect, so a retry can run."""
+        dynamodb = await self._aws.client("dynamodb")
+        try:
+            await dynamodb.delete_item(
+                TableName=self.config.table,
+                Key={self.config.key_attribute: {"S": key}},
+                ConditionExpression="#owner = :owner AND #st = :inprogress",
+                ExpressionAttributeNames={"#owner": "owner", "#st": "status"},
+                ExpressionAttributeValues={
+                    ":owner": {"S": owner},
+                    ":inprogress": {"S": Status.IN_PROGRESS.value},
+                },
+            )
+        except ClientError as exc:
+            if error_code(exc) == _CCF:
+                return False
+            with aws_errors():
+                raise
+        return True
