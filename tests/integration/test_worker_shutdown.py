@@ -4,18 +4,23 @@ process exits 0, and nothing is lost."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import anyio
 import pytest
 
 from shared.aws import AwsClients
+from shared.config import Resources
+from shared.consumers import BatchResult, Message, Outcome, create_lease_table
+from shared.hosts import KinesisStream, Worker, serve
 from tests.integration.test_sqs_consumer import drain_queue, make_queue, send
 
 pytestmark = pytest.mark.emulator
@@ -85,3 +90,42 @@ async def test_sigterm_mid_batch_finishes_or_releases_and_exits_zero(
     assert done | set(back) == set(durations)
     assert "draining" in output
     assert "worker stopped" in output
+
+
+async def test_serve_runs_a_stream_worker_and_returns_on_stop(aws: AwsClients) -> None:
+    """The same host with a Kinesis source: records reach the handler; a stop request
+    drains and `serve` returns (the stream consumer hands its lease back)."""
+    kinesis = await aws.client("kinesis")
+    await kinesis.create_stream(StreamName="host-stream", ShardCount=1)
+    await create_lease_table(aws, "host-leases")
+    handled: list[int] = []
+    all_handled = anyio.Event()
+
+    async def handler(messages: Sequence[Message]) -> BatchResult:
+        handled.extend(json.loads(m.body)["n"] for m in messages)
+        if len(handled) >= 5:
+            all_handled.set()
+        return BatchResult({m.id: Outcome.SUCCEEDED for m in messages})
+
+    worker = Worker(
+        name="host-test",
+        source=KinesisStream("host-stream", lease_table="host-leases",
+                             options={"idle_backoff": 0.2, "lease_duration": 3.0}),
+        handler=lambda aws, resources: handler,
+    )
+    await kinesis.put_records(StreamName="host-stream", Records=[
+        {"Data": json.dumps({"n": n}).encode(), "PartitionKey": f"k{n}"} for n in range(5)])
+    stop = anyio.Event()
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(functools.partial(
+                serve, worker, resources=Resources({}), drain_seconds=2.0, stop=stop,
+                signals=()))
+            await all_handled.wait()
+            stop.set()
+    assert sorted(handled) == [0, 1, 2, 3, 4]
+    leases = await (await aws.client("dynamodb")).scan(TableName="host-leases")
+    owners = [item.get("owner", {}).get("S") for item in leases["Items"]
+              if "checkpoint" in item]
+    assert owners
+    assert all(not owner for owner in owners)  # handed back on shutdown
