@@ -1,0 +1,478 @@
+"""Deploying `deploy/template.yaml`: artifacts to S3, create-or-update the stack, wait, read back.
+
+The whole API:
+
+    settings = DeploySettings(stack_name="fleetline", parameters=local_parameters(zone="eu"))
+    async with AwsClients() as aws:
+        deployment = await deploy(aws, settings)
+    deployment.resources.get("OrdersTable")      # shared.config.Resources, from the outputs
+    deployment.outputs["OrdersBusName"]          # the raw outputs
+    deployment.stack_resources                   # (logical id, type, physical id, status), all
+    deployment.elapsed                           # seconds the deployment took
+
+    await describe(aws, "fleetline")             # the same view of an existing stack
+    await delete(aws, "fleetline")               # delete and wait
+
+What `deploy` does, in order:
+1. ensures the artifact bucket exists (created encrypted and private when missing);
+2. uploads the Lambda code zip (the `shared` and `services` packages), every
+   `deploy/statemachines/*.json` and the template itself under a content-addressed prefix
+   `artifacts/<digest>/`, so unchanged code yields an unchanged stack (and no update);
+3. validates the template (ValidateTemplate), then creates the stack, or updates it
+   ("no updates" is success; a stack left in ROLLBACK_COMPLETE by a failed create is deleted
+   and created again);
+4. polls until the stack settles or the deadline passes, and on failure names the first
+   resource that failed and why, in one line.
+
+The template goes by URL (TemplateURL), not in the request body: it is larger than the
+51,200-byte limit of TemplateBody. The Lambda zip holds only our packages; for AWS, build the
+image and a zip with the dependencies as docs/deploy.md says. Locally the zip only has to
+exist (the emulator reads it when it creates the functions; the local runner runs handlers
+in-process).
+
+Every error is a `DeploymentError` whose message is one line that says what to do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import time
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import anyio
+
+from shared.aws import AwsClients, aws_errors
+from shared.config import Resources
+from shared.errors import AwsRequestError, ConfigurationError, FleetlineError
+
+__all__ = [
+    "DEFAULT_TEMPLATE",
+    "DeploySettings",
+    "Deployment",
+    "DeploymentError",
+    "StackResource",
+    "TemplateInvalidError",
+    "delete",
+    "deploy",
+    "describe",
+    "local_parameters",
+]
+
+REPO_ROOT: Final = Path(__file__).resolve().parent.parent
+DEFAULT_TEMPLATE: Final = REPO_ROOT / "deploy" / "template.yaml"
+_CODE_PACKAGES: Final = ("shared", "services")
+_CAPABILITIES: Final = ["CAPABILITY_IAM", "CAPABILITY_AUTO_EXPAND"]
+# A fixed timestamp makes the zip (and so its digest and key) depend on content only.
+_ZIP_EPOCH: Final = (2020, 1, 1, 0, 0, 0)
+_EMULATOR_ACCOUNT: Final = "123456789012"
+
+
+class DeploymentError(ConfigurationError):
+    """The stack could not be deployed; the message says which resource failed and why."""
+
+
+class TemplateInvalidError(DeploymentError):
+    """CloudFormation refused the template itself."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeploySettings:
+    """What to deploy and where.
+
+    `parameters` are the template's parameters except the three `deploy` fills in itself
+    (ArtifactBucket, CodeKey, StateMachinesPrefix). `artifact_bucket=None` means
+    `<stack>-artifacts-<account>-<region>` (bucket names are global).
+    """
+
+    stack_name: str = "fleetline"
+    template: Path = DEFAULT_TEMPLATE
+    statemachines_dir: Path = REPO_ROOT / "deploy" / "statemachines"
+    code_root: Path = REPO_ROOT
+    parameters: Mapping[str, str] = field(default_factory=dict)
+    artifact_bucket: str | None = None
+    timeout: float = 120.0
+    poll_interval: float = 0.2
+
+    def __post_init__(self) -> None:
+        if not self.stack_name or not self.stack_name[0].isalpha():
+            raise ValueError(f"stack_name must start with a letter, got {self.stack_name!r}")
+        if self.timeout <= 0:
+            raise ValueError(f"timeout must be positive, got {self.timeout}")
+        reserved = {"ArtifactBucket", "CodeKey", "StateMachinesPrefix"} & set(self.parameters)
+        if reserved:
+            raise ValueError(f"parameters: {sorted(reserved)} are set by deploy() itself")
+
+
+@dataclass(frozen=True)
+class StackResource:
+    """One resource of the deployed stack. `physical_id` is "" for a resource the emulator
+    accepted without creating it (see docs/deploy.md, emulator gaps)."""
+
+    logical_id: str
+    resource_type: str
+    physical_id: str
+    status: str
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """A deployed stack, read back."""
+
+    stack_name: str
+    stack_id: str
+    status: str
+    outputs: Mapping[str, str]
+    resources: Resources
+    stack_resources: tuple[StackResource, ...]
+    parameters: Mapping[str, str]
+    elapsed: float = 0.0
+
+    def physical_id(self, logical_id: str) -> str:
+        """The physical id of `logical_id`. Raises KeyError naming it."""
+        for resource in self.stack_resources:
+            if resource.logical_id == logical_id:
+                return resource.physical_id
+        raise KeyError(f"{logical_id} is not a resource of stack {self.stack_name}")
+
+
+def local_parameters(*, zone: str = "eu", region: str = "us-east-1") -> dict[str, str]:
+    """Parameters for the embedded emulator: placeholders where only AWS needs a real value
+    (image, network), since the emulator runs no containers."""
+    if zone not in {"eu", "us"}:
+        raise ValueError(f"zone must be 'eu' or 'us', got {zone!r}")
+    return {
+        "ImageUri": f"{_EMULATOR_ACCOUNT}.dkr.ecr.{region}.amazonaws.com/fleetline:local",
+        "ImageRepositoryArn": f"arn:aws:ecr:{region}:{_EMULATOR_ACCOUNT}:repository/fleetline",
+        "ResidencyZone": zone,
+        "SubnetIds": "subnet-0local",
+        "SecurityGroupIds": "sg-0local",
+    }
+
+
+# ------------------------------------------------------------------------------ artifacts
+@dataclass(frozen=True)
+class _Artifacts:
+    prefix: str
+    files: dict[str, bytes]  # key -> body
+
+    @property
+    def template_key(self) -> str:
+        return f"{self.prefix}/template.yaml"
+
+    @property
+    def code_key(self) -> str:
+        return f"{self.prefix}/lambda.zip"
+
+    @property
+    def statemachines_prefix(self) -> str:
+        return f"{self.prefix}/statemachines"
+
+
+def _code_zip(root: Path) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for package in _CODE_PACKAGES:
+            base = root / package
+            if not base.is_dir():
+                raise DeploymentError(f"package {base} not found: deploy from the repository root")
+            for path in sorted(base.rglob("*")):
+                if not path.is_file() or "__pycache__" in path.parts or path.suffix == ".pyc":
+                    continue
+                info = zipfile.ZipInfo(path.relative_to(root).as_posix(), _ZIP_EPOCH)
+                info.external_attr = 0o644 << 16
+                info.compress_type = zipfile.ZIP_DEFLATED
+                archive.writestr(info, path.read_bytes())
+    return buffer.getvalue()
+
+
+def _build_artifacts(settings: DeploySettings) -> _Artifacts:
+    if not settings.template.is_file():
+        raise TemplateInvalidError(
+            f"template {settings.template} not found: run from the repository root"
+        )
+    template = settings.template.read_bytes()
+    code = _code_zip(settings.code_root)
+    machines = {p.name: p.read_bytes() for p in sorted(settings.statemachines_dir.glob("*.json"))}
+    digest = hashlib.sha256()
+    for part in (template, code, *(n.encode() + b for n, b in machines.items())):
+        digest.update(hashlib.sha256(part).digest())
+    prefix = f"artifacts/{digest.hexdigest()[:16]}"
+    files = {f"{prefix}/template.yaml": template, f"{prefix}/lambda.zip": code}
+    files.update({f"{prefix}/statemachines/{name}": body for name, body in machines.items()})
+    return _Artifacts(prefix=prefix, files=files)
+
+
+async def _ensure_bucket(aws: AwsClients, bucket: str) -> None:
+    s3 = await aws.client("s3")
+    try:
+        with aws_errors():
+            await s3.head_bucket(Bucket=bucket)
+        return
+    except AwsRequestError as exc:
+        if exc.code not in {"404", "NoSuchBucket", "NotFound"}:
+            raise DeploymentError(
+                f"artifact bucket {bucket} is not usable ({exc.code}): pass another "
+                f"artifact_bucket or grant s3:ListBucket on it"
+            ) from None
+    create: dict[str, Any] = {"Bucket": bucket}
+    if aws.region != "us-east-1":
+        create["CreateBucketConfiguration"] = {"LocationConstraint": aws.region}
+    with aws_errors():
+        await s3.create_bucket(**create)
+        await s3.put_bucket_encryption(
+            Bucket=bucket,
+            ServerSideEncryptionConfiguration={
+                "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]
+            },
+        )
+        await s3.put_public_access_block(
+            Bucket=bucket,
+            PublicAccessBlockConfiguration={
+                "BlockPublicAcls": True, "IgnorePublicAcls": True,
+                "BlockPublicPolicy": True, "RestrictPublicBuckets": True,
+            },
+        )
+
+
+async def _upload(aws: AwsClients, bucket: str, artifacts: _Artifacts) -> None:
+    s3 = await aws.client("s3")
+
+    async def put(key: str, body: bytes) -> None:
+        with aws_errors():
+            await s3.put_object(Bucket=bucket, Key=key, Body=body)
+
+    async with anyio.create_task_group() as group:
+        for key, body in artifacts.files.items():
+            group.start_soon(put, key, body)
+
+
+async def _default_bucket(aws: AwsClients, stack_name: str) -> str:
+    sts = await aws.client("sts")
+    with aws_errors():
+        account = (await sts.get_caller_identity())["Account"]
+    return f"{stack_name.lower()}-artifacts-{account}-{aws.region}"
+
+
+def _template_url(bucket: str, region: str, key: str) -> str:
+    return f"https://{bucket}.s3.{region}.amazonaws.com/{key}"
+
+
+# ------------------------------------------------------------------------------ the stack
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+async def _stack(aws: AwsClients, stack_name: str) -> dict[str, Any] | None:
+    cfn = await aws.client("cloudformation")
+    try:
+        with aws_errors():
+            stacks = (await cfn.describe_stacks(StackName=stack_name))["Stacks"]
+    except AwsRequestError as exc:
+        if exc.code == "ValidationError" and "does not exist" in str(exc):
+            return None
+        raise
+    return dict(stacks[0]) if stacks else None
+
+
+async def _failure_reason(aws: AwsClients, stack_name: str) -> str:
+    """The first resource that failed, from the stack events (oldest first)."""
+    cfn = await aws.client("cloudformation")
+    try:
+        with aws_errors():
+            events = (await cfn.describe_stack_events(StackName=stack_name))["StackEvents"]
+    except FleetlineError:
+        return "no stack events available"
+    for event in reversed(events):
+        status = str(event.get("ResourceStatus", ""))
+        if status.endswith("_FAILED") and event.get("LogicalResourceId") != stack_name:
+            return _one_line(
+                f"{event.get('LogicalResourceId')} ({event.get('ResourceType')}) {status}: "
+                f"{event.get('ResourceStatusReason') or 'no reason given'}"
+            )
+    return "no failed resource reported"
+
+
+async def _wait(aws: AwsClients, settings: DeploySettings, started: float) -> dict[str, Any]:
+    deadline = started + settings.timeout
+    while True:
+        stack = await _stack(aws, settings.stack_name)
+        if stack is None:
+            raise DeploymentError(f"stack {settings.stack_name} disappeared while deploying")
+        status = str(stack["StackStatus"])
+        if not status.endswith("_IN_PROGRESS"):
+            if status in {"CREATE_COMPLETE", "UPDATE_COMPLETE"}:
+                return stack
+            reason = await _failure_reason(aws, settings.stack_name)
+            raise DeploymentError(
+                f"stack {settings.stack_name} ended {status}: {reason}; fix the template or "
+                f"the parameters and deploy again"
+            )
+        if time.monotonic() > deadline:
+            raise DeploymentError(
+                f"stack {settings.stack_name} still {status} after {settings.timeout:.0f} s: "
+                f"check its events in the console or raise the timeout"
+            )
+        await anyio.sleep(settings.poll_interval)
+
+
+async def _list_resources(aws: AwsClients, stack_name: str) -> tuple[StackResource, ...]:
+    # ListStackResources pages; DescribeStackResources stops at 100 resources on AWS.
+    cfn = await aws.client("cloudformation")
+    found: list[StackResource] = []
+    token: str | None = None
+    while True:
+        kwargs: dict[str, Any] = {"StackName": stack_name}
+        if token:
+            kwargs["NextToken"] = token
+        with aws_errors():
+            page = await cfn.list_stack_resources(**kwargs)
+        found.extend(
+            StackResource(
+                logical_id=str(r["LogicalResourceId"]),
+                resource_type=str(r["ResourceType"]),
+                physical_id=str(r.get("PhysicalResourceId") or ""),
+                status=str(r.get("ResourceStatus", "")),
+            )
+            for r in page.get("StackResourceSummaries", [])
+        )
+        token = page.get("NextToken")
+        if not token:
+            return tuple(found)
+
+
+def _read_back(stack: Mapping[str, Any], resources: tuple[StackResource, ...],
+               elapsed: float) -> Deployment:
+    outputs = {str(o["OutputKey"]): str(o["OutputValue"]) for o in stack.get("Outputs", [])}
+    return Deployment(
+        stack_name=str(stack["StackName"]),
+        stack_id=str(stack["StackId"]),
+        status=str(stack["StackStatus"]),
+        outputs=outputs,
+        resources=Resources.from_outputs(outputs),
+        stack_resources=resources,
+        parameters={str(p["ParameterKey"]): str(p.get("ParameterValue", ""))
+                    for p in stack.get("Parameters", [])},
+        elapsed=elapsed,
+    )
+
+
+async def _validate(aws: AwsClients, settings: DeploySettings, url: str) -> None:
+    cfn = await aws.client("cloudformation")
+    try:
+        with aws_errors():
+            await cfn.validate_template(TemplateURL=url)
+    except AwsRequestError as exc:
+        raise TemplateInvalidError(
+            f"{settings.template} is invalid: {_one_line(str(exc))}; run `cfn-lint "
+            f"{settings.template}` and fix what it reports"
+        ) from None
+
+
+async def _create_or_update(
+    aws: AwsClients, settings: DeploySettings, url: str, parameters: Sequence[Mapping[str, str]],
+) -> bool:
+    """True when a change was started; False when the stack is already up to date."""
+    cfn = await aws.client("cloudformation")
+    existing = await _stack(aws, settings.stack_name)
+    if existing is not None and existing["StackStatus"] in {"ROLLBACK_COMPLETE",
+                                                             "ROLLBACK_FAILED"}:
+        # A failed first create cannot be updated, only replaced.
+        await delete(aws, settings.stack_name, wait_seconds=settings.timeout)
+        existing = None
+    request: dict[str, Any] = {
+        "StackName": settings.stack_name, "TemplateURL": url,
+        "Parameters": list(parameters), "Capabilities": _CAPABILITIES,
+    }
+    try:
+        with aws_errors():
+            if existing is None:
+                await cfn.create_stack(**request, OnFailure="ROLLBACK")
+            else:
+                await cfn.update_stack(**request)
+    except AwsRequestError as exc:
+        if "No updates are to be performed" in str(exc):
+            return False
+        raise DeploymentError(
+            f"CloudFormation refused stack {settings.stack_name}: {_one_line(str(exc))}; "
+            f"check the parameters and run `cfn-lint {settings.template}`"
+        ) from None
+    except FleetlineError as exc:
+        # The emulator answers some template mistakes with a 500 and a half-built stack.
+        raise DeploymentError(
+            f"CloudFormation failed on stack {settings.stack_name}: {_one_line(str(exc))}; "
+            f"run `cfn-lint {settings.template}` and see docs/deploy.md (emulator gaps)"
+        ) from None
+    return True
+
+
+async def deploy(aws: AwsClients, settings: DeploySettings | None = None) -> Deployment:
+    """Upload artifacts, create or update the stack, wait for it, and read it back.
+
+    Raises:
+        TemplateInvalidError: the template is missing or CloudFormation refuses it.
+        DeploymentError: the stack failed (naming the first failed resource and its reason)
+            or did not settle before `settings.timeout`.
+    """
+    settings = settings or DeploySettings()
+    started = time.monotonic()
+    artifacts = await anyio.to_thread.run_sync(_build_artifacts, settings)
+    bucket = settings.artifact_bucket or await _default_bucket(aws, settings.stack_name)
+    await _ensure_bucket(aws, bucket)
+    await _upload(aws, bucket, artifacts)
+    url = _template_url(bucket, aws.region, artifacts.template_key)
+    await _validate(aws, settings, url)
+    values = {
+        **settings.parameters,
+        "ArtifactBucket": bucket,
+        "CodeKey": artifacts.code_key,
+        "StateMachinesPrefix": artifacts.statemachines_prefix,
+    }
+    parameters = [{"ParameterKey": k, "ParameterValue": v} for k, v in values.items()]
+    if await _create_or_update(aws, settings, url, parameters):
+        stack = await _wait(aws, settings, started)
+    else:
+        current = await _stack(aws, settings.stack_name)
+        if current is None:  # pragma: no cover - it existed a moment ago
+            raise DeploymentError(f"stack {settings.stack_name} disappeared while deploying")
+        stack = current
+    resources = await _list_resources(aws, settings.stack_name)
+    return _read_back(stack, resources, time.monotonic() - started)
+
+
+async def describe(aws: AwsClients, stack_name: str) -> Deployment:
+    """The deployed stack `stack_name`. Raises DeploymentError when it does not exist."""
+    stack = await _stack(aws, stack_name)
+    if stack is None:
+        raise DeploymentError(f"stack {stack_name} does not exist: run `fleetline up` first")
+    return _read_back(stack, await _list_resources(aws, stack_name), 0.0)
+
+
+async def delete(aws: AwsClients, stack_name: str, *, wait_seconds: float = 120.0) -> None:
+    """Delete `stack_name` and wait until it is gone (a missing stack is not an error).
+
+    Raises DeploymentError when the deletion fails or outlasts `wait_seconds`.
+    """
+    cfn = await aws.client("cloudformation")
+    if await _stack(aws, stack_name) is None:
+        return
+    with aws_errors():
+        await cfn.delete_stack(StackName=stack_name)
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        stack = await _stack(aws, stack_name)
+        if stack is None or stack["StackStatus"] == "DELETE_COMPLETE":
+            return
+        if stack["StackStatus"] == "DELETE_FAILED":
+            reason = await _failure_reason(aws, stack_name)
+            raise DeploymentError(f"stack {stack_name} could not be deleted: {reason}")
+        if time.monotonic() > deadline:
+            raise DeploymentError(
+                f"stack {stack_name} still {stack['StackStatus']} after {wait_seconds:.0f} s"
+            )
+        await anyio.sleep(0.2)
+
