@@ -310,16 +310,18 @@ async def simulate(
     duration: float | None = None,
     batch_size: int = PUT_RECORDS_MAX,
     on_batch: Any = None,
+    plan: FleetPlan | None = None,
 ) -> SimulationReport:
     """Play the fleet at `rate` records/s until `count` records or `duration` seconds.
 
     `bus` None sends no presence events. `on_batch(records)` (optional) sees each batch
-    after it was written."""
+    after it was written. Pass `plan` to continue a fleet across calls (its devices keep
+    their sequence numbers); by default a new plan is made from `config`."""
     if rate <= 0:
         raise ValueError("rate must be > 0")
     if count is None and duration is None:
         raise ValueError("give count or duration")
-    plan = FleetPlan(config)
+    plan = plan if plan is not None else FleetPlan(config)
     report = SimulationReport()
     kinesis = await aws.client("kinesis")
     events_client = await aws.client("events") if bus else None

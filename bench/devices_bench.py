@@ -1,0 +1,707 @@
+"""Devices benchmark: what one telemetry event costs, against the Lambda way, and how fast the
+dashboard hears about it.
+
+    .venv/bin/python -m bench.devices_bench                # defaults: 100,000 devices
+    .venv/bin/python -m bench.devices_bench --devices 20000 --events 60000 --no-latency
+
+What is measured, exactly (see docs/benchmarks.md for the figures):
+
+1. Worker cost, replay. The simulator's fleet (`--devices`, default 100,000, 10 tenants,
+   zone eu) writes `--warmup` + `--events` telemetry records to a 4-shard Kinesis stream in
+   the embedded emulator (PutRecords of 500). A telemetry worker process then reads them with
+   the runtime's `KinesisSource` (GetRecords of up to 10,000, TRIM_HORIZON), runs the real
+   `TelemetryProcessor` per page and sends one lease checkpoint (UpdateItem) per page. The
+   first `--warmup` records (one per device: first contact, DeviceConnected etc.) are not
+   measured; then CPU time (user + system, `resource.getrusage` of the worker process only)
+   and every AWS request are counted over `--events` steady-state records.
+   DynamoDB requests of this step go to a sink endpoint (a child process that answers like
+   DynamoDB and accepts every write) instead of the emulator: moto copies the whole table
+   and its stream on every TransactWriteItems (about 8 s per call at 100,000 items), so it
+   cannot carry this fleet in minutes. The sink computes write units from the item sizes it
+   receives (1 per KB per item written, 2 per KB in a transaction). Conditional failures are
+   therefore not exercised here; the tests cover them.
+2. Baseline, the Lambda way, in its own process: aws-lambda-powertools' BatchProcessor
+   (Kinesis) with `idempotent_function` (DynamoDB persistence) per record and one
+   conditional state write (boto3 UpdateItem) per event, fed Lambda-shaped Kinesis events of
+   100 records built from the same fleet; DynamoDB to the same sink. Kinesis reads cost a
+   Lambda nothing, so none are counted for it.
+3. Event-to-dashboard latency, end to end on the emulator (`--latency`): a smaller fleet
+   (`--latency-devices`, default 300) sends telemetry for `--latency-seconds`; the telemetry
+   worker runs as `python -m shared.hosts.worker services.devices.telemetry:worker`
+   (FLEETLINE_WRITE_MODE=items against moto), the outbox relay (DynamoDB Streams consumer +
+   EventBridge) and the dashboard (DashboardQueue consumer + SSE server) run in this process,
+   and SSE clients (one per tenant) time every update from the device's timestamp to its
+   arrival. Poll intervals: Kinesis and the relay 0.2 s (`idle_backoff`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import math
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+try:  # the project's price table (bench/prices.py), when it exists
+    from bench import prices as _prices  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover - fall back to ../shared/notes/cost.md's list prices
+    _prices = None
+
+# us-east-1 on-demand list prices (../shared/notes/cost.md), in dollars
+PRICE = {
+    "dynamodb_wru": 0.625 / 1e6,
+    "dynamodb_rru": 0.125 / 1e6,
+    "kinesis_put_unit": 0.014 / 1e6,
+    "kinesis_shard_hour": 0.015,
+    "eventbridge_event": 1.00 / 1e6,
+    "sns_publish": 0.50 / 1e6,
+    "lambda_request": 0.20 / 1e6,
+    "lambda_gb_second": 0.0000166667,
+    "fargate_vcpu_hour": 0.04048,
+}
+if _prices is not None:  # pragma: no cover - depends on the project's table
+    for _key in PRICE:
+        PRICE[_key] = float(getattr(_prices, _key.upper(), PRICE[_key]))
+
+STREAM = "bench-telemetry"
+SHARDS = 4
+DEVICES_TABLE = "bench-devices"
+LEASE_TABLE = "bench-leases"
+SUSTAINED_RATE = 5_000.0  # events/s the fleet sustains (issue 4), for shard-hours per event
+
+
+# =============================================================================== the sink
+
+
+def _item_kb(item: dict[str, Any]) -> int:
+    """Approximate DynamoDB item size (attribute names + values), in KB rounded up."""
+    size = 0
+    for name, value in item.items():
+        size += len(name) + len(json.dumps(value, separators=(",", ":")))
+    return max(1, math.ceil(size / 1024))
+
+
+def run_sink(port: int) -> None:
+    """A DynamoDB endpoint that accepts everything and counts requests and write units."""
+    from aiohttp import web
+
+    stats: Counter[str] = Counter()
+
+    async def handle(request: web.Request) -> web.Response:
+        target = request.headers.get("X-Amz-Target", "").split(".")[-1]
+        body = await request.json() if request.can_read_body else {}
+        stats[f"requests.{target}"] += 1
+        answer: dict[str, Any] = {}
+        if target == "TransactWriteItems":
+            for op in body.get("TransactItems", []):
+                for kind in ("Put", "Update", "Delete", "ConditionCheck"):
+                    if kind in op:
+                        item = op[kind].get("Item") or op[kind].get("Key") or {}
+                        stats["wru"] += 2 * _item_kb(item)
+        elif target == "PutItem":
+            stats["wru"] += _item_kb(body.get("Item", {}))
+        elif target in ("UpdateItem", "DeleteItem"):
+            stats["wru"] += 1
+        elif target == "BatchWriteItem":
+            for requests in body.get("RequestItems", {}).values():
+                for r in requests:
+                    stats["wru"] += _item_kb((r.get("PutRequest") or {}).get("Item", {}) or {})
+        elif target == "BatchGetItem":
+            keys = sum(len(v.get("Keys", [])) for v in body.get("RequestItems", {}).values())
+            stats["rru"] += math.ceil(keys * 0.5)
+            answer = {"Responses": {t: [] for t in body.get("RequestItems", {})},
+                      "UnprocessedKeys": {}}
+        elif target == "GetItem":
+            stats["rru"] += 1
+        return web.json_response(answer, content_type="application/x-amz-json-1.0")
+
+    async def get_stats(request: web.Request) -> web.Response:
+        return web.json_response(dict(stats))
+
+    async def reset(request: web.Request) -> web.Response:
+        stats.clear()
+        return web.json_response({})
+
+    app = web.Application(client_max_size=32 * 1024 * 1024)
+    app.add_routes([web.post("/", handle), web.get("/stats", get_stats),
+                    web.post("/reset", reset)])
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+
+
+def _sink_call(port: int, path: str, method: str = "GET") -> dict[str, Any]:
+    import urllib.request
+
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method,
+                                     data=b"" if method == "POST" else None)
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return dict(json.loads(response.read() or b"{}"))
+
+
+# =============================================================================== replay
+
+
+def _rusage() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def _replay(args: argparse.Namespace) -> dict[str, Any]:
+    from services.devices._store import DynamoDeviceStore
+    from services.devices.telemetry import (
+        TelemetryConfig,
+        TelemetryProcessor,
+        TelemetryStatistics,
+    )
+    from shared.aws import AwsClients
+    from shared.consumers import KinesisSource
+    from shared.consumers._stream import InitialPosition
+
+    async with AwsClients() as aws:
+        processor = TelemetryProcessor(
+            DynamoDeviceStore(aws, DEVICES_TABLE),
+            TelemetryConfig(zone="eu", write_mode=args.mode),
+        )
+        source = KinesisSource(aws, STREAM)
+        dynamodb = await aws.client("dynamodb")
+        shards = [s.shard_id for s in await source.list_shards()]
+        iterators = {s: await source.get_iterator(s, after=None,
+                                                  initial=InitialPosition.TRIM_HORIZON)
+                     for s in shards}
+        warmup_left = args.warmup
+        measuring = False
+        cpu0 = wall0 = 0.0
+        events = 0
+        aws.counter.reset()
+        while iterators:
+            for shard in list(iterators):
+                page = await source.get_records(shard, iterators[shard], limit=10_000)
+                if not page.messages:
+                    del iterators[shard]
+                    continue
+                iterators[shard] = page.next_iterator or ""
+                messages = page.messages
+                if not measuring:
+                    if warmup_left >= len(messages):
+                        warmup_left -= len(messages)
+                        await processor(messages)
+                        await _checkpoint(dynamodb, shard, messages[-1].sequence)
+                        if warmup_left == 0:
+                            measuring = True
+                        continue
+                    # split the page: the warm-up part, then start measuring
+                    await processor(messages[:warmup_left])
+                    messages = messages[warmup_left:]
+                    warmup_left = 0
+                    measuring = True
+                if measuring and not events:
+                    aws.counter.reset()
+                    _sink_call(args.sink_port, "/reset", "POST")
+                    processor.stats = TelemetryStatistics()
+                    cpu0, wall0 = _rusage(), time.perf_counter()
+                await processor(messages)
+                await _checkpoint(dynamodb, shard, messages[-1].sequence)
+                events += len(messages)
+        cpu = _rusage() - cpu0
+        wall = time.perf_counter() - wall0
+        stats = processor.stats
+        return {
+            "events": events, "cpu_s": cpu, "wall_s": wall,
+            "requests": aws.counter.snapshot(), "sink": _sink_call(args.sink_port, "/stats"),
+            "device_writes": stats.device_writes, "domain_events": stats.events,
+            "events_by_type": dict(stats.events_by_type), "devices": processor.device_count,
+            "duplicates": stats.duplicates + stats.stale,
+        }
+
+
+async def _checkpoint(dynamodb: Any, shard: str, sequence: str | None) -> None:
+    """What the consumer sends per page: one conditional UpdateItem on the shard's lease."""
+    await dynamodb.update_item(
+        TableName=LEASE_TABLE, Key={"lease_key": {"S": f"telemetry#{shard}"}},
+        UpdateExpression="SET checkpoint = :c", ConditionExpression="lease_owner = :o",
+        ExpressionAttributeValues={":c": {"S": sequence or ""}, ":o": {"S": "bench"}},
+    )
+
+
+# =============================================================================== baseline
+
+
+def _baseline(args: argparse.Namespace) -> dict[str, Any]:
+    import boto3
+    from aws_lambda_powertools.utilities.batch import (
+        BatchProcessor,
+        EventType,
+        process_partial_response,
+    )
+    from aws_lambda_powertools.utilities.idempotency import (
+        DynamoDBPersistenceLayer,
+        IdempotencyConfig,
+        idempotent_function,
+    )
+
+    from services.devices.simulator import FleetConfig, FleetPlan
+
+    counts: Counter[str] = Counter()
+    session = boto3.session.Session()
+    session.events.register(
+        "before-send", lambda event_name, **_: counts.update([event_name.split(".", 1)[1]]))
+    dynamodb = session.client("dynamodb")
+    persistence = DynamoDBPersistenceLayer(table_name="bench-idempotency", boto3_session=session)
+    config = IdempotencyConfig(event_key_jmespath="[device_id, seq]",
+                               raise_on_no_idempotency_key=True)
+
+    @idempotent_function(data_keyword_argument="body", persistence_store=persistence,
+                         config=config)
+    def apply(body: dict[str, Any]) -> dict[str, Any]:
+        dynamodb.update_item(
+            TableName=DEVICES_TABLE, Key={"device_id": {"S": body["device_id"]}},
+            UpdateExpression="SET seq = :s, last_seen = :t, readings = :r, firmware = :f, "
+                             "tenant_id = :tenant, zone = :z",
+            ConditionExpression="attribute_not_exists(seq) OR seq < :s",
+            ExpressionAttributeValues={
+                ":s": {"N": str(body["seq"])}, ":t": {"N": str(body["ts"])},
+                ":r": {"S": json.dumps(body["readings"])}, ":f": {"S": body["firmware"]},
+                ":tenant": {"S": body["tenant_id"]}, ":z": {"S": body["zone"]},
+            },
+        )
+        return {"device_id": body["device_id"], "seq": body["seq"]}
+
+    processor = BatchProcessor(event_type=EventType.KinesisDataStreams)
+
+    def record_handler(record: Any) -> None:
+        apply(body=json.loads(record.kinesis.data_as_text()))
+
+    plan = FleetPlan(FleetConfig(devices=args.devices, eu_share=1.0, seed=args.seed))
+    batches = []
+    for _ in range(0, args.baseline_events, 100):
+        records = plan.next_batch(100, now=time.time())
+        batches.append({"Records": [{
+            "eventSource": "aws:kinesis", "eventID": f"shardId-0:{i}",
+            "eventSourceARN": "arn:aws:kinesis:us-east-1:123456789012:stream/bench",
+            "kinesis": {"partitionKey": r.partition_key, "sequenceNumber": str(i),
+                        "data": base64.b64encode(r.data).decode(),
+                        "approximateArrivalTimestamp": time.time(),
+                        "kinesisSchemaVersion": "1.0"},
+        } for i, r in enumerate(records)]})
+    counts.clear()
+    cpu0, wall0 = _rusage(), time.perf_counter()
+    failures = 0
+    for event in batches:
+        result = process_partial_response(event=event, record_handler=record_handler,
+                                          processor=processor, context=None)
+        failures += len(result.get("batchItemFailures", []))
+    cpu = _rusage() - cpu0
+    return {"events": sum(len(b["Records"]) for b in batches), "cpu_s": cpu,
+            "wall_s": time.perf_counter() - wall0, "requests": dict(counts),
+            "failures": failures, "sink": _sink_call(args.sink_port, "/stats"),
+            "invocations": len(batches)}
+
+
+# =============================================================================== latency
+
+
+async def _latency(args: argparse.Namespace, endpoint: str) -> dict[str, Any]:
+    import aiohttp
+    import anyio
+
+    from services.devices._auth import issue_token
+    from services.devices.dashboard import DashboardServer, Hub, dashboard_handler
+    from services.devices.simulator import FleetConfig, FleetPlan, simulate
+    from shared.aws import AwsClients
+    from shared.consumers import (
+        DynamoDBStreamsConsumer,
+        SqsConsumer,
+        SqsSettings,
+        StreamConsumerConfig,
+        create_lease_table,
+    )
+    from shared.events import load_registered_events
+    from shared.outbox import PublisherConfig, Relay
+
+    load_registered_events()
+    tenants = 3
+    async with AwsClients() as aws:
+        kinesis, dynamodb = await aws.client("kinesis"), await aws.client("dynamodb")
+        sqs, events = await aws.client("sqs"), await aws.client("events")
+        await kinesis.create_stream(StreamName="lat-telemetry", ShardCount=2)
+        table = await dynamodb.create_table(
+            TableName="lat-devices", BillingMode="PAY_PER_REQUEST",
+            KeySchema=[{"AttributeName": "device_id", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "device_id", "AttributeType": "S"}],
+            StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_IMAGE"})
+        stream_arn = table["TableDescription"]["LatestStreamArn"]
+        await create_lease_table(aws, "lat-leases")
+        failures = (await sqs.create_queue(QueueName="lat-failures"))["QueueUrl"]
+        queue = (await sqs.create_queue(QueueName="lat-dashboard"))["QueueUrl"]
+        queue_arn = (await sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"]))[
+            "Attributes"]["QueueArn"]
+        await events.create_event_bus(Name="lat-bus")
+        await events.put_rule(Name="lat-dashboard", EventBusName="lat-bus",
+                              EventPattern=json.dumps({"source": ["fleetline.devices"]}))
+        await events.put_targets(Rule="lat-dashboard", EventBusName="lat-bus",
+                                 Targets=[{"Id": "q", "Arn": queue_arn}])
+        await _stream_active(kinesis, "lat-telemetry")
+
+        env = dict(os.environ, AWS_ENDPOINT_URL=endpoint,
+                   FLEETLINE_TELEMETRY_STREAM="lat-telemetry",
+                   FLEETLINE_DEVICES_TABLE="lat-devices",
+                   FLEETLINE_LEASES_TABLE="lat-leases", FLEETLINE_TELEMETRY_FAILURE_QUEUE=failures,
+                   FLEETLINE_RESIDENCY_ZONE="eu", FLEETLINE_WRITE_MODE="items",
+                   FLEETLINE_IDLE_BACKOFF="0.2", FLEETLINE_LEASE_DURATION="5",
+                   FLEETLINE_DRAIN_SECONDS="2", LOG_LEVEL="WARNING")
+        env.pop("AWS_ENDPOINT_URL_DYNAMODB", None)
+        log_path = ROOT / "tests" / "artifacts" / "devices-bench-worker.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        worker = subprocess.Popen(  # noqa: ASYNC220 - started once, before any waiting
+            [sys.executable, "-m", "shared.hosts.worker", "services.devices.telemetry:worker"],
+            env=env, cwd=ROOT, stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
+        hub = Hub()
+        server = DashboardServer(hub, None)
+        base = await server.start(port=0)
+        relay = DynamoDBStreamsConsumer(
+            aws, Relay(aws, PublisherConfig(bus_name="lat-bus")), stream_arn=stream_arn,
+            config=StreamConsumerConfig(lease_table="lat-leases", application="relay",
+                                        idle_backoff=0.2, lease_duration=5))
+        dashboard = SqsConsumer(aws, queue, dashboard_handler(hub),
+                                settings=SqsSettings(wait_time_seconds=2, drain_seconds=2))
+        latencies: list[float] = []
+        foreign: list[str] = []
+        measuring = anyio.Event()
+        measured_from = [0.0]  # device time of the first measured record
+        stages: dict[str, list[float]] = {"worker": [], "relay+bus+queue": [], "push": []}
+        try:
+            async with anyio.create_task_group() as tg:
+                await tg.start(relay.run)
+                await tg.start(dashboard.run)
+
+                async def viewer(tenant: str) -> None:
+                    url = f"{base}/events?token={issue_token(tenant)}"
+                    async with aiohttp.ClientSession() as http, http.get(url) as response:
+                        kind = ""
+                        async for raw in response.content:
+                            line = raw.decode().rstrip("\n")
+                            if line.startswith("event: "):
+                                kind = line[7:]
+                            elif line.startswith("data: ") and kind == "update":
+                                update = json.loads(line[6:])
+                                if update["device"]["tenant_id"] != tenant:
+                                    foreign.append(update["device"]["device_id"])
+                                if measuring.is_set() and \
+                                        update["device"]["last_seen"] >= measured_from[0]:
+                                    now, seen = time.time(), update["device"]["last_seen"]
+                                    latencies.append(now - seen)
+                                    stages["worker"].append(update["event_time"] - seen)
+                                    stages["relay+bus+queue"].append(
+                                        update["sent_at"] - update["event_time"])
+                                    stages["push"].append(now - update["sent_at"])
+
+                for k in range(tenants):
+                    tg.start_soon(viewer, f"t-{k + 1:03d}")
+                fleet = FleetConfig(devices=args.latency_devices, tenants=tenants, eu_share=1.0,
+                                    alarm_rate=0.02, seed=args.seed)
+                plan = FleetPlan(fleet)
+                # Warm-up (not measured): wait for the worker's leases, then every device's
+                # first record (DeviceConnected ...) until the dashboard knows them all.
+                await _wait_leased(dynamodb, "lat-leases", "telemetry")
+                await simulate(aws, fleet, stream="lat-telemetry", bus=None, rate=500,
+                               count=args.latency_devices, batch_size=100, plan=plan)
+                # ... and until the pipeline is quiet (every warm-up event delivered).
+                quiet_since, seen = time.monotonic(), -1
+                for _ in range(1200):
+                    total = hub.applied + hub.ignored
+                    if total != seen:
+                        quiet_since, seen = time.monotonic(), total
+                    known = sum(len(v.devices) for v in hub.views.values())
+                    if known >= args.latency_devices and time.monotonic() - quiet_since > 3:
+                        break
+                    await anyio.sleep(0.1)
+                warm = sum(len(v.devices) for v in hub.views.values())
+                print(f"warm-up: {warm} devices on the dashboard", file=sys.stderr, flush=True)
+                latencies.clear()
+                measured_from[0] = time.time()
+                measuring.set()
+                started = time.perf_counter()
+                report = await simulate(aws, fleet, stream="lat-telemetry", bus=None,
+                                        rate=args.latency_rate, duration=args.latency_seconds,
+                                        batch_size=50, plan=plan)
+                await anyio.sleep(3)  # let the tail arrive
+                elapsed = time.perf_counter() - started
+                tg.cancel_scope.cancel()
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+            await server.stop()
+        docs = 0
+        scan: dict[str, Any] = {"TableName": "lat-devices"}
+        while True:
+            page = await dynamodb.scan(**scan)
+            docs += sum(json.loads(i["doc"]["S"])["received"] for i in page.get("Items", []))
+            if not page.get("LastEvaluatedKey"):
+                break
+            scan["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    latencies.sort()
+
+    def pct(p: float, values: list[float] | None = None) -> float:
+        data = sorted(values) if values is not None else latencies
+        return data[min(len(data) - 1, int(p * len(data)))] if data else 0.0
+
+    return {"sent": report.records, "applied": docs - args.latency_devices, "elapsed": elapsed,
+            "updates": len(latencies), "p50": pct(0.50), "p99": pct(0.99),
+            "max": latencies[-1] if latencies else 0.0, "foreign": len(foreign),
+            "stages_p50": {k: round(pct(0.5, v), 3) for k, v in stages.items()},
+            "rate": args.latency_rate}
+
+
+# =============================================================================== orchestration
+
+
+def _child(role: str, args: argparse.Namespace, env: dict[str, str],
+           extra: list[str] | None = None) -> dict[str, Any]:
+    command = [sys.executable, "-m", "bench.devices_bench", "--role", role,
+               "--devices", str(args.devices), "--warmup", str(args.warmup),
+               "--events", str(args.events), "--baseline-events", str(args.baseline_events),
+               "--sink-port", str(args.sink_port), "--seed", str(args.seed), *(extra or [])]
+    done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True,
+                          check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{role} failed:\n{done.stderr[-3000:]}")
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+async def _fill_stream(args: argparse.Namespace) -> dict[str, Any]:
+    import anyio
+
+    from services.devices.simulator import FleetConfig, FleetPlan, SimulationReport, put_records
+    from shared.aws import AwsClients
+
+    async with AwsClients() as aws:
+        kinesis = await aws.client("kinesis")
+        await kinesis.create_stream(StreamName=STREAM, ShardCount=SHARDS)
+        await _stream_active(kinesis, STREAM)
+        plan = FleetPlan(FleetConfig(devices=args.devices, eu_share=1.0, seed=args.seed))
+        report = SimulationReport()
+        started = time.perf_counter()
+        total = args.warmup + args.events
+        # Puts run concurrently, but a device's next record is `devices` records later, so
+        # with fewer than `devices` records in flight its records stay in order.
+        limiter = anyio.CapacityLimiter(max(1, min(8, args.devices // 1_000)))
+
+        async def put(batch: list[Any]) -> None:
+            async with limiter:
+                await put_records(kinesis, STREAM, batch, report)
+
+        async with anyio.create_task_group() as tg:
+            sent = 0
+            while sent < total:
+                batch = plan.next_batch(min(500, total - sent), now=time.time())
+                sent += len(batch)
+                tg.start_soon(put, batch)
+        return {"records": total, "seconds": time.perf_counter() - started,
+                "put_calls": report.put_records_calls}
+
+
+async def _wait_leased(dynamodb: Any, table: str, application: str) -> None:
+    """Until some worker holds every lease of `application` (the worker is consuming)."""
+    import anyio
+
+    for _ in range(600):
+        items = (await dynamodb.scan(TableName=table)).get("Items", [])
+        mine = [i for i in items if i["lease_key"]["S"].startswith(application + "#")]
+        if mine and all(i.get("owner", {}).get("S") for i in mine):
+            return
+        await anyio.sleep(0.1)
+    raise TimeoutError(f"no worker took the leases of {application}")
+
+
+async def _stream_active(kinesis: Any, name: str) -> None:
+    import anyio
+
+    for _ in range(200):
+        summary = await kinesis.describe_stream_summary(StreamName=name)
+        if summary["StreamDescriptionSummary"]["StreamStatus"] == "ACTIVE":
+            return
+        await anyio.sleep(0.05)
+    raise TimeoutError(f"stream {name} not active")
+
+
+def _per_k(n: float, events: int) -> float:
+    return n * 1000.0 / events if events else 0.0
+
+
+def _cost_ours(r: dict[str, Any]) -> dict[str, float]:
+    events = r["events"]
+    sink = r["sink"]
+    per_event_cpu = r["cpu_s"] / events
+    dollars = {
+        "dynamodb": (sink.get("wru", 0) * PRICE["dynamodb_wru"]
+                     + sink.get("rru", 0) * PRICE["dynamodb_rru"]) / events * 1e6,
+        "kinesis": PRICE["kinesis_put_unit"] * 1e6
+        + PRICE["kinesis_shard_hour"] * math.ceil(SUSTAINED_RATE / 1000) * (1e6 / SUSTAINED_RATE)
+        / 3600,
+        "compute": per_event_cpu * 1e6 / 3600 * PRICE["fargate_vcpu_hour"],
+        "bus": r["domain_events"] / events * 1e6 * PRICE["eventbridge_event"],
+    }
+    dollars["total"] = sum(dollars.values())
+    return dollars
+
+
+def _cost_baseline(r: dict[str, Any]) -> dict[str, float]:
+    events = r["events"]
+    sink = r["sink"]
+    dollars = {
+        "dynamodb": (sink.get("wru", 0) * PRICE["dynamodb_wru"]
+                     + sink.get("rru", 0) * PRICE["dynamodb_rru"]) / events * 1e6,
+        "kinesis": PRICE["kinesis_put_unit"] * 1e6
+        + PRICE["kinesis_shard_hour"] * math.ceil(SUSTAINED_RATE / 1000) * (1e6 / SUSTAINED_RATE)
+        / 3600,
+        # Lambda billed on duration; CPU time is its lower bound (1 GB function).
+        "compute": r["invocations"] / events * 1e6 * PRICE["lambda_request"]
+        + r["cpu_s"] / events * 1e6 * PRICE["lambda_gb_second"],
+        "bus": 0.0,
+    }
+    dollars["total"] = sum(dollars.values())
+    return dollars
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--role", default="main",
+                        choices=["main", "sink", "replay", "baseline"])
+    parser.add_argument("--devices", type=int, default=100_000)
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="records not measured (default: one per device)")
+    parser.add_argument("--events", type=int, default=200_000, help="records measured")
+    parser.add_argument("--baseline-events", type=int, default=4_000)
+    parser.add_argument("--mode", default="transaction", choices=["transaction", "items"])
+    parser.add_argument("--modes", default="transaction", help="comma-separated: transaction,items")
+    parser.add_argument("--sink-port", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--latency", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--latency-devices", type=int, default=300)
+    parser.add_argument("--latency-rate", type=float, default=60.0)
+    parser.add_argument("--latency-seconds", type=float, default=15.0)
+    args = parser.parse_args()
+    if args.warmup is None:
+        args.warmup = args.devices
+
+    if args.role == "sink":
+        run_sink(args.sink_port)
+        return
+    if args.role == "replay":
+        print(json.dumps(asyncio.run(_replay(args))))
+        return
+    if args.role == "baseline":
+        print(json.dumps(_baseline(args)))
+        return
+    _orchestrate(args)
+
+
+def _orchestrate(args: argparse.Namespace) -> None:
+    import anyio
+    from rich.console import Console
+    from rich.table import Table
+
+    from shared.local.emulator import Emulator, free_port
+
+    console = Console()
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    os.environ.setdefault("AWS_REGION", "us-east-1")
+    args.sink_port = free_port()
+    sink = subprocess.Popen([sys.executable, "-m", "bench.devices_bench", "--role", "sink",
+                             "--sink-port", str(args.sink_port)], cwd=ROOT)
+    results: dict[str, dict[str, Any]] = {}
+    latency: dict[str, Any] | None = None
+    try:
+        with Emulator() as emulator:
+            os.environ["AWS_ENDPOINT_URL"] = emulator.endpoint_url
+            deadline = time.monotonic() + 15
+            while True:
+                try:
+                    _sink_call(args.sink_port, "/stats")
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.1)
+            console.print(f"[bold]devices bench[/]: {args.devices:,} devices, "
+                          f"{args.warmup:,} warm-up + {args.events:,} measured records")
+            fill = anyio.run(_fill_stream, args)
+            console.print(f"stream filled: {fill['records']:,} records in "
+                          f"{fill['seconds']:.1f}s ({fill['put_calls']} PutRecords)")
+            child_env = dict(os.environ, AWS_ENDPOINT_URL=emulator.endpoint_url,
+                             AWS_ENDPOINT_URL_DYNAMODB=f"http://127.0.0.1:{args.sink_port}",
+                             LOG_LEVEL="WARNING")
+            for mode in [m for m in args.modes.split(",") if m]:
+                _sink_call(args.sink_port, "/reset", "POST")
+                console.print(f"replaying through the worker ({mode}) ...")
+                results[mode] = _child("replay", args, child_env, ["--mode", mode])
+            _sink_call(args.sink_port, "/reset", "POST")
+            if args.baseline_events > 0:
+                console.print(f"baseline: powertools batch + idempotency, "
+                              f"{args.baseline_events:,} records ...")
+                results["baseline"] = _child("baseline", args, child_env)
+            if args.latency:
+                console.print(f"end to end: {args.latency_devices} devices at "
+                              f"{args.latency_rate:g}/s for {args.latency_seconds:g}s ...")
+                latency = anyio.run(_latency, args, emulator.endpoint_url)
+    finally:
+        sink.terminate()
+        sink.wait(timeout=10)
+
+    table = Table(title=f"devices: cost per telemetry event ({args.devices:,} devices)")
+    table.add_column("approach")
+    for name in ("events", "worker CPU us/event", "AWS requests /1k events",
+                 "DynamoDB WRU /1k events", "device writes /1k events", "$ / million events",
+                 "events/s (one process)"):
+        table.add_column(name, justify="right")
+    labels = {"transaction": "telemetry worker (TransactWriteItems <= 100 devices)",
+              "items": "telemetry worker (conditional PutItem per device)",
+              "baseline": "Lambda way: powertools batch + idempotency per record"}
+    for key, r in results.items():
+        events = r["events"]
+        requests = sum(r["requests"].values())
+        cost = _cost_baseline(r) if key == "baseline" else _cost_ours(r)
+        writes = r.get("device_writes", events)
+        table.add_row(labels.get(key, key), f"{events:,}", f"{r['cpu_s'] / events * 1e6:,.0f}",
+                      f"{_per_k(requests, events):,.1f}",
+                      f"{_per_k(r['sink'].get('wru', 0), events):,.0f}",
+                      f"{_per_k(writes, events):,.0f}", f"{cost['total']:.3f}",
+                      f"{events / r['wall_s']:,.0f}")
+    console.print(table)
+    for key, r in results.items():
+        cost = _cost_baseline(r) if key == "baseline" else _cost_ours(r)
+        console.print(f"  {key}: requests {dict(sorted(r['requests'].items()))}; "
+                      f"$ split {', '.join(f'{k} {v:.4f}' for k, v in cost.items())}")
+    if latency is not None:
+        lat = Table(title="end to end on the emulator: event -> dashboard (SSE)")
+        for name in ("records sent", "applied", "events/s sustained", "updates pushed",
+                     "p50 s", "p99 s", "max s", "other tenants' updates"):
+            lat.add_column(name, justify="right")
+        lat.add_row(f"{latency['sent']:,}", f"{latency['applied']:,}",
+                    f"{latency['applied'] / latency['elapsed']:,.0f}",
+                    f"{latency['updates']:,}", f"{latency['p50']:.3f}", f"{latency['p99']:.3f}",
+                    f"{latency['max']:.3f}", str(latency["foreign"]))
+        console.print(lat)
+        console.print(f"  p50 by stage (s): {latency['stages_p50']} (worker = device time to "
+                      "the outbox commit; relay+bus+queue = commit to the dashboard's hub; "
+                      "push = hub to the browser's SSE client)")
+    console.print(json.dumps({"results": results, "latency": latency}, default=str)[:4000])
+
+
+if __name__ == "__main__":
+    main()
