@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from shared.aws import AwsClients, aws_errors
-from shared.consumers._lease_decisions import Lease
+from shared.consumers._lease_decisions import SHARD_END, Lease
 from shared.errors import FleetlineError, PermanentError
 
 __all__ = ["LeaseError", "LeaseLostError", "LeaseTable", "create_lease_table"]
@@ -217,6 +217,24 @@ class LeaseTable:
             values[":cp"] = {"S": checkpoint}
         expression += " REMOVE #owner" if keep_handoff else " REMOVE #owner, handoff_to, handoff_at"
         await self._owner_update(lease, expression, values)
+
+    async def delete_finished(self, lease: Lease) -> bool:
+        """Delete the lease of a drained shard (checkpoint SHARD_END) that has left the
+        stream. False when it is not finished after all (condition failed)."""
+        ddb = await self._aws.client("dynamodb")
+        try:
+            with aws_errors():
+                await ddb.delete_item(
+                    TableName=self.table_name,
+                    Key={"lease_key": {"S": lease.key}},
+                    ConditionExpression="checkpoint = :end",
+                    ExpressionAttributeValues={":end": {"S": SHARD_END}},
+                )
+        except FleetlineError as exc:
+            if getattr(exc, "code", None) == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
 
     async def delete_all(self) -> None:
         """Delete every lease of this application (to restart from the initial position)."""

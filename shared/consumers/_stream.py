@@ -478,6 +478,14 @@ class StreamConsumer:
         )
         if created:
             self._log.info("created shard leases", created=created, shards=len(shards))
+        # Drained shards that aged out of the stream (past retention) need no lease: their
+        # children no longer wait for them (`is_eligible` ignores parents the stream forgot).
+        retired = [
+            lease for lease in leases if lease.finished and lease.shard_id not in self._shards
+        ]
+        for lease in retired:
+            if await self._table.delete_finished(lease):
+                self._log.info("deleted the lease of a retired shard", shard=lease.shard_id)
 
     async def _rebalance(self, tg: anyio.abc.TaskGroup) -> None:
         leases = await self._table.list()

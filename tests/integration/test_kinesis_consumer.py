@@ -720,10 +720,22 @@ async def test_order_per_key_holds_across_a_split(aws: AwsClients) -> None:
         assert [m.body for m in handled if m.group_id == key] == [
             f"{key}:{v}" for v in range(6)
         ]
-    leases = {lease.shard_id: lease for lease in await LeaseTable(aws, LEASES, "telemetry").list()}
+    table = LeaseTable(aws, LEASES, "telemetry")
+    leases = {lease.shard_id: lease for lease in await table.list()}
     assert leases["s0"].checkpoint == SHARD_END
     assert leases["s1"].checkpoint == "9"
     assert leases["s2"].checkpoint == "9"
+    # Once the drained parent leaves the stream (retention), its lease is cleaned up and the
+    # children carry on.
+    del stream.shards["s0"]
+    stream.put("k1", "k1:6")
+    seen = len(handled)
+    async with anyio.create_task_group() as tg:
+        consumer = StreamConsumer(aws, handler, stream, fast_config(shard_sync_interval=0.2))
+        await tg.start(consumer.run)
+        await wait_for(_async(lambda: len(handled) == seen + 1), 10, "a record after cleanup")
+        consumer.shutdown()
+    assert sorted(lease.shard_id for lease in await table.list()) == ["s1", "s2"]
 
 
 async def test_rebalancing_hands_leases_over_without_duplicates(aws: AwsClients) -> None:
