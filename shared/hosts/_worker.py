@@ -282,8 +282,10 @@ async def serve(
     """Run `worker` until a signal (or `stop`), then shut down gracefully and return.
     Metrics (shared.metrics) are flushed every `metrics_interval` seconds and at the end.
 
-    `signals` are watched only in the main thread (pass () elsewhere, e.g. in tests, and
-    use `stop`). The first signal starts the drain; a second one cuts it short.
+    `signals` are watched from the start (a signal during start-up stops the worker as soon
+    as its consumer exists, without receiving anything), and only in the main thread: pass
+    () elsewhere, e.g. in tests, and use `stop`. The first signal starts the drain; a second
+    one cuts it short.
 
     Raises:
         ConfigurationError: a resource name is missing or wrong.
@@ -292,51 +294,84 @@ async def serve(
     resources = resources if resources is not None else Resources.from_environ()
     drain = drain_seconds if drain_seconds is not None else drain_seconds_from(os.environ)
     log = _log.bind(worker=worker.name)
-    async with AwsClients() as aws, _handler_of(worker, aws, resources) as handler:
-        consumer = await worker.source.open(
-            aws, resources, handler, name=worker.name, drain_seconds=drain
-        )
-        async with anyio.create_task_group() as outer:
-            # EMF lines every `metrics_interval`, and a last one after the drain.
-            outer.start_soon(get_metrics().run, metrics_interval)
+    host = _HostState()
+    async with AwsClients() as aws, anyio.create_task_group() as outer:
+        outer.start_soon(_watch, host, stop, signals, log)
+        # EMF lines every `metrics_interval`, and a last one after the drain.
+        outer.start_soon(get_metrics().run, metrics_interval)
+        async with _handler_of(worker, aws, resources) as handler:
+            consumer = await worker.source.open(
+                aws, resources, handler, name=worker.name, drain_seconds=drain
+            )
             async with anyio.create_task_group() as inner:
+                host.attach(consumer, inner.cancel_scope)
                 await inner.start(consumer.run)
                 log.info("worker ready", drain_seconds=drain)
-                outer.start_soon(_watch, consumer, inner.cancel_scope, stop, signals, log)
-            outer.cancel_scope.cancel()
+        outer.cancel_scope.cancel()
     log.info("worker stopped")
 
 
+class _HostState:
+    """What the signal watcher acts on; a request that comes before the consumer exists is
+    applied when it is attached."""
+
+    def __init__(self) -> None:
+        self.consumer: Consumer | None = None
+        self.run_scope: anyio.CancelScope | None = None
+        self.requests = 0
+
+    def attach(self, consumer: Consumer, run_scope: anyio.CancelScope) -> None:
+        self.consumer, self.run_scope = consumer, run_scope
+        if self.requests:
+            consumer.shutdown()
+        if self.requests > 1:
+            run_scope.cancel()
+
+    def request_stop(self) -> None:
+        self.requests += 1
+        if self.consumer is None or self.run_scope is None:
+            return
+        if self.requests == 1:
+            self.consumer.shutdown()
+        else:
+            # Cancelling run() still releases in-flight messages / leases and flushes
+            # deletes (shielded cleanup inside the consumers).
+            self.run_scope.cancel()
+
+
 async def _watch(
-    consumer: Consumer, run_scope: anyio.CancelScope, stop: anyio.Event | None,
-    signals: Sequence[signal.Signals], log: Any,
+    host: _HostState, stop: anyio.Event | None, signals: Sequence[signal.Signals], log: Any,
 ) -> None:
-    async with contextlib.AsyncExitStack() as stack:
-        received: Any = None
+    async with contextlib.AsyncExitStack() as stack, anyio.create_task_group() as tg:
+        if stop is not None:
+
+            async def on_stop() -> None:
+                await stop.wait()
+                log.info("stop requested; draining")
+                host.request_stop()
+
+            tg.start_soon(on_stop)
         if signals:
             received = stack.enter_context(anyio.open_signal_receiver(*signals))
-        first = True
-        async with anyio.create_task_group() as tg:
-            if stop is not None:
+            async for signum in received:
+                name = signal.Signals(signum).name
+                if host.requests == 0:
+                    log.info("signal received; draining", signal=name)
+                else:
+                    log.warning("second signal; cutting the drain short", signal=name)
+                host.request_stop()
 
-                async def on_stop() -> None:
-                    await stop.wait()
-                    log.info("stop requested; draining")
-                    consumer.shutdown()
 
-                tg.start_soon(on_stop)
-            if received is not None:
-                async for signum in received:
-                    if first:
-                        log.info("signal received; draining", signal=signal.Signals(signum).name)
-                        consumer.shutdown()
-                        first = False
-                    else:
-                        # Cancelling run() still releases in-flight messages / leases and
-                        # flushes deletes (shielded cleanup inside the consumers).
-                        log.warning("second signal; cutting the drain short",
-                                    signal=signal.Signals(signum).name)
-                        run_scope.cancel()
+def _is_factory(value: object) -> bool:
+    """A plain function callable without arguments (not a coroutine function)."""
+    if not callable(value) or inspect.iscoroutinefunction(value):
+        return False
+    try:
+        parameters = inspect.signature(value).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return all(p.default is not p.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+               for p in parameters)
 
 
 def load_worker(target: str) -> Worker:
@@ -354,7 +389,7 @@ def load_worker(target: str) -> Worker:
     value = getattr(module, attr, None)
     if value is None:
         raise ConfigurationError(f"{module_name} has no attribute {attr}")
-    if not isinstance(value, Worker) and callable(value):
+    if not isinstance(value, Worker) and _is_factory(value):
         value = value()
     if not isinstance(value, Worker):
         raise ConfigurationError(
