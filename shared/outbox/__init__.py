@@ -21,7 +21,6 @@ from shared.outbox._batch import (
     follower_outcome,
     pack_transactions,
 )
-from shared.outbox._envelope import new_envelope, new_event_id
 from shared.outbox._errors import (
     AlreadyProcessedError,
     ConcurrencyConflictError,
@@ -34,6 +33,7 @@ from shared.outbox._errors import (
 from shared.outbox._model import (
     Aggregate,
     Decision,
+    Emitted,
     EventDraft,
     ItemRef,
     OutboxConfig,
@@ -66,6 +66,7 @@ __all__ = [
     "BatchConfig",
     "ConcurrencyConflictError",
     "Decision",
+    "Emitted",
     "EventDraft",
     "EventPublisher",
     "ItemRef",
@@ -92,8 +93,6 @@ __all__ = [
     "failed_entries",
     "follower_outcome",
     "from_item",
-    "new_envelope",
-    "new_event_id",
     "pack_transactions",
     "plan_batches",
     "plan_transaction",

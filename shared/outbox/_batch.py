@@ -23,22 +23,23 @@ that was read, and the version moves with every write.
 from __future__ import annotations
 
 import enum
-import json
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 import anyio
 import structlog
 
+from shared import tracing
 from shared.aws import AwsClients
 from shared.consumers._message import BatchResult, Message, Outcome
-from shared.errors import InvalidMessageError, is_retryable
+from shared.errors import is_retryable
+from shared.events import Envelope, parse_envelope
 from shared.outbox._model import (
     Aggregate,
     Decision,
+    Emitted,
     EventDraft,
     ItemRef,
     OutboxConfig,
@@ -64,9 +65,9 @@ __all__ = [
 
 _log = structlog.get_logger("shared.outbox.batch")
 
-Locate = Callable[[Mapping[str, Any]], ItemRef]
-Decide = Callable[[Mapping[str, Any], Aggregate], Decision | None]
-Decode = Callable[[Message], Mapping[str, Any]]
+Locate = Callable[[Envelope], ItemRef]
+Decide = Callable[[Envelope, Aggregate], Decision | None]
+Decode = Callable[[Message], Envelope]
 DuplicateObserver = Callable[[int], None]
 
 
@@ -87,32 +88,10 @@ class BatchConfig:
             raise ValueError("max_attempts must be at least 1")
 
 
-def decode_envelope(message: Message) -> Mapping[str, Any]:
-    """The envelope in a message body: raw, inside an EventBridge event (`detail`) or inside
-    an SNS notification (`Message`). Raises InvalidMessageError naming what is wrong."""
-    try:
-        body = json.loads(message.body)
-    except ValueError as exc:
-        raise InvalidMessageError(f"not JSON ({exc})", field="body") from None
-    for _ in range(3):
-        if not isinstance(body, dict):
-            raise InvalidMessageError("expected a JSON object", field="body")
-        if isinstance(body.get("detail"), dict) and "detail-type" in body:
-            body = body["detail"]
-        elif body.get("Type") == "Notification" and isinstance(body.get("Message"), str):
-            try:
-                body = json.loads(body["Message"])
-            except ValueError as exc:
-                raise InvalidMessageError(f"not JSON ({exc})", field="Message") from None
-        else:
-            break
-    if not isinstance(body, dict):
-        raise InvalidMessageError("expected a JSON object", field="body")
-    if not isinstance(body.get("id"), str) or not body["id"]:
-        raise InvalidMessageError("missing", field="id")
-    if not isinstance(body.get("type"), str):
-        raise InvalidMessageError("missing", field="type")
-    return body
+def decode_envelope(message: Message) -> Envelope:
+    """The validated envelope in a message body (raw, EventBridge, SNS, ... see
+    `shared.events.parse_envelope`). Raises InvalidMessageError naming the field."""
+    return parse_envelope(message.body)
 
 
 def follower_outcome(primary: Outcome) -> Outcome:
@@ -142,12 +121,12 @@ def pack_transactions(
 @dataclass
 class _Entry:
     message: Message
-    envelope: Mapping[str, Any]
+    envelope: Envelope
     ref: ItemRef
 
     @property
     def event_id(self) -> str:
-        return str(self.envelope["id"])
+        return self.envelope.id
 
 
 @dataclass
@@ -199,7 +178,7 @@ class BatchCommitter:
             except Exception as exc:
                 self._fail(batch, message, exc)
                 continue
-            event_id = str(envelope["id"])
+            event_id = envelope.id
             if event_id in primaries:
                 followers.append((message, event_id))
                 continue
@@ -276,11 +255,11 @@ class BatchCommitter:
     ) -> tuple[list[StagedWrite], list[list[_Entry]]]:
         writes: list[StagedWrite] = []
         written: list[list[_Entry]] = []
-        now = time.time()
+        carrier = tracing.current_carrier()
         for token, group in pending.items():
             original = aggregates[token]
             view = original
-            drafts: list[EventDraft] = []
+            drafts: list[Emitted] = []
             applied: list[_Entry] = []
             for entry in list(group):
                 if view.seen(entry.event_id):
@@ -297,7 +276,11 @@ class BatchCommitter:
                     batch.settle(entry.message, Outcome.SUCCEEDED)
                     group.remove(entry)
                     continue
-                drafts.extend(decision.events)
+                cause = entry.envelope
+                drafts.extend(
+                    e if isinstance(e, EventDraft) else EventDraft(event=e, causation=cause)
+                    for e in decision.events
+                )
                 applied.append(entry)
                 view = replace(
                     view, state=dict(decision.state),
@@ -307,7 +290,7 @@ class BatchCommitter:
             if applied:
                 writes.append(stage(
                     original, view.state, events=drafts,
-                    processed_ids=[e.event_id for e in applied], now=now,
+                    processed_ids=[e.event_id for e in applied], trace=carrier,
                 ))
                 written.append(applied)
         return writes, written

@@ -7,12 +7,15 @@
     └── PermanentError
         ├── OutboxError                misuse of the unit of work (refused before any write)
         │   └── TransactionTooLargeError   more than 100 operations in one commit
-        ├── AlreadyProcessedError      the inbox already holds this event id (a duplicate)
         ├── UnpublishableEventError    an event PutEvents refuses for good (too big, invalid)
         └── StreamRecordError          a stream record the relay cannot read
 
+    DuplicateEvent (shared.consumers)
+    └── AlreadyProcessedError      the inbox already holds this event id (a duplicate)
+
 `retryable` is on the type: a consumer backs off on a conflict and dead-letters the rest.
-`AlreadyProcessedError` is not a failure: consumers map it to `Outcome.DUPLICATE`.
+`AlreadyProcessedError` is not a failure: the consumer adapters map it (a DuplicateEvent) to
+`Outcome.DUPLICATE`.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from shared.consumers._errors import DuplicateEvent
 from shared.errors import PermanentError, RetryableError
 
 __all__ = [
@@ -60,12 +64,12 @@ class ConcurrencyConflictError(RetryableError):
         self.current = current
 
 
-class AlreadyProcessedError(PermanentError):
+class AlreadyProcessedError(DuplicateEvent):
     """The event id is already in the inbox: its effect was applied before."""
 
     def __init__(self, event_id: str) -> None:
-        super().__init__(f"event {event_id} was already processed")
-        self.event_id = event_id
+        super().__init__(event_id)
+        self.event_id: str = event_id
 
 
 class PublishError(RetryableError):

@@ -18,6 +18,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import BaseModel
+
+from shared.events import Envelope
 from shared.inbox import InboxConfig, InboxMode, inbox_put, remember
 from shared.outbox._attrs import from_item, to_attr, to_item
 from shared.outbox._errors import OutboxError
@@ -25,6 +28,7 @@ from shared.outbox._errors import OutboxError
 __all__ = [
     "Aggregate",
     "Decision",
+    "Emitted",
     "EventDraft",
     "ItemRef",
     "OutboxConfig",
@@ -100,25 +104,29 @@ class Aggregate:
 
 @dataclass(frozen=True, kw_only=True)
 class EventDraft:
-    """An event a decision emits; the unit of work turns it into an envelope at commit
-    (id, time, aggregate id, per-aggregate sequence, trace context)."""
+    """An event to emit: an instance of a model declared with `@event_type`, plus what the
+    envelope cannot infer. The unit of work wraps it with `Envelope.new` at commit: new id,
+    time, aggregate id, the next per-aggregate sequence, the trace context of the commit, and
+    correlation / causation from `causation` (the event being handled, if any)."""
 
-    type: str
-    source: str
-    data: Mapping[str, Any]
-    version: int = 1
+    event: BaseModel
+    causation: Envelope | None = None
     correlation_id: str | None = None
     causation_id: str | None = None
     tenant_id: str | None = None
 
 
+Emitted = BaseModel | EventDraft
+
+
 @dataclass(frozen=True, kw_only=True)
 class Decision:
     """What a handler decided for one event: the aggregate's new domain state (all domain
-    attributes; bookkeeping is added by the unit of work) and the events to publish."""
+    attributes; bookkeeping is added by the unit of work) and the events to publish (declared
+    event models, or EventDraft for more control)."""
 
     state: Mapping[str, Any]
-    events: Sequence[EventDraft] = ()
+    events: Sequence[Emitted] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -127,7 +135,7 @@ class StagedWrite:
 
     aggregate: Aggregate
     state: Mapping[str, Any]
-    envelopes: tuple[Mapping[str, Any], ...] = ()
+    envelopes: tuple[Envelope, ...] = ()
     processed_ids: tuple[str, ...] = ()
 
 
@@ -185,7 +193,7 @@ def build_write(write: StagedWrite, config: OutboxConfig, *, now: float) -> list
             raise OutboxError(f"state attribute {name!r}: {exc}") from None
     if write.envelopes:
         item[config.outbox_attribute] = {
-            "L": [{"S": json.dumps(e, separators=(",", ":"), default=str)} for e in write.envelopes]
+            "L": [{"S": e.to_json()} for e in write.envelopes]
         }
     inbox = config.inbox
     if inbox.mode is InboxMode.IN_ITEM:

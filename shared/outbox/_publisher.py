@@ -22,7 +22,8 @@ import structlog
 
 from shared.aws import AwsClients, aws_errors
 from shared.errors import is_retryable
-from shared.tracing import producer_span
+from shared.events import put_events_entry_size
+from shared.tracing import XRAY_HEADER, producer_span
 
 __all__ = [
     "MAX_ENTRIES",
@@ -78,21 +79,15 @@ def entry_for(envelope: Mapping[str, Any], bus_name: str) -> dict[str, Any]:
     }
     trace = envelope.get("trace")
     if isinstance(trace, Mapping):
-        header = trace.get("X-Amzn-Trace-Id") or trace.get("x-amzn-trace-id")
+        header = trace.get(XRAY_HEADER)
         if header:
             entry["TraceHeader"] = str(header)
     return entry
 
 
 def entry_size(entry: Mapping[str, Any]) -> int:
-    """PutEvents' size of one entry: Source + DetailType + Detail + Resources (+14 for Time),
-    in UTF-8 bytes."""
-    size = 14 if entry.get("Time") is not None else 0
-    for name in ("Source", "DetailType", "Detail"):
-        size += len(str(entry.get(name, "")).encode())
-    for resource in entry.get("Resources", ()):
-        size += len(str(resource).encode())
-    return size
+    """PutEvents' size of one entry (`shared.events.put_events_entry_size`)."""
+    return put_events_entry_size(entry)
 
 
 def plan_batches(

@@ -23,8 +23,9 @@ from typing import Any, Final
 import anyio
 from botocore.exceptions import ClientError
 
+from shared import tracing
 from shared.aws import AwsClients, aws_errors, error_code
-from shared.outbox._envelope import new_envelope, trace_carrier
+from shared.events import Envelope
 from shared.outbox._errors import (
     AlreadyProcessedError,
     ConcurrencyConflictError,
@@ -33,6 +34,7 @@ from shared.outbox._errors import (
 )
 from shared.outbox._model import (
     Aggregate,
+    Emitted,
     EventDraft,
     ItemRef,
     OutboxConfig,
@@ -62,21 +64,33 @@ def stage(
     aggregate: Aggregate,
     state: Mapping[str, Any],
     *,
-    events: Sequence[EventDraft] = (),
+    events: Sequence[Emitted] = (),
     processed_ids: Sequence[str] = (),
-    now: float | None = None,
+    causation: Envelope | None = None,
     trace: Mapping[str, str] | None = None,
 ) -> StagedWrite:
-    """A write of `aggregate` whose events get the next per-aggregate sequence numbers."""
-    at = time.time() if now is None else now
-    carrier = trace_carrier() if trace is None else trace
-    envelopes = tuple(
-        new_envelope(draft, aggregate_id=aggregate.ref.id,
-                     sequence=aggregate.last_sequence + i + 1, now=at, trace=carrier)
-        for i, draft in enumerate(events)
-    )
+    """A write of `aggregate` whose events become envelopes with the next per-aggregate
+    sequence numbers, the trace context of now (or `trace`), and `causation` (the event being
+    handled) as their cause unless a draft names its own.
+
+    Raises TypeError when an event's model is not declared with `@event_type`."""
+    carrier = dict(trace) if trace is not None else tracing.current_carrier()
+    envelopes: list[Envelope] = []
+    for position, emitted in enumerate(events):
+        draft = emitted if isinstance(emitted, EventDraft) else EventDraft(event=emitted)
+        # An empty carrier (no span now) lets Envelope.new fall back to the cause's context.
+        envelopes.append(Envelope.new(
+            draft.event,
+            aggregate_id=aggregate.ref.id,
+            sequence=aggregate.last_sequence + position + 1,
+            correlation_id=draft.correlation_id,
+            causation=draft.causation or causation,
+            causation_id=draft.causation_id,
+            tenant_id=draft.tenant_id,
+            trace=carrier or None,
+        ))
     return StagedWrite(
-        aggregate=aggregate, state=dict(state), envelopes=envelopes,
+        aggregate=aggregate, state=dict(state), envelopes=tuple(envelopes),
         processed_ids=tuple(processed_ids),
     )
 
@@ -314,11 +328,13 @@ class UnitOfWork:
         aggregate: Aggregate,
         state: Mapping[str, Any],
         *,
-        events: Sequence[EventDraft] = (),
+        events: Sequence[Emitted] = (),
         processed_id: str | None = None,
+        causation: Envelope | None = None,
     ) -> None:
         """Stage the new domain `state` of `aggregate` (all its domain attributes), the events
-        to publish and the id of the event being handled (inbox).
+        to publish and the id of the event being handled (inbox). `causation` (the event
+        being handled) becomes the cause and correlation of the new events.
 
         Raises OutboxError when the unit of work was committed or the aggregate is staged
         already; AlreadyProcessedError when its inbox already holds `processed_id`."""
@@ -329,7 +345,7 @@ class UnitOfWork:
         if processed_id is not None and aggregate.seen(processed_id):
             raise AlreadyProcessedError(processed_id)
         self._writes.append(
-            stage(aggregate, state, events=events,
+            stage(aggregate, state, events=events, causation=causation,
                   processed_ids=() if processed_id is None else (processed_id,))
         )
 
@@ -337,7 +353,7 @@ class UnitOfWork:
     def staged(self) -> tuple[StagedWrite, ...]:
         return tuple(self._writes)
 
-    async def commit(self) -> tuple[Mapping[str, Any], ...]:
+    async def commit(self) -> tuple[Envelope, ...]:
         """Write everything staged atomically; returns the committed envelopes.
 
         Raises TransactionTooLargeError (nothing written) over 100 operations;

@@ -10,9 +10,30 @@ from datetime import datetime
 from typing import Any
 
 import anyio
+from pydantic import BaseModel
 
 from shared.aws import AwsClients
 from shared.consumers._message import Message, SourceKind
+from shared.events import EventRegistry, event_type
+
+TEST_EVENTS = EventRegistry()
+
+
+@event_type("OrderChanged", source="fleetline.test", registry=TEST_EVENTS)
+class OrderChanged(BaseModel):
+    step: int
+
+
+@event_type("CounterBumped", source="fleetline.test", registry=TEST_EVENTS)
+class CounterBumped(BaseModel):
+    counter: str
+    amount: int = 1
+
+
+@event_type("CounterChanged", source="fleetline.test", registry=TEST_EVENTS)
+class CounterChanged(BaseModel):
+    counter: str
+    total: int
 
 
 async def create_table(

@@ -7,7 +7,6 @@ import pytest
 from shared.aws import AwsClients
 from shared.consumers._message import Outcome
 from shared.outbox import (
-    EventDraft,
     ItemRef,
     PublisherConfig,
     Relay,
@@ -15,7 +14,7 @@ from shared.outbox import (
     UnitOfWork,
 )
 
-from ._outbox_support import bus_to_queue, create_table, drain, ids, read_stream
+from ._outbox_support import OrderChanged, bus_to_queue, create_table, drain, ids, read_stream
 
 pytestmark = pytest.mark.emulator
 
@@ -23,22 +22,21 @@ pytestmark = pytest.mark.emulator
 async def test_commit_then_relay_publishes_each_event_once_in_order(aws: AwsClients) -> None:
     stream = await create_table(aws, "orders")
     assert stream is not None
-    url = await bus_to_queue(aws, "bus", "sink", source_prefix="fleetline.")
+    url = await bus_to_queue(aws, "bus", "sink", source_prefix="fleetline.test")
     ref = ItemRef(table="orders", key={"pk": "o-1"})
     committed = []
     for step in range(3):
         uow = UnitOfWork(aws)
         order = await uow.load(ref)
-        uow.save(order, {"status": f"s{step}"}, events=[
-            EventDraft(type="OrderChanged", source="fleetline.orders", data={"step": step})])
+        uow.save(order, {"status": f"s{step}"}, events=[OrderChanged(step=step)])
         committed.extend(await uow.commit())
-    assert [e["sequence"] for e in committed] == [1, 2, 3]
+    assert [e.sequence for e in committed] == [1, 2, 3]
     relay = Relay(aws, PublisherConfig(bus_name="bus"))
     messages = await read_stream(aws, stream)
     result = await relay(messages)
     assert set(result.outcomes.values()) == {Outcome.SUCCEEDED}
     bodies = await drain(aws, url, expect=3)
-    assert ids(bodies) == [e["id"] for e in committed]
+    assert ids(bodies) == [e.id for e in committed]
     assert [b["detail"]["sequence"] for b in bodies] == [1, 2, 3]
     assert bodies[0]["detail-type"] == "OrderChanged"
 
