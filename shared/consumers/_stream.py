@@ -37,7 +37,7 @@ from shared.aws import AwsClients, aws_errors
 from shared.consumers._errors import ConsumerError
 from shared.consumers._lease_decisions import SHARD_END, Lease, parents_first, plan_leases
 from shared.consumers._leases import LeaseLostError, LeaseTable
-from shared.consumers._message import BatchHandler, BatchResult, Message, SourceKind
+from shared.consumers._message import BatchHandler, BatchResult, Message, Outcome, SourceKind
 from shared.consumers._stream_decisions import (
     FailedRecord,
     backoff_delay,
@@ -392,6 +392,7 @@ class StreamConsumer:
         return tuple(sorted(s for s, h in self._held.items() if not h.lost))
 
     def statistics(self) -> StreamConsumerStatistics:
+        """An immutable snapshot of this consumer's counters, held shards and lag."""
         return StreamConsumerStatistics(
             worker_id=self.worker_id,
             shards=self.held_shards,
@@ -783,10 +784,10 @@ class StreamConsumer:
     def _count_outcomes(self, done: Sequence[Message], result: BatchResult) -> None:
         for message in done:
             outcome = result.outcomes.get(message.id)
-            if outcome == "succeeded":
+            if outcome == Outcome.SUCCEEDED:
                 self._counts["records_succeeded"] += 1
                 self._metrics.count(Metric.SUCCEEDED)
-            elif outcome == "duplicate":
+            elif outcome == Outcome.DUPLICATE:
                 self._counts["records_duplicate"] += 1
                 self._metrics.count(Metric.DUPLICATES_SKIPPED)
 

@@ -105,7 +105,7 @@ def settle_batch(
         if outcome in _DONE:
             completed += 1
             continue
-        if outcome is Outcome.DEAD_LETTER:
+        if outcome == Outcome.DEAD_LETTER:
             reason = (result.reasons.get(message.id) if result is not None else None) or (
                 "dead-lettered by the handler"
             )
