@@ -15,6 +15,7 @@ thousands of devices per second); plus the unit of work's `version`, `event_seq`
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -104,13 +105,27 @@ def state_from_attributes(
     return DeviceState.from_doc(doc)
 
 
+# The unit of work takes declared event models (`EventDraft(event=...)`); earlier versions
+# of it took type/source/data. Both are accepted so the worker runs on either.
+_DRAFT_FIELDS = frozenset(f.name for f in dataclasses.fields(EventDraft))
+
+
 def event_draft(event: DeviceEvent) -> EventDraft:
-    return EventDraft(
+    if "event" in _DRAFT_FIELDS:
+        return EventDraft(event=event, tenant_id=event.device.tenant_id)  # type: ignore[call-arg,unused-ignore]
+    return EventDraft(  # type: ignore[call-arg,unused-ignore]
         type=event.type_name,
         source=SOURCE,
         data=event.model_dump(mode="json"),
         tenant_id=event.device.tenant_id,
     )
+
+
+def envelope_dict(envelope: Any) -> Mapping[str, Any]:
+    """A committed envelope as a JSON-ready mapping (the unit of work returns models)."""
+    if isinstance(envelope, Mapping):
+        return envelope
+    return dict(json.loads(envelope.to_json()))
 
 
 class DynamoDeviceStore:
@@ -174,7 +189,7 @@ class DynamoDeviceStore:
         committed: dict[str, list[Mapping[str, Any]]] = {
             w.state.device_id: [] for w in writes
         }
-        for envelope in envelopes:
+        for envelope in map(envelope_dict, envelopes):
             committed[str(envelope["aggregate_id"])].append(envelope)
         return CommitResult(committed)
 

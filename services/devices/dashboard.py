@@ -224,7 +224,8 @@ class DashboardServer:
         site = web.TCPSite(runner, host, port)
         await site.start()
         self._runner = runner
-        sockets = site._server.sockets if site._server is not None else ()  # type: ignore[union-attr]
+        server = site._server
+        sockets = getattr(server, "sockets", None) or ()
         self.port = int(sockets[0].getsockname()[1]) if sockets else port
         return f"http://{host}:{self.port}"
 
