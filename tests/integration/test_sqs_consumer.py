@@ -19,6 +19,7 @@ from shared.consumers import (
     DEAD_LETTER_ATTRIBUTE,
     Backoff,
     BatchResult,
+    ConsumerError,
     DeadLetter,
     DeadLetterMode,
     HandlerContext,
@@ -120,7 +121,7 @@ async def wait_for(condition: Callable[[], Awaitable[bool] | bool], *, within: f
 
 
 @asynccontextmanager
-async def running(consumer: SqsConsumer) -> AsyncIterator[SqsConsumer]:
+async def running_consumer(consumer: SqsConsumer) -> AsyncIterator[SqsConsumer]:
     async with anyio.create_task_group() as tg:
         await tg.start(consumer.run)
         try:
@@ -146,7 +147,7 @@ async def test_poison_message_reaches_dlq_with_reason_while_others_flow(
     await send(aws, url, [json.dumps({"n": n}) for n in ["poison", *goods]])
     consumer = SqsConsumer(aws, url, batch_handler(handle), settings=FAST,
                            rng=random.Random(7))
-    async with running(consumer):
+    async with running_consumer(consumer):
         await wait_for(lambda: sorted(handled) == goods, within=10, what="good messages")
         dead = []
 
@@ -182,7 +183,7 @@ async def test_redrive_mode_lets_the_queue_move_the_poison_message(aws: AwsClien
                            dead_letter=DeadLetterMode.REDRIVE)
     consumer = SqsConsumer(aws, url, batch_handler(handle), settings=settings)
     dead: list[dict[str, Any]] = []
-    async with running(consumer):
+    async with running_consumer(consumer):
 
         async def in_dlq() -> bool:
             dead.extend(await drain_queue(aws, dlq, wait=0))
@@ -203,7 +204,7 @@ async def test_malformed_json_goes_to_dlq_with_reason_at_once(aws: AwsClients) -
     await send(aws, url, ['{"n": 1}', "{not json", '{"n": 2}'])
     consumer = SqsConsumer(aws, url, batch_handler(handle), settings=FAST)
     dead: list[dict[str, Any]] = []
-    async with running(consumer):
+    async with running_consumer(consumer):
 
         async def in_dlq() -> bool:
             dead.extend(await drain_queue(aws, dlq, wait=0))
@@ -247,7 +248,7 @@ async def test_fifo_keeps_group_order_and_a_failure_stops_only_its_group(
 
     settings = SqsSettings(wait_time_seconds=1, backoff=Backoff(base=1.0, minimum=1.0, cap=2.0))
     consumer = SqsConsumer(aws, url, batch_handler(handle), settings=settings)
-    async with running(consumer):
+    async with running_consumer(consumer):
         await wait_for(lambda: len(order) == 8, within=15, what="all eight messages")
     assert [i for g, i in order if g == "A"] == [0, 1, 2, 3]
     assert [i for g, i in order if g == "B"] == [0, 1, 2, 3]
@@ -268,7 +269,7 @@ async def test_heartbeat_keeps_a_slow_message_from_being_redelivered(aws: AwsCli
 
     await send(aws, url, [json.dumps({"n": 1})])
     consumer = SqsConsumer(aws, url, batch_handler(handle), settings=FAST)
-    async with running(consumer):
+    async with running_consumer(consumer):
         await wait_for(lambda: consumer.statistics().deleted == 1, within=10,
                        what="the slow message to be deleted")
     assert calls == [1]
@@ -317,7 +318,7 @@ async def test_a_batch_of_ten_costs_one_receive_and_one_delete(aws: AwsClients) 
 
     consumer = SqsConsumer(aws, url, handler, settings=FAST)
     before = aws.counter.snapshot()
-    async with running(consumer):
+    async with running_consumer(consumer):
         await done.wait()
         await wait_for(lambda: consumer.statistics().deleted == 10, within=5, what="deletes")
         after = aws.counter.snapshot()
@@ -374,3 +375,61 @@ async def test_lambda_sqs_adapter_backs_off_and_dead_letters_with_reason(
     await wait_for(flaky_back, within=5, what="the flaky message after its backoff")
     # ("ok" stays hidden for 30 s: deleting it is the event source mapping's job.)
     assert [json.loads(m["Body"])["n"] for m in again] == ["flaky"]
+
+
+async def test_in_flight_bound_stops_receiving_until_slots_free(aws: AwsClients) -> None:
+    url, _ = await make_queue(aws, "bounded", visibility=30, max_receive_count=5)
+    await send(aws, url, [json.dumps({"n": n}) for n in range(9)])
+    running = 0
+    peak = 0
+    gate = anyio.Event()
+    first_wave = anyio.Event()
+    done: list[int] = []
+
+    async def handle(event: dict[str, Any], ctx: HandlerContext) -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        if running == 3:
+            first_wave.set()
+        await gate.wait()
+        running -= 1
+        done.append(event["n"])
+
+    settings = SqsSettings(wait_time_seconds=1, max_in_flight=3, pollers=2)
+    consumer = SqsConsumer(aws, url, batch_handler(handle), settings=settings)
+    async with running_consumer(consumer):
+        await first_wave.wait()
+        receives = consumer.statistics().receive_requests
+        await anyio.sleep(1.5)  # pollers must not receive while all three slots are taken
+        assert consumer.statistics().receive_requests == receives
+        assert consumer.statistics().in_flight == 3
+        gate.set()
+        await wait_for(lambda: len(done) == 9, within=10, what="all nine messages")
+    assert peak == 3
+
+
+async def test_a_missing_queue_stops_the_consumer_with_a_clear_error(aws: AwsClients) -> None:
+    sqs = await aws.client("sqs")
+    url = (await sqs.create_queue(QueueName="vanishing"))["QueueUrl"]
+
+    async def handler(messages: Sequence[Message]) -> BatchResult:
+        return BatchResult({m.id: Outcome.SUCCEEDED for m in messages})
+
+    missing = SqsConsumer(aws, url.replace("vanishing", "never-made"), handler, settings=FAST)
+    with pytest.raises(ConsumerError, match="never-made"):
+        await missing.run()
+    consumer = SqsConsumer(aws, url, handler, settings=FAST)
+
+    async def delete_while_polling() -> None:
+        await wait_for(lambda: consumer.statistics().receive_requests > 0, within=5,
+                       what="the first receive")
+        await sqs.delete_queue(QueueUrl=url)
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(delete_while_polling)
+            with pytest.raises(ConsumerError, match="vanishing"):
+                await consumer.run()
+    with pytest.raises(RuntimeError, match="once"):
+        await consumer.run()
