@@ -759,7 +759,7 @@ async def test_rebalancing_hands_leases_over_without_duplicates(aws: AwsClients)
         await produce(5)
         b = KinesisConsumer(aws, second, stream="handoff", config=fast_config(worker_id="B"))
         await tg.start(b.run)
-        await produce(30)
+        await produce(15)
 
         async def split() -> bool:
             return len(a.held_shards) == 2 and len(b.held_shards) == 2
