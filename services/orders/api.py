@@ -42,7 +42,7 @@ from services.orders.domain import (
     order_id_for_key,
     price_lines,
 )
-from services.orders.events import SOURCE, OrderPlaced
+from services.orders.events import OrderPlaced
 from services.orders.requests import MAX_BODY_BYTES, PlaceOrderRequest, parse_place_order
 from shared.aws import AwsClients, aws_errors
 from shared.config import Resources
@@ -145,10 +145,8 @@ class OrdersApi:
             if aggregate.exists:
                 return self._replay(order_id, aggregate.state, print_, log)
             state, placed = self._new_order(order_id, request, print_, key)
-            uow.save(aggregate, state, events=[EventDraft(
-                type=OrderPlaced.type_name, source=SOURCE, data=placed.model_dump(mode="json"),
-                correlation_id=correlation_id,
-            )])
+            uow.save(aggregate, state,
+                     events=[EventDraft(event=placed, correlation_id=correlation_id)])
             try:
                 await uow.commit()
             except ConcurrencyConflictError:

@@ -65,9 +65,12 @@ class _Race(RetryableError):
 class Inventory:
     """Stock operations over the inventory table."""
 
-    def __init__(self, aws: AwsClients, *, table: str) -> None:
+    def __init__(self, aws: AwsClients, *, table: str, serialize_writes: bool = False) -> None:
+        """`serialize_writes`: one write at a time per sku item in this process, for the
+        emulator (see `_store.KeyedLocks`); leave it off on AWS."""
         self._aws = aws
         self.table = table
+        self._locks = _store.KeyedLocks() if serialize_writes else None
 
     @classmethod
     def from_environ(cls, aws: AwsClients, resources: Resources | None = None) -> Inventory:
@@ -91,16 +94,17 @@ class Inventory:
         """(applied, the item as it was when the condition failed)."""
         ddb = await self._aws.client("dynamodb")
         try:
-            with aws_errors():
-                await ddb.update_item(
-                    TableName=self.table,
-                    Key=_store.to_item({"pk": f"SKU#{sku}", "sk": "STOCK"}),
-                    UpdateExpression=update,
-                    ConditionExpression=condition,
-                    ExpressionAttributeNames={"#o": order_id},
-                    ExpressionAttributeValues=_store.to_item({":q": quantity}),
-                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
-                )
+            async with _store.lock_for(self._locks, sku):
+                with aws_errors():
+                    await ddb.update_item(
+                        TableName=self.table,
+                        Key=_store.to_item({"pk": f"SKU#{sku}", "sk": "STOCK"}),
+                        UpdateExpression=update,
+                        ConditionExpression=condition,
+                        ExpressionAttributeNames={"#o": order_id},
+                        ExpressionAttributeValues=_store.to_item({":q": quantity}),
+                        ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                    )
         except AwsRequestError as exc:
             if exc.code != "ConditionalCheckFailedException":
                 raise
@@ -283,9 +287,9 @@ class Inventory:
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
-def tasks(aws: AwsClients, *, table: str) -> CallbackTasks:
+def tasks(aws: AwsClients, *, table: str, serialize_writes: bool = False) -> CallbackTasks:
     """The inventory worker's task handler."""
-    inventory = Inventory(aws, table=table)
+    inventory = Inventory(aws, table=table, serialize_writes=serialize_writes)
 
     async def reserve(task: TaskRequest) -> dict[str, Any]:
         return await inventory.reserve(task.order.order_id, task.order.items)
