@@ -1,0 +1,436 @@
+"""The template's own invariants (deploy/template.yaml), read with cfn-lint's decoder.
+
+These are the rules docs/deploy.md promises: every queue has a DLQ, every rule target a retry
+policy and a DLQ, every table streams/TTL/PITR/SSE, encryption everywhere, no wildcard
+actions, wildcard resources only where commented, outputs and FLEETLINE_* variables agree.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cfnlint.decode import decode
+
+from shared.config import ENV_PREFIX, resource_env_name
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE_PATH = ROOT / "deploy" / "template.yaml"
+STATEMACHINES = ROOT / "deploy" / "statemachines"
+
+# FLEETLINE_* variables that are settings, not stack outputs.
+SETTINGS_ENV = {"FLEETLINE_DRAIN_SECONDS"}
+DRAIN_SECONDS = 45
+
+# Actions whose APIs have no resource-level permissions: the only ones allowed on "*".
+WILDCARD_RESOURCE_ACTIONS = {
+    "xray:PutTraceSegments", "xray:PutTelemetryRecords", "xray:GetSamplingRules",
+    "xray:GetSamplingTargets", "states:SendTaskSuccess", "states:SendTaskFailure",
+    "states:SendTaskHeartbeat", "dynamodb:ListStreams", "ecr:GetAuthorizationToken",
+    "logs:CreateLogDelivery", "logs:GetLogDelivery", "logs:UpdateLogDelivery",
+    "logs:DeleteLogDelivery", "logs:ListLogDeliveries", "logs:PutResourcePolicy",
+    "logs:DescribeResourcePolicies", "logs:DescribeLogGroups",
+}
+
+# The contracts with the service helpers: ECS worker targets and Lambda handlers.
+WORKERS = {
+    "TelemetryWorker": "services.devices.telemetry:worker",
+    "DeviceProjector": "services.devices.projection:worker",
+    "Dashboard": "services.devices.dashboard:worker",
+    "InventoryWorker": "services.orders.inventory:worker",
+    "PaymentsWorker": "services.orders.payments:worker",
+    "ShippingWorker": "services.orders.shipping:worker",
+    "NotificationsWorker": "services.orders.notifications:worker",
+    "OrderProjector": "services.orders.projection:worker",
+}
+FUNCTIONS = {
+    "IotIngestFunction": "services.devices.ingest.handler",
+    "OutboxExpandFunction": "shared.outbox.pipe.handler",
+    "SagaStarterFunction": "services.orders.saga_starter.handler",
+    "OrdersApiFunction": "services.orders.api.handler",
+}
+SAGA_TASK_QUEUES = {"InventoryTasksQueue", "PaymentTasksQueue", "ShippingTasksQueue"}
+
+
+@pytest.fixture(scope="module")
+def template() -> dict[str, Any]:
+    decoded, matches = decode(str(TEMPLATE_PATH))
+    assert not matches, [str(m) for m in matches]
+    assert decoded is not None
+    return dict(decoded)
+
+
+def of_type(template: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
+    return {k: v for k, v in template["Resources"].items() if v["Type"] == kind}
+
+
+def props(resource: dict[str, Any]) -> dict[str, Any]:
+    return dict(resource.get("Properties", {}))
+
+
+def getatt_target(value: Any) -> str | None:
+    """The logical id behind `!GetAtt X.Attr`, else None."""
+    if isinstance(value, dict) and "Fn::GetAtt" in value:
+        target = value["Fn::GetAtt"]
+        return str(target[0] if isinstance(target, list) else str(target).split(".")[0])
+    return None
+
+
+def referenced(value: Any) -> set[str]:
+    """Logical ids and parameters a value refers to (Ref, GetAtt, Sub variables)."""
+    found: set[str] = set()
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            if key == "Ref":
+                found.add(str(inner))
+            elif key == "Fn::GetAtt":
+                target = getatt_target(value)
+                if target:
+                    found.add(target)
+            elif key == "Fn::Sub":
+                text = inner[0] if isinstance(inner, list) else inner
+                found.update(v.split(".")[0] for v in re.findall(r"\$\{([^}!]+)\}", str(text)))
+                if isinstance(inner, list):
+                    found.update(referenced(inner[1]))
+            else:
+                found.update(referenced(inner))
+    elif isinstance(value, list):
+        for inner in value:
+            found.update(referenced(inner))
+    return {f for f in found if not f.startswith("AWS::")}
+
+
+def dlq_ids(template: dict[str, Any]) -> set[str]:
+    """Queues that something dead-letters into."""
+    targets: set[str] = set()
+
+    def walk(value: Any, key: str = "") -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if k in {"deadLetterTargetArn", "TargetArn", "Arn"} and key in {
+                    "RedrivePolicy", "DeadLetterConfig"}:
+                    t = getatt_target(v)
+                    if t:
+                        targets.add(t)
+                walk(v, k)
+        elif isinstance(value, list):
+            for v in value:
+                walk(v, key)
+
+    walk(template["Resources"])
+    queues = of_type(template, "AWS::SQS::Queue")
+    return {t for t in targets if t in queues}
+
+
+def policy_statements(template: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for lid, resource in template["Resources"].items():
+        p = props(resource)
+        documents = []
+        if resource["Type"] == "AWS::IAM::Role":
+            documents = [pol["PolicyDocument"] for pol in p.get("Policies", [])]
+        elif resource["Type"] in {"AWS::SQS::QueuePolicy", "AWS::S3::BucketPolicy",
+                                  "AWS::IAM::Policy", "AWS::IAM::ManagedPolicy"}:
+            documents = [p["PolicyDocument"]]
+        elif resource["Type"] == "AWS::KMS::Key":
+            documents = [p["KeyPolicy"]]
+        for document in documents:
+            for statement in document["Statement"]:
+                yield lid, statement
+
+
+def as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+# --------------------------------------------------------------------------------- linting
+def test_cfn_lint_reports_no_errors() -> None:
+    from cfnlint.api import lint_file
+
+    matches = lint_file(TEMPLATE_PATH)
+    errors = [f"{m.rule.id} {m.linenumber}: {m.message}" for m in matches
+              if m.rule.severity == "error"]
+    assert errors == []
+
+
+# --------------------------------------------------------------------------------- queues
+def test_every_queue_that_is_not_a_dlq_redrives_to_an_existing_dlq(
+    template: dict[str, Any],
+) -> None:
+    queues = of_type(template, "AWS::SQS::Queue")
+    dlqs = dlq_ids(template)
+    assert dlqs, "no DLQs found"
+    for lid, queue in queues.items():
+        if lid in dlqs:
+            continue
+        redrive = props(queue).get("RedrivePolicy")
+        assert redrive, f"{lid} has no RedrivePolicy"
+        target = getatt_target(redrive["deadLetterTargetArn"])
+        assert target in queues, f"{lid} redrives to {target}, not a queue of the template"
+        expected = 3 if lid in SAGA_TASK_QUEUES else 5
+        assert redrive["maxReceiveCount"] == expected, lid
+
+
+def test_dlqs_keep_messages_14_days_and_redrive_nowhere(template: dict[str, Any]) -> None:
+    queues = of_type(template, "AWS::SQS::Queue")
+    for lid in dlq_ids(template):
+        p = props(queues[lid])
+        assert p.get("MessageRetentionPeriod") == 1209600, lid
+        assert "RedrivePolicy" not in p, lid
+        assert lid.endswith("Dlq"), f"{lid}: DLQs are named <Something>Dlq"
+
+
+def test_every_queue_is_encrypted(template: dict[str, Any]) -> None:
+    for lid, queue in of_type(template, "AWS::SQS::Queue").items():
+        p = props(queue)
+        assert p.get("SqsManagedSseEnabled") is True or p.get("KmsMasterKeyId"), lid
+
+
+# --------------------------------------------------------------------------------- routing
+def test_every_rule_target_has_retry_policy_and_an_existing_dlq(template: dict[str, Any]) -> None:
+    queues = of_type(template, "AWS::SQS::Queue")
+    rules = of_type(template, "AWS::Events::Rule")
+    assert rules
+    for lid, rule in rules.items():
+        p = props(rule)
+        # Never the default bus; a GetAtt (a Ref here breaks the emulator, docs/deploy.md).
+        buses = of_type(template, "AWS::Events::EventBus")
+        assert getatt_target(p.get("EventBusName")) in buses, lid
+        for target in p["Targets"]:
+            assert {"MaximumRetryAttempts", "MaximumEventAgeInSeconds"} <= set(
+                target.get("RetryPolicy", {})), f"{lid}/{target['Id']}"
+            assert getatt_target(target.get("DeadLetterConfig", {}).get("Arn")) in queues, (
+                f"{lid}/{target['Id']}")
+
+
+def test_schedules_retry_and_dead_letter(template: dict[str, Any]) -> None:
+    for lid, schedule in of_type(template, "AWS::Scheduler::Schedule").items():
+        target = props(schedule)["Target"]
+        assert "RetryPolicy" in target, lid
+        assert "DeadLetterConfig" in target, lid
+
+
+def test_queues_fed_by_rules_or_topics_have_a_queue_policy_naming_the_source(
+    template: dict[str, Any],
+) -> None:
+    allowed: dict[str, set[str]] = {}
+    for policy in of_type(template, "AWS::SQS::QueuePolicy").values():
+        p = props(policy)
+        sources: set[str] = set()
+        for statement in p["PolicyDocument"]["Statement"]:
+            sources |= referenced(statement.get("Condition", {}))
+        for q in p["Queues"]:
+            allowed.setdefault(q["Ref"], set()).update(sources)
+    for lid, rule in of_type(template, "AWS::Events::Rule").items():
+        for target in props(rule)["Targets"]:
+            for arn in (target["Arn"], target["DeadLetterConfig"]["Arn"]):
+                queue = getatt_target(arn)
+                if queue in of_type(template, "AWS::SQS::Queue"):
+                    assert lid in allowed.get(queue, set()), f"{queue} does not admit {lid}"
+    for lid, sub in of_type(template, "AWS::SNS::Subscription").items():
+        p = props(sub)
+        queue = getatt_target(p["Endpoint"])
+        assert queue is not None
+        assert p["TopicArn"]["Ref"] in allowed.get(queue, set()), f"{queue} does not admit {lid}"
+        assert p.get("FilterPolicy"), f"{lid} has no filter policy"
+
+
+def test_buses_are_archived_30_days(template: dict[str, Any]) -> None:
+    archived = {getatt_target(props(a)["SourceArn"]): props(a)["RetentionDays"]
+                for a in of_type(template, "AWS::Events::Archive").values()}
+    assert archived == {bus: 30 for bus in of_type(template, "AWS::Events::EventBus")}
+
+
+# --------------------------------------------------------------------------------- storage
+def test_every_table_has_streams_ttl_pitr_and_sse(template: dict[str, Any]) -> None:
+    tables = of_type(template, "AWS::DynamoDB::Table")
+    assert len(tables) >= 9
+    for lid, table in tables.items():
+        p = props(table)
+        assert p["BillingMode"] == "PAY_PER_REQUEST", lid
+        assert p["StreamSpecification"]["StreamViewType"] == "NEW_AND_OLD_IMAGES", lid
+        assert p["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}, lid
+        assert p["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True, lid
+        assert p["SSESpecification"]["SSEEnabled"] is True, lid
+
+
+def test_stream_topics_and_buckets_are_encrypted(template: dict[str, Any]) -> None:
+    for lid, stream in of_type(template, "AWS::Kinesis::Stream").items():
+        assert props(stream)["StreamEncryption"]["EncryptionType"] == "KMS", lid
+    for lid, topic in of_type(template, "AWS::SNS::Topic").items():
+        assert props(topic).get("KmsMasterKeyId"), lid
+    for lid, bucket in of_type(template, "AWS::S3::Bucket").items():
+        assert props(bucket).get("BucketEncryption"), lid
+
+
+# --------------------------------------------------------------------------------- IAM
+def test_no_allow_statement_has_a_wildcard_action(template: dict[str, Any]) -> None:
+    for lid, statement in policy_statements(template):
+        if statement["Effect"] != "Allow":
+            continue
+        for action in as_list(statement["Action"]):
+            assert "*" not in str(action), f"{lid}: wildcard action {action}"
+
+
+def test_wildcard_resources_only_for_apis_without_resource_permissions(
+    template: dict[str, Any],
+) -> None:
+    for lid, statement in policy_statements(template):
+        if statement["Effect"] != "Allow" or "*" not in as_list(statement.get("Resource")):
+            continue
+        if template["Resources"][lid]["Type"] == "AWS::KMS::Key":
+            continue  # in a key policy "*" is the key itself
+        actions = set(as_list(statement["Action"]))
+        assert actions <= WILDCARD_RESOURCE_ACTIONS, f"{lid}: {actions - WILDCARD_RESOURCE_ACTIONS}"
+
+
+def test_every_wildcard_resource_line_is_commented() -> None:
+    lines = TEMPLATE_PATH.read_text().splitlines()
+    star = re.compile(r"Resource:\s*['\"]\*['\"]")
+    wildcard_lines = [i for i, line in enumerate(lines) if star.search(line)]
+    assert wildcard_lines
+    for i in wildcard_lines:
+        comment = []
+        j = i - 1
+        while lines[j].strip().startswith("#"):  # the comment block right above
+            comment.insert(0, lines[j].strip())
+            j -= 1
+        assert comment, f"line {i + 1}: Resource \"*\" without a comment above"
+        assert comment[0].startswith("# wildcard:"), f"line {i + 1}: not `# wildcard: <reason>`"
+
+
+def test_one_role_per_task_and_function(template: dict[str, Any]) -> None:
+    task_roles = [getatt_target(props(t)["TaskRoleArn"])
+                  for t in of_type(template, "AWS::ECS::TaskDefinition").values()]
+    function_roles = [getatt_target(props(f)["Role"])
+                      for f in of_type(template, "AWS::Lambda::Function").values()]
+    every = task_roles + function_roles
+    assert len(set(every)) == len(every), "a role is shared between processes"
+
+
+# --------------------------------------------------------------------------------- processes
+def test_workers_run_the_contracted_targets_with_a_collector_and_drain_time(
+    template: dict[str, Any],
+) -> None:
+    defaults = template["Parameters"]
+    assert defaults["CollectorImage"]["Default"].startswith(
+        "public.ecr.aws/aws-observability/aws-otel-collector")
+    seen = {}
+    for lid, task in of_type(template, "AWS::ECS::TaskDefinition").items():
+        containers = {c["Name"]: c for c in props(task)["ContainerDefinitions"]}
+        worker, collector = containers["worker"], containers["otel-collector"]
+        assert worker["Command"][:3] == ["python", "-m", "shared.hosts.worker"], lid
+        seen[lid.removesuffix("TaskDefinition")] = worker["Command"][3]
+        env = {e["Name"]: e["Value"] for e in worker["Environment"]}
+        assert env["FLEETLINE_DRAIN_SECONDS"] == str(DRAIN_SECONDS), lid
+        assert worker["StopTimeout"] > DRAIN_SECONDS, lid
+        assert worker["LogConfiguration"]["LogDriver"] == "awslogs", lid
+        assert collector["Image"] == {"Ref": "CollectorImage"}, lid
+        assert props(task)["RequiresCompatibilities"] == ["FARGATE"], lid
+    assert seen == WORKERS
+    services = {getatt_target(props(s)["TaskDefinition"]) or props(s)["TaskDefinition"]["Ref"]
+                for s in of_type(template, "AWS::ECS::Service").values()}
+    assert services == {f"{w}TaskDefinition" for w in WORKERS}
+
+
+def test_functions_run_the_contracted_handlers_from_the_artifact(template: dict[str, Any]) -> None:
+    seen = {}
+    for lid, function in of_type(template, "AWS::Lambda::Function").items():
+        p = props(function)
+        assert p["Runtime"] == "python3.12", lid
+        assert p["Code"] == {"S3Bucket": {"Ref": "ArtifactBucket"}, "S3Key": {"Ref": "CodeKey"}}
+        seen[lid] = p["Handler"]
+    assert seen == FUNCTIONS
+
+
+def process_environments(template: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for lid, task in of_type(template, "AWS::ECS::TaskDefinition").items():
+        for container in props(task)["ContainerDefinitions"]:
+            yield lid, {e["Name"]: e["Value"] for e in container.get("Environment", [])}
+    for lid, function in of_type(template, "AWS::Lambda::Function").items():
+        yield lid, dict(props(function).get("Environment", {}).get("Variables", {}))
+
+
+def test_every_fleetline_variable_is_an_output_with_the_same_value(
+    template: dict[str, Any],
+) -> None:
+    outputs = {resource_env_name(k): v["Value"] for k, v in template["Outputs"].items()}
+    count = 0
+    for lid, env in process_environments(template):
+        for name, value in env.items():
+            if not name.startswith(ENV_PREFIX) or name in SETTINGS_ENV:
+                continue
+            count += 1
+            assert name in outputs, f"{lid}: {name} is no stack output"
+            assert value == outputs[name], f"{lid}: {name} differs from its output"
+    assert count > 20
+
+
+def test_every_output_names_a_resource_or_parameter_it_is_keyed_after(
+    template: dict[str, Any],
+) -> None:
+    known = set(template["Resources"]) | set(template["Parameters"])
+    for key, output in template["Outputs"].items():
+        refs = referenced(output["Value"])
+        assert refs, f"output {key} refers to nothing"
+        assert refs <= known, f"output {key}: {refs - known}"
+        assert any(key in {r, f"{r}Name", f"{r}Arn", f"{r}Url"} for r in refs), (
+            f"output {key} is not keyed after {refs}")
+
+
+def test_physical_names_carry_the_stack_name(template: dict[str, Any]) -> None:
+    name_props = {"QueueName", "TableName", "Name", "TopicName", "FunctionName", "ServiceName",
+                  "Family", "ClusterName", "StateMachineName", "ArchiveName", "AlarmName",
+                  "LogGroupName"}
+    checked = 0
+    for lid, resource in template["Resources"].items():
+        for prop, value in props(resource).items():
+            if prop in name_props and resource["Type"] not in {
+                    "AWS::Lambda::Permission", "AWS::Lambda::EventSourceMapping"}:
+                text = value.get("Fn::Sub") if isinstance(value, dict) else value
+                assert isinstance(text, str), f"{lid}.{prop}"
+                assert "${AWS::StackName}" in text, f"{lid}.{prop}"
+                checked += 1
+    assert checked > 50
+
+
+# --------------------------------------------------------------------------------- alarms
+def test_alarms_cover_dlqs_queue_age_iterator_age_and_failed_executions(
+    template: dict[str, Any],
+) -> None:
+    alarms = [props(a) for a in of_type(template, "AWS::CloudWatch::Alarm").values()]
+
+    def watched(metric: str) -> set[str]:
+        return {
+            ref for a in alarms if a["MetricName"] == metric
+            for d in a["Dimensions"] for ref in referenced(d["Value"])
+        }
+
+    depth = watched("ApproximateNumberOfMessagesVisible")
+    assert dlq_ids(template) <= depth
+    work_queues = {q for q in of_type(template, "AWS::SQS::Queue") if q not in dlq_ids(template)}
+    assert work_queues - {"TelemetryFailureQueue"} <= watched("ApproximateAgeOfOldestMessage")
+    assert "TelemetryStream" in watched("GetRecords.IteratorAgeMilliseconds")
+    assert "OrderSagaStateMachine" in watched("ExecutionsFailed")
+    for a in alarms:
+        assert a["AlarmActions"] == [{"Ref": "OpsAlertsTopic"}]
+
+
+# --------------------------------------------------------------------------------- saga
+def test_state_machine_substitutions_match_the_definition_placeholders(
+    template: dict[str, Any],
+) -> None:
+    machines = of_type(template, "AWS::StepFunctions::StateMachine")
+    assert machines
+    for lid, machine in machines.items():
+        p = props(machine)
+        key = p["DefinitionS3Location"]["Key"]["Fn::Sub"]
+        path = STATEMACHINES / key.split("/")[-1]
+        text = path.read_text()
+        document = json.loads(text)
+        assert "QueryLanguage" not in document or document["QueryLanguage"] == "JSONPath"
+        placeholders = set(re.findall(r"\$\{(\w+)\}", text))
+        assert placeholders == set(p["DefinitionSubstitutions"]), lid
