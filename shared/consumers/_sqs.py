@@ -553,6 +553,10 @@ class SqsConsumer:
             try:
                 with delivery_control(progress):
                     result = await self._handler(messages)
+                if not isinstance(result, BatchResult):
+                    raise TypeError(
+                        f"a BatchHandler must return a BatchResult, not {type(result).__name__}"
+                    )
             except anyio.get_cancelled_exc_class():
                 # The drain deadline passed: settle what finished by its own outcome; the
                 # rest stays tracked and `run()` releases it.
@@ -579,7 +583,12 @@ class SqsConsumer:
                 max_receive_count=self.max_receive_count,
             )
             with anyio.CancelScope(shield=True):
-                await self._apply(settlement)
+                try:
+                    await self._apply(settlement)
+                except Exception:
+                    # Unexpected (AWS errors are handled inside): the messages reappear when
+                    # their visibility ends, and the consumer keeps going.
+                    self._log.exception("settling a batch failed", messages=len(messages))
             settled = True
         finally:
             # A cancelled batch (drain deadline) stays tracked: `run()` releases it at once.

@@ -236,3 +236,13 @@ def test_settings_defaults_follow_the_documented_choices() -> None:
     assert (s.heartbeat_interval, s.extend_when_remaining, s.drain_seconds) == (1.0, 5.0, 45.0)
 
 
+
+
+def test_public_names_resolve() -> None:
+    import shared.consumers as consumers
+    import shared.hosts as hosts
+    import shared.hosts.lambda_ as lambda_
+
+    for module in (consumers, hosts, lambda_):
+        missing = [name for name in module.__all__ if not hasattr(module, name)]
+        assert missing == [], module.__name__
