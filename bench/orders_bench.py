@@ -1,14 +1,15 @@
 """Orders benchmark: the whole saga on the embedded stack, and what each order costs.
 
     .venv/bin/python bench/orders_bench.py [--orders 200] [--decline-rate 0.1]
-        [--outage-rate 0.05] [--lost-rate 0.02] [--concurrency 50]
+        [--outage-rate 0.05] [--lost-rate 0.02] [--in-flight 16]
 
 Starts its own emulator (moto server, a separate process), creates the orders resources
 through the API (`services.orders.harness`), runs every orders process in this process (the
 API handler, the outbox relay, the saga starter, the inventory / payments / shipping task
-workers, notifications, both projections), places N orders through the API (at most
-`--concurrency` in flight) with random declines, provider outages and lost answers, waits for
-every order to end, checks the saga's invariants (the issue's 200-order mix), and prints:
+workers, notifications, both projections), places N orders through the API with random
+declines, provider outages and lost answers, at most `--in-flight` sagas at once (a closed
+loop: a placer waits for its order to end), checks the saga's invariants (the issue's
+200-order mix), and prints:
 
 - orders/s through the whole saga (first placement to last final state), bounded by the
   emulator, which runs every AWS call of every service on one Python process;
@@ -19,8 +20,7 @@ every order to end, checks the saga's invariants (the issue's 200-order mix), an
 - DynamoDB write units per order (1 per KB per write, 2 per KB in a transaction);
 - Step Functions state transitions per order (states entered, from execution histories);
 - worker CPU per order (CPU time of this process, which runs every orders process);
-- dollars per thousand orders at the list prices (bench/prices.py when present, else the
-  table in ../shared/notes/cost.md).
+- dollars per thousand orders at the list prices in bench/prices.py.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import json
 import math
 import os
 import random
+import signal
 import sys
 import time
 from collections import Counter
@@ -44,6 +45,7 @@ import anyio
 from rich.console import Console
 from rich.table import Table
 
+from bench.prices import PRICES as _LIST
 from services.orders.domain import CATALOG, stock_invariant_violations
 from services.orders.harness import background_runtime, create_stack
 from services.orders.inventory import Inventory
@@ -52,25 +54,17 @@ from services.orders.saga import SagaTimings
 from shared.aws import AwsClients, RequestCounter
 from shared.local.emulator import Emulator
 
-try:  # the project's price table (bench/prices.py), when it exists
-    from bench import prices as _prices  # type: ignore[attr-defined]
-except ImportError:  # pragma: no cover - fall back to ../shared/notes/cost.md's list prices
-    _prices = None
-
-# us-east-1 on-demand list prices (../shared/notes/cost.md), in dollars
+# The project's list prices (bench/prices.py, from ../shared/notes/cost.md), in dollars.
 PRICE = {
-    "dynamodb_wru": 0.625 / 1e6,
-    "dynamodb_rru": 0.125 / 1e6,
-    "sqs_request": 0.40 / 1e6,
-    "eventbridge_event": 1.00 / 1e6,
-    "sfn_transition": 0.025 / 1000,
-    "lambda_request": 0.20 / 1e6,
-    "lambda_gb_second": 0.0000166667,
-    "fargate_vcpu_hour": 0.04048,
+    "dynamodb_wru": _LIST["dynamodb_wru"],
+    "dynamodb_rru": _LIST["dynamodb_rru"],
+    "sqs_request": _LIST["sqs_standard_request"],
+    "eventbridge_event": _LIST["eventbridge_event"],
+    "sfn_transition": _LIST["stepfunctions_transition"],
+    "lambda_request": _LIST["lambda_request"],
+    "lambda_gb_second": _LIST["lambda_gb_second"],
+    "fargate_vcpu_hour": _LIST["fargate_vcpu_hour"],
 }
-if _prices is not None:  # pragma: no cover - depends on the project's table
-    for key in PRICE:
-        PRICE[key] = float(getattr(_prices, key.upper(), PRICE[key]))
 
 _DDB_WRITES = {"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem"}
 _DDB_READS = {"GetItem", "Query", "Scan", "BatchGetItem"}
@@ -133,20 +127,25 @@ async def run(args: argparse.Namespace) -> int:
                 await anyio.sleep(1.0)  # let every consumer reach its first poll
                 system_counter.reset()
                 cpu0, wall0 = time.process_time(), time.monotonic()
-                limiter = anyio.Semaphore(args.concurrency)
+                # A bounded number of sagas in flight: each placer waits for its order to end
+                # before the next order is placed (a closed loop), so the figures are those of
+                # a sustainable load, not of a backlog longer than the step heartbeat.
+                in_flight = anyio.Semaphore(args.in_flight)
                 ids: list[str] = []
+                finals: dict[str, dict[str, Any]] = {}
 
-                async def place(n: int) -> None:
-                    async with limiter:
+                async def one(n: int) -> None:
+                    async with in_flight:
                         answer = await runtime.api(post(body(n, rng), f"bench-{n}"))
                         assert answer["statusCode"] == 202, answer
-                        ids.append(json.loads(answer["body"])["order_id"])
+                        order_id = json.loads(answer["body"])["order_id"]
+                        ids.append(order_id)
+                        finals[order_id] = await wait_final(
+                            driver, stack.history_table, order_id, args.timeout)
 
                 async with anyio.create_task_group() as tg:
                     for n in range(args.orders):
-                        tg.start_soon(place, n)
-                finals = await wait_for_finals(driver, stack.history_table, set(ids),
-                                               args.timeout)
+                        tg.start_soon(one, n)
                 wall = time.monotonic() - wall0
                 cpu = time.process_time() - cpu0
                 requests = system_counter.snapshot()
@@ -216,28 +215,20 @@ async def run(args: argparse.Namespace) -> int:
     return 0 if not audit and n == args.orders else 1
 
 
-async def wait_for_finals(aws: AwsClients, table: str, ids: set[str],
-                          limit: float) -> dict[str, dict[str, Any]]:
+async def wait_final(aws: AwsClients, table: str, order_id: str,
+                     limit: float) -> dict[str, Any]:
+    """The order's read-model row once it is CONFIRMED or CANCELLED (polled every 0.25 s).
+
+    Raises TimeoutError after `limit` seconds."""
     from services.orders import _store
 
     ddb = await aws.client("dynamodb")
-    deadline = time.monotonic() + limit
-    finals: dict[str, dict[str, Any]] = {}
-    while time.monotonic() < deadline:
-        kwargs: dict[str, Any] = {"TableName": table}
+    with anyio.fail_after(limit):
         while True:
-            page = await ddb.scan(**kwargs)
-            for raw in page.get("Items", ()):
-                item = _store.plain(raw)
-                if item["sk"] == "ORDER" and item["status"] in ("CONFIRMED", "CANCELLED"):
-                    finals[item["order_id"]] = item
-            if "LastEvaluatedKey" not in page:
-                break
-            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-        if ids <= finals.keys():
-            return {k: finals[k] for k in ids}
-        await anyio.sleep(1.0)
-    return {k: finals[k] for k in ids if k in finals}
+            item = await _store.get(ddb, table, f"ORDER#{order_id}", "ORDER")
+            if item and item["status"] in ("CONFIRMED", "CANCELLED"):
+                return item
+            await anyio.sleep(0.25)
 
 
 async def audit_run(aws: AwsClients, stack: Any, finals: dict[str, dict[str, Any]]
@@ -290,9 +281,12 @@ async def order_item_size_kb(aws: AwsClients, table: str, order_id: str) -> int:
 
 
 def main() -> int:
+    # SIGTERM -> SystemExit, so `finally` stops the emulator (a child in its own session)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--orders", type=int, default=200)
-    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--in-flight", type=int, default=16,
+                        help="orders in the saga at once (closed loop)")
     parser.add_argument("--decline-rate", type=float, default=0.1)
     parser.add_argument("--outage-rate", type=float, default=0.05)
     parser.add_argument("--lost-rate", type=float, default=0.02)
