@@ -278,14 +278,19 @@ async def test_two_workers_share_shards_and_survive_a_cancelled_worker(aws: AwsC
             await wait_for(handled_all, 10, "records on all shards")
             assert first.bodies()
             assert second.bodies()
-            started = time.monotonic()
+            b_shards = set(b.held_shards)
             b.shutdown()
+        # B's run has returned: its leases are already free (no owner, expired), so A need
+        # not wait for an expiry.
+        released = [lease for lease in await LeaseTable(aws, LEASES, "telemetry").list()
+                    if lease.shard_id in b_shards]
+        assert len(released) == 2
+        assert all(lease.owner is None and lease.expires_at_ms == 0 for lease in released)
 
         async def a_has_all() -> bool:
             return len(a.held_shards) == 4
 
         await wait_for(a_has_all, 5, "A to take B's released shards")
-        assert time.monotonic() - started < 1.5  # released leases need no expiry wait
         more = [(f"k{i}", f"y{i}") for i in range(100)]
         await put(aws, "shared", more)
 
@@ -365,7 +370,12 @@ async def test_sigkilled_worker_shards_move_after_expiry_and_nothing_is_skipped(
             await put(aws, "fleet", second)
             child.send_signal(signal.SIGKILL)
             child.wait(5)
-            killed_at = time.monotonic()
+            dead_leases = [lease for lease in await LeaseTable(aws, LEASES, "telemetry").list()
+                           if lease.owner == "B"]
+            assert len(dead_leases) == 2
+            # B can renew no more: these expiries are final.
+            expiry_ms = min(lease.expires_at_ms for lease in dead_leases)
+            assert len(a.held_shards) == 2 or time.time() * 1000 >= expiry_ms
         finally:
             if child.poll() is None:
                 child.kill()
@@ -375,8 +385,8 @@ async def test_sigkilled_worker_shards_move_after_expiry_and_nothing_is_skipped(
             return len(a.held_shards) == 4
 
         await wait_for(taken_over, 10, "A to take the dead worker's shards")
-        # Not before the lease expired (1.5 s after its last renewal).
-        assert time.monotonic() - killed_at > 1.0
+        # Not before the dead worker's leases expired (1.5 s after its last renewal).
+        assert time.time() * 1000 >= expiry_ms
         third = [(f"dev-{i}", f"z{i}") for i in range(100)]
         await put(aws, "fleet", third)
         everything = {b for _, b in first + second + third}
@@ -588,7 +598,7 @@ async def test_grace_expiry_cancels_a_stuck_handler_and_still_releases(aws: AwsC
         await wait_for(_async(lambda: consumer.statistics().handler_calls == 1), 5, "a call")
         started = time.monotonic()
         consumer.shutdown()
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 4  # the 0.3 s grace, not the stuck handler, decided
     [lease] = await LeaseTable(aws, LEASES, "telemetry").list()
     assert lease.owner is None  # handed back at once
     assert lease.checkpoint is None  # nothing was completed
