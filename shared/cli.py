@@ -72,8 +72,9 @@ def up(
     ] = "127.0.0.1",
 ) -> None:
     """Start the emulator, deploy the stack, run its workers; print READY when it takes traffic."""
-    from shared.local import UpConfig, ensure_no_running, run_up, start_detached
-    from shared.local.emulator import port_in_use
+    # Only light modules before the emulator is spawned: it boots while the rest imports.
+    from shared.local._control import ensure_no_running, start_detached
+    from shared.local.emulator import Emulator, port_in_use
 
     endpoint = os.environ.get("AWS_ENDPOINT_URL") or None
     if aws and endpoint:
@@ -102,6 +103,16 @@ def up(
             state = start_detached(argv, state_dir=state_dir)
             print(_ready_line(state), flush=True)
             return
+        emulator = None
+        if endpoint is None and not aws:
+            (state_dir / "logs").mkdir(parents=True, exist_ok=True)
+            emulator = Emulator(port=port, log_path=state_dir / "logs" / "moto.log").spawn()
+        try:
+            from shared.local._up import UpConfig, run_up
+        except BaseException:
+            if emulator is not None:
+                emulator.stop()
+            raise
         if not sys.stderr.isatty():  # a log file (detached) or a pipe: JSON lines
             from shared.local._logs import setup_logging
 
@@ -125,7 +136,7 @@ def up(
                 f"[dim]Ctrl-C stops everything; logs in {state_dir / 'logs'}[/dim]", highlight=False
             )
 
-        anyio.run(lambda: run_up(config, on_ready=on_ready))
+        anyio.run(lambda: run_up(config, on_ready=on_ready, emulator=emulator))
     except FleetlineError as exc:
         raise _fail(str(exc)) from None
 

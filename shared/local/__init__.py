@@ -9,15 +9,51 @@ AWS. See docs/local.md for what runs where. Public surface:
 - `DemoContext`, `DemoStep`, `demo_steps`, `run_demo`: the demo and its extension point
   (entry-point group `fleetline.demo`);
 - `UpState`, `read_state`: the state file `.fleetline/state.json`.
+
+Names are imported on first use (PEP 562), not with the package: `fleetline up` spawns the
+emulator and `up --detach` / `down` do their work before the AWS SDK and the consumers are
+imported, which takes seconds of the 30 s readiness budget on a busy machine.
 """
 
-from shared.local._control import start_detached, stop_running
-from shared.local._demo import DemoContext, DemoStep, demo_steps, run_demo, sample_event
-from shared.local._gaps import GapPlan, plan_gaps
-from shared.local._state import ChildRecord, Phase, UpState, read_state
-from shared.local._status import StackStatus, collect_status
-from shared.local._template import StackFacts, TemplateError, load_template, resolve
-from shared.local._up import UpConfig, UpError, ensure_no_running, run_up
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from shared.local._control import ensure_no_running, start_detached, stop_running
+    from shared.local._demo import DemoContext, DemoStep, demo_steps, run_demo, sample_event
+    from shared.local._gaps import GapPlan, plan_gaps
+    from shared.local._state import ChildRecord, Phase, UpError, UpState, read_state
+    from shared.local._status import StackStatus, collect_status
+    from shared.local._template import StackFacts, TemplateError, load_template, resolve
+    from shared.local._up import UpConfig, run_up
+
+_WHERE = {
+    "ChildRecord": "_state",
+    "DemoContext": "_demo",
+    "DemoStep": "_demo",
+    "GapPlan": "_gaps",
+    "Phase": "_state",
+    "StackFacts": "_template",
+    "StackStatus": "_status",
+    "TemplateError": "_template",
+    "UpConfig": "_up",
+    "UpError": "_state",
+    "UpState": "_state",
+    "collect_status": "_status",
+    "demo_steps": "_demo",
+    "ensure_no_running": "_control",
+    "load_template": "_template",
+    "plan_gaps": "_gaps",
+    "read_state": "_state",
+    "resolve": "_template",
+    "run_demo": "_demo",
+    "run_up": "_up",
+    "sample_event": "_demo",
+    "start_detached": "_control",
+    "stop_running": "_control",
+}
 
 __all__ = [
     "ChildRecord",
@@ -44,3 +80,10 @@ __all__ = [
     "start_detached",
     "stop_running",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'shared.local' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"shared.local.{module}"), name)

@@ -10,17 +10,20 @@ skips it with that reason instead of crash-looping a process.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from shared.consumers._message import BatchResult, Message
 from shared.errors import ConfigurationError
+
+if TYPE_CHECKING:  # the supervisor plans with this module; only the hosts consume
+    from shared.consumers._message import BatchResult, Message
 
 __all__ = ["consume", "missing", "relay", "source_kind"]
 
-BatchHandler = Callable[[Sequence[Message]], Awaitable[BatchResult]]
+BatchHandler = Callable[[Sequence["Message"]], Awaitable["BatchResult"]]
 
 # kind -> (module, attribute) that must exist for the kind to run locally
 _REQUIRED = {
@@ -52,13 +55,16 @@ def _find(kind: str) -> Any:
 
 
 def missing(kind: str) -> str | None:
-    """None when `kind` can run, else the reason (for `status`)."""
+    """None when `kind` can run, else the reason (for `status`). Looks the module up
+    without importing it (the supervisor does not need the consumers itself)."""
     if kind not in _REQUIRED:
         return f"unknown source kind {kind!r}"
-    if _find(kind) is None:
-        module_name, attribute = _REQUIRED[kind]
-        return f"{module_name}.{attribute} is not available yet"
-    return None
+    module_name, attribute = _REQUIRED[kind]
+    try:
+        found = importlib.util.find_spec(module_name) is not None
+    except (ImportError, ValueError):
+        found = False
+    return None if found else f"{module_name}.{attribute} is not available"
 
 
 def local_lease_table(stack_name: str) -> str:

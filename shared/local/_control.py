@@ -18,10 +18,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from shared.errors import ConfigurationError
-from shared.local._state import Phase, UpState, pid_alive, read_state, write_state
-from shared.local._up import UpError
+from shared.local._state import Phase, UpError, UpState, pid_alive, read_state, write_state
 
-__all__ = ["start_detached", "stop_running"]
+__all__ = ["ensure_no_running", "start_detached", "stop_running"]
 
 
 def start_detached(
@@ -135,3 +134,19 @@ def _is_zombie(pid: int) -> bool:
             return stat.read().split(") ", 1)[1].startswith("Z")
     except (OSError, IndexError):
         return False
+
+
+def ensure_no_running(state_dir: Path) -> None:
+    """Refuse a second `up` over a live one in the same state directory.
+
+    Raises ConfigurationError naming the running supervisor."""
+    existing = read_state(state_dir)
+    if (
+        existing is not None
+        and existing.phase in {Phase.STARTING, Phase.READY}
+        and pid_alive(existing.supervisor_pid)
+    ):
+        raise ConfigurationError(
+            f"fleetline is already up (pid {existing.supervisor_pid}, {existing.endpoint}): "
+            "run `fleetline down` first"
+        )

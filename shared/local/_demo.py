@@ -202,8 +202,7 @@ def run_demo(
     import os
     import signal
 
-    from shared.local._control import start_detached, stop_running
-    from shared.local._up import ensure_no_running
+    from shared.local._control import ensure_no_running, start_detached, stop_running
 
     ensure_no_running(state_dir)
     state = start_detached(

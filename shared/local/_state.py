@@ -16,9 +16,22 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from shared.errors import ConfigurationError
+from shared.errors import ConfigurationError, FleetlineError
 
-__all__ = ["ChildRecord", "Phase", "UpState", "pid_alive", "read_state", "write_state"]
+__all__ = [
+    "ChildRecord",
+    "Phase",
+    "UpError",
+    "UpState",
+    "pid_alive",
+    "read_state",
+    "write_state",
+]
+
+
+class UpError(FleetlineError):
+    """`up` cannot continue; the message (one line) says what to do."""
+
 
 STATE_FILE = "state.json"
 

@@ -28,16 +28,16 @@ import anyio.to_thread
 import structlog
 
 from shared.aws import AwsClients
-from shared.errors import ConfigurationError, FleetlineError
+from shared.errors import FleetlineError
 from shared.local._gaps import plan_gaps
 from shared.local._stack import DeployedStack, describe_stack, gather_facts
-from shared.local._state import ChildRecord, Phase, UpState, write_state
+from shared.local._state import ChildRecord, Phase, UpError, UpState, write_state
 from shared.local._supervisor import Supervisor
 from shared.local._supply import LocalProcesses, apply_api_gaps, plan_processes
 from shared.local._template import Template, load_template
 from shared.local.emulator import Emulator, free_port
 
-__all__ = ["UpConfig", "UpError", "run_up"]
+__all__ = ["UpConfig", "UpError", "run_up", "spawn_emulator"]
 
 log = structlog.get_logger("fleetline.local")
 
@@ -45,10 +45,6 @@ _EMULATOR_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
 }
-
-
-class UpError(FleetlineError):
-    """`up` cannot continue; the message says what to do."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -120,14 +116,27 @@ async def _deploy(aws: AwsClients, config: UpConfig, template: Template) -> Depl
     return stack
 
 
-async def run_up(config: UpConfig, *, on_ready: Callable[[UpState], None]) -> UpState:
+async def run_up(
+    config: UpConfig,
+    *,
+    on_ready: Callable[[UpState], None],
+    emulator: Emulator | None = None,
+) -> UpState:
     """Run the local platform until SIGINT/SIGTERM; returns the final state.
+
+    `emulator` may be one the caller already spawned (`Emulator.spawn`), so it boots while
+    this process imports the rest; `run_up` then owns it and stops it.
 
     A signal during start-up aborts it cleanly (everything started so far is stopped).
     Raises UpError (one line, for the CLI) when it cannot start or the emulator dies.
     """
     started = time.monotonic()
-    template = load_template(config.template)  # fails fast on an invalid template
+    try:
+        template = load_template(config.template)  # fails fast on an invalid template
+    except BaseException:
+        if emulator is not None:
+            emulator.stop()
+        raise
     run = _Run(
         config=config,
         state=UpState(
@@ -141,7 +150,6 @@ async def run_up(config: UpConfig, *, on_ready: Callable[[UpState], None]) -> Up
         on_change=run.child_changed,
         on_exit=run.child_gave_up,
     )
-    emulator: Emulator | None = None
     stop = anyio.Event()
     main = anyio.CancelScope()
     failure: BaseException | None = None
@@ -159,9 +167,9 @@ async def run_up(config: UpConfig, *, on_ready: Callable[[UpState], None]) -> Up
         try:
             with main:
                 if config.endpoint is None and not config.real_aws:
-                    _log_dir(config).mkdir(parents=True, exist_ok=True)
-                    emulator = Emulator(port=config.port, log_path=_log_dir(config) / "moto.log")
-                    await anyio.to_thread.run_sync(emulator.start)
+                    if emulator is None:
+                        emulator = spawn_emulator(config)
+                    await anyio.to_thread.run_sync(emulator.wait_ready)
                     log.info(
                         "emulator started",
                         endpoint=emulator.endpoint_url,
@@ -293,6 +301,13 @@ def _configure_moto(endpoint: str) -> None:
         log.info("endpoint is not a moto server; not configured", endpoint=endpoint, error=str(exc))
 
 
+def spawn_emulator(config: UpConfig) -> Emulator:
+    """Spawn (not wait for) the embedded emulator `config` asks for, logging to the state
+    directory. Raises ConfigurationError (moto missing) or EmulatorError (port in use)."""
+    _log_dir(config).mkdir(parents=True, exist_ok=True)
+    return Emulator(port=config.port, log_path=_log_dir(config) / "moto.log").spawn()
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
@@ -318,19 +333,3 @@ async def _wait_for_stop(stop: anyio.Event, emulator: Emulator | None) -> None:
                     f"the emulator exited with status {code}; its state is lost: "
                     "run `fleetline up` again"
                 )
-
-
-def ensure_no_running(state_dir: Path) -> None:
-    """Refuse a second `up` over a live one in the same state directory."""
-    from shared.local._state import pid_alive, read_state
-
-    existing = read_state(state_dir)
-    if (
-        existing is not None
-        and existing.phase in {Phase.STARTING, Phase.READY}
-        and pid_alive(existing.supervisor_pid)
-    ):
-        raise ConfigurationError(
-            f"fleetline is already up (pid {existing.supervisor_pid}, {existing.endpoint}): "
-            "run `fleetline down` first"
-        )

@@ -8,6 +8,7 @@ tasks call back into the server), and state machine execution is switched on thr
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import socket
@@ -78,14 +79,20 @@ class Emulator:
         return f"http://{self.host}:{self.port}"
 
     def start(self, timeout: float = 20.0) -> Self:
+        """Spawn the server and return once it answers (see `spawn`, `wait_ready`)."""
+        self.spawn()
+        return self.wait_ready(timeout)
+
+    def spawn(self) -> Self:
+        """Start the server process and return at once, so the caller can do other work
+        while it boots. Raises ConfigurationError (moto missing) or EmulatorError (port)."""
         if self.process is not None:
             raise RuntimeError("Emulator already started.")
-        try:
-            import moto.server  # noqa: F401
-        except ImportError:
+        # find_spec, not import: importing moto takes a second the caller need not wait for.
+        if importlib.util.find_spec("moto") is None or importlib.util.find_spec("flask") is None:
             raise ConfigurationError(
                 "moto server is not installed: run `pip install -e '.[local]'`"
-            ) from None
+            )
         if self.port == 0:
             self.port = free_port()
         elif port_in_use(self.port, self.host):
@@ -105,6 +112,13 @@ class Emulator:
         finally:
             if log is not subprocess.DEVNULL:
                 log.close()  # type: ignore[union-attr]
+        return self
+
+    def wait_ready(self, timeout: float = 20.0) -> Self:
+        """Wait until the spawned server answers, then configure it. Raises EmulatorError
+        when it exits or stays silent for `timeout` seconds (it is stopped then)."""
+        if self.process is None:
+            raise RuntimeError("Emulator.spawn() must be called first.")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
