@@ -764,10 +764,14 @@ async def test_rebalancing_hands_leases_over_without_duplicates(aws: AwsClients)
             await anyio.sleep(0.05)
 
     async with anyio.create_task_group() as tg:
-        a = KinesisConsumer(aws, first, stream="handoff", config=fast_config(worker_id="A"))
+        # Longer leases than elsewhere: a CPU-starved renewal must not expire a lease here,
+        # where exactly-once across the hand-off is the point.
+        a = KinesisConsumer(aws, first, stream="handoff",
+                            config=fast_config(worker_id="A", lease_duration=4.0))
         await tg.start(a.run)
         await produce(5)
-        b = KinesisConsumer(aws, second, stream="handoff", config=fast_config(worker_id="B"))
+        b = KinesisConsumer(aws, second, stream="handoff",
+                            config=fast_config(worker_id="B", lease_duration=4.0))
         await tg.start(b.run)
         await produce(15)
 
