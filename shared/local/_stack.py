@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
+
 from shared.aws import AwsClients, aws_errors
 from shared.errors import AwsRequestError
 from shared.local._template import StackFacts, Template
@@ -77,16 +79,24 @@ async def gather_facts(aws: AwsClients, template: Template, stack: DeployedStack
     physical = stack.physical_ids()
     attributes: dict[str, str] = {}
     resources: dict[str, Any] = template["Resources"]
-    for logical, resource in resources.items():
-        if resource.get("Type") != "AWS::DynamoDB::Table" or logical not in physical:
-            continue
-        if not resource.get("Properties", {}).get("StreamSpecification"):
-            continue
-        dynamodb = await aws.client("dynamodb")
+    streamed = [
+        logical
+        for logical, resource in resources.items()
+        if resource.get("Type") == "AWS::DynamoDB::Table"
+        and logical in physical
+        and resource.get("Properties", {}).get("StreamSpecification")
+    ]
+    dynamodb = await aws.client("dynamodb")
+
+    async def stream_arn(logical: str) -> None:
         with aws_errors():
             table = (await dynamodb.describe_table(TableName=physical[logical]))["Table"]
         if table.get("LatestStreamArn"):
             attributes[f"{logical}.StreamArn"] = table["LatestStreamArn"]
+
+    async with anyio.create_task_group() as tg:
+        for logical in streamed:
+            tg.start_soon(stream_arn, logical)
     return StackFacts.from_stack_id(
         stack.stack_id,
         stack_name=stack.name,

@@ -273,14 +273,47 @@ async def _start(
         )
     for name, reason in processes.skipped.items():
         log.warning("not started", process=name, reason=reason)
-    for spec in processes.specs:
+    # READY means the printed URLs answer. Servers start first and are waited for; the
+    # other processes start after them, so on a busy machine the servers get the CPU first
+    # (workers need not be up for READY: what arrives meanwhile waits in queues and streams).
+    servers = [s for s in processes.specs if s.url]
+    for spec in servers:
         await children.start(supervisor.supervise, spec)
+    await _wait_listening([s.url for s in servers if s.url], within_s=30.0)
+    for spec in processes.specs:
+        if not spec.url:
+            await children.start(supervisor.supervise, spec)
     log.info(
         "local processes started",
         count=len(processes.specs),
         seconds=round(time.monotonic() - began, 2),
     )
     return processes, problems
+
+
+async def _wait_listening(urls: list[str], *, within_s: float) -> None:
+    """Return when every URL's port accepts a TCP connection, or after `within_s` (a server
+    that does not come up is logged, and `status` shows its restarts)."""
+
+    async def one(url: str) -> None:
+        host_port = url.split("://", 1)[-1].split("/", 1)[0]
+        host, _, port = host_port.rpartition(":")
+        host = "127.0.0.1" if host in {"0.0.0.0", ""} else host
+        with anyio.move_on_after(within_s) as scope:
+            while True:
+                try:
+                    stream = await anyio.connect_tcp(host, int(port))
+                except OSError:
+                    await anyio.sleep(0.1)
+                    continue
+                await stream.aclose()
+                return
+        if scope.cancelled_caught:
+            log.warning("server did not start listening", url=url, waited_s=within_s)
+
+    async with anyio.create_task_group() as tg:
+        for url in urls:
+            tg.start_soon(one, url)
 
 
 def _unwrap(exc: BaseException) -> BaseException:
