@@ -452,6 +452,22 @@ async def _create_or_update(
     return True
 
 
+def _first_leaf(errors: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error to report from a task group: ours first, so the one-line message survives."""
+    leaves: list[BaseException] = []
+
+    def walk(error: BaseException) -> None:
+        if isinstance(error, BaseExceptionGroup):
+            for inner in error.exceptions:
+                walk(inner)
+        else:
+            leaves.append(error)
+
+    walk(errors)
+    ours = [e for e in leaves if isinstance(e, FleetlineError)]
+    return (ours or leaves)[0]
+
+
 async def deploy(aws: AwsClients, settings: DeploySettings | None = None) -> Deployment:
     """Upload artifacts, create or update the stack, wait for it, and read it back.
 
@@ -462,10 +478,24 @@ async def deploy(aws: AwsClients, settings: DeploySettings | None = None) -> Dep
     """
     settings = settings or DeploySettings()
     started = time.monotonic()
-    artifacts = await anyio.to_thread.run_sync(_build_artifacts, settings)
-    bucket = settings.artifact_bucket or await _default_bucket(aws, settings.stack_name)
-    await _ensure_bucket(aws, bucket)
-    await _upload(aws, bucket, artifacts)
+    staged: list[tuple[str, _Artifacts]] = []
+
+    async def stage() -> None:
+        artifacts = await anyio.to_thread.run_sync(_build_artifacts, settings)
+        bucket = settings.artifact_bucket or await _default_bucket(aws, settings.stack_name)
+        await _ensure_bucket(aws, bucket)
+        await _upload(aws, bucket, artifacts)
+        staged.append((bucket, artifacts))
+
+    try:
+        async with anyio.create_task_group() as group:
+            # The emulator loads its CloudFormation code (every backend: seconds) on the first
+            # CloudFormation request; asking for the stack now overlaps that with staging.
+            group.start_soon(_stack, aws, settings.stack_name)
+            group.start_soon(stage)
+    except BaseExceptionGroup as errors:
+        raise _first_leaf(errors) from None
+    bucket, artifacts = staged[0]
     url = _template_url(bucket, aws.region, artifacts.template_key)
     if settings.validate:
         await _validate(aws, settings, url)
