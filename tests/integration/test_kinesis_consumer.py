@@ -47,7 +47,7 @@ def fast_config(**overrides: object) -> StreamConsumerConfig:
     settings: dict[str, object] = {
         "lease_table": LEASES,
         "application": "telemetry",
-        "lease_duration": 1.5,
+        "lease_duration": 3.0,  # single-worker tests never wait for an expiry
         "renew_interval": 0.3,
         "take_interval": 0.3,
         "shard_sync_interval": 0.5,
