@@ -323,6 +323,7 @@ class SqsConsumer:
         # receipt -> (message, visibility deadline on the monotonic clock)
         self._tracked: dict[str, tuple[Message, float]] = {}
         self._pending_deletes: list[Message] = []
+        self._work_arrived = anyio.Event()
         self._delete_wakeup = anyio.Event()
         self._delete_full = anyio.Event()
         self._deletes_closed = False
@@ -536,6 +537,7 @@ class SqsConsumer:
             self._tracked[message.receipt] = (message, deadline)
             if message.approximate_arrival is not None:
                 lag = max(lag, now - message.approximate_arrival)
+        self._work_arrived.set()
         self._counters.high("max_lag_seconds", lag)
         self._counters.add("received", len(messages))
         self._metrics.count(Metric.RECEIVED, len(messages))
@@ -731,6 +733,10 @@ class SqsConsumer:
         interval = min(self.settings.heartbeat_interval, max(threshold / 2, 0.05))
         with scope:
             while True:
+                if not self._tracked:
+                    # Idle: sleep until a batch arrives instead of waking every interval.
+                    self._work_arrived = anyio.Event()
+                    await self._work_arrived.wait()
                 await anyio.sleep(interval)
                 now = time.monotonic()
                 due = due_for_extension(
