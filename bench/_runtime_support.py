@@ -1,0 +1,112 @@
+"""Shared pieces of bench/runtime_bench.py: the workload's event, counting hooks, item sizes.
+
+Counting is done in the worker process with botocore events, the same for boto3 and
+aiobotocore: `before-send` counts HTTP requests (retries included), `before-parameter-build`
+sees each DynamoDB call's parameters and counts write and read operations.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel
+
+from shared.events import EventRegistry, event_type
+
+BENCH_EVENTS = EventRegistry()
+
+
+@event_type("DeviceReported", source="fleetline.bench", registry=BENCH_EVENTS)
+class DeviceReported(BaseModel):
+    device_id: str
+    value: float
+
+
+@event_type("ReadingRecorded", source="fleetline.bench", registry=BENCH_EVENTS)
+class ReadingRecorded(BaseModel):
+    device_id: str
+    value: float
+    count: int
+
+
+class Tally:
+    """Requests and DynamoDB capacity operations seen by one process."""
+
+    def __init__(self) -> None:
+        self.requests: Counter[str] = Counter()
+        self.standard_writes = 0  # PutItem / UpdateItem / DeleteItem / BatchWriteItem items
+        self.transactional_writes = 0  # items inside TransactWriteItems
+        self.read_units = 0.0  # per item read of at most 4 KB
+
+    def reset(self) -> None:
+        self.requests.clear()
+        self.standard_writes = 0
+        self.transactional_writes = 0
+        self.read_units = 0.0
+
+    def on_send(self, event_name: str, **_: Any) -> None:
+        _, _, key = event_name.partition(".")
+        self.requests[key] += 1
+
+    def on_params(self, params: Mapping[str, Any], model: Any, **_: Any) -> None:
+        operation = model.name
+        if operation in ("PutItem", "UpdateItem", "DeleteItem"):
+            self.standard_writes += 1
+        elif operation == "TransactWriteItems":
+            self.transactional_writes += len(params.get("TransactItems", ()))
+        elif operation == "BatchWriteItem":
+            self.standard_writes += sum(len(v) for v in params.get("RequestItems", {}).values())
+        elif operation == "GetItem":
+            self.read_units += 1.0 if params.get("ConsistentRead") else 0.5
+        elif operation == "BatchGetItem":
+            for request in params.get("RequestItems", {}).values():
+                per_item = 1.0 if request.get("ConsistentRead") else 0.5
+                self.read_units += per_item * len(request.get("Keys", ()))
+
+    def register(self, events: Any) -> None:
+        """Hook into a botocore / aiobotocore session's event system."""
+        events.register("before-send", self.on_send)
+        events.register("before-parameter-build.dynamodb", self.on_params)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "requests": dict(self.requests),
+            "standard_writes": self.standard_writes,
+            "transactional_writes": self.transactional_writes,
+            "read_units": self.read_units,
+        }
+
+
+def _value_size(attr: Mapping[str, Any]) -> int:
+    ((kind, raw),) = attr.items()
+    if kind == "S":
+        return len(raw.encode())
+    if kind == "N":
+        digits = raw.lstrip("-").replace(".", "").lstrip("0") or "0"
+        return (len(digits) + 1) // 2 + 1
+    if kind == "B":
+        return len(raw)
+    if kind in ("BOOL", "NULL"):
+        return 1
+    if kind == "SS":
+        return sum(len(v.encode()) for v in raw)
+    if kind == "NS":
+        return sum((len(v) + 1) // 2 + 1 for v in raw)
+    if kind == "L":
+        return 3 + sum(1 + _value_size(v) for v in raw)
+    if kind == "M":
+        return 3 + sum(1 + len(k.encode()) + _value_size(v) for k, v in raw.items())
+    return len(str(raw))
+
+
+def item_size(item: Mapping[str, Mapping[str, Any]]) -> int:
+    """DynamoDB's item size: attribute names plus values, in bytes (AWS's published rules)."""
+    return sum(len(name.encode()) + _value_size(value) for name, value in item.items())
+
+
+def units_per_write(max_item_bytes: int) -> int:
+    """Write units one write of an item of that size costs (1 KB each, at least 1)."""
+    return max(1, math.ceil(max_item_bytes / 1024))
