@@ -616,9 +616,11 @@ class SqsConsumer:
             self._tracked.pop(message.receipt, None)
 
     def _dead_letter_available(self) -> bool:
-        if self.settings.dead_letter is DeadLetterMode.SEND:
-            return self.dead_letter_queue_url is not None
-        return self.max_receive_count is not None
+        # Either we can send to the DLQ ourselves, or the queue's redrive will move the
+        # message once we make it visible again.
+        sendable = (self.settings.dead_letter is DeadLetterMode.SEND
+                    and self.dead_letter_queue_url is not None)
+        return sendable or self.max_receive_count is not None
 
     async def _apply(self, settlement: Settlement) -> None:
         if settlement.unknown_ids:
@@ -629,7 +631,8 @@ class SqsConsumer:
         deletes = [d.message for d in settlement.of(Action.DELETE)]
         changes = [d for d in settlement.dispositions if d.action in (Action.RETRY, Action.RELEASE)]
         dead = list(settlement.of(Action.DEAD_LETTER))
-        if dead and self.settings.dead_letter is DeadLetterMode.REDRIVE:
+        if dead and (self.settings.dead_letter is DeadLetterMode.REDRIVE
+                     or self.dead_letter_queue_url is None):
             changes.extend(
                 Disposition(message=d.message, action=Action.RELEASE, outcome=d.outcome,
                             visibility=0, reason=d.reason)
