@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from shared.local._control import ensure_no_running, start_detached, stop_running
-    from shared.local._demo import DemoContext, DemoStep, demo_steps, run_demo, sample_event
+    from shared.local._demo import DemoContext, DemoStep, demo_steps, run_demo
     from shared.local._gaps import GapPlan, plan_gaps
     from shared.local._state import ChildRecord, Phase, UpError, UpState, read_state
     from shared.local._status import StackStatus, collect_status
@@ -50,7 +50,6 @@ _WHERE = {
     "resolve": "_template",
     "run_demo": "_demo",
     "run_up": "_up",
-    "sample_event": "_demo",
     "start_detached": "_control",
     "stop_running": "_control",
 }
@@ -76,7 +75,6 @@ __all__ = [
     "resolve",
     "run_demo",
     "run_up",
-    "sample_event",
     "start_detached",
     "stop_running",
 ]

@@ -25,7 +25,7 @@ from shared.local._stack import describe_stack, gather_facts
 from shared.local._state import UpState
 from shared.local._template import Template, load_template, resolve
 
-__all__ = ["DemoContext", "DemoStep", "demo_steps", "run_demo", "run_steps", "sample_event"]
+__all__ = ["DemoContext", "DemoStep", "demo_steps", "run_demo", "run_steps"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,121 +52,75 @@ def demo_steps() -> list[tuple[str, DemoStep]]:
     return steps
 
 
-def _sample_value(condition: Any) -> tuple[bool, Any]:
-    """(present, value) satisfying one element of a pattern's match list."""
-    if not isinstance(condition, dict):
-        return True, condition
-    if "prefix" in condition:
-        prefix = condition["prefix"]
-        prefix = prefix.get("equals-ignore-case", "") if isinstance(prefix, dict) else prefix
-        return True, f"{prefix}demo"
-    if "suffix" in condition:
-        suffix = condition["suffix"]
-        return True, f"demo{suffix if isinstance(suffix, str) else ''}"
-    if "equals-ignore-case" in condition:
-        return True, condition["equals-ignore-case"]
-    if "exists" in condition:
-        return bool(condition["exists"]), "demo"
-    if "anything-but" in condition:
-        return True, f"demo-{uuid.uuid4().hex[:6]}"
-    if "numeric" in condition:
-        ops = condition["numeric"]
-        low = next(
-            (float(ops[i + 1]) for i in range(0, len(ops), 2) if ops[i] in {">", ">=", "="}), 0.0
-        )
-        return True, low + 1 if ">" in ops else low
-    if "wildcard" in condition:
-        return True, str(condition["wildcard"]).replace("*", "demo")
-    return True, "demo"
-
-
-def sample_event(pattern: Mapping[str, Any]) -> dict[str, Any]:
-    """An event that matches an EventBridge pattern (first alternative of each field).
-
-    Pure; used to show a rule working. Nested objects recurse; `exists: false` fields are
-    left out.
-    """
-    event: dict[str, Any] = {}
-    for key, value in pattern.items():
-        if isinstance(value, Mapping):
-            event[key] = sample_event(value)
-        elif isinstance(value, list) and value:
-            present, sample = _sample_value(value[0])
-            if present:
-                event[key] = sample
-    return event
+DEMO_SOURCE = "fleetline.demo"
 
 
 async def bus_round_trip(ctx: DemoContext) -> list[str]:
-    """Put an event matching each SQS-targeted rule on its bus; show it in the queue, then
-    make it visible again at once so the queue's worker still gets it."""
+    """Put an event on each of the stack's buses and show it reaching a queue through a
+    rule. The rule and queue are a temporary tap matching only `source: fleetline.demo`, so
+    no worker sees the demo event (a made-up event would end in its DLQ); the tap is
+    removed afterwards."""
     stack = await describe_stack(ctx.aws, ctx.state.stack_name)
     if stack is None:
         return ["no stack deployed"]
     facts = await gather_facts(ctx.aws, ctx.template, stack)
-    events = await ctx.aws.client("events")
-    sqs = await ctx.aws.client("sqs")
+    buses = [
+        str(resolve({"Fn::GetAtt": [logical, "Name"]}, ctx.template, facts))
+        for logical, resource in ctx.template["Resources"].items()
+        if resource.get("Type") == "AWS::Events::EventBus"
+    ]
     lines = []
-    for logical, resource in ctx.template["Resources"].items():
-        if resource.get("Type") != "AWS::Events::Rule":
-            continue
-        props = resolve(resource.get("Properties", {}), ctx.template, facts)
-        targets = [t for t in props.get("Targets", []) if ":sqs:" in str(t.get("Arn", ""))]
-        if not targets or "EventPattern" not in props:
-            continue
-        pattern = props["EventPattern"]
-        pattern = json.loads(pattern) if isinstance(pattern, str) else pattern
-        sample = sample_event(pattern)
-        bus = str(props.get("EventBusName", "default"))
-        detail = sample.get("detail", {})
-        detail.setdefault("demo_id", uuid.uuid4().hex)
+    for bus in buses:
+        lines.append(await _tap_round_trip(ctx.aws, bus))
+    return lines or ["the stack has no event bus"]
+
+
+async def _tap_round_trip(aws: AwsClients, bus: str) -> str:
+    events = await aws.client("events")
+    sqs = await aws.client("sqs")
+    name = f"{bus}-demo-tap"[:64]
+    marker = uuid.uuid4().hex
+    with aws_errors():
+        url = (await sqs.create_queue(QueueName=name))["QueueUrl"]
+        arn = (await sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"]))[
+            "Attributes"
+        ]["QueueArn"]
+    try:
         with aws_errors():
+            await events.put_rule(
+                Name=name, EventBusName=bus, EventPattern=json.dumps({"source": [DEMO_SOURCE]})
+            )
+            await events.put_targets(
+                Rule=name, EventBusName=bus, Targets=[{"Id": "tap", "Arn": arn}]
+            )
+            started = time.monotonic()
             await events.put_events(
                 Entries=[
                     {
                         "EventBusName": bus,
-                        "Source": str(sample.get("source", "fleetline.demo")),
-                        "DetailType": str(sample.get("detail-type", "DemoPinged")),
-                        "Detail": json.dumps(detail),
+                        "Source": DEMO_SOURCE,
+                        "DetailType": "DemoPinged",
+                        "Detail": json.dumps({"marker": marker}),
                     }
                 ]
             )
-        queue_name = str(targets[0]["Arn"]).rsplit(":", 1)[-1]
+        seen = await _find_message(sqs, url, marker)
+        took = time.monotonic() - started
+        return f"{bus}: event -> rule -> queue in {took:.2f} s" if seen else f"{bus}: NOT delivered"
+    finally:
         with aws_errors():
-            url = (await sqs.get_queue_url(QueueName=queue_name))["QueueUrl"]
-        seen = await _find_message(sqs, url, str(detail["demo_id"]))
-        verdict = "arrived" if seen else "not seen in 5 s (a worker may have taken it)"
-        lines.append(f"{logical}: {bus} -> {queue_name}: {verdict}")
-    return lines or ["no rule targets a queue"]
+            await events.remove_targets(Rule=name, EventBusName=bus, Ids=["tap"])
+            await events.delete_rule(Name=name, EventBusName=bus)
+            await sqs.delete_queue(QueueUrl=url)
 
 
 async def _find_message(sqs: Any, url: str, marker: str, within_s: float = 5.0) -> bool:
     deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
         with aws_errors():
-            got = await sqs.receive_message(
-                QueueUrl=url,
-                MaxNumberOfMessages=10,
-                WaitTimeSeconds=1,
-                VisibilityTimeout=5,
-            )
-        found = False
-        entries = []
-        for message in got.get("Messages", []):
-            found = found or marker in message["Body"]
-            entries.append(
-                {
-                    "Id": message["MessageId"],
-                    "ReceiptHandle": message["ReceiptHandle"],
-                    "VisibilityTimeout": 0,
-                }
-            )
-        if entries:  # hand everything back at once: the demo only looks
-            with aws_errors():
-                await sqs.change_message_visibility_batch(QueueUrl=url, Entries=entries)
-        if found:
+            got = await sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1)
+        if any(marker in m["Body"] for m in got.get("Messages", [])):
             return True
-        await anyio.sleep(0.2)
     return False
 
 

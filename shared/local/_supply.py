@@ -135,7 +135,6 @@ async def apply_api_gaps(aws: AwsClients, plan: GapPlan) -> tuple[list[str], dic
         *((m.logical_id, partial(_state_machine, aws, m)) for m in plan.state_machines),
     ]
 
-
     async def run(logical: str, step: Callable[[], Awaitable[None]]) -> None:
         try:
             await step()
@@ -164,6 +163,22 @@ def _python_argv(command: list[str]) -> tuple[str, ...] | None:
     if not command or not os.path.basename(command[0]).startswith("python"):
         return None
     return (sys.executable, *command[1:])
+
+
+_SIDECAR_ENDPOINTS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+
+
+def _without_sidecar_endpoints(env: dict[str, str]) -> None:
+    """Sidecars (the ADOT collector) are not run locally, so an exporter endpoint on the
+    task's own loopback points at nothing: use the caller's endpoint if it exported one,
+    else drop it (the worker then exports no spans instead of logging a failure a batch)."""
+    for key in _SIDECAR_ENDPOINTS:
+        value = env.get(key, "")
+        if "://127.0.0.1" in value or "://localhost" in value:
+            if key in os.environ:
+                env[key] = os.environ[key]
+            else:
+                del env[key]
 
 
 def _command_modules(argv: tuple[str, ...]) -> list[str]:
@@ -232,6 +247,7 @@ async def plan_processes(
                 skipped[name] = f"module {absent[0]} not found"
                 continue
             env = {**base_env, **{e["name"]: e["value"] for e in container.get("environment", [])}}
+            _without_sidecar_endpoints(env)
             ports = [
                 p["containerPort"]
                 for p in container.get("portMappings", [])

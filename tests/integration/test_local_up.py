@@ -18,7 +18,8 @@ import anyio
 import pytest
 
 from shared.aws import AwsClients
-from shared.local import load_template, read_state
+from shared.local import DemoContext, load_template, read_state
+from shared.local._demo import bus_round_trip
 from shared.local._state import ChildRecord, pid_alive
 from shared.local._supervisor import EX_CONFIG, Backoff, ProcessSpec, Supervisor
 
@@ -299,6 +300,19 @@ async def test_state_machine_is_recreated_and_executes(aws: AwsClients) -> None:
     assert str(described["output"]).strip('"').endswith("/123456789012/uptest-work")
 
 
+async def test_demo_bus_step_routes_through_a_temporary_tap(aws: AwsClients, up: Up) -> None:
+    state = read_state(up.state_dir)
+    assert state is not None
+    ctx = DemoContext(
+        aws=aws, state=state, outputs={}, template=load_template(TEMPLATE), template_path=TEMPLATE
+    )
+    lines = await bus_round_trip(ctx)
+    assert len(lines) == 1
+    assert lines[0].startswith("uptest-orders: event -> rule -> queue in ")
+    rules = await (await aws.client("events")).list_rules(EventBusName="uptest-orders")
+    assert [r["Name"] for r in rules["Rules"] if "demo-tap" in r["Name"]] == []  # cleaned up
+
+
 def test_errors_are_one_line(tmp_path: Path, up: Up) -> None:
     port = int(up.endpoint.rsplit(":", 1)[1])
     busy = _fleetline(
@@ -349,6 +363,7 @@ async def test_supervisor_restarts_a_crashed_child_with_backoff(tmp_path: Path) 
     )
     async with anyio.create_task_group() as tg:
         await tg.start(supervisor.supervise, spec)
+
         async def restarted_thrice() -> bool:
             return len(records) >= 4
 
@@ -393,6 +408,7 @@ async def test_stop_kills_a_child_that_ignores_sigterm(tmp_path: Path) -> None:
     )
     async with anyio.create_task_group() as tg:
         pid = await tg.start(supervisor.supervise, spec)
+
         async def ready() -> bool:
             return "ready" in (tmp_path / "stubborn.log").read_text()
 

@@ -4,7 +4,6 @@ import base64
 import json
 
 from shared.consumers._message import Message, Outcome, SourceKind
-from shared.local._demo import sample_event
 from shared.local._lambda import (
     dynamodb_stream_event,
     kinesis_event,
@@ -103,21 +102,3 @@ def test_batch_item_failures_become_retries() -> None:
         messages, {"batchItemFailures": [{}]}, report_batch_item_failures=True
     )
     assert set(malformed.outcomes.values()) == {Outcome.RETRY}
-
-
-def test_sample_event_matches_the_pattern() -> None:
-    pattern = {
-        "source": [{"prefix": "fleetline."}],
-        "detail-type": ["OrderPlaced"],
-        "detail": {
-            "total": [{"numeric": [">", 10]}],
-            "gone": [{"exists": False}],
-            "kind": [{"anything-but": "x"}],
-        },
-    }
-    event = sample_event(pattern)
-    assert event["source"].startswith("fleetline.")
-    assert event["detail-type"] == "OrderPlaced"
-    assert event["detail"]["total"] > 10
-    assert "gone" not in event["detail"]
-    assert event["detail"]["kind"] != "x"
