@@ -203,6 +203,7 @@ class OrdersRuntime:
         self, aws: AwsClients, stack: OrdersStack, task_group: anyio.abc.TaskGroup, *,
         provider: ProviderSettings | None = None, mailer: Mailer | None = None,
         wait_time_seconds: int = 1, lease_duration: float = 3.0,
+        relay_idle_backoff: float = 0.1,
     ) -> None:
         self.aws = aws
         self.stack = stack
@@ -211,6 +212,7 @@ class OrdersRuntime:
         self.mailer: Mailer = mailer or MemoryMailer()
         self.wait_time_seconds = wait_time_seconds
         self.lease_duration = lease_duration
+        self.relay_idle_backoff = relay_idle_backoff
         self._running: dict[str, _Process] = {}
         self.api = OrdersApi(aws, orders_table=stack.orders_table,
                              history_table=stack.history_table)
@@ -247,7 +249,8 @@ class OrdersRuntime:
                     consumer: Any = DynamoDBStreamsConsumer(
                         self.aws, relay, stream_arn=arn, config=StreamConsumerConfig(
                             lease_table=self.stack.lease_table, application="orders-relay",
-                            lease_duration=self.lease_duration, idle_backoff=0.1,
+                            lease_duration=self.lease_duration,
+                            idle_backoff=self.relay_idle_backoff,
                             shard_sync_interval=2.0, shutdown_grace=1.0))
                     self.consumers[name] = consumer
                     task_status.started()
