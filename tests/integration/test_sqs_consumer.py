@@ -28,10 +28,8 @@ from shared.consumers import (
     SqsConsumer,
     SqsSettings,
     batch_handler,
-    message_from_sqs,
 )
 from shared.hosts.lambda_ import LambdaRuntime, sqs_handler
-from shared.local._lambda import sqs_event
 
 pytestmark = pytest.mark.emulator
 
@@ -344,7 +342,13 @@ async def test_lambda_sqs_adapter_backs_off_and_dead_letters_with_reason(
     assert len(received) == 3
     arn = (await sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
            )["Attributes"]["QueueArn"]
-    event = sqs_event([message_from_sqs(m, url) for m in received], arn)
+    # The event an SQS event source mapping builds from that receive.
+    event = {"Records": [
+        {"messageId": m["MessageId"], "receiptHandle": m["ReceiptHandle"], "body": m["Body"],
+         "attributes": m["Attributes"], "messageAttributes": {}, "eventSource": "aws:sqs",
+         "eventSourceARN": arn, "awsRegion": "us-east-1"}
+        for m in received
+    ]}
 
     async def handle(body: dict[str, Any], ctx: HandlerContext) -> None:
         if body["n"] == "flaky":
