@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import random
 from collections import OrderedDict, deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -31,6 +31,7 @@ __all__ = [
     "EventPublisher",
     "PublishReport",
     "PublisherConfig",
+    "SendEntries",
     "entry_for",
     "entry_size",
     "failed_entries",
@@ -148,12 +149,31 @@ class PublishReport:
         return not self.failed
 
 
-class EventPublisher:
-    """Publishes envelopes to one bus, in order per aggregate, retrying only failed entries."""
+SendEntries = Callable[[list[dict[str, Any]]], Awaitable[Sequence[Mapping[str, Any]]]]
+"""The seam to EventBridge: send PutEvents entries, return the response's `Entries`."""
 
-    def __init__(self, aws: AwsClients, config: PublisherConfig) -> None:
+
+class EventPublisher:
+    """Publishes envelopes to one bus, in order per aggregate, retrying only failed entries.
+
+    `send` replaces the PutEvents call (an in-memory bus for tests of the ordering and retry
+    rules); by default it is `events.put_events` through `aws`."""
+
+    def __init__(
+        self, aws: AwsClients | None, config: PublisherConfig, *, send: SendEntries | None = None
+    ) -> None:
+        if aws is None and send is None:
+            raise ValueError("give aws or send")
         self._aws = aws
         self.config = config
+        self._send = send or self._put_events
+
+    async def _put_events(self, entries: list[dict[str, Any]]) -> Sequence[Mapping[str, Any]]:
+        assert self._aws is not None
+        events = await self._aws.client("events")
+        with aws_errors():
+            response = await events.put_events(Entries=entries)
+        return list(response.get("Entries") or [])
 
     async def publish(self, envelopes: Sequence[Mapping[str, Any]]) -> PublishReport:
         """Publish `envelopes` (in stream order). An aggregate whose event fails is blocked:
@@ -228,16 +248,14 @@ class EventPublisher:
     async def _put(
         self, entries: Sequence[Mapping[str, Any]], sent: Sequence[int], report: PublishReport
     ) -> list[tuple[int, str, str]]:
-        events = await self._aws.client("events")
         report.requests += 1
         try:
-            with aws_errors():
-                response = await events.put_events(Entries=[entries[i] for i in sent])
+            results = await self._send([dict(entries[i]) for i in sent])
         except Exception as exc:  # the whole call failed: every entry is retried or refused
             code = "RequestFailed" if is_retryable(exc) else "ValidationException"
             _log.warning("put_events_failed", error=str(exc), entries=len(sent))
             return [(i, code, str(exc)) for i in sent]
-        return failed_entries(sent, response.get("Entries") or [])
+        return failed_entries(sent, results)
 
 
 def sent_ok(

@@ -24,10 +24,11 @@ from typing import Any
 
 import structlog
 
+from shared import metrics
 from shared.aws import AwsClients
 from shared.consumers._message import BatchResult, Message, Outcome
 from shared.outbox._errors import StreamRecordError
-from shared.outbox._publisher import EventPublisher, PublisherConfig
+from shared.outbox._publisher import EventPublisher, PublisherConfig, SendEntries
 
 __all__ = ["Relay", "added_events", "record_created_at"]
 
@@ -99,19 +100,21 @@ class Relay:
     """BatchHandler: publish the events of DynamoDB stream records to an EventBridge bus.
 
     `on_lag` receives, per record, now minus its approximate creation time (seconds): the
-    relay lag metric."""
+    relay lag metric; by default it feeds `shared.metrics.consumer(metrics_name)` (`Lag`)."""
 
     def __init__(
         self,
-        aws: AwsClients,
+        aws: AwsClients | None,
         config: PublisherConfig,
         *,
         attribute: str = "outbox",
         on_lag: LagObserver | None = None,
+        send: SendEntries | None = None,
+        metrics_name: str = "outbox-relay",
     ) -> None:
-        self._publisher = EventPublisher(aws, config)
+        self._publisher = EventPublisher(aws, config, send=send)
         self._attribute = attribute
-        self._on_lag = on_lag
+        self._on_lag = on_lag if on_lag is not None else metrics.consumer(metrics_name).observe_lag
 
     async def __call__(self, messages: Sequence[Message]) -> BatchResult:
         outcomes: dict[str, Outcome] = {}

@@ -1,0 +1,105 @@
+"""The publisher's rules with an in-memory bus behind its PutEvents seam: order per aggregate,
+retry of exactly the failed entries, permanent failures block only their aggregate."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pydantic import BaseModel
+
+from shared.consumers._message import Message, Outcome, SourceKind
+from shared.events import Envelope, EventRegistry, event_type
+from shared.outbox import EventPublisher, PublisherConfig, Relay
+
+EVENTS = EventRegistry()
+
+
+@event_type("StepTaken", source="fleetline.unit", registry=EVENTS)
+class StepTaken(BaseModel):
+    n: int
+
+
+class MemoryBus:
+    """Accepts PutEvents entries; fails the entries of scripted event ids with given codes."""
+
+    def __init__(self, failures: Mapping[str, list[str]]) -> None:
+        self.failures = {k: list(v) for k, v in failures.items()}
+        self.calls: list[list[str]] = []
+        self.published: list[str] = []
+
+    async def __call__(self, entries: list[dict[str, Any]]) -> Sequence[Mapping[str, Any]]:
+        ids = [json.loads(e["Detail"])["id"] for e in entries]
+        self.calls.append(ids)
+        results: list[Mapping[str, Any]] = []
+        for event_id in ids:
+            codes = self.failures.get(event_id)
+            if codes:
+                results.append({"ErrorCode": codes.pop(0), "ErrorMessage": "scripted"})
+            else:
+                self.published.append(event_id)
+                results.append({"EventId": f"eb-{event_id}"})
+        return results
+
+
+def _env(aggregate: str, n: int) -> dict[str, Any]:
+    return json.loads(Envelope.new(StepTaken(n=n), aggregate_id=aggregate, sequence=n,
+                                   trace={}).to_json())
+
+
+CONFIG = PublisherConfig(bus_name="bus", base_delay=0.0, max_attempts=3)
+
+
+async def test_partial_failure_resends_only_the_failed_entry_and_keeps_order() -> None:
+    a1, a2, b1 = _env("a", 1), _env("a", 2), _env("b", 1)
+    bus = MemoryBus({a1["id"]: ["ThrottlingException"]})
+    report = await EventPublisher(None, CONFIG, send=bus).publish([a1, a2, b1])
+    assert report.ok
+    assert bus.calls == [[a1["id"], b1["id"]], [a1["id"]], [a2["id"]]]
+    assert bus.published == [b1["id"], a1["id"], a2["id"]]
+
+
+async def test_permanent_failure_blocks_only_its_aggregate() -> None:
+    a1, a2, b1 = _env("a", 1), _env("a", 2), _env("b", 1)
+    bus = MemoryBus({a1["id"]: ["ValidationException"]})
+    report = await EventPublisher(None, CONFIG, send=bus).publish([a1, a2, b1])
+    assert bus.published == [b1["id"]]
+    assert a1["id"] in report.permanent
+    assert report.failed[a2["id"]] == f"blocked by {a1['id']}"
+
+
+async def test_retries_are_bounded_then_reported() -> None:
+    a1 = _env("a", 1)
+    bus = MemoryBus({a1["id"]: ["InternalFailure"] * 10})
+    report = await EventPublisher(None, CONFIG, send=bus).publish([a1])
+    assert len(bus.calls) == 3
+    assert not report.ok
+    assert a1["id"] not in report.permanent
+
+
+def _message(mid: str, events: list[dict[str, Any]]) -> Message:
+    record = {"eventName": "MODIFY", "dynamodb": {
+        "ApproximateCreationDateTime": 1.0,
+        "NewImage": {"outbox": {"L": [{"S": json.dumps(e)} for e in events]}}}}
+    return Message(id=mid, body=json.dumps(record), source=SourceKind.DYNAMODB_STREAM,
+                   source_name="shard-1")
+
+
+async def test_relay_outcomes_per_record_and_lag() -> None:
+    a1, a2, b1 = _env("a", 1), _env("a", 2), _env("b", 1)
+    bus = MemoryBus({a1["id"]: ["ValidationException"], b1["id"]: ["InternalFailure"] * 5})
+    lags: list[float] = []
+    relay = Relay(None, CONFIG, send=bus, on_lag=lags.append)
+    bad = Message(id="r0", body="not json", source=SourceKind.DYNAMODB_STREAM, source_name="s")
+    result = await relay([bad, _message("r1", [a1]), _message("r2", [a2]),
+                          _message("r3", [b1]), _message("r4", [])])
+    assert result.outcomes == {
+        "r0": Outcome.DEAD_LETTER,  # unreadable record
+        "r1": Outcome.DEAD_LETTER,  # EventBridge refuses its event for good
+        "r2": Outcome.RETRY,  # blocked behind a1: never published before it
+        "r3": Outcome.RETRY,  # kept failing transiently
+        "r4": Outcome.SUCCEEDED,  # a write that added no events
+    }
+    assert len(lags) == 4
+    assert all(lag > 0 for lag in lags)
