@@ -23,7 +23,7 @@ TEMPLATE_PATH = ROOT / "deploy" / "template.yaml"
 STATEMACHINES = ROOT / "deploy" / "statemachines"
 
 # FLEETLINE_* variables that are settings, not stack outputs.
-SETTINGS_ENV = {"FLEETLINE_DRAIN_SECONDS"}
+SETTINGS_ENV = {"FLEETLINE_DRAIN_SECONDS", "FLEETLINE_DASHBOARD_HOST"}
 DRAIN_SECONDS = 45
 
 # Actions whose APIs have no resource-level permissions: the only ones allowed on "*".
@@ -367,6 +367,15 @@ def test_every_fleetline_variable_is_an_output_with_the_same_value(
             assert name in outputs, f"{lid}: {name} is no stack output"
             assert value == outputs[name], f"{lid}: {name} differs from its output"
     assert count > 20
+
+
+def test_secrets_never_ride_in_an_environment(template: dict[str, Any]) -> None:
+    for lid, env in process_environments(template):
+        assert not [n for n in env if "SECRET" in n], f"{lid}: use the container's Secrets"
+    dashboard = props(template["Resources"]["DashboardTaskDefinition"])
+    secrets = dashboard["ContainerDefinitions"][0]["Secrets"]
+    assert secrets == [{"Name": "FLEETLINE_DASHBOARD_SECRET",
+                        "ValueFrom": {"Ref": "DashboardSecret"}}]
 
 
 def test_every_output_names_a_resource_or_parameter_it_is_keyed_after(
