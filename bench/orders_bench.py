@@ -229,7 +229,10 @@ async def wait_final(aws: AwsClients, table: str, order_id: str,
     ddb = await aws.client("dynamodb")
     with anyio.fail_after(limit):
         while True:
-            item = await _store.get(ddb, table, f"ORDER#{order_id}", "ORDER")
+            page = await ddb.query(
+                TableName=table, IndexName="by-order", KeyConditionExpression="order_id = :id",
+                ExpressionAttributeValues={":id": {"S": order_id}}, Limit=1)
+            item = _store.plain(page["Items"][0]) if page.get("Items") else None
             if item and item["status"] in ("CONFIRMED", "CANCELLED"):
                 return item
             await anyio.sleep(1.0)

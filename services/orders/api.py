@@ -2,7 +2,7 @@
 
     POST /orders                  place an order (202 + order id + status URL)
     GET  /orders/{id}             one order, from the order-history read model
-    GET  /customers/{id}/orders   a customer's orders, newest first, from the read model
+    GET  /customers/{id}/orders   a customer's orders (up to 100), newest first, from the read model
 
 POST validates with pydantic (400 listing every bad field; 413 over 16 KB, before parsing)
 and writes the Order item and its OrderPlaced event through the outbox unit of work: one
@@ -199,11 +199,17 @@ class OrdersApi:
             return _error(400, "invalid order id", errors=[{"field": "id",
                                                              "message": "1-64 of [A-Za-z0-9_-]"}])
         ddb = await self._aws.client("dynamodb")
-        item = await _store.get(ddb, self.history_table, f"ORDER#{order_id}", "ORDER")
-        if item is None:
+        with aws_errors():
+            page = await ddb.query(
+                TableName=self.history_table, IndexName="by-order",
+                KeyConditionExpression="order_id = :id",
+                ExpressionAttributeValues=_store.to_item({":id": order_id}), Limit=1,
+            )
+        items = page.get("Items") or []
+        if not items:
             return Response(404, {"message": f"order {order_id} not found (yet)"},
                             {"retry-after": "1"})
-        return Response(200, _view(item))
+        return Response(200, _view(_store.plain(items[0])))
 
     async def customer_orders(self, customer_id: str) -> Response:
         if not _ID_PATTERN.match(customer_id):
@@ -213,12 +219,12 @@ class OrdersApi:
         with aws_errors():
             page = await ddb.query(
                 TableName=self.history_table,
-                KeyConditionExpression="pk = :pk",
-                ExpressionAttributeValues=_store.to_item({":pk": f"CUSTOMER#{customer_id}"}),
-                ScanIndexForward=False,
-                Limit=50,
+                KeyConditionExpression="customer_id = :c",
+                ExpressionAttributeValues=_store.to_item({":c": customer_id}),
+                Limit=100,
             )
-        orders = [_view(_store.plain(i)) for i in page.get("Items", ())]
+        orders = sorted((_view(_store.plain(i)) for i in page.get("Items", ())),
+                        key=lambda o: str(o.get("placed_at", "")), reverse=True)
         return Response(200, {"customer_id": customer_id, "orders": orders})
 
 

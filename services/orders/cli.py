@@ -30,7 +30,12 @@ _console = Console()
 _FINAL = frozenset({"CONFIRMED", "CANCELLED"})
 
 
-def api_url(explicit: str | None = None, state_dir: Path = Path(".fleetline")) -> str:
+def _state_dir() -> Path:
+    """Where `fleetline up` keeps its state (its --state-dir / FLEETLINE_STATE_DIR)."""
+    return Path(os.environ.get("FLEETLINE_STATE_DIR") or ".fleetline")
+
+
+def api_url(explicit: str | None = None, state_dir: Path | None = None) -> str:
     """The orders API base URL.
 
     Raises:
@@ -42,7 +47,7 @@ def api_url(explicit: str | None = None, state_dir: Path = Path(".fleetline")) -
         return os.environ["FLEETLINE_API_URL"].rstrip("/")
     from shared.local import read_state
 
-    state = read_state(state_dir)
+    state = read_state(state_dir or _state_dir())
     if state is not None:
         for name, url in state.urls.items():
             if "api" in name.lower():
@@ -169,7 +174,7 @@ def seed_command(
     from shared.aws import AwsClients
     from shared.local import read_state
 
-    state = read_state(Path(".fleetline"))
+    state = read_state(_state_dir())
     if state is not None and state.endpoint and not os.environ.get("AWS_ENDPOINT_URL"):
         os.environ["AWS_ENDPOINT_URL"] = state.endpoint
 

@@ -103,7 +103,7 @@ class OrdersStack:
 
 
 async def _table(aws: AwsClients, name: str, *, keys: tuple[str, ...] = ("pk", "sk"),
-                 stream: bool = False) -> None:
+                 stream: bool = False, index: tuple[str, str] | None = None) -> None:
     ddb = await aws.client("dynamodb")
     params: dict[str, Any] = {
         "TableName": name,
@@ -112,6 +112,16 @@ async def _table(aws: AwsClients, name: str, *, keys: tuple[str, ...] = ("pk", "
         "AttributeDefinitions": [{"AttributeName": k, "AttributeType": "S"} for k in keys],
         "BillingMode": "PAY_PER_REQUEST",
     }
+    if index is not None:  # (name, partition key): a GSI projecting everything
+        index_name, index_key = index
+        params["GlobalSecondaryIndexes"] = [{
+            "IndexName": index_name,
+            "KeySchema": [{"AttributeName": index_key, "KeyType": "HASH"}],
+            "Projection": {"ProjectionType": "ALL"},
+        }]
+        if index_key not in keys:
+            params["AttributeDefinitions"].append({"AttributeName": index_key,
+                                                   "AttributeType": "S"})
     if stream:
         params["StreamSpecification"] = {"StreamEnabled": True,
                                          "StreamViewType": "NEW_AND_OLD_IMAGES"}
@@ -130,8 +140,10 @@ async def create_stack(
              "sales": f"{p}-sales", "idempotency": f"{p}-idempotency",
              "leases": f"{p}-leases"}
     await _table(aws, names["orders"], stream=True)
-    for key in ("inventory", "payments", "history", "sales"):
+    for key in ("inventory", "payments", "sales"):
         await _table(aws, names[key])
+    await _table(aws, names["history"], keys=("customer_id", "order_id"),
+                 index=("by-order", "order_id"))
     await _table(aws, names["idempotency"], keys=("id",))
     await _table(aws, names["leases"], keys=("lease_key",))
 

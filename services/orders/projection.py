@@ -4,11 +4,11 @@
 OrderConfirmed / OrderCancelled): what `GET /orders/{id}` and `GET /customers/{id}/orders`
 read.
 
-    ORDER#<order>        / ORDER                  the order as last seen
-    CUSTOMER#<customer>  / <placed_at>#<order>    the customer's list, newest last
+    customer_id (HASH) / order_id (RANGE)   the order as last seen; GSI `by-order` on order_id
 
-Each event carries the whole order (event-carried state), so each item is replaced by a
-conditional PutItem that applies only when the event's sequence is newer than the stored
+One item per order: the customer's list is a Query on the key, one order a Query on the
+GSI. Each event carries the whole order (event-carried state), so the item is replaced by
+one conditional PutItem that applies only when the event's sequence is newer than the stored
 `seq`: a duplicate is refused by the same condition (no inbox item needed), and an
 out-of-order pair (Confirmed before Placed) still ends CONFIRMED.
 
@@ -97,33 +97,22 @@ class OrderHistory:
     def from_environ(cls, aws: AwsClients, resources: Resources | None = None) -> OrderHistory:
         return cls(aws, table=(resources or Resources.from_environ()).get("OrderHistoryTable"))
 
-    async def _put_if_newer(self, item: dict[str, Any]) -> bool:
+    async def apply(self, envelope: OrderEnvelope) -> bool:
+        """Project one event; False when it was not newer (a duplicate or out of order)."""
+        row = history_view(envelope)
         ddb = await self._aws.client("dynamodb")
         try:
             with aws_errors():
                 await ddb.put_item(
-                    TableName=self.table, Item=_store.to_item(item),
-                    ConditionExpression="attribute_not_exists(pk) OR seq < :seq",
-                    ExpressionAttributeValues=_store.to_item({":seq": item["seq"]}),
+                    TableName=self.table, Item=_store.to_item(row),
+                    ConditionExpression="attribute_not_exists(order_id) OR seq < :seq",
+                    ExpressionAttributeValues=_store.to_item({":seq": row["seq"]}),
                 )
         except AwsRequestError as exc:
             if exc.code == "ConditionalCheckFailedException":
                 return False
             raise
         return True
-
-    async def apply(self, envelope: OrderEnvelope) -> bool:
-        """Project one event; False when it was not newer (a duplicate or out of order)."""
-        row = history_view(envelope)
-        placed_at = row.get("placed_at") or ""
-        applied = await self._put_if_newer(
-            {"pk": f"ORDER#{row['order_id']}", "sk": "ORDER", **row})
-        # The customer's list row has its own guard, so a crash between the two writes is
-        # repaired by the redelivery.
-        listed = await self._put_if_newer(
-            {"pk": f"CUSTOMER#{row['customer_id']}", "sk": f"{placed_at}#{row['order_id']}",
-             **row})
-        return applied or listed
 
     async def handle(self, envelope: OrderEnvelope, ctx: HandlerContext) -> None:
         with consumer_span(dict(envelope.trace), f"orders.order-history {envelope.type}"):
