@@ -70,6 +70,10 @@ def up(
     bind_host: Annotated[
         str, typer.Option("--bind", envvar="FLEETLINE_BIND", help="address local servers listen on")
     ] = "127.0.0.1",
+    parameter: Annotated[
+        list[str] | None,
+        typer.Option("--parameter", "-P", help="template parameter KEY=VALUE (repeatable)"),
+    ] = None,
 ) -> None:
     """Start the emulator, deploy the stack, run its workers; print READY when it takes traffic."""
     # Only light modules before the emulator is spawned: it boots while the rest imports.
@@ -77,6 +81,12 @@ def up(
     from shared.local.emulator import Emulator, port_in_use
 
     endpoint = os.environ.get("AWS_ENDPOINT_URL") or None
+    parameters: dict[str, str] = {}
+    for item in parameter or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise _fail(f"--parameter {item!r}: expected KEY=VALUE")
+        parameters[key] = value
     if aws and endpoint:
         raise _fail("--aws deploys to real AWS: unset AWS_ENDPOINT_URL or drop --aws")
     try:
@@ -99,6 +109,7 @@ def up(
                 "--bind",
                 bind_host,
                 *(["--aws"] if aws else []),
+                *(arg for item in parameter or [] for arg in ("--parameter", item)),
             ]
             state = start_detached(argv, state_dir=state_dir)
             print(_ready_line(state), flush=True)
@@ -128,6 +139,7 @@ def up(
             workers=workers,
             api_port=api_port,
             bind_host=bind_host,
+            parameters=parameters,
         )
 
         def on_ready(state: object) -> None:

@@ -19,7 +19,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import anyio
@@ -60,6 +60,7 @@ class UpConfig:
     deploy_timeout: float = 120.0
     api_port: int = 0  # first local HTTP API port; 0 = free ones
     bind_host: str = "127.0.0.1"  # where local servers listen (0.0.0.0 in a container)
+    parameters: dict[str, str] = field(default_factory=dict)  # template parameters (--parameter)
 
 
 @dataclass
@@ -109,6 +110,7 @@ async def _deploy(aws: AwsClients, config: UpConfig, template: Template) -> Depl
         stack_name=config.stack_name,
         within_s=config.deploy_timeout,
         emulated=not config.real_aws,
+        parameters=config.parameters,
     )
     stack = await describe_stack(aws, config.stack_name)
     if stack is None:
