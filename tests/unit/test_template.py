@@ -147,6 +147,7 @@ def as_list(value: Any) -> list[Any]:
 
 
 # --------------------------------------------------------------------------------- linting
+@pytest.mark.slow  # cfn-lint takes 5-15 s on this template
 def test_cfn_lint_reports_no_errors() -> None:
     from cfnlint.api import lint_file
 
