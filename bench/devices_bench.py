@@ -7,19 +7,22 @@ dashboard hears about it.
 What is measured, exactly (see docs/benchmarks.md for the figures):
 
 1. Worker cost, replay. The simulator's fleet (`--devices`, default 100,000, 10 tenants,
-   zone eu) writes `--warmup` + `--events` telemetry records to a 4-shard Kinesis stream in
-   the embedded emulator (PutRecords of 500). A telemetry worker process then reads them with
-   the runtime's `KinesisSource` (GetRecords of up to 10,000, TRIM_HORIZON), runs the real
-   `TelemetryProcessor` per page and sends one lease checkpoint (UpdateItem) per page. The
-   first `--warmup` records (one per device: first contact, DeviceConnected etc.) are not
-   measured; then CPU time (user + system, `resource.getrusage` of the worker process only)
-   and every AWS request are counted over `--events` steady-state records.
-   DynamoDB requests of this step go to a sink endpoint (a child process that answers like
-   DynamoDB and accepts every write) instead of the emulator: moto copies the whole table
-   and its stream on every TransactWriteItems (about 8 s per call at 100,000 items), so it
-   cannot carry this fleet in minutes. The sink computes write units from the item sizes it
-   receives (1 per KB per item written, 2 per KB in a transaction). Conditional failures are
-   therefore not exercised here; the tests cover them.
+   zone eu) produces `--warmup` + `--events` telemetry records (round-robin over the
+   devices, so the first `--devices` records are every device's first), held by a sink (a
+   child process) that answers Kinesis ListShards / GetShardIterator / GetRecords (4 shards
+   by MD5 of the partition key, pages of up to 10,000, base64 data as on the wire) and
+   DynamoDB (accepts every write; counts requests and write units from the item sizes it
+   receives: 1 per KB per item, 2 per KB in a transaction). A telemetry worker process reads
+   the shards with the runtime's `KinesisSource`, runs the real `TelemetryProcessor` per page
+   through the real aiobotocore clients over HTTP, and sends one lease checkpoint
+   (UpdateItem) per page. The first `--warmup` records (one per device: first contact,
+   DeviceConnected ...) are not measured; then CPU time (user + system, `getrusage` of the
+   worker process only) and every request are counted over `--events` steady-state records.
+   Why a sink and not the emulator: moto slows down with size (PutRecords timed out after
+   ~100,000 records here, and every TransactWriteItems copies the whole table and its
+   stream: ~8 s per call at 100,000 items), so it cannot carry this fleet in minutes.
+   Server behaviour (conditional failures, throttling) is not exercised in this step; the
+   integration tests cover it against the emulator.
 2. Baseline, the Lambda way, in its own process: aws-lambda-powertools' BatchProcessor
    (Kinesis) with `idempotent_function` (DynamoDB persistence) per record and one
    conditional state write (boto3 UpdateItem) per event, fed Lambda-shaped Kinesis events of
@@ -74,7 +77,6 @@ if _prices is not None:  # pragma: no cover - depends on the project's table
     for _key in PRICE:
         PRICE[_key] = float(getattr(_prices, _key.upper(), PRICE[_key]))
 
-STREAM = "bench-telemetry"
 SHARDS = 4
 DEVICES_TABLE = "bench-devices"
 LEASE_TABLE = "bench-leases"
@@ -92,17 +94,72 @@ def _item_kb(item: dict[str, Any]) -> int:
     return max(1, math.ceil(size / 1024))
 
 
-def run_sink(port: int) -> None:
-    """A DynamoDB endpoint that accepts everything and counts requests and write units."""
+def _shard_records(args: argparse.Namespace) -> dict[str, list[list[dict[str, Any]]]]:
+    """The fleet's records as Kinesis would hold them: by MD5 of the partition key over
+    SHARDS equal hash ranges, with sequence numbers and arrival times; the first `warmup`
+    records under the stream name "warmup", the rest under "measure"."""
+    import hashlib
+
+    from services.devices.simulator import FleetConfig, FleetPlan
+
+    plan = FleetPlan(FleetConfig(devices=args.devices, eu_share=1.0, seed=args.seed))
+    streams: dict[str, list[list[dict[str, Any]]]] = {
+        "warmup": [[] for _ in range(SHARDS)], "measure": [[] for _ in range(SHARDS)]}
+    width = 2**128 // SHARDS
+    total = args.warmup + args.events
+    sent = 0
+    now = time.time()
+    while sent < total:
+        shards = streams["warmup" if sent < args.warmup else "measure"]
+        chunk = min(10_000, (args.warmup if sent < args.warmup else total) - sent)
+        for record in plan.next_batch(chunk, now=now):
+            shard = min(SHARDS - 1, int(hashlib.md5(record.partition_key.encode()).hexdigest(),
+                                        16) // width)
+            shards[shard].append({
+                "Data": base64.b64encode(record.data).decode(),
+                "PartitionKey": record.partition_key,
+                "SequenceNumber": f"{len(shards[shard]) + 1:056d}",
+                "ApproximateArrivalTimestamp": now,
+            })
+            sent += 1
+    return streams
+
+
+def run_sink(args: argparse.Namespace) -> None:
+    """An endpoint that answers like DynamoDB (accepts every write, counts requests and write
+    units) and like Kinesis (serves the fleet's records with GetRecords of up to 10,000)."""
     from aiohttp import web
 
     stats: Counter[str] = Counter()
+    streams = _shard_records(args)
+
+    def kinesis(target: str, body: dict[str, Any]) -> dict[str, Any]:
+        if target == "ListShards":
+            return {"Shards": [{"ShardId": f"shardId-{i:012d}",
+                                "HashKeyRange": {"StartingHashKey": "0", "EndingHashKey": "1"},
+                                "SequenceNumberRange": {"StartingSequenceNumber": "0"}}
+                               for i in range(SHARDS)]}
+        if target == "GetShardIterator":
+            shard = int(body["ShardId"].split("-")[1])
+            return {"ShardIterator": f"{body['StreamName']}:{shard}:0"}
+        if target == "GetRecords":
+            name, shard_text, offset_text = body["ShardIterator"].split(":")
+            shard, offset = int(shard_text), int(offset_text)
+            limit = int(body.get("Limit", 10_000))
+            records = streams[name][shard][offset:offset + limit]
+            return {"Records": records,
+                    "NextShardIterator": f"{name}:{shard}:{offset + len(records)}",
+                    "MillisBehindLatest": 0}
+        return {}
 
     async def handle(request: web.Request) -> web.Response:
-        target = request.headers.get("X-Amz-Target", "").split(".")[-1]
+        service, _, target = request.headers.get("X-Amz-Target", "").partition(".")
         body = await request.json() if request.can_read_body else {}
         stats[f"requests.{target}"] += 1
         answer: dict[str, Any] = {}
+        if service.startswith("Kinesis"):
+            return web.json_response(kinesis(target, body),
+                                     content_type="application/x-amz-json-1.1")
         if target == "TransactWriteItems":
             for op in body.get("TransactItems", []):
                 for kind in ("Put", "Update", "Delete", "ConditionCheck"):
@@ -136,7 +193,7 @@ def run_sink(port: int) -> None:
     app = web.Application(client_max_size=32 * 1024 * 1024)
     app.add_routes([web.post("/", handle), web.get("/stats", get_stats),
                     web.post("/reset", reset)])
-    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+    web.run_app(app, host="127.0.0.1", port=args.sink_port, print=None, access_log=None)
 
 
 def _sink_call(port: int, path: str, method: str = "GET") -> dict[str, Any]:
@@ -172,46 +229,33 @@ async def _replay(args: argparse.Namespace) -> dict[str, Any]:
             DynamoDeviceStore(aws, DEVICES_TABLE),
             TelemetryConfig(zone="eu", write_mode=args.mode),
         )
-        source = KinesisSource(aws, STREAM)
         dynamodb = await aws.client("dynamodb")
-        shards = [s.shard_id for s in await source.list_shards()]
-        iterators = {s: await source.get_iterator(s, after=None,
-                                                  initial=InitialPosition.TRIM_HORIZON)
-                     for s in shards}
-        warmup_left = args.warmup
-        measuring = False
-        cpu0 = wall0 = 0.0
-        events = 0
-        aws.counter.reset()
-        while iterators:
-            for shard in list(iterators):
-                page = await source.get_records(shard, iterators[shard], limit=10_000)
-                if not page.messages:
-                    del iterators[shard]
-                    continue
-                iterators[shard] = page.next_iterator or ""
-                messages = page.messages
-                if not measuring:
-                    if warmup_left >= len(messages):
-                        warmup_left -= len(messages)
-                        await processor(messages)
-                        await _checkpoint(dynamodb, shard, messages[-1].sequence)
-                        if warmup_left == 0:
-                            measuring = True
+
+        async def read_all(stream: str) -> int:
+            source = KinesisSource(aws, stream)
+            shards = [s.shard_id for s in await source.list_shards()]
+            iterators = {s: await source.get_iterator(s, after=None,
+                                                      initial=InitialPosition.TRIM_HORIZON)
+                         for s in shards}
+            count = 0
+            while iterators:
+                for shard in list(iterators):
+                    page = await source.get_records(shard, iterators[shard], limit=10_000)
+                    if not page.messages:
+                        del iterators[shard]
                         continue
-                    # split the page: the warm-up part, then start measuring
-                    await processor(messages[:warmup_left])
-                    messages = messages[warmup_left:]
-                    warmup_left = 0
-                    measuring = True
-                if measuring and not events:
-                    aws.counter.reset()
-                    _sink_call(args.sink_port, "/reset", "POST")
-                    processor.stats = TelemetryStatistics()
-                    cpu0, wall0 = _rusage(), time.perf_counter()
-                await processor(messages)
-                await _checkpoint(dynamodb, shard, messages[-1].sequence)
-                events += len(messages)
+                    iterators[shard] = page.next_iterator or ""
+                    await processor(page.messages)
+                    await _checkpoint(dynamodb, shard, page.messages[-1].sequence)
+                    count += len(page.messages)
+            return count
+
+        await read_all("warmup")  # first contact of every device: not measured
+        aws.counter.reset()
+        _sink_call(args.sink_port, "/reset", "POST")
+        processor.stats = TelemetryStatistics()
+        cpu0, wall0 = _rusage(), time.perf_counter()
+        events = await read_all("measure")
         cpu = _rusage() - cpu0
         wall = time.perf_counter() - wall0
         stats = processor.stats
@@ -481,38 +525,6 @@ def _child(role: str, args: argparse.Namespace, env: dict[str, str],
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
-async def _fill_stream(args: argparse.Namespace) -> dict[str, Any]:
-    import anyio
-
-    from services.devices.simulator import FleetConfig, FleetPlan, SimulationReport, put_records
-    from shared.aws import AwsClients
-
-    async with AwsClients() as aws:
-        kinesis = await aws.client("kinesis")
-        await kinesis.create_stream(StreamName=STREAM, ShardCount=SHARDS)
-        await _stream_active(kinesis, STREAM)
-        plan = FleetPlan(FleetConfig(devices=args.devices, eu_share=1.0, seed=args.seed))
-        report = SimulationReport()
-        started = time.perf_counter()
-        total = args.warmup + args.events
-        # Puts run concurrently, but a device's next record is `devices` records later, so
-        # with fewer than `devices` records in flight its records stay in order.
-        limiter = anyio.CapacityLimiter(max(1, min(8, args.devices // 1_000)))
-
-        async def put(batch: list[Any]) -> None:
-            async with limiter:
-                await put_records(kinesis, STREAM, batch, report)
-
-        async with anyio.create_task_group() as tg:
-            sent = 0
-            while sent < total:
-                batch = plan.next_batch(min(500, total - sent), now=time.time())
-                sent += len(batch)
-                tg.start_soon(put, batch)
-        return {"records": total, "seconds": time.perf_counter() - started,
-                "put_calls": report.put_records_calls}
-
-
 async def _wait_leased(dynamodb: Any, table: str, application: str) -> None:
     """Until some worker holds every lease of `application` (the worker is consuming)."""
     import anyio
@@ -598,7 +610,7 @@ def main() -> None:
         args.warmup = args.devices
 
     if args.role == "sink":
-        run_sink(args.sink_port)
+        run_sink(args)
         return
     if args.role == "replay":
         print(json.dumps(asyncio.run(_replay(args))))
@@ -623,13 +635,15 @@ def _orchestrate(args: argparse.Namespace) -> None:
     os.environ.setdefault("AWS_REGION", "us-east-1")
     args.sink_port = free_port()
     sink = subprocess.Popen([sys.executable, "-m", "bench.devices_bench", "--role", "sink",
-                             "--sink-port", str(args.sink_port)], cwd=ROOT)
+                             "--sink-port", str(args.sink_port), "--devices", str(args.devices),
+                             "--warmup", str(args.warmup), "--events", str(args.events),
+                             "--seed", str(args.seed)], cwd=ROOT)
     results: dict[str, dict[str, Any]] = {}
     latency: dict[str, Any] | None = None
     try:
         with Emulator() as emulator:
             os.environ["AWS_ENDPOINT_URL"] = emulator.endpoint_url
-            deadline = time.monotonic() + 15
+            deadline = time.monotonic() + 300  # the sink generates the fleet's records first
             while True:
                 try:
                     _sink_call(args.sink_port, "/stats")
@@ -640,12 +654,10 @@ def _orchestrate(args: argparse.Namespace) -> None:
                     time.sleep(0.1)
             console.print(f"[bold]devices bench[/]: {args.devices:,} devices, "
                           f"{args.warmup:,} warm-up + {args.events:,} measured records")
-            fill = anyio.run(_fill_stream, args)
-            console.print(f"stream filled: {fill['records']:,} records in "
-                          f"{fill['seconds']:.1f}s ({fill['put_calls']} PutRecords)")
+            sink_url = f"http://127.0.0.1:{args.sink_port}"
             child_env = dict(os.environ, AWS_ENDPOINT_URL=emulator.endpoint_url,
-                             AWS_ENDPOINT_URL_DYNAMODB=f"http://127.0.0.1:{args.sink_port}",
-                             LOG_LEVEL="WARNING")
+                             AWS_ENDPOINT_URL_DYNAMODB=sink_url,
+                             AWS_ENDPOINT_URL_KINESIS=sink_url, LOG_LEVEL="WARNING")
             for mode in [m for m in args.modes.split(",") if m]:
                 _sink_call(args.sink_port, "/reset", "POST")
                 console.print(f"replaying through the worker ({mode}) ...")

@@ -17,20 +17,26 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from botocore.exceptions import ClientError
+
 from services.devices.domain import DeviceState
 from services.devices.events import SOURCE, DeviceEvent
-from shared.aws import AwsClients
+from shared.aws import AwsClients, aws_errors, error_code
 from shared.outbox import (
     Aggregate,
-    ConcurrencyConflictError,
     EventDraft,
     ItemRef,
     OutboxConfig,
     UnitOfWork,
+    build_write,
+    cancellation_verdicts,
+    plan_transaction,
+    stage,
 )
 
 __all__ = [
@@ -161,36 +167,55 @@ class DynamoDeviceStore:
         return out
 
     async def commit(self, writes: Sequence[DeviceWrite]) -> CommitResult:
+        """Stage each device with the unit of work's `stage` (envelopes, next sequences,
+        version condition) and send them as ONE request: a conditional PutItem for one
+        device, a TransactWriteItems for several (its cancellation reasons say which
+        devices conflicted; the rest were only cancelled along with them). The unit of
+        work's own `save` checks each write against every staged one, which is quadratic at
+        100 writes; the worker never stages a device twice, so it builds the batch here."""
         if len(writes) > TRANSACTION_LIMIT:
             raise ValueError(f"at most {TRANSACTION_LIMIT} devices per commit, got {len(writes)}")
         if not writes:
             return CommitResult()
-        uow = UnitOfWork(self._aws, self._config)
-        refs: dict[str, str] = {}
-        for write in writes:
-            ref = self._ref(write.state.device_id)
-            refs[ref.token] = write.state.device_id
-            aggregate = Aggregate(
-                ref=ref, state={}, version=write.version,
-                last_sequence=write.state.event_seq - len(write.events),
+        staged = [
+            stage(
+                Aggregate(ref=self._ref(w.state.device_id), state={}, version=w.version,
+                          last_sequence=w.state.event_seq - len(w.events)),
+                state_attributes(w.state),
+                events=[event_draft(e) for e in w.events],
             )
-            uow.save(aggregate, state_attributes(write.state),
-                     events=[event_draft(e) for e in write.events])
+            for w in writes
+        ]
+        now = time.time()
+        dynamodb = await self._aws.client("dynamodb")
+        conflicts: set[str] = set()
         try:
-            envelopes = await uow.commit()
-        except ConcurrencyConflictError as exc:
-            # The cancellation names the items that failed (version moved, or a transient
-            # code on them); every other write was only cancelled along with them.
-            named = frozenset(refs[t] for t in exc.current if t in refs)
-            return CommitResult(
-                conflicts=named,
-                transient=frozenset(w.state.device_id for w in writes) - named,
-            )
-        committed: dict[str, list[Mapping[str, Any]]] = {
-            w.state.device_id: [] for w in writes
-        }
-        for envelope in map(envelope_dict, envelopes):
-            committed[str(envelope["aggregate_id"])].append(envelope)
+            if len(staged) == 1:
+                put = dict(build_write(staged[0], self._config, now=now)[0])
+                await dynamodb.put_item(**put)
+            else:
+                items, refs = plan_transaction(staged, self._config, now=now)
+                await dynamodb.transact_write_items(TransactItems=items)
+        except ClientError as exc:
+            code = error_code(exc)
+            ids = [w.state.device_id for w in writes]
+            if code == "ConditionalCheckFailedException":
+                return CommitResult(conflicts=frozenset(ids))
+            if code != "TransactionCanceledException":
+                with aws_errors():
+                    raise
+            reasons = exc.response.get("CancellationReasons") or []
+            if not reasons:
+                return CommitResult(transient=frozenset(ids))
+            verdicts = cancellation_verdicts(reasons, refs, staged, self._config)
+            for index, verdict in verdicts.items():
+                if verdict.conflict or verdict.duplicates:
+                    conflicts.add(ids[index])
+            return CommitResult(conflicts=frozenset(conflicts),
+                                transient=frozenset(ids) - conflicts)
+        committed: dict[str, list[Mapping[str, Any]]] = {}
+        for write, staged_write in zip(writes, staged, strict=True):
+            committed[write.state.device_id] = [envelope_dict(e) for e in staged_write.envelopes]
         return CommitResult(committed)
 
 
