@@ -90,6 +90,10 @@ class DeploySettings:
     `parameters` are the template's parameters except the three `deploy` fills in itself
     (ArtifactBucket, CodeKey, StateMachinesPrefix). `artifact_bucket=None` means
     `<stack>-artifacts-<account>-<region>` (bucket names are global).
+    `emulator=True` (the embedded emulator only, never AWS) disables the stack's Lambda event
+    source mappings after deploying: moto "runs" an SQS mapping on every SendMessage by
+    receiving the batch and failing to invoke (no Docker), which delays each send and moves
+    messages to the DLQ after maxReceiveCount; the local runner polls those queues instead.
     """
 
     stack_name: str = "fleetline"
@@ -101,6 +105,7 @@ class DeploySettings:
     timeout: float = 120.0
     poll_interval: float = 0.2
     validate: bool = False
+    emulator: bool = False
 
     def __post_init__(self) -> None:
         if not self.stack_name or not self.stack_name[0].isalpha():
@@ -514,7 +519,19 @@ async def deploy(aws: AwsClients, settings: DeploySettings | None = None) -> Dep
             raise DeploymentError(f"stack {settings.stack_name} disappeared while deploying")
         stack = current
     resources = await _list_resources(aws, settings.stack_name)
+    if settings.emulator:
+        await _disable_event_source_mappings(aws, resources)
     return _read_back(stack, resources, time.monotonic() - started)
+
+
+async def _disable_event_source_mappings(
+    aws: AwsClients, resources: tuple[StackResource, ...],
+) -> None:
+    lam = await aws.client("lambda")
+    for resource in resources:
+        if resource.resource_type == "AWS::Lambda::EventSourceMapping" and resource.physical_id:
+            with aws_errors():
+                await lam.update_event_source_mapping(UUID=resource.physical_id, Enabled=False)
 
 
 async def describe(aws: AwsClients, stack_name: str) -> Deployment:

@@ -41,5 +41,6 @@ async def deploy_template(
             statemachines_dir=statemachines_dir,
             parameters={k: v for k, v in values.items() if k in declared},
             timeout=within_s,
+            emulator=emulated,  # moto runs SQS mappings itself, badly: see DeploySettings
         ),
     )

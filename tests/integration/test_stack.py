@@ -80,7 +80,7 @@ def template_resources() -> dict[str, str]:
 async def deploy_stack(aws: AwsClients) -> Deployment:
     return await deploy(aws, DeploySettings(
         stack_name="fl-test", parameters=local_parameters(zone="eu"),
-        artifact_bucket="fl-test-artifacts", timeout=60.0,
+        artifact_bucket="fl-test-artifacts", timeout=60.0, emulator=True,
     ))
 
 
@@ -169,6 +169,14 @@ async def test_template_deploys_with_every_resource_and_routes_events(
             got = await received_by(aws, deployment, marker, queues,
                                     wait_for=5.0 if queues else 0.3)
             assert got == queues, f"{source}/{detail_type} on {bus_key}"
+
+    # moto's own run of the SQS event source mapping is switched off (emulator=True): it
+    # would receive on every send, fail to invoke, and dead-letter after maxReceiveCount.
+    saga_start = deployment.outputs["SagaStartQueue"]
+    for i in range(7):  # more sends than maxReceiveCount (5)
+        await sqs.send_message(QueueUrl=saga_start, MessageBody=json.dumps({"n": i}))
+    assert len(await drain(aws, saga_start)) == 7
+    assert await drain(aws, deployment.physical_id("SagaStartDlq")) == []
 
     # Deploying the same thing again keeps the stack (an update, or "no updates").
     again = await deploy_stack(aws)
