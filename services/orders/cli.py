@@ -176,7 +176,11 @@ def seed_command(
 
     state = read_state(_state_dir())
     if state is not None and state.endpoint and not os.environ.get("AWS_ENDPOINT_URL"):
+        # the local emulator: any credentials and Region do
         os.environ["AWS_ENDPOINT_URL"] = state.endpoint
+        os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+        os.environ.setdefault("AWS_ACCESS_KEY_ID", "local")
+        os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "local")
 
     async def main() -> None:
         async with AwsClients() as aws:

@@ -279,23 +279,32 @@ _TIMEOUT_ERRORS: Final = frozenset({"States.Timeout", "States.HeartbeatTimeout"}
 
 
 def cancellation_reason(error: str | None, cause: str | None) -> tuple[str, str | None]:
-    """(reason, detail) for OrderCancelled from the error a saga step failed with.
+    """(reason, detail) for display, from the error a saga step failed with.
 
     The reason is the typed error name (`PaymentDeclined`, `OutOfStock`, ...); a step that
-    timed out is `StepTimedOut`. The detail is the `message` inside a JSON cause, else the
-    cause text, cut to 500 characters.
+    timed out is `StepTimedOut`. `cause` may be the worker's JSON cause (`{"message": ...}`),
+    the state machine's failure object (`{"Error": ..., "Cause": <that JSON or null>}`) or
+    plain text; the detail is the innermost message, cut to 500 characters (None when there
+    is none).
     """
     reason = error or "Unknown"
     if reason in _TIMEOUT_ERRORS:
         reason = "StepTimedOut"
-    detail = cause
-    if cause:
+    detail: str | None = cause
+    for _ in range(2):  # the failure object wraps the worker's cause
+        if not detail:
+            break
         try:
-            parsed = json.loads(cause)
+            parsed = json.loads(detail)
         except ValueError:
-            parsed = None
-        if isinstance(parsed, dict) and isinstance(parsed.get("message"), str):
+            break
+        if not isinstance(parsed, dict):
+            break
+        if isinstance(parsed.get("message"), str):
             detail = parsed["message"]
+            break
+        inner = parsed.get("Cause")
+        detail = inner if isinstance(inner, str) and inner else None
     return reason, (detail[:500] if detail else None)
 
 

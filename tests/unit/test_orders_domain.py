@@ -128,6 +128,12 @@ def test_cancellation_reason() -> None:
         "PaymentDeclined", "insufficient funds")
     assert d.cancellation_reason("States.HeartbeatTimeout", None) == ("StepTimedOut", None)
     assert d.cancellation_reason(None, "plain") == ("Unknown", "plain")
+    assert d.cancellation_reason("OutOfStock", '{"Error":"OutOfStock","Cause":null}') == (
+        "OutOfStock", None)
+    wrapped = json.dumps({"Error": "PaymentDeclined",
+                          "Cause": json.dumps({"message": "card declined"})})
+    assert d.cancellation_reason("PaymentDeclined", wrapped) == ("PaymentDeclined",
+                                                                 "card declined")
 
 
 def test_stock_invariant() -> None:
