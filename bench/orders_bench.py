@@ -53,6 +53,7 @@ from services.orders.provider import PaymentProvider, ProviderSettings
 from services.orders.saga import SagaTimings
 from shared.aws import AwsClients, RequestCounter
 from shared.local.emulator import Emulator
+from shared.logging import configure_logging
 
 # The project's list prices (bench/prices.py, from ../shared/notes/cost.md), in dollars.
 PRICE = {
@@ -103,6 +104,9 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def run(args: argparse.Namespace) -> int:
+    # As the workers run in production: JSON logs at INFO (the per-message debug lines off),
+    # to stderr so the table stays readable.
+    configure_logging(service="orders-bench", level=args.log_level, stream=sys.stderr)
     console = Console()
     rng = random.Random(args.seed)
     emulator = Emulator(log_path=Path("/tmp/orders-bench-moto.log")).start()
@@ -301,6 +305,7 @@ def main() -> int:
     parser.add_argument("--heartbeat", type=int, default=20,
                         help="HeartbeatSeconds of the callback tasks")
     parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args()
     return asyncio.run(run(args))
 
