@@ -148,7 +148,11 @@ def up(
                 f"[dim]Ctrl-C stops everything; logs in {state_dir / 'logs'}[/dim]", highlight=False
             )
 
-        anyio.run(lambda: run_up(config, on_ready=on_ready, emulator=emulator))
+        try:
+            anyio.run(lambda: run_up(config, on_ready=on_ready, emulator=emulator))
+        finally:
+            if emulator is not None:  # no-op when run_up stopped it; not when interrupted early
+                emulator.stop()
     except FleetlineError as exc:
         raise _fail(str(exc)) from None
 

@@ -99,16 +99,21 @@ def stop_running(state_dir: Path, *, timeout: float = 60.0) -> tuple[UpState | N
             time.sleep(0.1)
     # Read again: the supervisor may have restarted children (new pids) before it stopped.
     latest = _own_state(state_dir, state.supervisor_pid) or state
+    left = [p for p in {*latest.pids(), *state.pids()} if pid_alive(p) and not _is_zombie(p)]
+    if left:
+        # The supervisor died without stopping them: give them their SIGTERM and drain time
+        # first (workers and the emulator, each its own process group), then kill.
+        for pid in left:
+            _signal_group(pid, signal.SIGTERM)
+        deadline = time.monotonic() + min(timeout, 30.0)
+        while time.monotonic() < deadline and any(
+            pid_alive(p) and not _is_zombie(p) for p in left
+        ):
+            time.sleep(0.1)
     killed: list[int] = []
-    for pid in {*latest.pids(), *state.pids()}:
+    for pid in left:
         if pid_alive(pid) and not _is_zombie(pid):
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    continue
+            _signal_group(pid, signal.SIGKILL)
             killed.append(pid)
     write_state(
         state_dir,
@@ -120,6 +125,16 @@ def stop_running(state_dir: Path, *, timeout: float = 60.0) -> tuple[UpState | N
         ),
     )
     return state, killed
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    """Signal the process group `pid` leads (children run in their own sessions), or the
+    process alone when it leads none."""
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
 
 
 def _reap(pid: int) -> None:
