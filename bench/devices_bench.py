@@ -628,7 +628,7 @@ def _orchestrate(args: argparse.Namespace) -> None:
 
     from shared.local.emulator import Emulator, free_port
 
-    console = Console()
+    console = Console(width=170)
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
