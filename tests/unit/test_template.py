@@ -444,3 +444,32 @@ def test_state_machine_substitutions_match_the_definition_placeholders(
         assert "QueryLanguage" not in document or document["QueryLanguage"] == "JSONPath"
         placeholders = set(re.findall(r"\$\{(\w+)\}", text))
         assert placeholders == set(p["DefinitionSubstitutions"]), lid
+
+
+def test_every_queue_consumer_may_dead_letter_to_that_queues_dlq(
+    template: dict[str, Any],
+) -> None:
+    """The runtime sends a permanently failing message to the DLQ itself, with its reason
+    (shared.consumers DeadLetterMode.SEND), so a role that receives from a queue must be
+    allowed to send to that queue's DLQ; otherwise dead-lettering fails on AWS only."""
+    queues = of_type(template, "AWS::SQS::Queue")
+    sends: dict[str, set[str]] = {}
+    receives: dict[str, set[str]] = {}
+    for role, statement in policy_statements(template):
+        actions = set(as_list(statement.get("Action")))
+        targets = {getatt_target(r) for r in as_list(statement.get("Resource"))} - {None}
+        if "sqs:ReceiveMessage" in actions:
+            receives.setdefault(role, set()).update(t for t in targets if t)
+        if "sqs:SendMessage" in actions:
+            sends.setdefault(role, set()).update(t for t in targets if t)
+    missing = []
+    for role, consumed in receives.items():
+        for queue in consumed:
+            redrive = props(queues.get(queue, {})).get("RedrivePolicy")
+            if not redrive:
+                continue
+            dlq = getatt_target(redrive["deadLetterTargetArn"])
+            if dlq not in sends.get(role, set()):
+                missing.append(f"{role} consumes {queue} but cannot send to {dlq}")
+    assert receives, "no queue consumers found: the check would pass vacuously"
+    assert not missing, missing
