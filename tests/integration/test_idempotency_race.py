@@ -158,3 +158,22 @@ async def test_failed_effect_releases_the_key(aws: AwsClients) -> None:
         await guard.run({"k": "1"}, flaky, key="k")
     assert await guard.run({"k": "1"}, flaky, key="k") == "ok"
     assert len(calls) == 2
+
+
+async def test_lambda_handler_decorator_runs_once(aws: AwsClients) -> None:
+    from shared.idempotency import idempotent_handler
+
+    config = IdempotencyConfig(table=await _table(aws), namespace="lambda")
+    calls: list[str] = []
+
+    @idempotent_handler(config, key="body.order_id")
+    async def handler(event: dict[str, Any], context: object) -> dict[str, str]:
+        calls.append(event["body"]["order_id"])
+        return {"status": "charged"}
+
+    event = {"body": {"order_id": "o-9", "amount": 5}}
+    # A Lambda entry point is synchronous: call it from a worker thread, as the runtime would.
+    first = await anyio.to_thread.run_sync(handler, event, None)
+    second = await anyio.to_thread.run_sync(handler, event, None)
+    assert first == second == {"status": "charged"}
+    assert calls == ["o-9"]
