@@ -106,9 +106,7 @@ def stop_running(state_dir: Path, *, timeout: float = 60.0) -> tuple[UpState | N
         for pid in left:
             _signal_group(pid, signal.SIGTERM)
         deadline = time.monotonic() + min(timeout, 30.0)
-        while time.monotonic() < deadline and any(
-            pid_alive(p) and not _is_zombie(p) for p in left
-        ):
+        while time.monotonic() < deadline and any(pid_alive(p) and not _is_zombie(p) for p in left):
             time.sleep(0.1)
     killed: list[int] = []
     for pid in left:

@@ -58,7 +58,8 @@ async def serve_http_api(spec: dict[str, Any], stop: anyio.Event) -> None:
     from aiohttp import web
 
     routes = [
-        Route(route_key=r["route_key"], target=json.dumps(r["function"])) for r in spec["routes"]
+        Route(route_key=r["route_key"], target=str(r["function"]["handler"]))
+        for r in spec["routes"]
     ]
     functions = {r["route_key"]: r["function"] for r in spec["routes"]}
     handlers = {key: load_handler(f["handler"]) for key, f in functions.items()}

@@ -296,7 +296,13 @@ async def plan_processes(
             skipped[f"{logical}-triggers"] = next(r for r in reasons if r)
             continue
         spec = {"kind": "triggers", "function": _function_json(function), "mappings": mappings}
-        env = {**base_env, **await _function_env(aws, function), SPEC_ENV: json.dumps(spec)}
+        env = {
+            **base_env,
+            **await _function_env(aws, function),
+            # What the Lambda runtime sets: adapters name their logs and traces after it.
+            "AWS_LAMBDA_FUNCTION_NAME": function.name,
+            SPEC_ENV: json.dumps(spec),
+        }
         specs.append(
             ProcessSpec(
                 name=f"{logical}-triggers",
@@ -343,6 +349,9 @@ async def plan_processes(
             "host": bind_host,
         }
         api_env[SPEC_ENV] = json.dumps(api_spec)
+        names = {r.function.name for r in api.routes}
+        if len(names) == 1:  # one function behind every route: the runtime's name for it
+            api_env["AWS_LAMBDA_FUNCTION_NAME"] = names.pop()
         specs.append(
             ProcessSpec(
                 name=api.logical_id,
