@@ -149,7 +149,8 @@ class BatchCommitter:
     `locate(envelope)` names the aggregate an event changes; `decide(envelope, aggregate)` is
     the pure decision (new state and events, or None to ignore the event). An exception from
     either dead-letters the message when not retryable (InvalidMessageError, any
-    PermanentError) and retries it otherwise."""
+    PermanentError) and retries it otherwise; after a retried event, the later events of the
+    same aggregate in the batch are retried too (unapplied), so order per aggregate holds."""
 
     def __init__(
         self,
@@ -261,7 +262,14 @@ class BatchCommitter:
             view = original
             drafts: list[Emitted] = []
             applied: list[_Entry] = []
+            halted: str | None = None
             for entry in list(group):
+                if halted is not None:
+                    # Order per aggregate: nothing after an event that must be retried.
+                    batch.settle(entry.message, Outcome.RETRY,
+                                 f"waits for event {halted} of the same aggregate")
+                    group.remove(entry)
+                    continue
                 if view.seen(entry.event_id):
                     batch.settle(entry.message, Outcome.DUPLICATE)
                     group.remove(entry)
@@ -271,6 +279,8 @@ class BatchCommitter:
                 except Exception as exc:
                     self._fail(batch, entry.message, exc)
                     group.remove(entry)
+                    if is_retryable(exc):
+                        halted = entry.event_id
                     continue
                 if decision is None:
                     batch.settle(entry.message, Outcome.SUCCEEDED)

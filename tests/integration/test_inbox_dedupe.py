@@ -118,3 +118,28 @@ async def test_write_modes_and_inbox_table(aws: AwsClients, mode: WriteMode) -> 
     records = (await dynamodb.scan(TableName="inbox"))["Items"]
     assert len(records) == 4
     assert all(int(r["expires_at"]["N"]) > 0 for r in records)
+
+
+async def test_a_retried_event_holds_back_the_later_events_of_its_aggregate(
+    aws: AwsClients,
+) -> None:
+    from shared.consumers import RetryLater
+
+    await create_table(aws, "counters")
+    first, second, other = _bump("a"), _bump("a"), _bump("b")
+
+    def locate(envelope: Envelope) -> ItemRef:
+        return ItemRef(table="counters", key={"pk": str(envelope.data["counter"])})  # type: ignore[index]
+
+    def decide(envelope: Envelope, counter: Aggregate) -> Decision:
+        if envelope.id == first.id:
+            raise RetryLater("downstream busy")
+        return Decision(state={"total": int(counter.state.get("total", 0)) + 1})
+
+    handle = BatchCommitter(aws, locate=locate, decide=decide)
+    result = await handle([_message(first, "m1"), _message(second, "m2"),
+                           _message(other, "m3")])
+    assert result.outcomes == {"m1": Outcome.RETRY, "m2": Outcome.RETRY,
+                               "m3": Outcome.SUCCEEDED}
+    assert "waits for event" in result.reasons["m2"]
+    assert await _total(aws, "counters", "b") == 1
