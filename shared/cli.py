@@ -283,7 +283,7 @@ def demo(
             template=template,
             state_dir=state_dir,
             keep_running=not exit_after,
-            echo=lambda line: console.print(line, highlight=False),
+            echo=lambda line: console.print(line, highlight=False, soft_wrap=True),
         )
     except FleetlineError as exc:
         raise _fail(str(exc)) from None
