@@ -417,3 +417,39 @@ async def test_stop_kills_a_child_that_ignores_sigterm(tmp_path: Path) -> None:
         await supervisor.stop()
         assert time.monotonic() - started < 3
     assert not pid_alive(pid)
+
+
+def test_application_template_comes_up_and_status_lists_every_resource(tmp_path: Path) -> None:
+    """The real stack (deploy/template.yaml) without local processes: deployed, gaps
+    supplied, every resource listed by status, down leaves nothing running."""
+    template = ROOT / "deploy" / "template.yaml"
+    started = time.monotonic()
+    done = _fleetline(
+        "up",
+        "--detach",
+        "--no-workers",
+        "--stack-name",
+        "apptest",
+        "--template",
+        str(template),
+        "--state-dir",
+        str(tmp_path),
+        timeout=90,
+    )
+    try:
+        assert done.returncode == 0, done.stderr + (tmp_path / "up.log").read_text()[-2000:]
+        print(f"application stack READY (no workers) in {time.monotonic() - started:.1f} s")
+        shown = _fleetline(
+            "status", "--json", "--template", str(template), "--state-dir", str(tmp_path)
+        )
+        assert shown.returncode == 0, shown.stderr
+        status = json.loads(shown.stdout)
+        listed = {r["logical_id"]: r["state"] for r in status["resources"]}
+        assert set(listed) == set(load_template(template)["Resources"])
+        unsupplied = {k: v for k, v in listed.items() if "not supplied" in v or v == "MISSING"}
+        assert unsupplied == {}
+    finally:
+        state = read_state(tmp_path)
+        _fleetline("down", "--state-dir", str(tmp_path))
+    assert state is not None
+    assert not [pid for pid in state.pids() if pid_alive(pid)]
