@@ -162,6 +162,13 @@ async def collect_status(
                 lag=await _kinesis_lag(kinesis, row.physical_id, shards, checkpoints),
             )
         )
+    for row in rows:
+        resource = template["Resources"].get(row.logical_id, {})
+        if row.type != "AWS::DynamoDB::Table" or not row.physical_id:
+            continue
+        if not resource.get("Properties", {}).get("StreamSpecification"):
+            continue
+        streams.append(await _table_stream_row(aws, row, checkpoints))
     processes = []
     if state is not None:
         for child in state.children:
@@ -279,3 +286,59 @@ def _getatt_target(value: Any) -> str | None:
         target = value["Fn::GetAtt"]
         return str(target[0] if isinstance(target, list) else str(target).split(".")[0])
     return None
+
+
+async def _table_stream_row(
+    aws: AwsClients, row: ResourceRow, checkpoints: list[_Checkpoint]
+) -> StreamRow:
+    """A table's stream: its open shards and, per consumer (pipes, stream mappings,
+    projections), the age of the oldest record after the checkpoint."""
+    dynamodb = await aws.client("dynamodb")
+    streams = await aws.client("dynamodbstreams")
+    with aws_errors():
+        arn = (await dynamodb.describe_table(TableName=row.physical_id))["Table"].get(
+            "LatestStreamArn"
+        )
+    if not arn:
+        return StreamRow(
+            logical_id=row.logical_id,
+            name=f"{row.physical_id} (stream)",
+            shards=0,
+            lag="stream disabled",
+        )
+    with aws_errors():
+        shards = (await streams.describe_stream(StreamArn=arn))["StreamDescription"]["Shards"]
+    shard_ids = {s["ShardId"] for s in shards}
+    open_shards = [s for s in shards if "EndingSequenceNumber" not in s["SequenceNumberRange"]]
+    worst: dict[str, float] = {}
+    for checkpoint in (c for c in checkpoints if c.shard_id in shard_ids):
+        if checkpoint.sequence == "SHARD_END":
+            continue
+        position: dict[str, str] = (
+            {"ShardIteratorType": "TRIM_HORIZON"}
+            if checkpoint.sequence is None
+            else {
+                "ShardIteratorType": "AFTER_SEQUENCE_NUMBER",
+                "SequenceNumber": checkpoint.sequence,
+            }
+        )
+        with aws_errors():
+            iterator = (
+                await streams.get_shard_iterator(
+                    StreamArn=arn, ShardId=checkpoint.shard_id, **position
+                )
+            )["ShardIterator"]
+            records = (await streams.get_records(ShardIterator=iterator, Limit=1))["Records"]
+        age = 0.0
+        if records:
+            created = records[0].get("dynamodb", {}).get("ApproximateCreationDateTime")
+            if isinstance(created, datetime):
+                age = max(0.0, time.time() - created.timestamp())
+        worst[checkpoint.application] = max(worst.get(checkpoint.application, 0.0), age)
+    lag = ", ".join(f"{app}: {age:.1f} s" for app, age in sorted(worst.items()))
+    return StreamRow(
+        logical_id=row.logical_id,
+        name=f"{row.physical_id} (stream)",
+        shards=len(open_shards),
+        lag=lag or "no consumer checkpoint",
+    )

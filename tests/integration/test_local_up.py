@@ -123,7 +123,9 @@ def test_status_lists_every_resource_of_the_template(up: Up) -> None:
     queues = {q["name"]: q for q in status["queues"]}
     assert queues["uptest-work-dlq"]["is_dlq"]
     assert not queues["uptest-work"]["is_dlq"]
-    assert status["streams"][0]["shards"] == 1
+    streams = {s["name"]: s for s in status["streams"]}
+    assert streams["uptest-telemetry"]["shards"] == 1
+    assert streams["uptest-outbox (stream)"]["shards"] >= 1  # the table stream the pipe reads
     processes = {p["name"]: p for p in status["processes"]}
     assert processes["emulator"]["alive"]
     assert processes["SleeperService"]["alive"]  # the ECS service whose module exists
@@ -256,7 +258,8 @@ async def test_kinesis_mapping_and_stream_lag(aws: AwsClients, up: Up) -> None:
             "status", "--json", "--template", str(TEMPLATE), "--state-dir", str(up.state_dir)
         )
         assert done.returncode == 0, done.stderr
-        return str(json.loads(done.stdout)["streams"][0]["lag"])
+        streams = {s["name"]: s for s in json.loads(done.stdout)["streams"]}
+        return str(streams["uptest-telemetry"]["lag"])
 
     # Checkpointed after the batch: caught up (age of the oldest unprocessed record).
     async def caught_up() -> bool:
