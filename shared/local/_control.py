@@ -163,3 +163,10 @@ def ensure_no_running(state_dir: Path) -> None:
             f"fleetline is already up (pid {existing.supervisor_pid}, {existing.endpoint}): "
             "run `fleetline down` first"
         )
+    if existing is not None:
+        orphans = [c.pid for c in existing.children if pid_alive(c.pid) and not _is_zombie(c.pid)]
+        if orphans:
+            raise ConfigurationError(
+                f"processes of an earlier `up` still run (pids {orphans[:5]}): "
+                "run `fleetline down` first"
+            )
