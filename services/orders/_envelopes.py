@@ -30,6 +30,12 @@ class OrderEnvelope:
     raw: Mapping[str, Any]
 
 
+def _carrier(raw: Any) -> dict[str, str]:
+    if not isinstance(raw, dict):
+        return {}
+    return {str(k): v for k, v in raw.items() if isinstance(v, str)}
+
+
 def decode_order_event(message: Message) -> OrderEnvelope:
     """Raises InvalidMessageError naming the field that is wrong."""
     try:
@@ -56,6 +62,6 @@ def decode_order_event(message: Message) -> OrderEnvelope:
         sequence=sequence if isinstance(sequence, int) else model.sequence,
         time=body.get("time") if isinstance(body.get("time"), str) else None,
         correlation_id=body.get("correlation_id"),
-        trace=body.get("trace") if isinstance(body.get("trace"), dict) else {},
+        trace=_carrier(body.get("trace")),
         data=data, raw=body,
     )

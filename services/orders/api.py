@@ -42,7 +42,7 @@ from services.orders.domain import (
     order_id_for_key,
     price_lines,
 )
-from services.orders.events import OrderPlaced
+from services.orders.events import Address, OrderPlaced
 from services.orders.requests import MAX_BODY_BYTES, PlaceOrderRequest, parse_place_order
 from shared.aws import AwsClients, aws_errors
 from shared.config import Resources
@@ -162,7 +162,7 @@ class OrdersApi:
         placed = OrderPlaced(
             order_id=order_id, customer_id=request.customer_id, items=lines,
             currency=request.currency, total=total,
-            shipping_address=request.shipping_address.model_dump(),  # type: ignore[arg-type]
+            shipping_address=Address.model_validate(request.shipping_address.model_dump()),
             placed_at=datetime.now(UTC).isoformat().replace("+00:00", "Z"),
         )
         state = {
