@@ -212,7 +212,7 @@ def worker_runtime(url: str, prefix: str, expected: int, tally: Tally, mode: str
 
     from shared.aws import AwsClients
     from shared.consumers import SqsConsumer, SqsSettings
-    from shared.consumers._message import BatchResult, Message
+    from shared.consumers._message import BatchResult, Message, Outcome
     from shared.events import Envelope
     from shared.outbox import (
         Aggregate,
@@ -240,6 +240,7 @@ def worker_runtime(url: str, prefix: str, expected: int, tally: Tally, mode: str
         )
 
     cpu: list[float] = []
+    settled = {Outcome.SUCCEEDED, Outcome.DUPLICATE, Outcome.DEAD_LETTER}
 
     async def main() -> None:
         session = get_session()
@@ -260,7 +261,8 @@ def worker_runtime(url: str, prefix: str, expected: int, tally: Tally, mode: str
             async def handler(messages: Any) -> BatchResult:
                 nonlocal done
                 result = await committer(messages)
-                done += len(messages)
+                # Only settled messages count: a RETRY comes back after its backoff.
+                done += sum(1 for m in messages if result.outcomes.get(m.id) in settled)
                 if done >= expected and consumer is not None:
                     consumer.stop(drain_seconds=10)
                 return result
