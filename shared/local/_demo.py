@@ -190,8 +190,12 @@ def run_demo(
         ok = anyio.run(steps)
         if keep_running:
             echo("the stack keeps running (see `fleetline status`); Ctrl-C stops it")
+            # Blocked first, so SIGTERM is received here (and the stack stopped) instead of
+            # ending this process with the stack still running.
+            stops = {signal.SIGINT, signal.SIGTERM}
+            signal.pthread_sigmask(signal.SIG_BLOCK, stops)
             with contextlib.suppress(KeyboardInterrupt):
-                signal.sigwait({signal.SIGINT, signal.SIGTERM})
+                signal.sigwait(stops)
         return ok
     finally:
         stop_running(state_dir)

@@ -87,7 +87,7 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
         assert len(ready) == 1, done.stdout
         words = ready[0].split()
         urls = dict(w.split("=", 1) for w in words[2:])
-        print(f"time to READY: {elapsed:.2f} s (supervisor: {urls.get('stack')})")
+        print(f"time to READY: {elapsed:.2f} s (stack {urls.get('stack')})")
         yield Up(
             endpoint=words[1], urls=urls, state_dir=state_dir, stack=stack, ready_seconds=elapsed
         )
