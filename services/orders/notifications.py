@@ -2,16 +2,20 @@
 delivered twice (SQS at-least-once, a relay restart, a replay).
 
 Sending an email is an effect outside our database, so the inbox trick (dedupe record in the
-same write as the effect) is impossible. Instead each email is claimed in the idempotency
-table before it is sent (`email#<event id>`):
+same write as the effect) is impossible. Instead each email runs under `shared.idempotency`
+in the idempotency table, keyed by the event id (namespace `orders.email`):
 
-    absent                         claim (conditional put, status SENDING, owner, lease) -> send
-                                   -> mark SENT
-    SENT                           duplicate: skip (counted)
-    SENDING, lease running         another worker is sending it: retry later
-    SENDING, lease expired         the sender died: take over (conditional on the old owner),
-                                   send again (the one case that can repeat an email: a crash
-                                   after the provider accepted and before SENT was written)
+    no record                      INPROGRESS with a lease (renewed while sending) -> send
+                                   -> COMPLETED
+    COMPLETED                      duplicate: skip (counted)
+    INPROGRESS, lease running      another worker is sending it: retry later
+    INPROGRESS, lease expired      the sender died: taken over (its owner token is fenced
+                                   out), sent again (the one case that can repeat an email:
+                                   a crash after the mail server accepted it and before
+                                   COMPLETED was written)
+
+Records are kept 7 days: longer than the queue's DLQ retention and the bus archive's replay
+window, so a redrive or a replay cannot send again.
 
 The mailer is a seam (`Mailer`); `LogMailer` logs the email (what `fleetline up` uses),
 `MemoryMailer` keeps them for tests.
@@ -19,33 +23,30 @@ The mailer is a seam (`Mailer`); `LogMailer` logs the email (what `fleetline up`
 
 from __future__ import annotations
 
-import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import structlog
 
-from services.orders import _store
 from services.orders._envelopes import OrderEnvelope, decode_order_event
 from services.orders.domain import cancellation_reason
 from services.orders.events import OrderCancelled, OrderConfirmed
-from shared.aws import AwsClients, aws_errors
+from shared.aws import AwsClients
 from shared.config import Resources
 from shared.consumers import (
     BatchHandler,
     DuplicateEvent,
     HandlerContext,
-    RetryLater,
     batch_handler,
 )
-from shared.errors import AwsRequestError
 from shared.hosts import SqsQueue, Worker
+from shared.idempotency import Idempotency, IdempotencyConfig
 from shared.tracing import consumer_span
 
 __all__ = ["Email", "LogMailer", "Mailer", "MemoryMailer", "Notifier", "compose", "worker"]
 
 _log = structlog.get_logger("services.orders.notifications")
+_KEEP_SECONDS = 7 * 86400.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -97,11 +98,10 @@ def compose(envelope: OrderEnvelope) -> Email | None:
 class Notifier:
     def __init__(self, aws: AwsClients, *, table: str, mailer: Mailer | None = None,
                  lease_seconds: float = 30.0) -> None:
-        self._aws = aws
-        self.table = table
         self.mailer: Mailer = mailer or LogMailer()
-        self.lease_seconds = lease_seconds
-        self.owner = uuid.uuid4().hex
+        self._once = Idempotency(aws, IdempotencyConfig(
+            table=table, namespace="orders.email", lease=lease_seconds,
+            expires_after=_KEEP_SECONDS))
 
     @classmethod
     def from_environ(cls, aws: AwsClients, resources: Resources | None = None,
@@ -109,63 +109,28 @@ class Notifier:
         res = resources or Resources.from_environ()
         return cls(aws, table=res.get("IdempotencyTable"), mailer=mailer)
 
-    async def _claim(self, key: str) -> bool:
-        """True when this worker may send; raises DuplicateEvent / RetryLater otherwise."""
-        ddb = await self._aws.client("dynamodb")
-        now = time.time()
-        try:
-            with aws_errors():
-                await ddb.put_item(
-                    TableName=self.table,
-                    Item=_store.to_item({
-                        "id": f"email#{key}", "status": "SENDING", "owner": self.owner,
-                        "lease_until": now + self.lease_seconds,
-                        "expires_at": int(now + 7 * 86400),
-                    }),
-                    ConditionExpression="attribute_not_exists(id) OR "
-                                        "(#s = :sending AND lease_until < :now)",
-                    ExpressionAttributeNames={"#s": "status"},
-                    ExpressionAttributeValues=_store.to_item({":sending": "SENDING",
-                                                              ":now": now}),
-                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
-                )
-        except AwsRequestError as exc:
-            if exc.code != "ConditionalCheckFailedException":
-                raise
-            old = getattr(exc.__cause__, "response", {}).get("Item") or {}
-            status = _store.plain(old).get("status") if old else None
-            if status == "SENT":
-                raise DuplicateEvent(key) from None
-            raise RetryLater(f"email {key} is being sent by another worker",
-                             delay=self.lease_seconds) from None
-        return True
-
-    async def _mark_sent(self, key: str) -> None:
-        ddb = await self._aws.client("dynamodb")
-        with aws_errors():
-            await ddb.update_item(
-                TableName=self.table,
-                Key=_store.to_item({"id": f"email#{key}"}),
-                UpdateExpression="SET #s = :sent, sent_at = :now",
-                ConditionExpression="#o = :me",
-                ExpressionAttributeNames={"#s": "status", "#o": "owner"},
-                ExpressionAttributeValues=_store.to_item({":sent": "SENT", ":me": self.owner,
-                                                          ":now": time.time()}),
-            )
-
     async def notify(self, envelope: OrderEnvelope) -> Email | None:
         """Send the event's email once.
 
         Raises:
             DuplicateEvent: it was sent before.
-            RetryLater: another worker holds the claim.
+            IdempotencyInProgressError: another worker is sending it (retryable).
         """
         email = compose(envelope)
         if email is None:
             return None
-        await self._claim(email.key)
-        await self.mailer.send(email)
-        await self._mark_sent(email.key)
+        sent_now = False
+
+        async def send() -> dict[str, str]:
+            nonlocal sent_now
+            await self.mailer.send(email)
+            sent_now = True
+            return {"to": email.to, "subject": email.subject}
+
+        await self._once.run({"event_id": email.key, "to": email.to, "subject": email.subject},
+                             send, key="event_id")
+        if not sent_now:
+            raise DuplicateEvent(email.key)
         return email
 
     async def handle(self, envelope: OrderEnvelope, ctx: HandlerContext) -> None:
