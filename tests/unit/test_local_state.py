@@ -47,3 +47,37 @@ def test_restart_backoff_doubles_up_to_the_cap() -> None:
     assert [backoff.delay(n) for n in range(6)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
     with pytest.raises(ValueError, match="failures"):
         backoff.delay(-1)
+
+
+def test_missing_moto_is_a_one_line_instruction(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from shared.local.emulator import Emulator
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "moto" else real(name, *a)
+    )
+    with pytest.raises(ConfigurationError, match=r"pip install -e '\.\[local\]'"):
+        Emulator().spawn()
+
+
+def test_local_processes_drop_the_unrun_sidecars_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared.local._supply import _command_modules, _without_sidecar_endpoints
+
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318", "OTEL_SERVICE_NAME": "x"}
+    _without_sidecar_endpoints(env)
+    assert env == {"OTEL_SERVICE_NAME": "x"}
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318")
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://localhost:4318"}
+    _without_sidecar_endpoints(env)
+    assert env == {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}
+    remote = {"OTEL_EXPORTER_OTLP_ENDPOINT": "https://otlp.example:4318"}
+    _without_sidecar_endpoints(remote)
+    assert remote == {"OTEL_EXPORTER_OTLP_ENDPOINT": "https://otlp.example:4318"}
+    assert _command_modules(("python", "-m", "shared.hosts.worker", "services.x.y:worker")) == [
+        "shared.hosts.worker",
+        "services.x.y",
+    ]
+    assert _command_modules(("--config=/etc/otel.yaml",)) == []
