@@ -13,6 +13,8 @@ folding several events of one aggregate into ONE write; then write:
   operations (one PutItem when a single aggregate is touched). A cancellation names the
   items that failed: those whose returned item already lists the event id are duplicates; the
   others are decided again on the returned item (no extra read); the rest is resent as is.
+  Retries go item by item (conditional PutItems), so one hot item cannot cancel the others
+  again and two batches on the same items cannot keep colliding.
 - `WriteMode.ITEMS` (fewest write units): one conditional PutItem per aggregate, sent
   concurrently: 1 write unit per KB instead of a transaction's 2, at one request each.
 
@@ -213,11 +215,14 @@ class BatchCommitter:
         pending: OrderedDict[str, list[_Entry]] = OrderedDict()
         for entry in entries:
             pending.setdefault(entry.ref.token, []).append(entry)
-        for _attempt in range(config.max_attempts):
+        for attempt in range(config.max_attempts):
             writes, written = self._decide_all(pending, aggregates, batch)
             if not writes:
                 return
-            verdicts, committed = await self._commit(writes)
+            # A retry goes item by item: in one transaction, one conflicting item would cancel
+            # the others again, and two batches on the same hot items could keep colliding.
+            mode = config.write_mode if attempt == 0 else WriteMode.ITEMS
+            verdicts, committed = await self._commit(writes, mode)
             reload: list[ItemRef] = []
             for index, verdict in verdicts.items():
                 token = writes[index].aggregate.ref.token
@@ -306,7 +311,7 @@ class BatchCommitter:
         return writes, written
 
     async def _commit(
-        self, writes: Sequence[StagedWrite]
+        self, writes: Sequence[StagedWrite], mode: WriteMode
     ) -> tuple[dict[int, WriteVerdict], set[int]]:
         """Send the writes; returns the verdict per write and the writes that landed (in
         transaction mode a write lands only when its whole transaction committed)."""
@@ -326,7 +331,7 @@ class BatchCommitter:
             if all(v.clean for v in result.values()):
                 committed.update(indexes)
 
-        if config.write_mode is WriteMode.ITEMS:
+        if mode is WriteMode.ITEMS:
             groups = [[i] for i in range(len(writes))]
         else:
             groups = pack_transactions(writes, config.outbox)
