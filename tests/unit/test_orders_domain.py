@@ -226,3 +226,46 @@ async def test_keyed_locks_serialize_one_key_only() -> None:
     assert not any({"a1", "a2"} <= set(seen) for seen in overlaps)
     assert any(len(seen) == 2 for seen in overlaps)  # different keys did run together
     assert locks._locks == {}
+
+
+def _envelope(data: dict[str, object], type_: str, seq: int) -> object:
+    from services.orders._envelopes import decode_order_event
+    from shared.consumers import Message, SourceKind
+
+    body = {"detail": {"id": f"e-{type_}", "type": type_, "source": "fleetline.orders",
+                       "sequence": seq, "time": "2026-11-23T10:00:00Z", "data": data,
+                       "unknown_field": "ignored"}}
+    return decode_order_event(Message(id="m", body=json.dumps(body), source=SourceKind.SQS,
+                                      source_name="q"))
+
+
+ORDER = {"order_id": "o-1", "customer_id": "c-1", "currency": "EUR", "total": 1798,
+         "items": [{"sku": "MUG-RED", "quantity": 2, "unit_price": 899}],
+         "placed_at": "2026-11-23T09:59:00Z"}
+
+
+def test_history_rows_and_emails_from_events() -> None:
+    from services.orders.notifications import compose
+    from services.orders.projection import history_view
+
+    placed = _envelope({**ORDER, "shipping_address": GOOD["shipping_address"]}, "OrderPlaced", 1)
+    confirmed = _envelope({**ORDER, "confirmed_at": "2026-11-23T10:00:00Z",
+                           "payment_id": "ch_1", "shipment_id": "sh-1"}, "OrderConfirmed", 2)
+    cancelled = _envelope({**ORDER, "reason": "PaymentDeclined"}, "OrderCancelled", 2)
+    assert history_view(placed)["status"] == "PLACED"  # type: ignore[arg-type]
+    row = history_view(confirmed)  # type: ignore[arg-type]
+    assert (row["status"], row["seq"], row["shipment_id"]) == ("CONFIRMED", 2, "sh-1")
+    assert compose(placed) is None  # type: ignore[arg-type]
+    email = compose(cancelled)  # type: ignore[arg-type]
+    assert email is not None
+    assert email.key == "e-OrderCancelled"
+    assert "PaymentDeclined" in email.body
+
+
+def test_unknown_event_type_and_bad_data_are_refused_with_the_field() -> None:
+    from shared.errors import InvalidMessageError
+
+    with pytest.raises(InvalidMessageError, match="type"):
+        _envelope(ORDER, "OrderShipped", 2)
+    with pytest.raises(InvalidMessageError, match="data"):
+        _envelope({"order_id": "o-1"}, "OrderConfirmed", 2)
