@@ -73,7 +73,10 @@ def _last_line(path: Path) -> str | None:
         lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
     except OSError:
         return None
-    return lines[-1] if lines else None
+    if not lines:
+        return None
+    last = lines[-1]
+    return last.removeprefix("error: ")  # the background `up` printed it for a terminal
 
 
 def _terminate(pid: int) -> None:
