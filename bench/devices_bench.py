@@ -56,10 +56,10 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
-try:  # the project's price table (bench/prices.py), when it exists
-    from bench import prices as _prices  # type: ignore[attr-defined]
+try:  # the project's price table (bench/prices.py)
+    from bench.prices import PRICES as _PRICES
 except ImportError:  # pragma: no cover - fall back to ../shared/notes/cost.md's list prices
-    _prices = None
+    _PRICES = {}
 
 # us-east-1 on-demand list prices (../shared/notes/cost.md), in dollars
 PRICE = {
@@ -73,9 +73,9 @@ PRICE = {
     "lambda_gb_second": 0.0000166667,
     "fargate_vcpu_hour": 0.04048,
 }
-if _prices is not None:  # pragma: no cover - depends on the project's table
-    for _key in PRICE:
-        PRICE[_key] = float(getattr(_prices, _key.upper(), PRICE[_key]))
+_ALIASES = {"kinesis_put_unit": "kinesis_put_payload_unit"}
+for _key in PRICE:
+    PRICE[_key] = float(_PRICES.get(_ALIASES.get(_key, _key), PRICE[_key]))
 
 SHARDS = 4
 DEVICES_TABLE = "bench-devices"
