@@ -34,7 +34,7 @@ from aiohttp import web
 from anyio.streams.memory import MemoryObjectSendStream
 from pydantic import BaseModel
 
-from services.devices._auth import InvalidTokenError, verify_token
+from services.devices._auth import InvalidTokenError, issue_token, verify_token
 from services.devices.events import DeviceEvent
 from services.devices.query import DeviceQueries, DeviceRecord, InvalidQueryError
 from shared.aws import AwsClients
@@ -187,6 +187,12 @@ def dashboard_handler(hub: Hub) -> Any:
 # --------------------------------------------------------------------------- HTTP
 
 
+def dev_mode() -> bool:
+    """No dashboard secret configured and an endpoint override (the emulator): local use."""
+    return not os.environ.get("FLEETLINE_DASHBOARD_SECRET") and bool(
+        os.environ.get("AWS_ENDPOINT_URL"))
+
+
 def _tenant(request: web.Request) -> str:
     token = request.query.get("token", "")
     header = request.headers.get("Authorization", "")
@@ -235,7 +241,24 @@ class DashboardServer:
             await runner.cleanup()
 
     async def page(self, request: web.Request) -> web.StreamResponse:
-        return web.FileResponse(STATIC / "dashboard.html")
+        if request.query.get("token"):
+            return web.FileResponse(STATIC / "dashboard.html")
+        if not dev_mode():
+            raise web.HTTPUnauthorized(
+                text="a viewer link carries a token: run `fleetline devices url --tenant <id>`")
+        # Local development only (no secret configured, an emulator endpoint): pick a tenant.
+        tenants = sorted(set(self.hub.views) | {f"t-{i:03d}" for i in range(1, 4)})
+        links = "".join(
+            f'<li><a href="/?token={issue_token(t)}">{t}</a> '
+            f"({len(self.hub.view(t).devices)} devices)</li>" for t in tenants
+        )
+        return web.Response(content_type="text/html", text=(
+            "<!doctype html><title>fleetline dashboard</title>"
+            "<body style='font:15px system-ui;margin:2rem'>"
+            "<h1>fleetline dashboard (local)</h1><p>View the fleet as tenant:</p>"
+            f"<ul>{links}</ul><p style='color:#777'>Local development only: with "
+            "FLEETLINE_DASHBOARD_SECRET set, viewers need a link from "
+            "<code>fleetline devices url</code>.</p></body>"))
 
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response({"ok": True, "viewers": self.hub.viewers(),
@@ -303,6 +326,9 @@ async def dashboard_lifespan(aws: AwsClients, resources: Resources) -> AsyncIter
     stop serving after the drain. FLEETLINE_DASHBOARD_HOST / FLEETLINE_DASHBOARD_PORT
     (default 127.0.0.1:8080; the task definition maps 8080)."""
     load_registered_events()
+    if not os.environ.get("FLEETLINE_DASHBOARD_SECRET") and not dev_mode():
+        log.warning("FLEETLINE_DASHBOARD_SECRET is not set: viewer tokens use the development "
+                    "secret; set it (from Secrets Manager) outside local development")
     host = os.environ.get("FLEETLINE_DASHBOARD_HOST", "127.0.0.1")
     port = int(os.environ.get("FLEETLINE_DASHBOARD_PORT", "8080"))
     queries = DeviceQueries(aws, resources.get("DeviceReadModelTable"))

@@ -109,6 +109,10 @@ async def test_dashboard_pushes_updates_and_keeps_tenants_apart(
                     assert await page_b.text_content("#count-total") == "1"
                     assert await page_b.text_content("#count-alarms") == "0"
                     assert await page_a.query_selector("#device-dev-beta-1") is None
+                    # locally (emulator, no secret) the bare URL offers a tenant picker
+                    picker = await page_b.request.get(f"{base}/")
+                    assert picker.status == 200
+                    assert "t-alpha" in await picker.text()
                     # a forged tenant is refused outright
                     response = await page_b.request.get(f"{base}/events?token=t-alpha.1.x")
                     assert response.status == 401
