@@ -146,6 +146,7 @@ async def collect_status(
             )
         )
     checkpoints = await _checkpoints(aws, template, deployed, stack_name)
+    sources = _consumer_sources(template)
     streams = []
     for row in rows:
         if row.type != "AWS::Kinesis::Stream" or not row.physical_id:
@@ -159,7 +160,9 @@ async def collect_status(
                 logical_id=row.logical_id,
                 name=row.physical_id,
                 shards=len(open_shards),
-                lag=await _kinesis_lag(kinesis, row.physical_id, shards, checkpoints),
+                lag=await _kinesis_lag(
+                    kinesis, row.physical_id, shards, _for_source(checkpoints, sources, row)
+                ),
             )
         )
     for row in rows:
@@ -168,7 +171,7 @@ async def collect_status(
             continue
         if not resource.get("Properties", {}).get("StreamSpecification"):
             continue
-        streams.append(await _table_stream_row(aws, row, checkpoints))
+        streams.append(await _table_stream_row(aws, row, _for_source(checkpoints, sources, row)))
     processes = []
     if state is not None:
         for child in state.children:
@@ -342,3 +345,28 @@ async def _table_stream_row(
         shards=len(open_shards),
         lag=lag or "no consumer checkpoint",
     )
+
+
+def _consumer_sources(template: Template) -> dict[str, str]:
+    """Consumer application -> the logical id of the stream it reads, for the consumers the
+    template declares (pipes and event source mappings use their logical id as the
+    application locally). Workers name their own applications; they are matched by shard."""
+    found: dict[str, str] = {}
+    for logical, resource in template["Resources"].items():
+        props = resource.get("Properties", {})
+        source = {
+            "AWS::Pipes::Pipe": props.get("Source"),
+            "AWS::Lambda::EventSourceMapping": props.get("EventSourceArn"),
+        }.get(resource.get("Type", ""))
+        target = _getatt_target(source)
+        if target is not None:
+            found[logical] = target
+    return found
+
+
+def _for_source(
+    checkpoints: list[_Checkpoint], sources: dict[str, str], row: ResourceRow
+) -> list[_Checkpoint]:
+    """The checkpoints that may belong to `row`'s stream: a declared consumer only on its own
+    source (the emulator reuses shard ids across streams), any other by shard id later."""
+    return [c for c in checkpoints if sources.get(c.application, row.logical_id) == row.logical_id]
