@@ -36,6 +36,7 @@ import os
 import random
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,11 @@ def _boto3_session(tally: Tally) -> Any:
     session = boto3.Session()
     tally.register(session.events)
     return session
+
+
+def _done_file(prefix: str) -> Path:
+    """Created by the producer when the queue is drained: our worker then stops."""
+    return Path(tempfile.gettempdir()) / f"fleetline-{prefix}.done"
 
 
 def _tables(prefix: str) -> dict[str, str]:
@@ -212,7 +218,7 @@ def worker_runtime(url: str, prefix: str, expected: int, tally: Tally, mode: str
 
     from shared.aws import AwsClients
     from shared.consumers import SqsConsumer, SqsSettings
-    from shared.consumers._message import BatchResult, Message, Outcome
+    from shared.consumers._message import BatchResult, Message
     from shared.events import Envelope
     from shared.outbox import (
         Aggregate,
@@ -240,7 +246,7 @@ def worker_runtime(url: str, prefix: str, expected: int, tally: Tally, mode: str
         )
 
     cpu: list[float] = []
-    settled = {Outcome.SUCCEEDED, Outcome.DUPLICATE, Outcome.DEAD_LETTER}
+    done_file = _done_file(prefix)
 
     async def main() -> None:
         session = get_session()
@@ -255,23 +261,26 @@ def worker_runtime(url: str, prefix: str, expected: int, tally: Tally, mode: str
             aws.counter.reset()
             committer = BatchCommitter(aws, locate=locate, decide=decide,
                                        config=BatchConfig(write_mode=WriteMode(mode)))
-            done = 0
             consumer: SqsConsumer | None = None
 
             async def handler(messages: Any) -> BatchResult:
-                nonlocal done
-                result = await committer(messages)
-                # Only settled messages count: a RETRY comes back after its backoff.
-                done += sum(1 for m in messages if result.outcomes.get(m.id) in settled)
-                if done >= expected and consumer is not None:
-                    consumer.stop(drain_seconds=10)
-                return result
+                return await committer(messages)
+
+            async def stop_when_drained() -> None:
+                # A RETRY comes back after its backoff, so counting outcomes cannot tell when
+                # all is done: the producer says so (queue empty) by creating `done_file`.
+                while not done_file.exists():  # noqa: ASYNC110 - a cheap file poll
+                    await anyio.sleep(0.2)
+                assert consumer is not None
+                consumer.stop(drain_seconds=10)
 
             batch_handler: Any = handler
             consumer = SqsConsumer(aws, url, batch_handler, settings=SqsSettings(
                 wait_time_seconds=WAIT_SECONDS))
             started = time.process_time()
-            await consumer.run()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(stop_when_drained)
+                await consumer.run()
             cpu.append(time.process_time() - started)
             tally.requests.update(aws.counter.snapshot())
             _ = Message  # the handler's type, kept for readers
@@ -354,6 +363,21 @@ def _produce(boto: Any, url: str, bodies: list[str], *, wave: int = 100, low: in
                 for j, body in enumerate(chunk[offset:offset + 10])])
 
 
+def _wait_until_empty(boto: Any, url: str, worker: subprocess.Popen[str]) -> None:
+    """Until nothing is left in the queue (visible, in flight or delayed), twice in a row."""
+    sqs = boto.client("sqs")
+    empty = 0
+    while empty < 2:
+        if worker.poll() is not None:
+            raise SystemExit("the worker exited early")
+        attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+        depth = sum(int(attrs.get(name, 0)) for name in (
+            "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
+            "ApproximateNumberOfMessagesDelayed"))
+        empty = empty + 1 if depth == 0 else 0
+        time.sleep(0.5)
+
+
 def _measure_tables(boto: Any, prefix: str) -> tuple[int, int]:
     """(largest item in bytes, sum of device counters) over the variant's tables."""
     dynamodb = boto.client("dynamodb")
@@ -371,6 +395,7 @@ def _measure_tables(boto: Any, prefix: str) -> tuple[int, int]:
 def run_variant(boto: Any, variant: str, bodies: list[str], distinct: int,
                 endpoint: str) -> dict[str, Any]:
     prefix = f"bench-{variant}"
+    _done_file(prefix).unlink(missing_ok=True)
     url = _setup(boto, prefix)
     env = {**os.environ, "AWS_ENDPOINT_URL": endpoint}
     worker = subprocess.Popen(
@@ -382,7 +407,11 @@ def run_variant(boto: Any, variant: str, bodies: list[str], distinct: int,
     if worker.stdout.readline().strip() != "ready":
         raise SystemExit(f"{variant}: worker did not start")
     _produce(boto, url, bodies, worker=worker)
+    if variant.startswith("runtime"):
+        _wait_until_empty(boto, url, worker)
+        _done_file(prefix).touch()
     output = worker.stdout.read()
+    _done_file(prefix).unlink(missing_ok=True)
     if worker.wait(timeout=120) != 0:
         raise SystemExit(f"{variant}: worker failed")
     lines = [line for line in output.splitlines() if line.startswith('{"cpu"')]
