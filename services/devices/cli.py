@@ -19,7 +19,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 
 def dashboard_url(tenant_id: str, *, base: str | None = None) -> str:
     """The dashboard URL for a viewer of `tenant_id` (with its token)."""
-    root = (base or os.environ.get("FLEETLINE_DASHBOARD_URL") or "http://127.0.0.1:8765").rstrip("/")
+    from services.devices._local import dashboard_base_url
+
+    root = (base or os.environ.get("FLEETLINE_DASHBOARD_URL") or dashboard_base_url()
+            or "http://127.0.0.1:8080").rstrip("/")
     return f"{root}/?token={issue_token(tenant_id)}"
 
 
@@ -36,12 +39,15 @@ def url_command(
 def counts_command(tenant: Annotated[str, typer.Option()] = "t-001") -> None:
     """Fleet counts of TENANT from the read model."""
     from services.devices.query import DeviceQueries
-
     from shared.aws import AwsClients
 
     async def main() -> None:
+        from services.devices._local import stack_resources
+
+        resources = await stack_resources("DeviceReadModelTable")
         async with AwsClients() as aws:
-            counts = await DeviceQueries.from_environ(aws).fleet_counts(tenant)
+            queries = DeviceQueries(aws, resources.get("DeviceReadModelTable"))
+            counts = await queries.fleet_counts(tenant)
         typer.echo(json.dumps(counts.model_dump(mode="json"), indent=2))
 
     anyio.run(main)

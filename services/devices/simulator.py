@@ -402,7 +402,8 @@ def _simulate_command(
     misrouted: Annotated[float, typer.Option(help="probability per record")] = 0.0,
     presence: Annotated[bool, typer.Option(help="presence events to the bus")] = True,
     stream: Annotated[str | None, typer.Option(help="default: $FLEETLINE_TELEMETRY_STREAM")] = None,
-    bus: Annotated[str | None, typer.Option(help="default: $FLEETLINE_DEVICE_EVENTS_BUS")] = None,
+    bus: Annotated[str | None, typer.Option(
+        help="default: $FLEETLINE_DEVICE_EVENTS_BUS_NAME")] = None,
     seed: Annotated[int, typer.Option()] = 1,
 ) -> None:
     from rich.console import Console
@@ -410,9 +411,11 @@ def _simulate_command(
     console = Console()
     if duration is None and count is None:
         duration = 60.0
-    resources = Resources.from_environ()
+    from services.devices._local import stack_resources
+
+    resources = anyio.run(stack_resources) if not stream else Resources.from_environ()
     stream_name = stream or _resource(resources, "TelemetryStream")
-    bus_name = (bus or _resource(resources, "DeviceEventsBus")) if presence else None
+    bus_name = (bus or _resource(resources, "DeviceEventsBusName")) if presence else None
     config = FleetConfig(
         devices=devices, tenants=tenants, zone=zone, eu_share=eu_share,
         firmware_versions=tuple(v.strip() for v in firmware.split(",") if v.strip()),
