@@ -37,7 +37,7 @@ from shared.consumers import (
     message_from_sqs,
 )
 from shared.events import EventRegistry, TypedEvent, event_type
-from shared.outbox import EventDraft, ItemRef, PublisherConfig, Relay, UnitOfWork
+from shared.outbox import ItemRef, PublisherConfig, Relay, UnitOfWork
 
 pytestmark = pytest.mark.emulator
 
@@ -134,9 +134,7 @@ async def test_one_trace_from_api_request_through_outbox_bus_queue_and_worker(
     with tracing.tracer("e2e.api").start_as_current_span("POST /parcels", kind=SpanKind.SERVER):
         uow = UnitOfWork(aws)
         parcel = await uow.load(ItemRef(table=TABLE, key={"pk": "p-1"}))
-        uow.save(parcel, {"status": "routed"}, events=[EventDraft(
-            type="ParcelRouted", source="fleetline.e2e", data={"parcel_id": "p-1", "hub": "AMS"},
-        )])
+        uow.save(parcel, {"status": "routed"}, events=[ParcelRouted(parcel_id="p-1", hub="AMS")])
         (committed,) = await uow.commit()
 
     # 2. The relay, later and outside the request: stream -> PutEvents.
@@ -163,7 +161,7 @@ async def test_one_trace_from_api_request_through_outbox_bus_queue_and_worker(
         consumer.stop()
 
     (event, _), = handled
-    assert event.id == committed["id"]
+    assert event.id == committed.id
     assert event.data_as(ParcelRouted).hub == "AMS"
 
     request = _one(spans, SpanKind.SERVER, "POST /parcels")
