@@ -44,7 +44,7 @@ async def test_writes_grow_with_devices_changed_not_records() -> None:
     assert set(result.outcomes.values()) == {Outcome.SUCCEEDED}
     assert proc.stats.device_writes == 5  # 100 records, 5 devices, one write each
     assert store.commits == 1  # one transaction
-    assert {store.items[f"d{d}"][0]["seq"] for d in range(5)} == {20}
+    assert {json.loads(store.items[f"d{d}"][0]["doc"])["seq"] for d in range(5)} == {20}
 
 
 async def test_duplicates_and_out_of_order_do_not_change_final_state() -> None:
@@ -78,7 +78,7 @@ async def test_concurrent_shards_keep_per_device_order() -> None:
     for devices in shards.values():
         for d in devices:
             attrs, version, _ = store.items[d]
-            assert attrs["seq"] == 30
+            assert json.loads(attrs["doc"])["seq"] == 30
             assert json.loads(attrs["doc"])["received"] == 30
             assert version == 30
     assert proc.stats.duplicates == proc.stats.stale == 0
