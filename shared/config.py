@@ -22,7 +22,14 @@ _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 
 
 def resource_env_name(output_key: str) -> str:
-    """`OrdersTable` -> `FLEETLINE_ORDERS_TABLE`; `DeviceEventsBusName` -> `FLEETLINE_DEVICE_EVENTS_BUS_NAME`."""
+    """The variable that carries an output to a process.
+
+    `OrdersTable` -> `FLEETLINE_ORDERS_TABLE`;
+    `DeviceEventsBusName` -> `FLEETLINE_DEVICE_EVENTS_BUS_NAME`.
+
+    Raises:
+        ValueError: `output_key` is empty or does not start with a letter.
+    """
     if not output_key or not output_key[0].isalpha():
         raise ValueError(f"output_key must start with a letter, got {output_key!r}")
     return ENV_PREFIX + _CAMEL_BOUNDARY.sub("_", output_key).upper()
@@ -36,8 +43,8 @@ class Resources:
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> Resources:
-        """Reads every `FLEETLINE_*` variable back into output keys is not possible (case is
-        lost), so lookups go through `get`, which converts the key each time."""
+        """From the process environment. The conversion to upper snake case loses the output
+        key's case, so values stay keyed by variable name and `get` converts each key."""
         return cls(dict(environ if environ is not None else os.environ))
 
     @classmethod
