@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Final
 
 import anyio
+import anyio.abc
 import typer
 
 from shared.aws import AwsClients, aws_errors
@@ -49,6 +50,8 @@ __all__ = [
 PUT_RECORDS_MAX: Final = 500
 PUT_RECORDS_MAX_BYTES: Final = 5_000_000
 PUT_EVENTS_MAX: Final = 10
+PRESENCE_IN_FLIGHT: Final = 8  # PutEvents calls at once for presence events
+PRESENCE_BUFFER: Final = 64  # batches of presence entries waiting before telemetry waits
 PRESENCE_SOURCE: Final = "fleetline.iot"
 PRESENCE_DETAIL_TYPE: Final = "DevicePresence"
 
@@ -325,6 +328,49 @@ async def simulate(
     report = SimulationReport()
     kinesis = await aws.client("kinesis")
     events_client = await aws.client("events") if bus else None
+    # Presence events go out from their own task, a few PutEvents in flight, so a slow bus
+    # does not hold back telemetry; the bounded buffer still pushes back when it falls behind.
+    presence_in, presence_out = anyio.create_memory_object_stream[list[dict[str, Any]]](
+        max_buffer_size=PRESENCE_BUFFER
+    )
+    async with anyio.create_task_group() as senders:
+        if events_client is not None and bus:
+            senders.start_soon(_send_presence, events_client, bus, presence_out, report)
+        else:
+            presence_out.close()
+        async with presence_in:
+            await _play(plan, kinesis, stream,
+                        presence_in if events_client is not None and bus else None,
+                        report, rate=rate, count=count, duration=duration,
+                        batch_size=batch_size, on_batch=on_batch)
+    return report
+
+
+async def _send_presence(
+    events_client: Any, bus: str,
+    batches: anyio.abc.ObjectReceiveStream[list[dict[str, Any]]], report: SimulationReport,
+) -> None:
+    in_flight = anyio.Semaphore(PRESENCE_IN_FLIGHT)
+
+    async def one(chunk: list[dict[str, Any]]) -> None:
+        try:
+            await put_events(events_client, bus, chunk, report)
+        finally:
+            in_flight.release()
+
+    async with batches, anyio.create_task_group() as tg:
+        async for entries in batches:
+            for start in range(0, len(entries), PUT_EVENTS_MAX):
+                await in_flight.acquire()  # taken here, so no more tasks exist than may run
+                tg.start_soon(one, entries[start : start + PUT_EVENTS_MAX])
+
+
+async def _play(
+    plan: FleetPlan, kinesis: Any, stream: str,
+    presence: anyio.abc.ObjectSendStream[list[dict[str, Any]]] | None,
+    report: SimulationReport, *, rate: float, count: int | None, duration: float | None,
+    batch_size: int, on_batch: Any,
+) -> None:
     started = time.monotonic()
     silent_announced: set[int] = set()
     sent = 0
@@ -352,7 +398,7 @@ async def simulate(
         for rec in batch:
             if rec.fault:
                 report.by_fault[rec.fault] = report.by_fault.get(rec.fault, 0) + 1
-        if events_client is not None and bus:
+        if presence is not None:
             new = sorted(plan.started - before)
             gone = [
                 i for i in plan.silent if plan.is_silent(i, now) and i not in silent_announced
@@ -361,7 +407,7 @@ async def simulate(
             entries = plan.presence(new, "connected", now)
             entries += plan.presence(gone, "disconnected", now)
             if entries:
-                await put_events(events_client, bus, entries, report)
+                await presence.send(entries)
         if on_batch is not None:
             on_batch(batch)
     held = plan.flush_held()
@@ -372,7 +418,6 @@ async def simulate(
         if on_batch is not None:
             on_batch(held)
     report.elapsed = time.monotonic() - started
-    return report
 
 
 # --------------------------------------------------------------------------- CLI
