@@ -165,11 +165,8 @@ class KinesisStream:
         self, aws: AwsClients, resources: Resources, handler: BatchHandler, *,
         name: str, drain_seconds: float,
     ) -> Consumer:
-        config = _stream_config(resources, self.lease_table, self.application or name,
-                                self.failure_queue, self.options, drain_seconds)
-        if config.failure_queue_url and "://" not in config.failure_queue_url:
-            config = _replace(config, failure_queue_url=await _queue_url(
-                aws, config.failure_queue_url))
+        config = await _leased_config(aws, resources, self, name=name,
+                                      drain_seconds=drain_seconds)
         stream = _resolve(resources, self.stream)
         return KinesisConsumer(aws, handler, stream=stream, config=config)
 
@@ -189,15 +186,26 @@ class DynamoDBStream:
         self, aws: AwsClients, resources: Resources, handler: BatchHandler, *,
         name: str, drain_seconds: float,
     ) -> Consumer:
-        config = _stream_config(resources, self.lease_table, self.application or name,
-                                self.failure_queue, self.options, drain_seconds)
-        if config.failure_queue_url and "://" not in config.failure_queue_url:
-            config = _replace(config, failure_queue_url=await _queue_url(
-                aws, config.failure_queue_url))
+        config = await _leased_config(aws, resources, self, name=name,
+                                      drain_seconds=drain_seconds)
         target = _resolve(resources, self.table)
         arn = target if ":stream/" in target or "/stream/" in target else (
             await latest_stream_arn(aws, target.rsplit("/", 1)[-1]))
         return DynamoDBStreamsConsumer(aws, handler, stream_arn=arn, config=config)
+
+
+async def _leased_config(
+    aws: AwsClients, resources: Resources, source: KinesisStream | DynamoDBStream, *,
+    name: str, drain_seconds: float,
+) -> StreamConsumerConfig:
+    """The lease/checkpoint settings shared by both stream sources; a failure queue given
+    as an output key or name is resolved to its URL once, here."""
+    config = _stream_config(resources, source.lease_table, source.application or name,
+                            source.failure_queue, source.options, drain_seconds)
+    if config.failure_queue_url and "://" not in config.failure_queue_url:
+        config = _replace(config, failure_queue_url=await _queue_url(
+            aws, config.failure_queue_url))
+    return config
 
 
 def _stream_config(
