@@ -157,7 +157,11 @@ async def relay(spec: dict[str, Any], stop: anyio.Event) -> None:
     outbox = importlib.import_module("shared.outbox")
     bus = str(spec["target_arn"]).rsplit("/", 1)[-1]
     async with AwsClients() as aws:
-        handler = relay_type(aws, outbox.PublisherConfig(bus_name=bus))
+        # Events over 256 KB go out claim-checked, as the Pipe's enrichment does on AWS.
+        config = outbox.PublisherConfig(
+            bus_name=bus, claim_check_bucket=spec.get("claim_check_bucket") or None
+        )
+        handler = relay_type(aws, config)
         source = spec.get("source_parameters", {}).get("DynamoDBStreamParameters", {})
         mapping = {
             "logical_id": spec["logical_id"],

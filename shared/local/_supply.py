@@ -217,12 +217,14 @@ async def plan_processes(
     stack_name: str = "fleetline",
     api_port: int = 0,
     bind_host: str = "127.0.0.1",
+    outputs: Mapping[str, str] | None = None,
 ) -> LocalProcesses:
     """Specs for every local process. ECS containers come from the deployed task definition
     (the emulator resolved its environment); Lambda environments from the deployed function.
     A process whose code is not importable yet is skipped with the reason, not crash-looped.
 
-    `include_triggers=False` (real AWS) keeps only the ECS services.
+    `include_triggers=False` (real AWS) keeps only the ECS services. `outputs` (the stack's)
+    gives the pipes' relay the `ClaimCheckBucket` for events over 256 KB.
     """
     specs: list[ProcessSpec] = []
     skipped: dict[str, str] = {}
@@ -381,6 +383,8 @@ async def plan_processes(
             "source_parameters": pipe.source_parameters,
             "target_parameters": pipe.target_parameters,
             "lease_table": _consumers.local_lease_table(stack_name),
+            # The relay stands in for the Pipe and its enrichment, which claim-checks.
+            "claim_check_bucket": (outputs or {}).get("ClaimCheckBucket"),
         }
         specs.append(
             ProcessSpec(

@@ -272,6 +272,7 @@ async def _start(
             stack_name=config.stack_name,
             api_port=config.api_port,
             bind_host=config.bind_host,
+            outputs=stack.outputs,
         )
     for name, reason in processes.skipped.items():
         log.warning("not started", process=name, reason=reason)

@@ -50,6 +50,7 @@ from shared.outbox._publisher import (
     entry_size,
     failed_entries,
     plan_batches,
+    plan_claim_checks,
 )
 from shared.outbox._relay import Relay, added_events, record_created_at
 from shared.outbox._unit_of_work import (
@@ -97,6 +98,7 @@ __all__ = [
     "from_item",
     "pack_transactions",
     "plan_batches",
+    "plan_claim_checks",
     "plan_transaction",
     "record_created_at",
     "stage",

@@ -6,6 +6,19 @@ they are sent again; `EventPublisher.publish` keeps order per aggregate by sendi
 event of an aggregate per round: event n+1 goes out only after event n succeeded.
 An event is always published under its envelope id (it is in `Detail`), so a republish after
 a relay restart is a duplicate every consumer's inbox drops.
+
+Claim check: an entry over `max_request_bytes` (EventBridge's 256 KB) is, when a claim-check
+bucket is configured (`PublisherConfig.claim_check_bucket`, the stack output
+`ClaimCheckBucket`) or a `ClaimCheck` is passed in, published with its `data` stored in S3 and
+`data_ref` in the envelope: same envelope id, so inboxes still drop republished copies, and
+the S3 key derives from the id, so a retry overwrites the same object. `plan_claim_checks`
+is the pure decision. Without a claim check such an event is refused for good (dead-letter).
+Consumers resolve `data_ref` with `batch_handler(..., claim_check=)`.
+
+Size budget: the event also rides the outbox item (DynamoDB's 400 KB item limit, state
+included), so an event of up to ~350 KB can be staged and offloaded here; larger payloads
+must be offloaded by the producer before commit (`ClaimCheck.store`, then stage the envelope
+with `data_ref`).
 """
 
 from __future__ import annotations
@@ -22,7 +35,7 @@ import structlog
 
 from shared.aws import AwsClients, aws_errors
 from shared.errors import is_retryable
-from shared.events import put_events_entry_size
+from shared.events import ClaimCheck, Envelope, EventTooLargeError, put_events_entry_size
 from shared.tracing import XRAY_HEADER, producer_span
 
 __all__ = [
@@ -36,6 +49,7 @@ __all__ = [
     "entry_size",
     "failed_entries",
     "plan_batches",
+    "plan_claim_checks",
 ]
 
 MAX_ENTRIES: Final = 10
@@ -59,6 +73,9 @@ class PublisherConfig:
     max_attempts: int = 5
     base_delay: float = 0.05
     max_delay: float = 2.0
+    claim_check_bucket: str | None = None
+    """S3 bucket for payloads over the limit (stack output `ClaimCheckBucket`); None refuses
+    such events (dead-letter with the reason)."""
 
     def __post_init__(self) -> None:
         if not self.bus_name:
@@ -116,6 +133,16 @@ def plan_batches(
     return batches, oversized
 
 
+def plan_claim_checks(
+    sizes: Sequence[int], *, max_bytes: int = MAX_REQUEST_BYTES, enabled: bool = True
+) -> tuple[list[int], list[int]]:
+    """Which entries (by index) go out with their data claim-checked to S3, and which can
+    never be sent: (offload, refused). An entry over `max_bytes` is offloaded when a claim
+    check is `enabled`, refused otherwise; the others are sent as they are."""
+    big = [index for index, size in enumerate(sizes) if size > max_bytes]
+    return (big, []) if enabled else ([], big)
+
+
 def failed_entries(
     sent: Sequence[int], results: Sequence[Mapping[str, Any]]
 ) -> list[tuple[int, str, str]]:
@@ -160,12 +187,26 @@ class EventPublisher:
     rules); by default it is `events.put_events` through `aws`."""
 
     def __init__(
-        self, aws: AwsClients | None, config: PublisherConfig, *, send: SendEntries | None = None
+        self,
+        aws: AwsClients | None,
+        config: PublisherConfig,
+        *,
+        send: SendEntries | None = None,
+        claim_check: ClaimCheck | None = None,
     ) -> None:
+        """`claim_check` overrides `config.claim_check_bucket` (which needs `aws`).
+
+        Raises ValueError when neither `aws` nor `send` is given, or a claim-check bucket is
+        configured without `aws`."""
         if aws is None and send is None:
             raise ValueError("give aws or send")
+        if claim_check is None and config.claim_check_bucket:
+            if aws is None:
+                raise ValueError("claim_check_bucket needs aws (S3) or pass claim_check")
+            claim_check = ClaimCheck(aws, bucket=config.claim_check_bucket)
         self._aws = aws
         self.config = config
+        self.claim_check = claim_check
         self._send = send or self._put_events
 
     async def _put_events(self, entries: list[dict[str, Any]]) -> Sequence[Mapping[str, Any]]:
@@ -206,16 +247,38 @@ class EventPublisher:
     ) -> set[str]:
         entries = [entry_for(e, self.config.bus_name) for e in envelopes]
         ids = [str(e["id"]) for e in envelopes]
+        failed: set[str] = set()
+        offload, refused = plan_claim_checks(
+            [entry_size(e) for e in entries], max_bytes=self.config.max_request_bytes,
+            enabled=self.claim_check is not None,
+        )
+        for index in refused:
+            failed.add(ids[index])
+            report.permanent.add(ids[index])
+            report.failed[ids[index]] = (
+                f"event larger than {self.config.max_request_bytes} bytes and no claim-check "
+                "bucket configured (PublisherConfig.claim_check_bucket)"
+            )
+        for index in offload:
+            try:
+                entries[index] = await self._offloaded_entry(envelopes[index])
+            except Exception as exc:  # S3 down: retry the record; anything else: for good
+                failed.add(ids[index])
+                report.failed[ids[index]] = f"claim check failed: {exc}"
+                if not is_retryable(exc):
+                    report.permanent.add(ids[index])
+                _log.warning("claim_check_failed", event_id=ids[index], error=str(exc))
         batches, oversized = plan_batches(
             [entry_size(e) for e in entries], max_entries=self.config.max_entries,
             max_bytes=self.config.max_request_bytes,
         )
-        failed: set[str] = set()
         for index in oversized:
+            if ids[index] in failed:
+                continue
             failed.add(ids[index])
             report.permanent.add(ids[index])
-            report.failed[ids[index]] = "event larger than 256 KB: use the claim check"
-        pending = [i for batch in batches for i in batch]
+            report.failed[ids[index]] = "event larger than 256 KB even after the claim check"
+        pending = [i for batch in batches for i in batch if ids[i] not in failed]
         attempt = 0
         while pending:
             attempt += 1
@@ -244,6 +307,24 @@ class EventPublisher:
                 delay = min(self.config.max_delay, self.config.base_delay * 2**attempt)
                 await anyio.sleep(random.uniform(0, delay))  # jitter, not security
         return failed
+
+    async def _offloaded_entry(self, envelope: Mapping[str, Any]) -> dict[str, Any]:
+        """The entry of `envelope` with its data stored in S3 (same id, `data_ref` set).
+
+        Raises:
+            pydantic.ValidationError: the envelope is not a valid Envelope (permanent).
+            EventTooLargeError: the envelope is too large even without its data.
+            shared.errors.AwsUnavailableError / AwsRequestError: from S3.
+        """
+        assert self.claim_check is not None
+        stored = await self.claim_check.store(Envelope.model_validate(dict(envelope)))
+        entry = entry_for(json.loads(stored.to_json()), self.config.bus_name)
+        size = entry_size(entry)
+        if size > self.config.max_request_bytes:
+            raise EventTooLargeError(size, self.config.max_request_bytes)
+        _log.info("claim_checked", event_id=stored.id,
+                  bytes=stored.data_ref.size if stored.data_ref else None)
+        return entry
 
     async def _put(
         self, entries: Sequence[Mapping[str, Any]], sent: Sequence[int], report: PublishReport

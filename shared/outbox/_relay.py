@@ -12,6 +12,8 @@ it publishes with `EventPublisher` (order per aggregate, partial-failure retry, 
 and maps each record to an Outcome: all its events published -> SUCCEEDED; an event
 EventBridge refuses for good -> DEAD_LETTER; otherwise RETRY (the stream consumer does not
 checkpoint past it, so a restart publishes it again under the same id).
+An event over 256 KB goes out claim-checked (data in S3, `data_ref` in the envelope, same id)
+when the config names a claim-check bucket.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import structlog
 from shared import metrics
 from shared.aws import AwsClients
 from shared.consumers._message import BatchResult, Message, Outcome
+from shared.events import ClaimCheck
 from shared.outbox._errors import StreamRecordError
 from shared.outbox._publisher import EventPublisher, PublisherConfig, SendEntries
 
@@ -111,8 +114,11 @@ class Relay:
         on_lag: LagObserver | None = None,
         send: SendEntries | None = None,
         metrics_name: str = "outbox-relay",
+        claim_check: ClaimCheck | None = None,
     ) -> None:
-        self._publisher = EventPublisher(aws, config, send=send)
+        """Events over 256 KB are claim-checked to S3 when `config.claim_check_bucket` is set
+        or `claim_check` is given (see `shared.outbox._publisher`); otherwise dead-lettered."""
+        self._publisher = EventPublisher(aws, config, send=send, claim_check=claim_check)
         self._attribute = attribute
         self._on_lag = on_lag if on_lag is not None else metrics.consumer(metrics_name).observe_lag
 
