@@ -31,6 +31,8 @@ Where the carrier goes, per transport:
 
 Consumers wrap each message in `consumer_span(...)` (a CONSUMER span whose parent is the
 producer's context) and a batch in `batch_span(...)` (links to every distinct producer context).
+`shared.consumers.batch_handler` makes the batch span only when a batch mixes traces
+(`BatchTrace`, `mixed_batch_links`): with one trace, the consumer spans say it all.
 A relay that sends messages created earlier wraps the send in `producer_span(...)`.
 
 `configure_tracing` may be called again (tests do): spans made through `tracer()`,
@@ -43,6 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, runtime_checkable
@@ -64,6 +67,7 @@ __all__ = [
     "TRACEPARENT",
     "TRACESTATE",
     "XRAY_HEADER",
+    "BatchTrace",
     "SqsTraceAttributes",
     "TraceCarrierSource",
     "attached",
@@ -78,6 +82,7 @@ __all__ = [
     "extract",
     "format_xray_trace_id",
     "inject",
+    "mixed_batch_links",
     "producer_span",
     "sns_trace_attributes",
     "span_context_of",
@@ -403,19 +408,25 @@ def consumer_span(
     *,
     attributes: Mapping[str, Any] | None = None,
     links: Iterable[SpanContext] = (),
+    batch: BatchTrace | None = None,
 ) -> Iterator[Span]:
     """A CONSUMER span for one message that continues the producer's trace.
 
     `source` is an `Envelope` / `TypedEvent` (its `trace`), a `shared.consumers.Message` (its
     `attributes`: `traceparent`, `AWSTraceHeader`), a carrier mapping, or None. Without a
     readable producer context the span is a child of the current span (or a new trace).
+    With `batch`, the producer context found is noted on it (no second extraction), so the
+    batch can link every producer when it mixes traces (`BatchTrace`).
     The span is current inside the block; an exception escaping the block is recorded on it
     and re-raised.
     """
     extracted = extract(_carrier_of(source))
+    producer = trace.get_current_span(extracted).get_span_context()
     # Without a producer context the message continues whatever is current (a batch span),
     # rather than starting a disconnected trace.
-    parent = extracted if trace.get_current_span(extracted).get_span_context().is_valid else None
+    parent = extracted if producer.is_valid else None
+    if batch is not None and parent is not None:
+        batch.note(producer)
     span_links = [Link(link) for link in links]
     with tracer("shared.consumers").start_as_current_span(
         name,
@@ -428,11 +439,14 @@ def consumer_span(
 
 
 def distinct_producer_contexts(sources: Iterable[object]) -> list[SpanContext]:
-    """Each distinct producer span context among `sources`, in first-seen order."""
+    """Each distinct producer span context among `sources` (anything `consumer_span` reads,
+    or span contexts already extracted), in first-seen order."""
     seen: set[tuple[int, int]] = set()
     out: list[SpanContext] = []
     for source in sources:
-        span_context = span_context_of(_carrier_of(source))
+        span_context = (
+            source if isinstance(source, SpanContext) else span_context_of(_carrier_of(source))
+        )
         if span_context is None:
             continue
         key = (span_context.trace_id, span_context.span_id)
@@ -448,18 +462,76 @@ def batch_span(
     name: str,
     *,
     attributes: Mapping[str, Any] | None = None,
+    start_time: int | None = None,
 ) -> Iterator[Span]:
     """A CONSUMER span for a whole batch, with a span link to every distinct producer context
-    in `sources` (messages or envelopes). A batch has many parents, so it starts a new trace
-    (or continues the caller's current span); each message's own `consumer_span` continues its
-    producer's trace."""
+    in `sources` (messages, envelopes or span contexts). A batch has many parents, so it starts
+    a new trace (or continues the caller's current span); each message's own `consumer_span`
+    continues its producer's trace. `start_time` (epoch nanoseconds) backdates the span to
+    when the batch began; `messaging.batch.message_count` is len(sources) unless `attributes`
+    sets it."""
     sources = list(sources)
     links = [Link(ctx) for ctx in distinct_producer_contexts(sources)]
     attrs = {"messaging.batch.message_count": len(sources), **(attributes or {})}
     with tracer("shared.consumers").start_as_current_span(
-        name, kind=SpanKind.CONSUMER, attributes=attrs, links=links
+        name, kind=SpanKind.CONSUMER, attributes=attrs, links=links, start_time=start_time
     ) as span:
         yield span
+
+
+def mixed_batch_links(contexts: Iterable[SpanContext]) -> list[SpanContext]:
+    """The links a batch span needs: each distinct producer context (first-seen order) when
+    they come from more than one trace; empty when they all share one trace (or there are
+    none), since then each message's consumer span already tells the whole story and a batch
+    span would only cost time. The one rule every batch consumer follows."""
+    distinct = distinct_producer_contexts(contexts)
+    if len({ctx.trace_id for ctx in distinct}) < 2:
+        return []
+    return distinct
+
+
+class BatchTrace:
+    """The producer contexts of one batch, noted as each message's `consumer_span` is made
+    (`consumer_span(..., batch=this)`: no second extraction), and the batch span they call for.
+
+        batch = BatchTrace()                 # when the batch starts
+        ... consumer_span(message, name, batch=batch) per message ...
+        batch.finish("orders process batch", message_count=len(messages))
+
+    `finish` makes one `batch_span`, backdated to when this object was made and ended at once,
+    with a link to each distinct producer context, only when they come from more than one
+    trace (`mixed_batch_links`). The batch span is made at the end because only then are all
+    producers known (envelope traces are read as messages are decoded); messages without a
+    producer context are therefore children of the caller's current span, not of it.
+    """
+
+    __slots__ = ("_contexts", "start_time")
+
+    def __init__(self) -> None:
+        self.start_time = time.time_ns()
+        self._contexts: list[SpanContext] = []
+
+    def note(self, span_context: SpanContext) -> None:
+        """Record one message's producer context (invalid ones are ignored)."""
+        if span_context.is_valid:
+            self._contexts.append(span_context)
+
+    @property
+    def links(self) -> list[SpanContext]:
+        """What the batch span would link to: `mixed_batch_links` of the noted contexts."""
+        return mixed_batch_links(self._contexts)
+
+    def finish(
+        self, name: str, *, message_count: int, attributes: Mapping[str, Any] | None = None
+    ) -> bool:
+        """Make the batch span when the batch mixes traces; return whether one was made."""
+        links = self.links
+        if not links:
+            return False
+        attrs = {**(attributes or {}), "messaging.batch.message_count": message_count}
+        with batch_span(links, name, attributes=attrs, start_time=self.start_time):
+            pass
+        return True
 
 
 @contextlib.contextmanager

@@ -39,7 +39,7 @@ from shared.consumers._errors import DuplicateEvent, RetryLater
 from shared.consumers._message import BatchHandler, BatchResult, Message, Outcome
 from shared.errors import InvalidMessageError, is_retryable
 from shared.events import ClaimCheckReader, EventRegistry
-from shared.tracing import consumer_span
+from shared.tracing import BatchTrace, consumer_span
 
 __all__ = [
     "DeliveryControl",
@@ -175,11 +175,25 @@ def _span_attributes(message: Message) -> dict[str, Any]:
     return attributes
 
 
+def _batch_span_name(first: Message) -> str:
+    return f"{first.source_name.rsplit('/', 1)[-1]} process batch"
+
+
+def _batch_attributes(first: Message) -> dict[str, Any]:
+    """Attributes of a batch span (a batch comes from one source)."""
+    return {
+        key: value
+        for key, value in _span_attributes(first).items()
+        if key in ("messaging.system", "messaging.destination.name", "messaging.operation")
+    }
+
+
 class _Collector:
-    def __init__(self, control: DeliveryControl | None) -> None:
+    def __init__(self, control: DeliveryControl | None, batch: BatchTrace | None) -> None:
         self.outcomes: dict[str, Outcome] = {}
         self.reasons: dict[str, str] = {}
         self.delays: dict[str, float] = {}
+        self.batch = batch  # producer contexts noted by the consumer spans (tracing on)
         self._control = control
 
     def finish(self, message: Message, outcome: Outcome) -> Outcome:
@@ -213,7 +227,10 @@ def batch_handler(
     `concurrency` bounds how many lanes (groups, or single messages without a group) run at
     once; None runs the whole batch at once (a batch is at most 10 SQS messages; pass a
     bound for large stream batches). `tracing` opens one CONSUMER span per message that
-    continues the producer's trace (the envelope's `trace`, else the transport attributes).
+    continues the producer's trace (the envelope's `trace`, else the transport attributes);
+    when the batch's producers come from more than one trace, it also makes one batch span
+    (`<destination> process batch`, covering the batch) linking each distinct producer
+    context (`shared.tracing.BatchTrace`). A single-trace batch gets no extra span.
 
     Raises ValueError when `concurrency` < 1, or when both `registry` and `decode` are given.
     """
@@ -250,7 +267,7 @@ def batch_handler(
         name = f"{kind or message.source_name.rsplit('/', 1)[-1]} process"
         with (
             consumer_span(event if failure is None else message, name,
-                          attributes=_span_attributes(message))
+                          attributes=_span_attributes(message), batch=into.batch)
             if tracing
             else contextlib.nullcontext()
         ):
@@ -306,18 +323,26 @@ def batch_handler(
                     return  # the rest of this group stays unattempted -> released
 
     async def run(messages: Sequence[Message]) -> BatchResult:
-        into = _Collector(_CONTROL.get())
-        lanes = plan_groups(messages)
-        if len(lanes) == 1:
-            await lane(lanes[0], into, None)
+        # Single-message batches cannot mix traces: no BatchTrace, nothing noted.
+        batch = BatchTrace() if tracing and len(messages) > 1 else None
+        into = _Collector(_CONTROL.get(), batch)
+        try:
+            lanes = plan_groups(messages)
+            if len(lanes) == 1:
+                await lane(lanes[0], into, None)
+                return into.result()
+            limiter = anyio.CapacityLimiter(concurrency) if concurrency is not None else None
+            async with anyio.create_task_group() as tg:
+                for group in lanes[1:]:
+                    tg.start_soon(lane, group, into, limiter)
+                # The first lane runs in this task: one task fewer per batch.
+                await lane(lanes[0], into, limiter)
             return into.result()
-        limiter = anyio.CapacityLimiter(concurrency) if concurrency is not None else None
-        async with anyio.create_task_group() as tg:
-            for group in lanes[1:]:
-                tg.start_soon(lane, group, into, limiter)
-            # The first lane runs in this task: one task fewer per batch.
-            await lane(lanes[0], into, limiter)
-        return into.result()
+        finally:
+            if batch is not None:
+                # Made at the end (also when cancelled): only now are all producers known.
+                batch.finish(_batch_span_name(messages[0]), message_count=len(messages),
+                             attributes=_batch_attributes(messages[0]))
 
     return run
 

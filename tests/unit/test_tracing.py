@@ -9,15 +9,17 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import anyio
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace import SpanContext, SpanKind, StatusCode, TraceFlags
 from pydantic import BaseModel
 
 from shared import tracing
-from shared.consumers._message import Message, SourceKind
+from shared.consumers import HandlerContext, Message, Outcome, SourceKind, batch_handler
 from shared.events import Envelope, EventRegistry, event_type, to_put_events_entry
+from shared.testing import capture_spans
 
 REG = EventRegistry()
 
@@ -289,3 +291,99 @@ def test_unreadable_carriers_start_a_new_trace_and_errors_are_recorded(
     failing = _by_name(spans, "failing")
     assert failing.status.status_code is StatusCode.ERROR
     assert [e.name for e in failing.events] == ["exception"]
+
+
+
+# --------------------------------------------------------------------------- batch_handler
+
+
+def _traced_messages(producer: str, *ids: str) -> list[Message]:
+    """Messages made inside one producer span `producer` (a new trace): each body is an
+    envelope carrying that context, and the SQS attributes carry it too (the relay -> SQS
+    path)."""
+    out = []
+    with _produce(producer):
+        for message_id in ids:
+            envelope = Envelope.new(BeaconPinged(beacon_id=message_id),
+                                    aggregate_id=message_id, sequence=1)
+            sqs = tracing.sqs_trace_attributes()
+            flat = {name: value["StringValue"]
+                    for name, value in {**sqs.message_attributes,
+                                        **sqs.system_attributes}.items()}
+            out.append(Message(id=message_id, body=envelope.to_json(), source=SourceKind.SQS,
+                               source_name="https://sqs/beacons", attributes=flat))
+    assert all(REG.decode(m.body).envelope.trace for m in out)  # the bodies carry the trace
+    return out
+
+
+async def _ignore(event: Any, ctx: HandlerContext) -> None:
+    return None
+
+
+def test_batch_handler_links_producers_when_a_batch_mixes_traces() -> None:
+    with capture_spans() as captured:
+        a_1, a_2 = _traced_messages("producer-a", "a-1", "a-2")
+        (b_1,) = _traced_messages("producer-b", "b-1")
+        result = anyio.run(batch_handler(_ignore, registry=REG), [a_1, b_1, a_2])
+    assert result.outcomes == {m: Outcome.SUCCEEDED for m in ("a-1", "a-2", "b-1")}
+    producer_a, producer_b = captured.one("producer-a"), captured.one("producer-b")
+    assert producer_a.context is not None
+    assert producer_b.context is not None
+    assert producer_a.context.trace_id != producer_b.context.trace_id
+
+    batch = captured.one("beacons process batch")
+    assert batch.kind is SpanKind.CONSUMER
+    assert [(link.context.trace_id, link.context.span_id) for link in batch.links] == [
+        (producer_a.context.trace_id, producer_a.context.span_id),
+        (producer_b.context.trace_id, producer_b.context.span_id),
+    ]
+    assert batch.attributes is not None
+    assert batch.attributes["messaging.batch.message_count"] == 3
+    assert batch.attributes["messaging.destination.name"] == "https://sqs/beacons"
+
+    consumers = captured.named("BeaconPinged process")
+    assert len(consumers) == 3
+    by_message = {
+        span.attributes["messaging.message.id"]: span
+        for span in consumers if span.attributes is not None
+    }
+    _assert_child_of(by_message["a-1"], producer_a)
+    _assert_child_of(by_message["a-2"], producer_a)
+    _assert_child_of(by_message["b-1"], producer_b)
+    # the batch span covers the messages' processing (it is made at the end, backdated)
+    assert batch.start_time is not None
+    assert batch.end_time is not None
+    for span in consumers:
+        assert span.start_time is not None
+        assert span.end_time is not None
+        assert batch.start_time <= span.start_time <= span.end_time <= batch.end_time
+
+
+def test_batch_handler_makes_no_batch_span_for_one_trace() -> None:
+    with capture_spans() as captured:
+        with tracing.tracer("test").start_as_current_span("request"):
+            # two producer spans, one trace: still a single-trace batch
+            messages = [*_traced_messages("producer-1", "m-1", "m-2"),
+                        *_traced_messages("producer-2", "m-3")]
+        anyio.run(batch_handler(_ignore, registry=REG), messages)
+        anyio.run(batch_handler(_ignore, registry=REG), messages[:1])
+        mixed = [*_traced_messages("elsewhere", "x-1"), messages[0]]
+        anyio.run(batch_handler(_ignore, registry=REG, tracing=False), mixed)
+    assert len(captured.named("BeaconPinged process")) == 4
+    assert captured.named("beacons process batch") == []  # also none with tracing off
+    request = captured.one("request")
+    assert request.context is not None
+    assert {s.context.trace_id for s in captured.spans
+            if s.context is not None and s.name != "elsewhere"} == {request.context.trace_id}
+
+
+def test_mixed_batch_links_need_two_traces() -> None:
+    def ctx(trace_id: int, span_id: int) -> SpanContext:
+        return SpanContext(trace_id, span_id, is_remote=True,
+                           trace_flags=TraceFlags(TraceFlags.SAMPLED))
+
+    assert tracing.mixed_batch_links([]) == []
+    assert tracing.mixed_batch_links([ctx(1, 1), ctx(1, 2), ctx(1, 1)]) == []
+    assert tracing.mixed_batch_links([ctx(1, 1), ctx(2, 5), ctx(1, 1), ctx(1, 2)]) == [
+        ctx(1, 1), ctx(2, 5), ctx(1, 2)
+    ]
