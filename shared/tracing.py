@@ -409,12 +409,15 @@ def consumer_span(
     attributes: Mapping[str, Any] | None = None,
     links: Iterable[SpanContext] = (),
     batch: BatchTrace | None = None,
+    fallback: object = None,
 ) -> Iterator[Span]:
     """A CONSUMER span for one message that continues the producer's trace.
 
     `source` is an `Envelope` / `TypedEvent` (its `trace`), a `shared.consumers.Message` (its
     `attributes`: `traceparent`, `AWSTraceHeader`), a carrier mapping, or None. Without a
-    readable producer context the span is a child of the current span (or a new trace).
+    readable producer context in `source`, `fallback` is read the same way (a decoded event
+    whose envelope has no `trace` falls back to its Message's transport attributes); without
+    one there either, the span is a child of the current span (or a new trace).
     With `batch`, the producer context found is noted on it (no second extraction), so the
     batch can link every producer when it mixes traces (`BatchTrace`).
     The span is current inside the block; an exception escaping the block is recorded on it
@@ -422,6 +425,9 @@ def consumer_span(
     """
     extracted = extract(_carrier_of(source))
     producer = trace.get_current_span(extracted).get_span_context()
+    if not producer.is_valid and fallback is not None:
+        extracted = extract(_carrier_of(fallback))
+        producer = trace.get_current_span(extracted).get_span_context()
     # Without a producer context the message continues whatever is current (a batch span),
     # rather than starting a disconnected trace.
     parent = extracted if producer.is_valid else None

@@ -227,7 +227,8 @@ def batch_handler(
     `concurrency` bounds how many lanes (groups, or single messages without a group) run at
     once; None runs the whole batch at once (a batch is at most 10 SQS messages; pass a
     bound for large stream batches). `tracing` opens one CONSUMER span per message that
-    continues the producer's trace (the envelope's `trace`, else the transport attributes);
+    continues the producer's trace (the envelope's `trace`, else the Message's transport
+    attributes: `traceparent`, `AWSTraceHeader`);
     when the batch's producers come from more than one trace, it also makes one batch span
     (`<destination> process batch`, covering the batch) linking each distinct producer
     context (`shared.tracing.BatchTrace`). A single-trace batch gets no extra span.
@@ -267,7 +268,8 @@ def batch_handler(
         name = f"{kind or message.source_name.rsplit('/', 1)[-1]} process"
         with (
             consumer_span(event if failure is None else message, name,
-                          attributes=_span_attributes(message), batch=into.batch)
+                          attributes=_span_attributes(message), batch=into.batch,
+                          fallback=None if failure is not None else message)
             if tracing
             else contextlib.nullcontext()
         ):

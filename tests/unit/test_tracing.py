@@ -359,6 +359,31 @@ def test_batch_handler_links_producers_when_a_batch_mixes_traces() -> None:
         assert batch.start_time <= span.start_time <= span.end_time <= batch.end_time
 
 
+def test_batch_handler_reads_transport_attributes_when_the_body_has_no_trace() -> None:
+    def attributes_only(producer: str, message_id: str) -> Message:
+        with _produce(producer):
+            sqs = tracing.sqs_trace_attributes()
+        attributes = {name: value["StringValue"]
+                      for name, value in {**sqs.message_attributes,
+                                          **sqs.system_attributes}.items()}
+        return Message(id=message_id, body=json.dumps({"beacon": message_id}),
+                       source=SourceKind.SQS, source_name="https://sqs/raw",
+                       attributes=attributes)
+
+    with capture_spans() as captured:
+        batch = [attributes_only("producer-a", "a-1"), attributes_only("producer-b", "b-1")]
+        result = anyio.run(batch_handler(_ignore), batch)  # the default JSON decoder
+    assert result.outcomes == {"a-1": Outcome.SUCCEEDED, "b-1": Outcome.SUCCEEDED}
+    producer_a, producer_b = captured.one("producer-a"), captured.one("producer-b")
+    by_message = {
+        span.attributes["messaging.message.id"]: span
+        for span in captured.named("raw process") if span.attributes is not None
+    }
+    _assert_child_of(by_message["a-1"], producer_a)
+    _assert_child_of(by_message["b-1"], producer_b)
+    assert len(captured.one("raw process batch").links) == 2
+
+
 def test_batch_handler_makes_no_batch_span_for_one_trace() -> None:
     with capture_spans() as captured:
         with tracing.tracer("test").start_as_current_span("request"):
