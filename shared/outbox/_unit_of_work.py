@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 import anyio
@@ -25,7 +25,7 @@ from botocore.exceptions import ClientError
 
 from shared import tracing
 from shared.aws import AwsClients, aws_errors, error_code
-from shared.events import Envelope
+from shared.events import ClaimCheck, Envelope
 from shared.outbox._errors import (
     AlreadyProcessedError,
     ConcurrencyConflictError,
@@ -301,10 +301,18 @@ class UnitOfWork:
     """Collects writes of aggregates and commits them atomically, once.
 
     Misuse is refused loudly: saving one aggregate twice, committing twice, saving after
-    commit (OutboxError)."""
+    commit (OutboxError).
+
+    With `claim_check`, an event whose PutEvents entry would exceed 256 KB has its `data`
+    stored in S3 at commit, BEFORE the write, and is staged with `data_ref` (same id): the
+    outbox item stays small (DynamoDB's 400 KB item limit would refuse payloads over
+    ~350 KB), and the relay needs no bucket for it. A commit that then fails leaves the
+    object behind; the key derives from the event id and the bucket's lifecycle expires it.
+    The returned envelopes of such events carry `data_ref`, not `data`."""
 
     aws: AwsClients
     config: OutboxConfig = field(default_factory=OutboxConfig)
+    claim_check: ClaimCheck | None = None
     _writes: list[StagedWrite] = field(default_factory=list, init=False)
     _committed: bool = field(default=False, init=False)
 
@@ -359,13 +367,16 @@ class UnitOfWork:
         Raises TransactionTooLargeError (nothing written) over 100 operations;
         AlreadyProcessedError when an inbox holds a processed id already;
         ConcurrencyConflictError (retryable, with the current items) when a version moved;
-        AwsUnavailableError / AwsRequestError for other SDK failures."""
+        AwsUnavailableError / AwsRequestError for other SDK failures (S3 included, with a
+        claim check: then nothing is written)."""
         if self._committed:
             raise OutboxError("commit() was called already")
         self._committed = True
         writes = list(self._writes)
         if not writes:
             return ()
+        if self.claim_check is not None:
+            writes = [await self._offload(w, self.claim_check) for w in writes]
         now = time.time()
         single = len(writes) == 1 and write_operations(writes[0], self.config) == 1
         if single:
@@ -374,6 +385,11 @@ class UnitOfWork:
             verdicts = await commit_transaction(self.aws, writes, self.config, now=now)
         _raise_for(verdicts, writes)
         return tuple(e for w in writes for e in w.envelopes)
+
+    @staticmethod
+    async def _offload(write: StagedWrite, claim_check: ClaimCheck) -> StagedWrite:
+        envelopes = tuple([await claim_check.offload(e) for e in write.envelopes])
+        return replace(write, envelopes=envelopes)
 
 
 def _raise_for(verdicts: Mapping[int, WriteVerdict], writes: Sequence[StagedWrite]) -> None:

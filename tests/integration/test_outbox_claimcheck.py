@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from shared.aws import AwsClients
 from shared.consumers._message import Outcome
+from shared.errors import AwsRequestError
 from shared.events import ClaimCheck, EventRegistry, event_type
 from shared.outbox import ItemRef, PublisherConfig, Relay, UnitOfWork, added_events
 from shared.outbox.pipe import offload_large
@@ -85,3 +86,33 @@ async def test_pipe_enrichment_offloads_under_the_same_id(aws: AwsClients) -> No
     assert len(json.dumps(sent)) < 4096
     event = await REG.decode_async(json.dumps(sent), claim_check=claim_check)
     assert event.data == ManifestUploaded(manifest_id="m-1", blob=BLOB)
+
+
+async def test_unit_of_work_offloads_payloads_too_big_for_the_item(aws: AwsClients) -> None:
+    await (await aws.client("s3")).create_bucket(Bucket=BUCKET)
+    url = await bus_to_queue(aws, "big-bus", "big-sink", source_prefix="fleetline.bigtest")
+    stream = await create_table(aws, "manifests")
+    assert stream is not None
+    huge = BLOB + BLOB[:150_000]  # ~450 KB: more than a DynamoDB item holds
+    ref = ItemRef(table="manifests", key={"pk": "m-2"})
+    refused = UnitOfWork(aws)
+    refused.save(await refused.load(ref), {"status": "x"},
+                 events=[ManifestUploaded(manifest_id="m-2", blob=huge)])
+    with pytest.raises(AwsRequestError):
+        await refused.commit()
+
+    claim_check = ClaimCheck(aws, bucket=BUCKET)
+    uow = UnitOfWork(aws, claim_check=claim_check)
+    uow.save(await uow.load(ref), {"status": "uploaded"},
+             events=[ManifestUploaded(manifest_id="m-2", blob=huge)])
+    (committed,) = await uow.commit()
+    assert committed.data is None
+    assert committed.data_ref is not None
+
+    relay = Relay(aws, PublisherConfig(bus_name="big-bus"))  # no bucket needed any more
+    result = await relay(await read_stream(aws, stream))
+    assert set(result.outcomes.values()) == {Outcome.SUCCEEDED}, result.reasons
+    (body,) = await drain(aws, url, expect=1)
+    event = await REG.decode_async(json.dumps(body), claim_check=claim_check)
+    assert event.id == committed.id
+    assert event.data == ManifestUploaded(manifest_id="m-2", blob=huge)
