@@ -120,6 +120,11 @@ def pack_transactions(
     return groups
 
 
+def _destination(message: Message) -> str:
+    """The queue or stream a message came from, by its short name (for span names)."""
+    return message.source_name.rstrip("/").rsplit("/", 1)[-1] or str(message.source)
+
+
 @dataclass
 class _Entry:
     message: Message
@@ -136,6 +141,7 @@ class _Batch:
     outcomes: dict[str, Outcome] = field(default_factory=dict)
     reasons: dict[str, str] = field(default_factory=dict)
     duplicates: int = 0
+    trace: tracing.BatchTrace | None = None
 
     def settle(self, message: Message, outcome: Outcome, reason: str | None = None) -> None:
         self.outcomes[message.id] = outcome
@@ -173,6 +179,8 @@ class BatchCommitter:
 
     async def __call__(self, messages: Sequence[Message]) -> BatchResult:
         batch = _Batch()
+        # Single-message batches cannot mix traces: no BatchTrace, nothing noted.
+        batch.trace = tracing.BatchTrace() if len(messages) > 1 else None
         primaries: dict[str, _Entry] = {}
         followers: list[tuple[Message, str]] = []
         for message in messages:
@@ -197,6 +205,9 @@ class BatchCommitter:
             primary = primaries[event_id].message.id
             outcome = follower_outcome(batch.outcomes.get(primary, Outcome.RETRY))
             batch.settle(message, outcome, batch.reasons.get(primary))
+        if batch.trace is not None and messages:
+            batch.trace.finish(f"{_destination(messages[0])} process batch",
+                               message_count=len(messages))
         if batch.duplicates:
             _log.info("duplicates_skipped", count=batch.duplicates)
             if self._on_duplicates is not None:
@@ -216,7 +227,7 @@ class BatchCommitter:
         for entry in entries:
             pending.setdefault(entry.ref.token, []).append(entry)
         for attempt in range(config.max_attempts):
-            writes, written = self._decide_all(pending, aggregates, batch)
+            writes, written = self._decide_all(pending, aggregates, batch, first=attempt == 0)
             if not writes:
                 return
             # A retry goes item by item: in one transaction, one conflicting item would cancel
@@ -258,10 +269,11 @@ class BatchCommitter:
         pending: Mapping[str, list[_Entry]],
         aggregates: Mapping[str, Aggregate],
         batch: _Batch,
+        *,
+        first: bool,
     ) -> tuple[list[StagedWrite], list[list[_Entry]]]:
         writes: list[StagedWrite] = []
         written: list[list[_Entry]] = []
-        carrier = tracing.current_carrier()
         for token, group in pending.items():
             original = aggregates[token]
             view = original
@@ -280,7 +292,15 @@ class BatchCommitter:
                     group.remove(entry)
                     continue
                 try:
-                    decision = self._decide(entry.envelope, view)
+                    # One consumer span per message, continuing its producer's trace; the
+                    # events it causes carry this span's context. Producers are noted for
+                    # the batch span only on the first attempt (retries see the same ones).
+                    with tracing.consumer_span(
+                        entry.envelope, f"{_destination(entry.message)} process",
+                        batch=batch.trace if first else None, fallback=entry.message,
+                    ):
+                        decision = self._decide(entry.envelope, view)
+                        caused_trace = tracing.current_carrier()
                 except Exception as exc:
                     self._fail(batch, entry.message, exc)
                     group.remove(entry)
@@ -293,7 +313,9 @@ class BatchCommitter:
                     continue
                 cause = entry.envelope
                 drafts.extend(
-                    e if isinstance(e, EventDraft) else EventDraft(event=e, causation=cause)
+                    (e if e.trace is not None else replace(e, trace=caused_trace))
+                    if isinstance(e, EventDraft)
+                    else EventDraft(event=e, causation=cause, trace=caused_trace)
                     for e in decision.events
                 )
                 applied.append(entry)
@@ -305,7 +327,7 @@ class BatchCommitter:
             if applied:
                 writes.append(stage(
                     original, view.state, events=drafts,
-                    processed_ids=[e.event_id for e in applied], trace=carrier,
+                    processed_ids=[e.event_id for e in applied],
                 ))
                 written.append(applied)
         return writes, written

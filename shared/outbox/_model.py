@@ -114,6 +114,10 @@ class EventDraft:
     correlation_id: str | None = None
     causation_id: str | None = None
     tenant_id: str | None = None
+    # The trace context the event carries; None: the context current at staging. A batch
+    # handler sets it to the consumer span of the message that caused the event, so one
+    # batch commit keeps every message's trace going (shared.outbox.BatchCommitter).
+    trace: Mapping[str, str] | None = None
 
 
 Emitted = BaseModel | EventDraft

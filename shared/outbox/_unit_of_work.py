@@ -87,7 +87,7 @@ def stage(
             causation=draft.causation or causation,
             causation_id=draft.causation_id,
             tenant_id=draft.tenant_id,
-            trace=carrier or None,
+            trace=(dict(draft.trace) if draft.trace is not None else carrier) or None,
         ))
     return StagedWrite(
         aggregate=aggregate, state=dict(state), envelopes=tuple(envelopes),
