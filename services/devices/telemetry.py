@@ -459,11 +459,21 @@ def alarm_entry(index: int, envelope: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+# Wait after an empty GetRecords. The runtime's default (1 s) would put up to a second per
+# quiet shard between a device and the dashboard (issue 4: under 1 s end to end). Kinesis
+# allows 5 GetRecords per second per shard, shared by every consumer of the stream; the
+# telemetry stream has one consumer (this worker, one lease holder per shard), so 4 reads/s
+# per idle shard stays within the limit with room for a resharding or a second reader. A busy
+# shard is read again at once whatever this is (full page or MillisBehindLatest > 0).
+TELEMETRY_IDLE_BACKOFF: Final = 0.25
+
+
 def stream_options(environ: Mapping[str, str]) -> dict[str, Any]:
     """Kinesis consumer settings from FLEETLINE_LEASE_DURATION, FLEETLINE_IDLE_BACKOFF
-    (seconds; tests shorten them) and FLEETLINE_STREAM_LIMIT (records per GetRecords;
-    default the service maximum). Unset: the runtime's defaults."""
-    options: dict[str, Any] = {}
+    (seconds; default `TELEMETRY_IDLE_BACKOFF`; tests shorten them) and
+    FLEETLINE_STREAM_LIMIT (records per GetRecords; default the service maximum). Unset
+    (but the idle backoff): the runtime's defaults."""
+    options: dict[str, Any] = {"idle_backoff": TELEMETRY_IDLE_BACKOFF}
     if environ.get("FLEETLINE_LEASE_DURATION"):
         options["lease_duration"] = float(environ["FLEETLINE_LEASE_DURATION"])
     if environ.get("FLEETLINE_IDLE_BACKOFF"):

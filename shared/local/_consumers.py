@@ -25,6 +25,8 @@ __all__ = ["consume", "missing", "relay", "source_kind"]
 
 BatchHandler = Callable[[Sequence["Message"]], Awaitable["BatchResult"]]
 
+RELAY_IDLE_BACKOFF = 0.25  # seconds after an empty read of the outbox stream (see `relay`)
+
 # kind -> (module, attribute) that must exist for the kind to run locally
 _REQUIRED = {
     "sqs": ("shared.consumers", "SqsConsumer"),
@@ -122,6 +124,8 @@ async def consume(
                 else None
             ),
             shutdown_grace=float(mapping.get("drain_seconds", 10)),
+            **({"idle_backoff": float(mapping["idle_backoff"])}
+               if "idle_backoff" in mapping else {}),
         )
         if kind == "kinesis":
             # By name: the emulator's GetRecords does not resolve a stream ARN.
@@ -171,5 +175,10 @@ async def relay(spec: dict[str, Any], stop: anyio.Event) -> None:
             "starting_position": source.get("StartingPosition", "TRIM_HORIZON"),
             # The pipe's dead-letter queue receives what the relay cannot publish.
             "failure_arn": source.get("DeadLetterConfig", {}).get("Arn"),
+            # An EventBridge Pipe polls a DynamoDB stream about 4 times a second per shard;
+            # the runtime's 1 s default would add up to a second per outbox hop (the devices
+            # dashboard's budget is 1 s end to end). DynamoDB Streams allows 5 GetRecords per
+            # second per shard; the relay is the stream's one reader.
+            "idle_backoff": RELAY_IDLE_BACKOFF,
         }
         await consume("dynamodb-stream", mapping, handler, stop)
