@@ -91,12 +91,31 @@ class DeviceStore(Protocol):
 
 
 def state_attributes(state: DeviceState) -> dict[str, Any]:
-    doc = state.to_doc()
-    for bookkeeping in ("version", "event_seq"):
-        doc.pop(bookkeeping, None)
+    """`tenant_id`, `status` and `doc`: `DeviceState.to_doc()` without the store's
+    bookkeeping (`version`, `event_seq`) as compact JSON. Built field by field without the
+    copies `to_doc` makes (it runs once per device write; the enums are str subclasses, so
+    they encode as their values); a unit test holds it equal to the `to_doc` form."""
+    status = str(state.status)
+    doc = {
+        "device_id": state.device_id,
+        "tenant_id": state.tenant_id,
+        "zone": state.zone,
+        "seq": state.seq,
+        "last_seen": state.last_seen,
+        "status": status,
+        "firmware": state.firmware,
+        "readings": state.readings,
+        "reported": state.reported,
+        "desired": state.desired,
+        "desired_version": state.desired_version,
+        "delta": state.delta,
+        "alarms": state.alarms,
+        "received": state.received,
+        "last_arrival": state.last_arrival,
+    }
     return {
         "tenant_id": state.tenant_id,
-        "status": str(state.status),
+        "status": status,
         "doc": json.dumps(doc, separators=(",", ":")),
     }
 
@@ -194,7 +213,8 @@ class DynamoDeviceStore:
                     self._aggregate(w), {}, events=[event_draft(e) for e in w.events])
                 texts = [e.to_json() for e in staged_write.envelopes]
             envelope_texts.append(texts)
-            puts.append(device_put(self._table, w.state, w.version, texts, config))
+            puts.append(device_put(self._table, w.state, w.version, texts, config,
+                                   return_old=len(writes) > 1))
         dynamodb = await self._aws.client("dynamodb")
         conflicts: set[str] = set()
         try:
@@ -249,8 +269,7 @@ class DynamoDeviceStore:
                 "before-call.dynamodb.TransactWriteItems", _use_prebuilt_body,
                 unique_id="fleetline-devices-prebuilt-body")
             self._hooked = dynamodb
-        items = [{"Put": {**put, "ReturnValuesOnConditionCheckFailure": "ALL_OLD"}}
-                 for put in puts]
+        items = [{"Put": put} for put in puts]
         body = json.dumps({"TransactItems": items}, separators=(",", ":")).encode()
         token = _PREBUILT_BODY.set(body)
         try:
@@ -274,13 +293,15 @@ def _use_prebuilt_body(params: dict[str, Any], **_: Any) -> None:
 
 def device_put(
     table: str, state: DeviceState, version: int, envelopes: Sequence[str],
-    config: OutboxConfig,
+    config: OutboxConfig, *, return_old: bool = False,
 ) -> dict[str, Any]:
     """The conditional PutItem of one device, in DynamoDB JSON, written directly: the same
     request the unit of work's `build_write` makes for a device (key, `tenant_id`, `status`,
     `doc`, the next `version`, `event_seq`, the envelopes in the outbox attribute; conditional
     on the version read, or on the item not existing for version 0), without its generic
-    per-value conversion. `envelopes` are the envelopes' JSON texts."""
+    per-value conversion. `envelopes` are the envelopes' JSON texts. `return_old` asks for
+    the item as it is when the condition fails (in a transaction: its cancellation reasons
+    then carry it)."""
     attributes = state_attributes(state)
     item: dict[str, Any] = {
         "device_id": {"S": state.device_id},
@@ -300,6 +321,8 @@ def device_put(
     else:
         put["ConditionExpression"] = "attribute_not_exists(#k)"
         put["ExpressionAttributeNames"] = {"#k": "device_id"}
+    if return_old:
+        put["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
     return put
 
 

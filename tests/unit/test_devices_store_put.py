@@ -3,6 +3,8 @@ generic `build_write` makes for the same device, event and version."""
 
 from __future__ import annotations
 
+import json
+
 import anyio
 import pytest
 
@@ -46,3 +48,16 @@ def test_store_refuses_more_than_a_transaction() -> None:
     store = DynamoDeviceStore(None, "devices")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="at most 100"):
         anyio.run(store.commit, [object()] * 101)  # type: ignore[list-item]
+
+
+@pytest.mark.parametrize("seq", [1, 2, 3])
+def test_state_attributes_are_the_doc_without_bookkeeping(seq: int) -> None:
+    state, _ = applied_device(seq)
+    state.desired = {"firmware": "2.0"}
+    state.delta = {"firmware": "2.0"}
+    state.reported = {"mode": "eco"}
+    doc = state.to_doc()
+    del doc["version"], doc["event_seq"]
+    attributes = state_attributes(state)
+    assert attributes["doc"] == json.dumps(doc, separators=(",", ":"))
+    assert (attributes["tenant_id"], attributes["status"]) == ("t-1", "online")
