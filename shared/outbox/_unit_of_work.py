@@ -314,6 +314,7 @@ class UnitOfWork:
     config: OutboxConfig = field(default_factory=OutboxConfig)
     claim_check: ClaimCheck | None = None
     _writes: list[StagedWrite] = field(default_factory=list, init=False)
+    _tokens: set[str] = field(default_factory=set, init=False)  # staged items: O(1) check
     _committed: bool = field(default=False, init=False)
 
     async def load(self, ref: ItemRef, *, consistent: bool = True) -> Aggregate:
@@ -348,14 +349,16 @@ class UnitOfWork:
         already; AlreadyProcessedError when its inbox already holds `processed_id`."""
         if self._committed:
             raise OutboxError("this unit of work was committed; start a new one")
-        if any(w.aggregate.ref.token == aggregate.ref.token for w in self._writes):
-            raise OutboxError(f"{aggregate.ref.token} is staged already; save it once")
+        token = aggregate.ref.token
+        if token in self._tokens:
+            raise OutboxError(f"{token} is staged already; save it once")
         if processed_id is not None and aggregate.seen(processed_id):
             raise AlreadyProcessedError(processed_id)
         self._writes.append(
             stage(aggregate, state, events=events, causation=causation,
                   processed_ids=() if processed_id is None else (processed_id,))
         )
+        self._tokens.add(token)
 
     @property
     def staged(self) -> tuple[StagedWrite, ...]:
