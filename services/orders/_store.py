@@ -132,6 +132,35 @@ async def get(ddb: AwsClient, table: str, pk: str, sk: str) -> dict[str, Any] | 
     return plain(item) if item else None
 
 
+async def set_status_if(
+    ddb: AwsClient, table: str, pk: str, sk: str, *, expect: str, to: str,
+    also_set: Mapping[str, str] | None = None,
+) -> bool:
+    """Move the item's `status` from `expect` to `to` (and set `also_set` attributes from
+    value placeholders, e.g. {"released_from": ":from"}) in one conditional UpdateItem.
+    Returns False when the status was not `expect`: another worker moved it first.
+
+    Raises:
+        AwsRequestError / AwsUnavailableError: any other failure (translated).
+    """
+    assignments = ["#s = :to", *(f"{name} = {value}" for name, value in (also_set or {}).items())]
+    try:
+        with aws_errors():
+            await ddb.update_item(
+                TableName=table,
+                Key=to_item({"pk": pk, "sk": sk}),
+                UpdateExpression="SET " + ", ".join(assignments),
+                ConditionExpression="#s = :from",
+                ExpressionAttributeNames={"#s": "status"},
+                ExpressionAttributeValues=to_item({":to": to, ":from": expect}),
+            )
+    except AwsRequestError as exc:
+        if exc.code == "ConditionalCheckFailedException":
+            return False
+        raise
+    return True
+
+
 async def put_if_absent(ddb: AwsClient, table: str, values: Mapping[str, Any]) -> None:
     """Put the item unless one with its key exists.
 

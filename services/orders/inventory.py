@@ -150,23 +150,10 @@ class Inventory:
 
     async def _flip(self, order_id: str, frm: ReservationStatus, to: ReservationStatus) -> bool:
         ddb = await self._aws.client("dynamodb")
-        try:
-            with aws_errors():
-                await ddb.update_item(
-                    TableName=self.table,
-                    Key=_store.to_item({"pk": f"RES#{order_id}", "sk": "RESERVATION"}),
-                    UpdateExpression="SET #s = :to, released_from = :from" if
-                    to is ReservationStatus.RELEASED else "SET #s = :to",
-                    ConditionExpression="#s = :from",
-                    ExpressionAttributeNames={"#s": "status"},
-                    ExpressionAttributeValues=_store.to_item({":to": to.value,
-                                                              ":from": frm.value}),
-                )
-        except AwsRequestError as exc:
-            if exc.code == "ConditionalCheckFailedException":
-                return False
-            raise
-        return True
+        return await _store.set_status_if(
+            ddb, self.table, f"RES#{order_id}", "RESERVATION", expect=frm.value, to=to.value,
+            also_set={"released_from": ":from"} if to is ReservationStatus.RELEASED else None,
+        )
 
     @staticmethod
     def _lines(item: Mapping[str, Any] | None) -> list[OrderLine]:

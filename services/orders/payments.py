@@ -35,8 +35,8 @@ from services.orders.domain import (
 from services.orders.errors import PaymentClosed, PaymentDeclined, PaymentNotAuthorized
 from services.orders.provider import PaymentProvider, ProviderSettings
 from services.orders.tasks import CallbackTasks, TaskOrder, TaskRequest
-from shared.aws import AwsClients, aws_errors
-from shared.errors import AwsRequestError, RetryableError
+from shared.aws import AwsClients
+from shared.errors import RetryableError
 from shared.hosts import SqsQueue, Worker
 
 __all__ = ["Payments", "tasks", "worker"]
@@ -71,22 +71,8 @@ class Payments:
             except _store.ConditionFailed:
                 return False
             return True
-        try:
-            with aws_errors():
-                await ddb.update_item(
-                    TableName=self.table,
-                    Key=_store.to_item({"pk": f"PAY#{order_id}", "sk": "PAYMENT"}),
-                    UpdateExpression="SET #s = :to",
-                    ConditionExpression="#s = :from",
-                    ExpressionAttributeNames={"#s": "status"},
-                    ExpressionAttributeValues=_store.to_item({":to": to.value,
-                                                              ":from": expect.value}),
-                )
-        except AwsRequestError as exc:
-            if exc.code == "ConditionalCheckFailedException":
-                return False
-            raise
-        return True
+        return await _store.set_status_if(
+            ddb, self.table, f"PAY#{order_id}", "PAYMENT", expect=expect.value, to=to.value)
 
     async def authorize(self, order: TaskOrder) -> dict[str, Any]:
         """Hold the order's total.

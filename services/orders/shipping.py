@@ -18,8 +18,8 @@ from typing import Any, Final
 from services.orders import _store
 from services.orders.errors import ShipmentClosed, ShippingUnavailable
 from services.orders.tasks import CallbackTasks, TaskOrder, TaskRequest
-from shared.aws import AwsClients, aws_errors
-from shared.errors import AwsRequestError, RetryableError
+from shared.aws import AwsClients
+from shared.errors import RetryableError
 from shared.hosts import SqsQueue, Worker
 
 __all__ = ["UNSERVED_COUNTRIES", "Shipping", "tasks", "worker"]
@@ -86,21 +86,9 @@ class Shipping:
                 return {"status": "CANCELLED", "tombstone": True}
             if item["status"] == "CANCELLED":
                 return {"status": "CANCELLED", "repeat": True}
-            try:
-                with aws_errors():
-                    await ddb.update_item(
-                        TableName=self.table,
-                        Key=_store.to_item({"pk": f"SHIP#{order.order_id}", "sk": "SHIPMENT"}),
-                        UpdateExpression="SET #s = :c",
-                        ConditionExpression="#s = :created",
-                        ExpressionAttributeNames={"#s": "status"},
-                        ExpressionAttributeValues=_store.to_item({":c": "CANCELLED",
-                                                                  ":created": "CREATED"}),
-                    )
-            except AwsRequestError as exc:
-                if exc.code == "ConditionalCheckFailedException":
-                    continue
-                raise
+            if not await _store.set_status_if(ddb, self.table, f"SHIP#{order.order_id}",
+                                              "SHIPMENT", expect="CREATED", to="CANCELLED"):
+                continue
             return {"status": "CANCELLED", "shipment_id": item.get("shipment_id")}
         raise _Race(f"cancel of {order.order_id} kept racing")
 
