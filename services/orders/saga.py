@@ -196,6 +196,36 @@ def _order_data() -> dict[str, Any]:
     }
 
 
+def _publish_final(
+    event_type: str, suffix: str, data: dict[str, Any], *, retry: list[dict[str, Any]],
+    timings: SagaTimings,
+) -> dict[str, dict[str, Any]]:
+    """The saga's last states for one outcome: PutEvents, then, while EventBridge reports a
+    failed entry, wait and publish again (a Task's Retry only covers errors, and a partial
+    failure is not an error); then succeed. `suffix` is also the final state's name."""
+    publish, final = f"Publish{event_type}", suffix.capitalize()
+    check, wait = f"{final}Published?", f"WaitRepublish{final}"
+    return {
+        publish: {
+            "Type": "Task",
+            "Resource": "arn:aws:states:::events:putEvents",
+            "Parameters": {"Entries": [_event_entry(event_type, suffix, data)]},
+            "ResultSelector": {"failed.$": "$.FailedEntryCount"},
+            "ResultPath": "$.published",
+            "Retry": retry,
+            "Next": check,
+        },
+        check: {
+            "Type": "Choice",
+            "Choices": [{"Variable": "$.published.failed", "NumericGreaterThan": 0,
+                         "Next": wait}],
+            "Default": final,
+        },
+        wait: {"Type": "Wait", "Seconds": timings.publish_retry_wait_seconds, "Next": publish},
+        final: {"Type": "Succeed"},
+    }
+
+
 def build_definition(timings: SagaTimings | None = None) -> dict[str, Any]:
     """The ASL document (JSONPath) with `${...}` placeholders for SUBSTITUTIONS."""
     t = timings or SagaTimings()
@@ -237,25 +267,8 @@ def build_definition(timings: SagaTimings | None = None) -> dict[str, Any]:
         "payment_id.$": "$.payment.payment_id",
         "shipment_id.$": "$.shipment.shipment_id",
     }
-    states["PublishOrderConfirmed"] = {
-        "Type": "Task",
-        "Resource": "arn:aws:states:::events:putEvents",
-        "Parameters": {"Entries": [_event_entry("OrderConfirmed", "confirmed", confirmed_data)]},
-        "ResultSelector": {"failed.$": "$.FailedEntryCount"},
-        "ResultPath": "$.published",
-        "Retry": own_retry,
-        "Next": "ConfirmedPublished?",
-    }
-    states["ConfirmedPublished?"] = {
-        "Type": "Choice",
-        "Choices": [{"Variable": "$.published.failed", "NumericGreaterThan": 0,
-                     "Next": "WaitRepublishConfirmed"}],
-        "Default": "Confirmed",
-    }
-    states["WaitRepublishConfirmed"] = {
-        "Type": "Wait", "Seconds": t.publish_retry_wait_seconds, "Next": "PublishOrderConfirmed",
-    }
-    states["Confirmed"] = {"Type": "Succeed"}
+    states.update(_publish_final(
+        "OrderConfirmed", "confirmed", confirmed_data, retry=own_retry, timings=t))
 
     for index, (name, queue, action) in enumerate(COMPENSATION_STEPS):
         state = _callback_task(queue=queue, action=action, step=name, timings=t, result_path=None)
@@ -294,25 +307,8 @@ def build_definition(timings: SagaTimings | None = None) -> dict[str, Any]:
         "reason.$": "$.failure.Error",
         "detail.$": "States.JsonToString($.failure)",
     }
-    states["PublishOrderCancelled"] = {
-        "Type": "Task",
-        "Resource": "arn:aws:states:::events:putEvents",
-        "Parameters": {"Entries": [_event_entry("OrderCancelled", "cancelled", cancelled_data)]},
-        "ResultSelector": {"failed.$": "$.FailedEntryCount"},
-        "ResultPath": "$.published",
-        "Retry": own_retry,
-        "Next": "CancelledPublished?",
-    }
-    states["CancelledPublished?"] = {
-        "Type": "Choice",
-        "Choices": [{"Variable": "$.published.failed", "NumericGreaterThan": 0,
-                     "Next": "WaitRepublishCancelled"}],
-        "Default": "Cancelled",
-    }
-    states["WaitRepublishCancelled"] = {
-        "Type": "Wait", "Seconds": t.publish_retry_wait_seconds, "Next": "PublishOrderCancelled",
-    }
-    states["Cancelled"] = {"Type": "Succeed"}
+    states.update(_publish_final(
+        "OrderCancelled", "cancelled", cancelled_data, retry=own_retry, timings=t))
     states["CompensationFailed"] = {
         "Type": "Fail",
         "Error": "CompensationFailed",
