@@ -4,6 +4,10 @@ Endpoint, Region and credentials come from the standard AWS environment and conf
 (`AWS_ENDPOINT_URL`, `AWS_REGION` / `AWS_DEFAULT_REGION`, `AWS_PROFILE`, ...): botocore reads
 them itself, so the same code talks to the embedded emulator, a LocalStack container or AWS.
 
+Two hot-path escapes from botocore's per-value shape walk, on the same clients: `send_encoded`
+(a request body encoded by the caller) and `call_decoded` (a response decoded by orjson); see
+`shared._wire`.
+
 Every HTTP request a client sends is counted (`RequestCounter`), retries included, because on
 AWS requests are the bill; the benchmarks and `fleetline status` read these counts.
 """
@@ -30,6 +34,7 @@ from botocore.exceptions import (
 )
 from botocore.utils import parse_timestamp
 
+from shared._wire import call_decoded, register, send_encoded
 from shared.errors import AwsRequestError, AwsUnavailableError, FleetlineError
 
 __all__ = [
@@ -38,7 +43,9 @@ __all__ = [
     "ClientSettings",
     "RequestCounter",
     "aws_errors",
+    "call_decoded",
     "error_code",
+    "send_encoded",
     "translate_error",
 ]
 
@@ -155,6 +162,7 @@ class AwsClients:
         self._session.get_component("response_parser_factory").set_parser_defaults(
             timestamp_parser=_fast_timestamp
         )
+        register(self._session)  # `send_encoded` / `call_decoded` (shared._wire)
         self._clients: dict[str, AwsClient] = {}
         self._stack: contextlib.AsyncExitStack | None = None
         self._closed = False

@@ -20,15 +20,15 @@ import dataclasses
 import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import orjson
 from botocore.exceptions import ClientError
 
 from services.devices.domain import DeviceState
 from services.devices.events import SOURCE, DeviceEvent
-from shared.aws import AwsClients, aws_errors, error_code
+from shared.aws import AwsClients, aws_errors, error_code, send_encoded
 from shared.outbox import (
     Aggregate,
     EventDraft,
@@ -116,7 +116,7 @@ def state_attributes(state: DeviceState) -> dict[str, Any]:
     return {
         "tenant_id": state.tenant_id,
         "status": status,
-        "doc": json.dumps(doc, separators=(",", ":")),
+        "doc": orjson.dumps(doc).decode(),
     }
 
 
@@ -161,7 +161,6 @@ class DynamoDeviceStore:
         self._aws = aws
         self._table = table
         self._config = config or OutboxConfig()
-        self._hooked: Any = None  # the client `_send_transaction` registered its handler on
 
     def _ref(self, device_id: str) -> ItemRef:
         return ItemRef(table=self._table, key={"device_id": device_id}, aggregate_id=device_id)
@@ -195,7 +194,7 @@ class DynamoDeviceStore:
         in DynamoDB JSON (`device_put`, equal to what the unit of work's `build_write` makes
         for this fixed shape; tested), only writes with events go through the unit of work's
         `stage` (envelope ids, sequences, trace context), and the transaction's JSON body is
-        encoded once with `json.dumps` instead of botocore's shape-walking serializer (see
+        encoded once by orjson instead of botocore's shape-walking serializer (see
         `_send_transaction`). The unit of work's `save` is not used: the worker never
         stages a device twice."""
         if len(writes) > TRANSACTION_LIMIT:
@@ -254,41 +253,11 @@ class DynamoDeviceStore:
                          last_sequence=write.state.event_seq - len(write.events))
 
     async def _send_transaction(self, dynamodb: Any, puts: Sequence[Mapping[str, Any]]) -> None:
-        """TransactWriteItems of `puts` with the body encoded by `json.dumps`.
-
-        botocore serialises a request by walking the operation's shape for every attribute
-        value (about a third of the worker's CPU at 100 devices a call), and resolves the
-        endpoint by a JMESPath over every TransactItem. The call is made with a one-item
-        stand-in (cheap to serialise and resolve, same table) and a `before-call` handler
-        swaps in the real body before the request is signed and sent; the response is
-        parsed by botocore as usual. The stand-in is a ConditionCheck that can never pass,
-        so if the swap did not happen nothing would be written and the batch would be
-        retried: it fails safe."""
-        if self._hooked is not dynamodb:
-            dynamodb.meta.events.register(
-                "before-call.dynamodb.TransactWriteItems", _use_prebuilt_body,
-                unique_id="fleetline-devices-prebuilt-body")
-            self._hooked = dynamodb
-        items = [{"Put": put} for put in puts]
-        body = json.dumps({"TransactItems": items}, separators=(",", ":")).encode()
-        token = _PREBUILT_BODY.set(body)
-        try:
-            await dynamodb.transact_write_items(TransactItems=[{"ConditionCheck": {
-                "TableName": self._table, "Key": {"device_id": {"S": "-"}},
-                "ConditionExpression": "attribute_exists(#k) AND attribute_not_exists(#k)",
-                "ExpressionAttributeNames": {"#k": "device_id"}}}])
-        finally:
-            _PREBUILT_BODY.reset(token)
-
-
-# The body `_send_transaction` encoded, for the `before-call` handler of the same task.
-_PREBUILT_BODY: ContextVar[bytes | None] = ContextVar("fleetline_devices_body", default=None)
-
-
-def _use_prebuilt_body(params: dict[str, Any], **_: Any) -> None:
-    body = _PREBUILT_BODY.get()
-    if body is not None:
-        params["body"] = body
+        """TransactWriteItems of `puts`, its body encoded by orjson: the puts are already in
+        DynamoDB JSON, and botocore's serializer would walk every attribute value again
+        (about a third of the worker's CPU at 100 devices a call; see `shared._wire`)."""
+        body = orjson.dumps({"TransactItems": [{"Put": put} for put in puts]})
+        await send_encoded(dynamodb, "TransactWriteItems", body)
 
 
 def device_put(

@@ -36,6 +36,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+import orjson
+
 from services.devices.events import (
     DeviceConnected,
     DeviceDisconnected,
@@ -180,7 +182,7 @@ def _object_field(body: Mapping[str, Any], name: str) -> dict[str, Any] | None:
         return None
     if not isinstance(value, dict):
         raise InvalidTelemetry("must be an object", field=name)
-    if len(json.dumps(value)) > MAX_REPORTED_BYTES:
+    if len(orjson.dumps(value)) > MAX_REPORTED_BYTES:
         raise InvalidTelemetry(f"larger than {MAX_REPORTED_BYTES} bytes", field=name)
     return value
 
@@ -211,7 +213,7 @@ def parse_record(data: bytes | str) -> Telemetry | DesiredUpdate:
             field is missing or of the wrong type; the message names the field.
     """
     try:
-        body = json.loads(data)
+        body = orjson.loads(data)  # the hot path: 5,000-20,000 records a second
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidTelemetry(f"not JSON: {exc}") from None
     if not isinstance(body, dict):
