@@ -457,7 +457,8 @@ class TelemetryProcessor:
         devices this call reported.
 
         Raises:
-            shared.errors types: the Scan failed (devices already written stay written; the
+            shared.errors types: the Scan, or a write, failed for a reason other than a
+                conflict or a transient error (devices already written stay written; the
                 next stored sweep sees the rest).
         """
         at = self._clock() if now is None else now
@@ -473,8 +474,9 @@ class TelemetryProcessor:
             try:
                 await self.flush(due)
             except FlushError as exc:
-                log.info("stored sweep: some devices were written by others first",
-                         error=str(exc))
+                # Conflicts (another writer was first; its version stands) or repeated
+                # transient failures (still ONLINE: the next stored sweep sees them).
+                log.info("stored sweep: some devices not written", error=str(exc))
             written = sum(1 for d in due if not d.dirty)
             reported += written
             dropped += len(due) - written
