@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -87,6 +87,12 @@ class DeviceStore(Protocol):
 
     async def commit(self, writes: Sequence[DeviceWrite]) -> CommitResult:
         """Write up to 100 devices; each is conditional on its version."""
+        ...
+
+    def scan_online(self, *, page_size: int | None = None) -> AsyncIterator[list[StoredDevice]]:
+        """Every device stored ONLINE, a page at a time (the whole table is read: see
+        docs/devices.md for what that costs). `page_size` caps the items read per request
+        (None: the service's page, 1 MB in DynamoDB)."""
         ...
 
 
@@ -259,6 +265,55 @@ class DynamoDeviceStore:
         body = orjson.dumps({"TransactItems": [{"Put": put} for put in puts]})
         await send_encoded(dynamodb, "TransactWriteItems", body)
 
+    async def scan_online(
+        self, *, page_size: int | None = None
+    ) -> AsyncIterator[list[StoredDevice]]:
+        """A Scan filtered on the top-level `status` attribute, projected on what a device's
+        state and its conditional write need (not `tenant_id`, which `doc` repeats, nor the
+        `outbox` of the last write). The filter and projection cut the bytes sent, not the
+        read units: DynamoDB bills every item the Scan reads. Pages without an online device
+        are not yielded.
+
+        Raises:
+            shared.errors types (`aws_errors`): throttling and other SDK errors.
+        """
+        config = self._config
+        kwargs: dict[str, Any] = {
+            "TableName": self._table,
+            "FilterExpression": "#s = :online",
+            "ProjectionExpression": "#k, #s, #d, #v, #q",
+            "ExpressionAttributeNames": {
+                "#k": "device_id", "#s": "status", "#d": "doc",
+                "#v": config.version_attribute, "#q": config.sequence_attribute,
+            },
+            "ExpressionAttributeValues": {":online": {"S": _ONLINE}},
+        }
+        if page_size is not None:
+            if page_size < 1:
+                raise ValueError(f"page_size must be >= 1, got {page_size}")
+            kwargs["Limit"] = page_size
+        dynamodb = await self._aws.client("dynamodb")
+        while True:
+            with aws_errors():
+                page = await dynamodb.scan(**kwargs)
+            devices = []
+            for item in page.get("Items", []):
+                version = int(item[config.version_attribute]["N"])
+                event_seq = int(item.get(config.sequence_attribute, {"N": "0"})["N"])
+                devices.append(StoredDevice(
+                    state=state_from_attributes({"doc": item["doc"]["S"]}, version=version,
+                                                event_seq=event_seq),
+                    version=version,
+                ))
+            if devices:
+                yield devices
+            last = page.get("LastEvaluatedKey")
+            if not last:
+                return
+            kwargs["ExclusiveStartKey"] = last
+
+
+
 
 def device_put(
     table: str, state: DeviceState, version: int, envelopes: Sequence[str],
@@ -338,3 +393,28 @@ class MemoryDeviceStore:
             self.envelopes.extend(envelopes)
             committed[w.state.device_id] = envelopes
         return CommitResult(committed)
+
+    async def scan_online(
+        self, *, page_size: int | None = None
+    ) -> AsyncIterator[list[StoredDevice]]:
+        """The devices stored ONLINE, in pages of `page_size` items read (default 1,000)."""
+        size = 1000 if page_size is None else page_size
+        if size < 1:
+            raise ValueError(f"page_size must be >= 1, got {page_size}")
+        ids = list(self.items)
+        for start in range(0, len(ids), size):
+            page = []
+            for device_id in ids[start:start + size]:  # read as they are now, as a Scan does
+                attrs, version, event_seq = self.items[device_id]
+                if attrs["status"] == _ONLINE:
+                    page.append(StoredDevice(
+                        state=state_from_attributes(attrs, version=version, event_seq=event_seq),
+                        version=version,
+                    ))
+            if page:
+                yield page
+
+
+# The `status` attribute of an ONLINE device (`str(Status.ONLINE)`), which the online scan
+# filters on.
+_ONLINE = "online"

@@ -30,6 +30,19 @@ How a batch (the records of one shard, in order, from one GetRecords) is handled
 Silence: a sweep (every `sweep_interval`) walks devices in order of their last record's
 arrival and marks those silent longer than `silence_after` OFFLINE (DeviceDisconnected once),
 writing them the same way. Arrival time is the stream's ApproximateArrivalTimestamp.
+
+Stored sweep: the silence sweep only knows devices this process has held. A device stored
+ONLINE that never reports again after a restart, or after its shard moved to a worker that
+never loaded it, would stay ONLINE for ever. So `stored_sweep_after` (default:
+`silence_after`) after start, then every `stored_sweep_interval` (default 1 hour), the worker
+scans DevicesTable for ONLINE devices (`DeviceStore.scan_online`) and writes those silent
+longer than `silence_after + sweep_interval` that it does not hold OFFLINE with
+DeviceDisconnected (`stored_disconnects` decides; the write is the flush's, conditional on
+the version scanned). The extra `sweep_interval` leaves devices a live owner holds to the
+owner's own sweep. Several workers may run it at once: of the writes at one version only one
+succeeds, the others conflict and are dropped, so each device is reported once. Swept
+devices are not kept in memory (they belong to their shard's owner). A Scan reads the whole
+table, hence the long interval (cost in docs/devices.md).
 """
 
 from __future__ import annotations
@@ -40,7 +53,7 @@ import json
 import os
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 import anyio
@@ -51,6 +64,7 @@ from services.devices._store import (
     DeviceStore,
     DeviceWrite,
     DynamoDeviceStore,
+    StoredDevice,
 )
 from services.devices.domain import (
     DEFAULT_THRESHOLDS,
@@ -88,6 +102,10 @@ log = structlog.get_logger("services.devices.telemetry")
 ALARM_TYPES: Final = frozenset({"ThresholdBreached", "ThresholdCleared"})
 PUBLISH_BATCH_MAX: Final = 10
 WRITE_CONCURRENCY: Final = 32  # commits in flight at once (ITEMS mode: one per device)
+# Devices read per Scan request by the stored sweep. Decoding a scanned device costs about
+# 80 us of worker CPU (docs/devices.md), done between two awaits: 250 a page keeps each
+# stretch near 20 ms, so the shards' batches are not held up; read units do not change.
+STORED_SWEEP_PAGE: Final = 250
 
 
 def default_write_mode(environ: Mapping[str, str]) -> str:
@@ -119,6 +137,11 @@ class TelemetryConfig:
     write_mode: str = WriteMode.TRANSACTION
     flush_attempts: int = 4
     alarms_topic_arn: str | None = None
+    # The stored sweep (module docstring): first run this long after start (None:
+    # `silence_after`, so live devices this worker owns have reported and been loaded), then
+    # every `stored_sweep_interval`.
+    stored_sweep_interval: float = 3600.0
+    stored_sweep_after: float | None = None
 
     def __post_init__(self) -> None:
         if self.zone not in ("eu", "us"):
@@ -131,12 +154,21 @@ class TelemetryConfig:
             )
         if self.flush_attempts < 1:
             raise ValueError("flush_attempts must be >= 1")
+        if self.stored_sweep_interval <= 0:
+            raise ValueError(
+                f"stored_sweep_interval must be positive, got {self.stored_sweep_interval}"
+            )
+        if self.stored_sweep_after is not None and self.stored_sweep_after < 0:
+            raise ValueError(
+                f"stored_sweep_after must be >= 0, got {self.stored_sweep_after}"
+            )
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> TelemetryConfig:
         """FLEETLINE_RESIDENCY_ZONE, FLEETLINE_SILENCE_AFTER, FLEETLINE_SWEEP_INTERVAL,
         FLEETLINE_THRESHOLDS (JSON, see `Thresholds.from_json`), FLEETLINE_WRITE_MODE,
-        FLEETLINE_ALARMS_TOPIC (ARN)."""
+        FLEETLINE_ALARMS_TOPIC (ARN), FLEETLINE_STORED_SWEEP_INTERVAL (seconds, default
+        3600)."""
         env = os.environ if environ is None else environ
         thresholds = DEFAULT_THRESHOLDS
         if env.get("FLEETLINE_THRESHOLDS"):
@@ -148,6 +180,7 @@ class TelemetryConfig:
             thresholds=thresholds,
             write_mode=env.get("FLEETLINE_WRITE_MODE") or default_write_mode(env),
             alarms_topic_arn=env.get("FLEETLINE_ALARMS_TOPIC") or None,
+            stored_sweep_interval=float(env.get("FLEETLINE_STORED_SWEEP_INTERVAL") or "3600"),
         )
 
 
@@ -174,6 +207,27 @@ class _Device:
     version: int
     pending: list[DeviceEvent] = field(default_factory=list)
     dirty: bool = False
+
+
+def stored_disconnects(
+    scanned: Iterable[StoredDevice], *, now: float, silence_after: float,
+    held: Mapping[str, object],
+) -> list[DeviceWrite]:
+    """The stored sweep's decision, without I/O: of devices read from the table, the writes
+    that report them disconnected. A device is due when it is stored ONLINE, its last record
+    arrived more than `silence_after` seconds before `now` (`domain.check_silence`), and it
+    is not in `held` (the devices this worker holds: its own sweep reports those). Each
+    write carries the state OFFLINE with its DeviceDisconnected, at the version read, so it
+    is conditional on nobody having written the device since. `scanned` is not changed."""
+    writes: list[DeviceWrite] = []
+    for stored in scanned:
+        if stored.state.device_id in held:
+            continue
+        state = replace(stored.state)  # check_silence changes the state it decides on
+        applied = check_silence(state, now=now, silence_after=silence_after)
+        if applied is not None:
+            writes.append(DeviceWrite(state, stored.version, tuple(applied.events)))
+    return writes
 
 
 class TelemetryProcessor:
@@ -394,6 +448,59 @@ class TelemetryProcessor:
             await self.flush(changed)
         return len(changed)
 
+    async def sweep_stored(self, now: float | None = None) -> int:
+        """Report devices stored ONLINE that this worker does not hold and that are silent
+        longer than `silence_after + sweep_interval` as disconnected (see the module
+        docstring). Scans the whole table, page by page; each page's due devices are written
+        by `flush`. A write that conflicts (the device's owner, or another worker's stored
+        sweep, wrote it first) is dropped: that writer's version stands. Returns how many
+        devices this call reported.
+
+        Raises:
+            shared.errors types: the Scan, or a write, failed for a reason other than a
+                conflict or a transient error (devices already written stay written; the
+                next stored sweep sees the rest).
+        """
+        at = self._clock() if now is None else now
+        silence = self.config.silence_after + self.config.sweep_interval
+        scanned = reported = dropped = 0
+        async for page in self.store.scan_online(page_size=STORED_SWEEP_PAGE):
+            scanned += len(page)
+            due = [_Device(w.state, w.version, list(w.events), dirty=True)
+                   for w in stored_disconnects(page, now=at, silence_after=silence,
+                                               held=self._devices)]
+            if not due:
+                continue
+            try:
+                await self.flush(due)
+            except FlushError as exc:
+                # Conflicts (another writer was first; its version stands) or repeated
+                # transient failures (still ONLINE: the next stored sweep sees them).
+                log.info("stored sweep: some devices not written", error=str(exc))
+            written = sum(1 for d in due if not d.dirty)
+            reported += written
+            dropped += len(due) - written
+        log.info("stored sweep done", online_scanned=scanned, disconnected=reported,
+                 dropped=dropped)
+        return reported
+
+    async def run_stored_sweeper(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """`sweep_stored` `stored_sweep_after` after start (default `silence_after`), then
+        every `stored_sweep_interval`, until cancelled. Retryable failures are logged, not
+        raised: the next round tries again; others propagate (a missing dynamodb:Scan
+        permission stops the worker instead of leaving devices ONLINE unnoticed)."""
+        task_status.started()
+        first = self.config.stored_sweep_after
+        await anyio.sleep(self.config.silence_after if first is None else first)
+        while True:
+            try:
+                await self.sweep_stored()
+            except RetryableError as exc:
+                log.warning("stored sweep failed; next round retries", error=str(exc))
+            await anyio.sleep(self.config.stored_sweep_interval)
+
     async def run_sweeper(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
@@ -485,7 +592,8 @@ def stream_options(environ: Mapping[str, str]) -> dict[str, Any]:
 
 @contextlib.asynccontextmanager
 async def telemetry_lifespan(aws: AwsClients, resources: Resources) -> AsyncIterator[BatchHandler]:
-    """The processor over DevicesTable, with its silence sweeper running alongside."""
+    """The processor over DevicesTable, with its silence sweepers (memory and stored)
+    running alongside."""
     config = TelemetryConfig.from_environ()
     processor = TelemetryProcessor(
         DynamoDeviceStore(aws, resources.get("DevicesTable")), config, aws=aws
@@ -494,6 +602,7 @@ async def telemetry_lifespan(aws: AwsClients, resources: Resources) -> AsyncIter
              silence_after=config.silence_after)
     async with anyio.create_task_group() as tg:
         await tg.start(processor.run_sweeper)
+        await tg.start(processor.run_stored_sweeper)
         yield processor
         tg.cancel_scope.cancel()
 

@@ -4,6 +4,7 @@ checkpoints, the outbox unit of work, real PutRecords from the simulator."""
 from __future__ import annotations
 
 import json
+import time
 from collections import defaultdict
 from typing import Any
 
@@ -20,9 +21,10 @@ from services.devices.domain import (
     parse_record,
 )
 from services.devices.simulator import FleetConfig, OutRecord, simulate
-from services.devices.telemetry import TelemetryConfig, TelemetryProcessor
+from services.devices.telemetry import TelemetryConfig, TelemetryProcessor, telemetry_lifespan
 from shared.aws import AwsClients
-from shared.consumers import KinesisConsumer, StreamConsumerConfig
+from shared.config import Resources
+from shared.consumers import KinesisConsumer, Message, SourceKind, StreamConsumerConfig
 from tests.integration._devices_support import (
     create_device_resources,
     device_docs,
@@ -142,3 +144,81 @@ async def test_silent_device_reported_disconnected_once(aws: AwsClients) -> None
     assert disconnected == ["quiet"]
     connected = sorted(e["aggregate_id"] for e in events if e["type"] == "DeviceConnected")
     assert connected == ["chatty", "quiet"]
+
+
+async def test_device_silent_across_a_restart_is_reported_once_by_the_stored_sweep(
+    aws: AwsClients,
+) -> None:
+    """`gone` was written ONLINE by a first worker and never reports again. Fresh workers
+    (the restart; two at once, as after a deployment) never hold it: their stored sweeps
+    find it in DevicesTable and exactly one DeviceDisconnected reaches the outbox."""
+    res = await create_device_resources(aws, prefix="stored", shards=1)
+    now = time.time()
+
+    def message(device: str, arrival: float) -> Message:
+        body = Telemetry(device_id=device, tenant_id="t-1", zone="eu", seq=1, ts=arrival,
+                         readings={"temperature": 20.0}).to_json()
+        return Message(id=device, body=body, source=SourceKind.KINESIS, source_name="shard-0",
+                       sequence=device, approximate_arrival=arrival)
+
+    config = TelemetryConfig(zone="eu", write_mode="items", silence_after=60.0,
+                             sweep_interval=5.0)
+    first = TelemetryProcessor(DynamoDeviceStore(aws, res.devices_table), config)
+    await first([message("gone", now - 600), message("alive", now - 1)])
+    docs = await device_docs(aws, res.devices_table)
+    assert {docs["gone"]["status"], docs["alive"]["status"]} == {"online"}
+
+    store = DynamoDeviceStore(aws, res.devices_table)
+    pages = [page async for page in store.scan_online(page_size=1)]
+    assert len(pages) == 2  # one device a request: the Scan pages
+    assert sorted(d.state.device_id for page in pages for d in page) == ["alive", "gone"]
+
+    restarted = [TelemetryProcessor(DynamoDeviceStore(aws, res.devices_table), config)
+                 for _ in range(2)]
+    reported: list[int] = []
+
+    async def sweep(processor: TelemetryProcessor) -> None:
+        reported.append(await processor.sweep_stored())
+
+    async with anyio.create_task_group() as tg:
+        for processor in restarted:
+            tg.start_soon(sweep, processor)
+    assert sum(reported) == 1
+    assert await restarted[0].sweep_stored() == 0  # run again: nothing left to report
+
+    docs = await device_docs(aws, res.devices_table)
+    assert docs["gone"]["status"] == "offline"
+    assert docs["alive"]["status"] == "online"
+    assert [d.state.device_id async for page in store.scan_online() for d in page] == ["alive"]
+    assert all(p.device_count == 0 for p in restarted)  # swept devices are not kept
+    events = await outbox_events(aws, res.devices_stream_arn)
+    disconnected = [e["aggregate_id"] for e in events if e["type"] == "DeviceDisconnected"]
+    assert disconnected == ["gone"]
+
+
+async def test_telemetry_lifespan_runs_the_stored_sweep(
+    aws: AwsClients, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The worker's lifespan starts the stored sweeper: `silence_after` after start it
+    reports a stored ONLINE device that stopped reporting before the restart."""
+    res = await create_device_resources(aws, prefix="lifespan", shards=1)
+    store = DynamoDeviceStore(aws, res.devices_table)
+    first = TelemetryProcessor(store, TelemetryConfig(zone="eu", write_mode="items"))
+    body = Telemetry(device_id="gone", tenant_id="t-1", zone="eu", seq=1, ts=1.0,
+                     readings={"temperature": 20.0}).to_json()
+    await first([Message(id="1", body=body, source=SourceKind.KINESIS, source_name="shard-0",
+                         sequence="1", approximate_arrival=time.time() - 600)])
+    for name, value in {**res.environ(), "FLEETLINE_RESIDENCY_ZONE": "eu",
+                        "FLEETLINE_SILENCE_AFTER": "0.5", "FLEETLINE_SWEEP_INTERVAL": "0.2",
+                        "FLEETLINE_STORED_SWEEP_INTERVAL": "600"}.items():
+        monkeypatch.setenv(name, value)
+
+    async def gone_offline() -> bool:
+        docs = await device_docs(aws, res.devices_table)
+        return bool(docs["gone"]["status"] == "offline")
+
+    async with telemetry_lifespan(aws, Resources.from_environ()):
+        await wait_for(gone_offline, within=15)
+    events = await outbox_events(aws, res.devices_stream_arn)
+    assert [e["type"] for e in events if e["aggregate_id"] == "gone"] == [
+        "DeviceConnected", "DeviceDisconnected"]
