@@ -1,8 +1,8 @@
 """Where device state lives: the seam between the telemetry worker and DynamoDB.
 
-`DeviceStore` is the narrow interface (load many, commit many); `DynamoDeviceStore` writes
-through the outbox unit of work's pieces (`shared.outbox`): each device is one item whose
-write is conditional on its `version`, carries the device's new events in its `outbox`
+`DeviceStore` is the narrow interface (load many, commit many, scan the online ones for the
+stored sweep); `DynamoDeviceStore` writes through the outbox unit of work's pieces
+(`shared.outbox`): each device is one item whose write is conditional on its `version`, carries the device's new events in its `outbox`
 attribute (the table's stream is the outbox; the relay publishes them), and up to 100
 devices go in one TransactWriteItems. `MemoryDeviceStore` is the in-memory twin for unit
 tests of the worker.
@@ -28,7 +28,7 @@ from botocore.exceptions import ClientError
 
 from services.devices.domain import DeviceState
 from services.devices.events import SOURCE, DeviceEvent
-from shared.aws import AwsClients, aws_errors, error_code, send_encoded
+from shared.aws import AwsClients, aws_errors, call_decoded, error_code, send_encoded
 from shared.outbox import (
     Aggregate,
     EventDraft,
@@ -294,8 +294,8 @@ class DynamoDeviceStore:
             kwargs["Limit"] = page_size
         dynamodb = await self._aws.client("dynamodb")
         while True:
-            with aws_errors():
-                page = await dynamodb.scan(**kwargs)
+            with aws_errors():  # the page as wire JSON: the same DynamoDB JSON, unwalked
+                page = await call_decoded(dynamodb, "Scan", **kwargs)
             devices = []
             for item in page.get("Items", []):
                 version = int(item[config.version_attribute]["N"])
