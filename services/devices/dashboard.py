@@ -4,9 +4,20 @@ viewer link (the page URL with a tenant token).
 
 - The server keeps an in-memory view per tenant (`FleetView`): every device's latest snapshot
   and the counts, seeded from the read model at start and then kept current by the device
-  events from DashboardQueue (the bus rule DashboardRule delivers every `fleetline.devices`
-  event). An event is applied only when its per-device `sequence` is newer, so repeats and
-  late events change nothing.
+  events of the task's own feed queue. An event is applied only when its per-device
+  `sequence` is newer, so repeats and late events change nothing.
+- Fan-out (issue 4: every viewer sees every update, whichever task serves it): the bus rule
+  DashboardRule sends every `fleetline.devices` event to the SNS topic DashboardFeedTopic,
+  and each task owns one queue subscribed to it (`task_queue`): created at start with the
+  name FLEETLINE_DASHBOARD_QUEUE_PREFIX + a random task id, SSE-SQS, 5-minute retention, a
+  policy admitting only the topic, raw delivery (bodies are the EventBridge event, as a
+  rule-to-queue target delivers it); unsubscribed and deleted on stop. It has no DLQ by
+  design: the view is disposable and re-seeded from the read model. A task re-tags its
+  queue with a heartbeat every minute, and removes other tasks' feeds whose queue is gone
+  or whose heartbeat is stale (`stale_feeds`, pure), at start and every 5 minutes: the
+  clean-up of tasks that died without stopping. `DashboardFeed` is the worker's source; the
+  lifespan attaches the queue before seeding, so no event falls between the two.
+  docs/devices.md ("Dashboard fan-out") has the reasons and the measured latency.
 - A viewer authenticates with a token (`services.devices._auth`): the tenant comes from the
   token alone, and a viewer's stream only ever carries that tenant's devices (`Hub` keeps
   subscribers per tenant and publishes an update to that tenant's subscribers only).
