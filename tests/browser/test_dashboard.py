@@ -1,6 +1,6 @@
 """The live dashboard in a real browser: headless Chromium (Debian's) loads the page, sees an
-update pushed from DashboardQueue, and a second tenant's page never shows the first tenant's
-device."""
+update pushed from a queue (as a task's feed queue delivers it), and a second tenant's page
+never shows the first tenant's device."""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
 """The template deployed to the emulator through `shared.deployment`: every resource is
 there (or is a named emulator gap), and the wiring works (bus -> rule -> queue, and only for
-matching events)."""
+matching events). The dashboard rule targets an SNS topic, which the emulator's EventBridge
+cannot deliver to (PutEvents answers HTTP 500 while such a rule matches): its target is
+bridged as `fleetline up` does (`shared.local`), and the bridge queue stands for the topic."""
 
 from __future__ import annotations
 
@@ -24,6 +26,9 @@ from shared.deployment import (
     deploy,
     local_parameters,
 )
+from shared.local import load_template, plan_gaps
+from shared.local._stack import describe_stack, gather_facts
+from shared.local._supply import bridge_rule_topic_target
 
 pytestmark = pytest.mark.emulator
 
@@ -45,6 +50,7 @@ KNOWN_GAPS = {
     "AWS::ApiGatewayV2::Stage": "not created; see AWS::ApiGatewayV2::Api",
     "AWS::CloudWatch::Alarm": "not created; alarms are for AWS only",
     "AWS::SecretsManager::Secret": "not created; locally the dashboard uses its dev secret",
+    "AWS::SNS::TopicPolicy": "not created; the emulator does not enforce resource policies",
 }
 # Created, but listed without a physical id.
 CREATED_WITHOUT_PHYSICAL_ID = {"AWS::Events::EventBus", "AWS::Events::Archive",
@@ -61,9 +67,10 @@ ORDERS_ROUTES = {
     ("fleetline.orders", "OrderShipped"): set(),  # no rule wants it
     ("someone.else", "OrderPlaced"): set(),  # right type, wrong source
 }
+DASHBOARD_FEED = "DashboardFeedTopic (bridged)"
 DEVICE_ROUTES = {
-    ("fleetline.devices", "DeviceConnected"): {"DeviceProjectionQueue", "DashboardQueue"},
-    ("fleetline.devices", "ThresholdBreached"): {"DeviceProjectionQueue", "DashboardQueue"},
+    ("fleetline.devices", "DeviceConnected"): {"DeviceProjectionQueue", DASHBOARD_FEED},
+    ("fleetline.devices", "ThresholdBreached"): {"DeviceProjectionQueue", DASHBOARD_FEED},
     ("fleetline.orders", "DeviceConnected"): set(),
 }
 EVENT_FED_QUEUES = {q for routes in (ORDERS_ROUTES, DEVICE_ROUTES)
@@ -99,7 +106,7 @@ async def drain(aws: AwsClients, url: str) -> list[dict[str, Any]]:
             {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)])
 
 
-async def received_by(aws: AwsClients, deployment: Deployment, marker: str,
+async def received_by(aws: AwsClients, urls: dict[str, str], marker: str,
                       expected: set[str], wait_for: float = 5.0) -> set[str]:
     """Queues that hold the event `marker`, polled until `expected` all have it (or the
     deadline), then once more so that extra deliveries show up too."""
@@ -107,7 +114,7 @@ async def received_by(aws: AwsClients, deployment: Deployment, marker: str,
     deadline = time.monotonic() + wait_for
     while True:
         for queue in EVENT_FED_QUEUES:
-            for body in await drain(aws, deployment.outputs[queue]):
+            for body in await drain(aws, urls[queue]):
                 if body.get("detail", {}).get("marker") == marker:
                     seen.add(queue)
         if expected <= seen or time.monotonic() > deadline:
@@ -156,6 +163,17 @@ async def test_template_deploys_with_every_resource_and_routes_events(
         QueueUrl=deployment.outputs["InventoryTasksQueue"], AttributeNames=["All"]))["Attributes"]
     assert json.loads(attributes["RedrivePolicy"])["maxReceiveCount"] == 3
 
+    # The dashboard rule's topic target, bridged as `fleetline up` bridges it.
+    template = load_template(DEFAULT_TEMPLATE)
+    stack = await describe_stack(aws, "fl-test")
+    assert stack is not None
+    plan = plan_gaps(template, await gather_facts(aws, template, stack))
+    (bridge,) = plan.rule_topic_targets
+    assert (bridge.logical_id, bridge.topic_arn) == (
+        "DashboardRule", deployment.outputs["DashboardFeedTopic"])
+    urls = {q: deployment.outputs[q] for q in EVENT_FED_QUEUES if q != DASHBOARD_FEED}
+    urls[DASHBOARD_FEED] = await bridge_rule_topic_target(aws, bridge)
+
     # Wiring: each event reaches exactly the queues whose rules match it.
     for bus_key, routes in (("OrdersBusName", ORDERS_ROUTES),
                             ("DeviceEventsBusName", DEVICE_ROUTES)):
@@ -166,7 +184,7 @@ async def test_template_deploys_with_every_resource_and_routes_events(
                 "DetailType": detail_type, "Detail": json.dumps({"marker": marker}),
             }])
             assert answer["FailedEntryCount"] == 0
-            got = await received_by(aws, deployment, marker, queues,
+            got = await received_by(aws, urls, marker, queues,
                                     wait_for=5.0 if queues else 0.3)
             assert got == queues, f"{source}/{detail_type} on {bus_key}"
 

@@ -23,7 +23,8 @@ TEMPLATE_PATH = ROOT / "deploy" / "template.yaml"
 STATEMACHINES = ROOT / "deploy" / "statemachines"
 
 # FLEETLINE_* variables that are settings, not stack outputs.
-SETTINGS_ENV = {"FLEETLINE_DRAIN_SECONDS", "FLEETLINE_DASHBOARD_HOST"}
+SETTINGS_ENV = {"FLEETLINE_DRAIN_SECONDS", "FLEETLINE_DASHBOARD_HOST",
+                "FLEETLINE_DASHBOARD_QUEUE_PREFIX"}
 DRAIN_SECONDS = 45
 
 # Actions whose APIs have no resource-level permissions: the only ones allowed on "*".
@@ -133,7 +134,8 @@ def policy_statements(template: dict[str, Any]) -> Iterator[tuple[str, dict[str,
         if resource["Type"] == "AWS::IAM::Role":
             documents = [pol["PolicyDocument"] for pol in p.get("Policies", [])]
         elif resource["Type"] in {"AWS::SQS::QueuePolicy", "AWS::S3::BucketPolicy",
-                                  "AWS::IAM::Policy", "AWS::IAM::ManagedPolicy"}:
+                                  "AWS::SNS::TopicPolicy", "AWS::IAM::Policy",
+                                  "AWS::IAM::ManagedPolicy"}:
             documents = [p["PolicyDocument"]]
         elif resource["Type"] == "AWS::KMS::Key":
             documents = [p["KeyPolicy"]]
@@ -161,6 +163,8 @@ def test_cfn_lint_reports_no_errors() -> None:
 def test_every_queue_that_is_not_a_dlq_redrives_to_an_existing_dlq(
     template: dict[str, Any],
 ) -> None:
+    # Every queue the template declares. The dashboard's per-task queues are created at run
+    # time, outside the template, without a DLQ by design: the test below bounds them.
     queues = of_type(template, "AWS::SQS::Queue")
     dlqs = dlq_ids(template)
     assert dlqs, "no DLQs found"
@@ -237,6 +241,54 @@ def test_queues_fed_by_rules_or_topics_have_a_queue_policy_naming_the_source(
         assert queue is not None
         assert p["TopicArn"]["Ref"] in allowed.get(queue, set()), f"{queue} does not admit {lid}"
         assert p.get("FilterPolicy"), f"{lid} has no filter policy"
+
+
+def test_topics_fed_by_rules_admit_only_those_rules(template: dict[str, Any]) -> None:
+    topics = of_type(template, "AWS::SNS::Topic")
+    admitted: dict[str, set[str]] = {}
+    for policy in of_type(template, "AWS::SNS::TopicPolicy").values():
+        p = props(policy)
+        for statement in p["PolicyDocument"]["Statement"]:
+            assert statement["Effect"] == "Allow"
+            assert as_list(statement["Action"]) == ["sns:Publish"]
+            sources = referenced(statement.get("Condition", {}))
+            assert sources, "a topic policy statement without a source condition"
+            for topic in p["Topics"]:
+                admitted.setdefault(topic["Ref"], set()).update(sources)
+    fed = 0
+    for lid, rule in of_type(template, "AWS::Events::Rule").items():
+        for target in props(rule)["Targets"]:
+            arn = target["Arn"]
+            if isinstance(arn, dict) and arn.get("Ref") in topics:
+                fed += 1
+                assert admitted.get(arn["Ref"]) == {lid}, f"{arn['Ref']} must admit {lid} only"
+    assert fed, "no rule targets a topic: the check would pass vacuously"
+
+
+def test_dashboard_task_queues_are_the_one_bounded_exception(template: dict[str, Any]) -> None:
+    """The dashboard creates one queue per task at run time (SNS fan-out, issue 4); they have
+    no DLQ and are not in the template. Bound that exception: only the dashboard's role may
+    create queues, only with its configured prefix, and may not send to them (only the feed
+    topic sends); it subscribes to the feed topic only."""
+    task = props(template["Resources"]["DashboardTaskDefinition"])
+    env = {e["Name"]: e["Value"] for e in task["ContainerDefinitions"][0]["Environment"]}
+    prefix = env["FLEETLINE_DASHBOARD_QUEUE_PREFIX"]["Fn::Sub"]
+    assert prefix == "${AWS::StackName}-dashboard-task-"
+    assert env["FLEETLINE_DASHBOARD_FEED_TOPIC"] == {"Ref": "DashboardFeedTopic"}
+    creators = set()
+    for role, statement in policy_statements(template):
+        actions = set(as_list(statement.get("Action")))
+        if "sqs:CreateQueue" in actions or "sqs:DeleteQueue" in actions:
+            creators.add(role)
+            resources = as_list(statement["Resource"])
+            assert resources == [{"Fn::Sub": "arn:${AWS::Partition}:sqs:${AWS::Region}:"
+                                             "${AWS::AccountId}:" + prefix + "*"}], role
+            assert "sqs:SendMessage" not in actions, role
+        if role == "DashboardTaskRole" and actions & {"sns:Subscribe", "sns:Unsubscribe"}:
+            assert as_list(statement["Resource"]) == [{"Ref": "DashboardFeedTopic"}]
+    assert creators == {"DashboardTaskRole"}
+    rule_targets = [t["Arn"] for t in props(template["Resources"]["DashboardRule"])["Targets"]]
+    assert rule_targets == [{"Ref": "DashboardFeedTopic"}]
 
 
 def test_buses_are_archived_30_days(template: dict[str, Any]) -> None:
