@@ -64,6 +64,7 @@ __all__ = [
     "alarm_attributes",
     "alarm_entry",
     "alarm_publisher_handler",
+    "build_handler",
     "decode_alarm",
     "handler",
     "settle_failures",
@@ -329,11 +330,12 @@ def alarm_publisher_handler(publisher: AlarmPublisher) -> BatchHandler:
     return handle
 
 
-def _setup(aws: AwsClients, resources: Resources) -> BatchHandler:
+def build_handler(aws: AwsClients, resources: Resources) -> BatchHandler:
+    """The BatchHandler over the stack's AlarmsTopic (FLEETLINE_ALARMS_TOPIC)."""
     load_registered_events()
     topic = SnsAlarmTopic(aws, resources.get("AlarmsTopic"))
     return alarm_publisher_handler(AlarmPublisher(topic))
 
 
-handler = sqs_handler(setup=_setup)
+handler = sqs_handler(setup=build_handler)
 """The Lambda on AlarmPublishQueue (`services.devices.alarms.handler`)."""

@@ -63,7 +63,10 @@ ORDERS_ROUTES = {
 }
 DEVICE_ROUTES = {
     ("fleetline.devices", "DeviceConnected"): {"DeviceProjectionQueue", "DashboardQueue"},
-    ("fleetline.devices", "ThresholdBreached"): {"DeviceProjectionQueue", "DashboardQueue"},
+    ("fleetline.devices", "ThresholdBreached"): {"DeviceProjectionQueue", "DashboardQueue",
+                                                 "AlarmPublishQueue"},
+    ("fleetline.devices", "ThresholdCleared"): {"DeviceProjectionQueue", "DashboardQueue",
+                                                "AlarmPublishQueue"},
     ("fleetline.orders", "DeviceConnected"): set(),
 }
 EVENT_FED_QUEUES = {q for routes in (ORDERS_ROUTES, DEVICE_ROUTES)
