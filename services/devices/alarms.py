@@ -28,7 +28,9 @@ Per SQS batch (up to 10 messages, the mapping's BatchSize):
 
 Delivery is at least once: a retried batch, an SQS redelivery or a relay restart can
 publish an alarm twice. Subscribers deduplicate on the envelope id: the `id` field of the
-message (the envelope) and the `event_id` message attribute carry it.
+message (the envelope) and the `event_id` message attribute carry it. Order is not kept
+(a standard queue, invocations side by side): subscribers that keep alarm state order a
+device's alarms by the envelope's `sequence`.
 
 The IoT ingest Lambda (`services.devices.ingest`) publishes the alarms devices raise
 themselves with the same attributes (`alarm_attributes`).
@@ -48,7 +50,12 @@ from shared.aws import AwsClients, aws_errors
 from shared.config import Resources
 from shared.consumers import BatchHandler, BatchResult, Message, Outcome
 from shared.errors import AwsUnavailableError, InvalidMessageError, PermanentError, RetryableError
-from shared.events import TypedEvent, load_registered_events, registry
+from shared.events import (
+    ClaimCheckNotConfiguredError,
+    TypedEvent,
+    load_registered_events,
+    registry,
+)
 from shared.hosts.lambda_ import sqs_handler
 from shared.tracing import consumer_span, sns_trace_attributes
 
@@ -99,10 +106,15 @@ def decode_alarm(message: Message) -> TypedEvent[Alarm]:
     """The ThresholdBreached / ThresholdCleared in `message` (any transport's body).
 
     Raises:
-        InvalidMessageError: not an envelope, another event type, invalid data, or no
-            tenant (SNS refuses an empty attribute value, and the subscriptions filter on it).
+        InvalidMessageError: not an envelope, another event type, invalid data, no tenant
+            (SNS refuses an empty attribute value, and the subscriptions filter on it), or a
+            claim-checked payload (over 256 KB: more than SNS takes).
     """
-    event = registry.decode(message.body)
+    try:
+        event = registry.decode(message.body)
+    except ClaimCheckNotConfiguredError as exc:
+        raise InvalidMessageError(f"claim-checked, too large for SNS ({exc})",
+                                  field="data_ref") from exc
     data = event.data
     if not isinstance(data, ThresholdBreached | ThresholdCleared):
         raise InvalidMessageError(

@@ -89,6 +89,12 @@ def test_only_alarms_with_a_tenant_decode() -> None:
         decode_alarm(as_message(breached(tenant="")))
     with pytest.raises(InvalidMessageError):
         decode_alarm(Message(id="x", body="{not json", source=SourceKind.SQS, source_name="q"))
+    offloaded = json.loads(breached().to_json())
+    offloaded.pop("data")
+    offloaded["data_ref"] = {"uri": "s3://bucket/key", "sha256": "0" * 64, "size": 300_000}
+    with pytest.raises(InvalidMessageError, match="data_ref"):
+        decode_alarm(Message(id="x", body=json.dumps(offloaded), source=SourceKind.SQS,
+                             source_name="q"))
 
 
 # --------------------------------------------------------------------------------- decisions
