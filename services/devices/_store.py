@@ -2,10 +2,10 @@
 
 `DeviceStore` is the narrow interface (load many, commit many, scan the online ones for the
 stored sweep); `DynamoDeviceStore` writes through the outbox unit of work's pieces
-(`shared.outbox`): each device is one item whose write is conditional on its `version`, carries the device's new events in its `outbox`
-attribute (the table's stream is the outbox; the relay publishes them), and up to 100
-devices go in one TransactWriteItems. `MemoryDeviceStore` is the in-memory twin for unit
-tests of the worker.
+(`shared.outbox`): each device is one item whose write is conditional on its `version`,
+carries the device's new events in its `outbox` attribute (the table's stream is the outbox;
+the relay publishes them), and up to 100 devices go in one TransactWriteItems.
+`MemoryDeviceStore` is the in-memory twin for unit tests of the worker.
 
 Item layout (DevicesTable, partition key `device_id`): `tenant_id` and `status` as top-level
 attributes (readable in the console, usable by indexes), and `doc`, the whole state as

@@ -8,8 +8,9 @@ rule's SQL output: the device's JSON payload plus `tenant_id`, `device_id`, `cha
 - `normalise(event)` (pure) accepts the variants devices send (camelCase ids, `sev`/`level`
   for severity, millisecond or second timestamps, AWS shadow-style `{"state": {"reported":
   {...}}}`) and returns one shape, or a `Rejection` naming the field and the reason.
-- An alarm is published to the alarms topic with message attributes `tenant` and `severity`
-  (the subscriptions filter on them), as a `DeviceAlarmRaised` envelope.
+- An alarm is published to the alarms topic as a `DeviceAlarmRaised` envelope, with the
+  message attributes of every alarm (`services.devices.alarms.alarm_attributes`: `tenant`
+  and `severity`, which the subscriptions filter on, `type`, `event_id`).
 - A state change goes to the device-events bus as a `DeviceStateReported` envelope (source
   `fleetline.iot`, so the device read-model rules, which match `fleetline.devices`, do not
   take edge facts for worker decisions).
@@ -29,6 +30,7 @@ from typing import Any, Final
 
 import anyio
 
+from services.devices.alarms import alarm_attributes
 from services.devices.events import EDGE_SOURCE, DeviceAlarmRaised, DeviceStateReported
 from shared.aws import AwsClients, aws_errors
 from shared.events import Envelope
@@ -147,11 +149,9 @@ async def _deliver(event: Any, environ: dict[str, str]) -> dict[str, Any]:
             with aws_errors():
                 await sns.publish(
                     TopicArn=environ["FLEETLINE_ALARMS_TOPIC"], Message=envelope.to_json(),
-                    MessageAttributes={
-                        "tenant": {"DataType": "String", "StringValue": data.tenant_id},
-                        "severity": {"DataType": "String", "StringValue": data.severity},
-                        "type": {"DataType": "String", "StringValue": envelope.type},
-                    },
+                    MessageAttributes=alarm_attributes(
+                        tenant=data.tenant_id, severity=data.severity,
+                        event_type=envelope.type, event_id=envelope.id),
                 )
         else:
             events = await aws.client("events")

@@ -22,10 +22,9 @@ How a batch (the records of one shard, in order, from one GetRecords) is handled
    state is flushed. A device whose write failed is dropped from memory and the batch is
    retried: the replay reloads it from the table and applies the records again, so nothing
    is lost and nothing counted twice (records the table already has are duplicates).
-6. Alarms (ThresholdBreached / ThresholdCleared) that were committed go to SNS with message
-   attributes `tenant`, `severity` and `type` (the subscriptions filter on them), in
-   PublishBatch calls of 10. A crash between the commit and the publish loses that SNS copy
-   (the event itself is on the bus through the outbox); see docs/devices.md.
+6. Alarms (ThresholdBreached / ThresholdCleared) are events like the others: they leave
+   through the outbox, and the alarm publisher (`services.devices.alarms`) takes them from
+   the bus to SNS. The worker makes no SNS call, and a crash after the commit loses nothing.
 
 Silence: a sweep (every `sweep_interval`) walks devices in order of their last record's
 arrival and marks those silent longer than `silence_after` OFFLINE (DeviceDisconnected once),
@@ -49,7 +48,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import json
 import os
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
@@ -82,7 +80,7 @@ from services.devices.domain import (
     parse_record,
 )
 from services.devices.events import DeviceEvent
-from shared.aws import AwsClients, aws_errors
+from shared.aws import AwsClients
 from shared.config import Resources
 from shared.consumers import BatchHandler, BatchResult, Message
 from shared.consumers import Outcome as MessageOutcome
@@ -99,8 +97,6 @@ __all__ = [
 
 log = structlog.get_logger("services.devices.telemetry")
 
-ALARM_TYPES: Final = frozenset({"ThresholdBreached", "ThresholdCleared"})
-PUBLISH_BATCH_MAX: Final = 10
 WRITE_CONCURRENCY: Final = 32  # commits in flight at once (ITEMS mode: one per device)
 # Devices read per Scan request by the stored sweep. Decoding a scanned device costs about
 # 80 us of worker CPU (docs/devices.md), done between two awaits: 250 a page keeps each
@@ -136,7 +132,6 @@ class TelemetryConfig:
     thresholds: Thresholds = DEFAULT_THRESHOLDS
     write_mode: str = WriteMode.TRANSACTION
     flush_attempts: int = 4
-    alarms_topic_arn: str | None = None
     # The stored sweep (module docstring): first run this long after start (None:
     # `silence_after`, so live devices this worker owns have reported and been loaded), then
     # every `stored_sweep_interval`.
@@ -167,8 +162,7 @@ class TelemetryConfig:
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> TelemetryConfig:
         """FLEETLINE_RESIDENCY_ZONE, FLEETLINE_SILENCE_AFTER, FLEETLINE_SWEEP_INTERVAL,
         FLEETLINE_THRESHOLDS (JSON, see `Thresholds.from_json`), FLEETLINE_WRITE_MODE,
-        FLEETLINE_ALARMS_TOPIC (ARN), FLEETLINE_STORED_SWEEP_INTERVAL (seconds, default
-        3600)."""
+        FLEETLINE_STORED_SWEEP_INTERVAL (seconds, default 3600)."""
         env = os.environ if environ is None else environ
         thresholds = DEFAULT_THRESHOLDS
         if env.get("FLEETLINE_THRESHOLDS"):
@@ -179,7 +173,6 @@ class TelemetryConfig:
             sweep_interval=float(env.get("FLEETLINE_SWEEP_INTERVAL", "5")),
             thresholds=thresholds,
             write_mode=env.get("FLEETLINE_WRITE_MODE") or default_write_mode(env),
-            alarms_topic_arn=env.get("FLEETLINE_ALARMS_TOPIC") or None,
             stored_sweep_interval=float(env.get("FLEETLINE_STORED_SWEEP_INTERVAL") or "3600"),
         )
 
@@ -196,7 +189,6 @@ class TelemetryStatistics:
     commits: int = 0
     loads: int = 0
     events: int = 0
-    alarms_published: int = 0
     evicted: int = 0
     events_by_type: collections.Counter[str] = field(default_factory=collections.Counter)
 
@@ -242,13 +234,11 @@ class TelemetryProcessor:
         store: DeviceStore,
         config: TelemetryConfig | None = None,
         *,
-        aws: AwsClients | None = None,
         clock: Any = time.time,
     ) -> None:
         self.store = store
         self.config = config or TelemetryConfig()
         self.stats = TelemetryStatistics()
-        self._aws = aws  # for SNS alarms; None: alarms are not published
         self._clock = clock
         self._devices: dict[str, _Device] = {}
         # Devices ONLINE, oldest arrival first: the sweep stops at the first recent one.
@@ -348,15 +338,13 @@ class TelemetryProcessor:
                           for i in range(0, len(pending), TRANSACTION_LIMIT)]
             else:
                 groups = [[d] for d in pending]
-            committed: list[Mapping[str, Any]] = []
             failed: list[str] = []
 
             limiter = anyio.CapacityLimiter(WRITE_CONCURRENCY)
 
             async def write_group(group: list[_Device]) -> None:
                 async with limiter:
-                    envelopes, lost = await self._commit_group(group)
-                committed.extend(envelopes)
+                    _, lost = await self._commit_group(group)
                 failed.extend(lost)
 
             if len(groups) == 1:
@@ -365,8 +353,6 @@ class TelemetryProcessor:
                 async with anyio.create_task_group() as tg:
                     for group in groups:
                         tg.start_soon(write_group, group)
-        if committed:
-            await self._publish_alarms(committed)
         if failed:
             raise FlushError(f"{len(failed)} device(s) not written: {sorted(failed)[:5]}")
 
@@ -514,31 +500,6 @@ class TelemetryProcessor:
             except RetryableError as exc:
                 log.warning("silence sweep failed; next round retries", error=str(exc))
 
-    # -- alarms ----------------------------------------------------------------------------
-
-    async def _publish_alarms(self, envelopes: Sequence[Mapping[str, Any]]) -> None:
-        alarms = [e for e in envelopes if e.get("type") in ALARM_TYPES]
-        if not alarms or self._aws is None or not self.config.alarms_topic_arn:
-            return
-        sns = await self._aws.client("sns")
-        for start in range(0, len(alarms), PUBLISH_BATCH_MAX):
-            chunk = alarms[start:start + PUBLISH_BATCH_MAX]
-            entries = [alarm_entry(i, envelope) for i, envelope in enumerate(chunk)]
-            for attempt in range(4):
-                with aws_errors():
-                    response = await sns.publish_batch(
-                        TopicArn=self.config.alarms_topic_arn, PublishBatchRequestEntries=entries
-                    )
-                failed_ids = {f["Id"] for f in response.get("Failed", [])}
-                self.stats.alarms_published += len(entries) - len(failed_ids)
-                entries = [e for e in entries if e["Id"] in failed_ids]
-                if not entries:
-                    break
-                await anyio.sleep(min(0.05 * 2**attempt, 1.0))
-            if entries:
-                log.error("alarms not published", count=len(entries),
-                          ids=[e["Id"] for e in entries])
-
     # -- inspection ------------------------------------------------------------------------
 
     def device(self, device_id: str) -> DeviceState | None:
@@ -548,22 +509,6 @@ class TelemetryProcessor:
     @property
     def device_count(self) -> int:
         return len(self._devices)
-
-
-def alarm_entry(index: int, envelope: Mapping[str, Any]) -> dict[str, Any]:
-    """A PublishBatch entry for an alarm event: the envelope as the message, and the
-    attributes subscriptions filter on."""
-    data = envelope.get("data") or {}
-    device = data.get("device") or {}
-    return {
-        "Id": str(index),
-        "Message": json.dumps(envelope, separators=(",", ":"), default=str),
-        "MessageAttributes": {
-            "tenant": {"DataType": "String", "StringValue": str(device.get("tenant_id", ""))},
-            "severity": {"DataType": "String", "StringValue": str(data.get("severity", ""))},
-            "type": {"DataType": "String", "StringValue": str(envelope.get("type", ""))},
-        },
-    }
 
 
 # Wait after an empty GetRecords. The runtime's default (1 s) would put up to a second per
@@ -596,7 +541,7 @@ async def telemetry_lifespan(aws: AwsClients, resources: Resources) -> AsyncIter
     running alongside."""
     config = TelemetryConfig.from_environ()
     processor = TelemetryProcessor(
-        DynamoDeviceStore(aws, resources.get("DevicesTable")), config, aws=aws
+        DynamoDeviceStore(aws, resources.get("DevicesTable")), config
     )
     log.info("telemetry processor ready", zone=config.zone, write_mode=config.write_mode,
              silence_after=config.silence_after)

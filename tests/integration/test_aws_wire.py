@@ -52,9 +52,8 @@ async def test_a_refused_encoded_body_raises_like_the_client(aws: AwsClients) ->
         "TableName": "wire", "Item": {"pk": {"S": "k"}, "v": {"S": "new"}},
         "ConditionExpression": "attribute_not_exists(pk)"}}]}
 
-    with pytest.raises(AwsRequestError) as caught:
-        with aws_errors():
-            await send_encoded(dynamodb, "TransactWriteItems", orjson.dumps(conditional))
+    with pytest.raises(AwsRequestError) as caught, aws_errors():
+        await send_encoded(dynamodb, "TransactWriteItems", orjson.dumps(conditional))
 
     assert caught.value.code == "TransactionCanceledException"
     item = (await dynamodb.get_item(TableName="wire", Key={"pk": {"S": "k"}}))["Item"]
@@ -119,6 +118,5 @@ async def test_call_decoded_returns_the_wire_json_and_leaves_other_calls_alone(
 
 async def test_call_decoded_error_responses_raise(aws: AwsClients) -> None:
     kinesis = await aws.client("kinesis")
-    with pytest.raises(AwsRequestError):
-        with aws_errors():
-            await call_decoded(kinesis, "DescribeStreamSummary", StreamName="no-such-stream")
+    with pytest.raises(AwsRequestError), aws_errors():
+        await call_decoded(kinesis, "DescribeStreamSummary", StreamName="no-such-stream")

@@ -70,7 +70,10 @@ ORDERS_ROUTES = {
 DASHBOARD_FEED = "DashboardFeedTopic (bridged)"
 DEVICE_ROUTES = {
     ("fleetline.devices", "DeviceConnected"): {"DeviceProjectionQueue", DASHBOARD_FEED},
-    ("fleetline.devices", "ThresholdBreached"): {"DeviceProjectionQueue", DASHBOARD_FEED},
+    ("fleetline.devices", "ThresholdBreached"): {"DeviceProjectionQueue", DASHBOARD_FEED,
+                                                 "AlarmPublishQueue"},
+    ("fleetline.devices", "ThresholdCleared"): {"DeviceProjectionQueue", DASHBOARD_FEED,
+                                                "AlarmPublishQueue"},
     ("fleetline.orders", "DeviceConnected"): set(),
 }
 EVENT_FED_QUEUES = {q for routes in (ORDERS_ROUTES, DEVICE_ROUTES)

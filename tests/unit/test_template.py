@@ -50,6 +50,7 @@ WORKERS = {
 }
 FUNCTIONS = {
     "IotIngestFunction": "services.devices.ingest.handler",
+    "AlarmPublisherFunction": "services.devices.alarms.handler",
     "OutboxExpandFunction": "shared.outbox.pipe.handler",
     "SagaStarterFunction": "services.orders.saga_starter.handler",
     "OrdersApiFunction": "services.orders.api.handler",
