@@ -344,7 +344,7 @@ class TelemetryProcessor:
 
             async def write_group(group: list[_Device]) -> None:
                 async with limiter:
-                    _, lost = await self._commit_group(group)
+                    lost = await self._commit_group(group)
                 failed.extend(lost)
 
             if len(groups) == 1:
@@ -356,10 +356,9 @@ class TelemetryProcessor:
         if failed:
             raise FlushError(f"{len(failed)} device(s) not written: {sorted(failed)[:5]}")
 
-    async def _commit_group(
-        self, group: list[_Device]
-    ) -> tuple[list[Mapping[str, Any]], list[str]]:
-        envelopes: list[Mapping[str, Any]] = []
+    async def _commit_group(self, group: list[_Device]) -> list[str]:
+        """Commit `group`, retrying transient failures; returns the ids of devices not
+        written (dropped from memory)."""
         remaining = {d.state.device_id: d for d in group}
         lost: set[str] = set()
         for attempt in range(self.config.flush_attempts):
@@ -381,7 +380,6 @@ class TelemetryProcessor:
                 self.stats.events += len(written)
                 for envelope in written:
                     self.stats.events_by_type[str(envelope.get("type"))] += 1
-                envelopes.extend(written)
             for device_id in result.conflicts:
                 # Someone else wrote it (its shard moved): our view is stale. Forget it.
                 remaining.pop(device_id, None)
@@ -394,7 +392,7 @@ class TelemetryProcessor:
         for device_id in remaining:
             self._evict(device_id)
             lost.add(device_id)
-        return envelopes, sorted(lost)
+        return sorted(lost)
 
     def _evict(self, device_id: str) -> None:
         if self._devices.pop(device_id, None) is not None:
