@@ -101,7 +101,10 @@ class Outcome(enum.StrEnum):
 # --------------------------------------------------------------------------- input records
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+# Not frozen: one is made per record (5,000-20,000 a second) and a frozen dataclass's
+# __init__ costs 2-3 times as much (every field through object.__setattr__). Nothing
+# changes a record once parsed; treat it as a value.
+@dataclass(slots=True, kw_only=True)
 class Telemetry:
     """One normalised telemetry record, as the edge writes it to the stream."""
 
