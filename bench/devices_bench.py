@@ -223,7 +223,9 @@ async def _replay(args: argparse.Namespace) -> dict[str, Any]:
     from shared.aws import AwsClients
     from shared.consumers import KinesisSource
     from shared.consumers._stream import InitialPosition
+    from shared.hosts import configure_gc
 
+    configure_gc()  # as the worker host does after loading (FLEETLINE_GC_THRESHOLDS)
     async with AwsClients() as aws:
         processor = TelemetryProcessor(
             DynamoDeviceStore(aws, DEVICES_TABLE),
@@ -610,6 +612,8 @@ def main() -> None:
     parser.add_argument("--modes", default="transaction", help="comma-separated: transaction,items")
     parser.add_argument("--sink-port", type=int, default=0)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--gc-compare", action="store_true",
+                        help="also replay with CPython's default garbage collector settings")
     parser.add_argument("--profile", default="",
                         help="write a cProfile of the worker's measured replay to this file")
     parser.add_argument("--latency", action=argparse.BooleanOptionalAction, default=True)
@@ -669,11 +673,15 @@ def _orchestrate(args: argparse.Namespace) -> None:
             child_env = dict(os.environ, AWS_ENDPOINT_URL=emulator.endpoint_url,
                              AWS_ENDPOINT_URL_DYNAMODB=sink_url,
                              AWS_ENDPOINT_URL_KINESIS=sink_url, LOG_LEVEL="WARNING")
-            for mode in [m for m in args.modes.split(",") if m]:
+            runs = [(m, m, child_env) for m in args.modes.split(",") if m]
+            if args.gc_compare:  # the first mode again with CPython's default collector
+                runs.append((f"{runs[0][0]}-default-gc", runs[0][1],
+                             dict(child_env, FLEETLINE_GC_THRESHOLDS="off")))
+            for key, mode, env in runs:
                 _sink_call(args.sink_port, "/reset", "POST")
-                console.print(f"replaying through the worker ({mode}) ...")
+                console.print(f"replaying through the worker ({key}) ...")
                 extra = ["--mode", mode] + (["--profile", args.profile] if args.profile else [])
-                results[mode] = _child("replay", args, child_env, extra)
+                results[key] = _child("replay", args, env, extra)
             _sink_call(args.sink_port, "/reset", "POST")
             if args.baseline_events > 0:
                 console.print(f"baseline: powertools batch + idempotency, "
@@ -695,6 +703,8 @@ def _orchestrate(args: argparse.Namespace) -> None:
         table.add_column(name, justify="right")
     labels = {"transaction": "telemetry worker (TransactWriteItems <= 100 devices)",
               "items": "telemetry worker (conditional PutItem per device)",
+              "transaction-default-gc": "telemetry worker (TransactWriteItems), CPython's "
+                                        "default GC settings",
               "baseline": "Lambda way: powertools batch + idempotency per record"}
     for key, r in results.items():
         events = r["events"]

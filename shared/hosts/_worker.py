@@ -49,6 +49,7 @@ from shared.consumers import (
     latest_stream_arn,
 )
 from shared.errors import ConfigurationError, FleetlineError
+from shared.hosts._gc import configure_gc
 from shared.logging import configure_logging
 from shared.metrics import configure_metrics, get_metrics
 from shared.tracing import configure_tracing
@@ -434,10 +435,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         worker = load_worker(args[0])
+        configure_process(worker.name)
+        configure_gc()  # last: freezes what loading made (shared.hosts._gc)
     except ConfigurationError as exc:
         print(f"shared.hosts.worker: {exc}", file=sys.stderr)
         return EX_CONFIG
-    configure_process(worker.name)
     try:
         anyio.run(serve, worker)
     except BaseException as exc:
