@@ -32,9 +32,11 @@ What is measured, exactly (see docs/benchmarks.md for the figures):
    (`--latency-devices`, default 300) sends telemetry for `--latency-seconds`; the telemetry
    worker runs as `python -m shared.hosts.worker services.devices.telemetry:worker`
    (FLEETLINE_WRITE_MODE=items against moto), the outbox relay (DynamoDB Streams consumer +
-   EventBridge) and the dashboard (DashboardQueue consumer + SSE server) run in this process,
-   and SSE clients (one per tenant) time every update from the device's timestamp to its
-   arrival. Poll intervals: Kinesis and the relay 0.2 s (`idle_backoff`).
+   EventBridge) and the dashboard (its own queue on DashboardFeedTopic, attached and consumed
+   as the dashboard worker does, + SSE server) run in this process; the rule's topic target
+   goes through the local bridge `fleetline up` uses (the emulator's EventBridge cannot
+   deliver to SNS); SSE clients (one per tenant) time every update from the device's
+   timestamp to its arrival. Poll intervals: Kinesis and the relay 0.2 s (`idle_backoff`).
 """
 
 from __future__ import annotations
@@ -370,24 +372,34 @@ async def _latency(args: argparse.Namespace, endpoint: str) -> dict[str, Any]:
     import anyio
 
     from services.devices._auth import issue_token
-    from services.devices.dashboard import DashboardServer, Hub, dashboard_handler
+    from services.devices.dashboard import (
+        DashboardFeed,
+        DashboardServer,
+        FeedConfig,
+        Hub,
+        dashboard_handler,
+    )
     from services.devices.simulator import FleetConfig, FleetPlan, simulate
     from shared.aws import AwsClients
+    from shared.config import Resources
     from shared.consumers import (
         DynamoDBStreamsConsumer,
-        SqsConsumer,
         SqsSettings,
         StreamConsumerConfig,
         create_lease_table,
     )
     from shared.events import load_registered_events
+    from shared.local._consumers import forward_to_topic
+    from shared.local._gaps import RuleTopicTargetSpec
+    from shared.local._supply import bridge_rule_topic_target
     from shared.outbox import PublisherConfig, Relay
 
     load_registered_events()
     tenants = 3
     async with AwsClients() as aws:
         kinesis, dynamodb = await aws.client("kinesis"), await aws.client("dynamodb")
-        sqs, events = await aws.client("sqs"), await aws.client("events")
+        sqs, events, sns = await aws.client("sqs"), await aws.client("events"), \
+            await aws.client("sns")
         await kinesis.create_stream(StreamName="lat-telemetry", ShardCount=2)
         table = await dynamodb.create_table(
             TableName="lat-devices", BillingMode="PAY_PER_REQUEST",
@@ -397,14 +409,23 @@ async def _latency(args: argparse.Namespace, endpoint: str) -> dict[str, Any]:
         stream_arn = table["TableDescription"]["LatestStreamArn"]
         await create_lease_table(aws, "lat-leases")
         failures = (await sqs.create_queue(QueueName="lat-failures"))["QueueUrl"]
-        queue = (await sqs.create_queue(QueueName="lat-dashboard"))["QueueUrl"]
-        queue_arn = (await sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"]))[
-            "Attributes"]["QueueArn"]
+        # The template's DashboardRule: every device event to the feed topic, which each
+        # dashboard task subscribes its own queue to. The emulator's EventBridge cannot
+        # deliver to an SNS target, so the rule's topic target is bridged as under
+        # `fleetline up` (a local queue and a publisher); from the topic on, the AWS path.
+        topic = (await sns.create_topic(Name="lat-dashboard-feed"))["TopicArn"]
         await events.create_event_bus(Name="lat-bus")
         await events.put_rule(Name="lat-dashboard", EventBusName="lat-bus",
                               EventPattern=json.dumps({"source": ["fleetline.devices"]}))
+        feed_target = {"Id": "DashboardFeedTopic", "Arn": topic}
         await events.put_targets(Rule="lat-dashboard", EventBusName="lat-bus",
-                                 Targets=[{"Id": "q", "Arn": queue_arn}])
+                                 Targets=[feed_target])
+        bridge = RuleTopicTargetSpec(
+            logical_id="DashboardRule", rule_name="lat-dashboard", bus_name="lat-bus",
+            target_id="DashboardFeedTopic", topic_arn=topic,
+            bridge_queue="lat-local-DashboardRule-DashboardFeedTopic", target=feed_target)
+        await bridge_rule_topic_target(aws, bridge)
+        bridge_stop = anyio.Event()
         await _stream_active(kinesis, "lat-telemetry")
 
         env = dict(os.environ, AWS_ENDPOINT_URL=endpoint,
@@ -427,15 +448,22 @@ async def _latency(args: argparse.Namespace, endpoint: str) -> dict[str, Any]:
             aws, Relay(aws, PublisherConfig(bus_name="lat-bus")), stream_arn=stream_arn,
             config=StreamConsumerConfig(lease_table="lat-leases", application="relay",
                                         idle_backoff=0.2, lease_duration=5))
-        dashboard = SqsConsumer(aws, queue, dashboard_handler(hub),
-                                settings=SqsSettings(wait_time_seconds=2, drain_seconds=2))
+        # The dashboard task's own queue on the topic, attached and consumed as the
+        # dashboard worker does (services.devices.dashboard: lifespan + DashboardFeed).
+        feed = DashboardFeed(SqsSettings(wait_time_seconds=2))
+        feed_config = FeedConfig(topic_arn=topic, queue_prefix="lat-dashboard-task-")
         latencies: list[float] = []
         foreign: list[str] = []
         measuring = anyio.Event()
         measured_from = [0.0]  # device time of the first measured record
-        stages: dict[str, list[float]] = {"worker": [], "relay+bus+queue": [], "push": []}
+        stages: dict[str, list[float]] = {"worker": [], "relay+bus+feed": [], "push": []}
         try:
-            async with anyio.create_task_group() as tg:
+            async with feed.attach(aws, feed_config), anyio.create_task_group() as tg:
+                dashboard = await feed.open(aws, Resources(), dashboard_handler(hub),
+                                            name="dashboard", drain_seconds=2.0)
+                tg.start_soon(forward_to_topic, {"queue_name": bridge.bridge_queue,
+                                                 "topic_arn": topic, "wait_time_seconds": 2},
+                              bridge_stop)
                 await tg.start(relay.run)
                 await tg.start(dashboard.run)
 
@@ -456,7 +484,7 @@ async def _latency(args: argparse.Namespace, endpoint: str) -> dict[str, Any]:
                                     now, seen = time.time(), update["device"]["last_seen"]
                                     latencies.append(now - seen)
                                     stages["worker"].append(update["event_time"] - seen)
-                                    stages["relay+bus+queue"].append(
+                                    stages["relay+bus+feed"].append(
                                         update["sent_at"] - update["event_time"])
                                     stages["push"].append(now - update["sent_at"])
 
@@ -491,6 +519,7 @@ async def _latency(args: argparse.Namespace, endpoint: str) -> dict[str, Any]:
                                         batch_size=50, plan=plan)
                 await anyio.sleep(3)  # let the tail arrive
                 elapsed = time.perf_counter() - started
+                bridge_stop.set()
                 tg.cancel_scope.cancel()
         finally:
             worker.send_signal(signal.SIGTERM)
@@ -732,7 +761,8 @@ def _orchestrate(args: argparse.Namespace) -> None:
                     f"{latency['max']:.3f}", str(latency["foreign"]))
         console.print(lat)
         console.print(f"  p50 by stage (s): {latency['stages_p50']} (worker = device time to "
-                      "the outbox commit; relay+bus+queue = commit to the dashboard's hub; "
+                      "the outbox commit; relay+bus+feed = commit to the dashboard's hub "
+                      "(rule, local bridge, feed topic, the task's queue); "
                       "push = hub to the browser's SSE client)")
     console.print(json.dumps({"results": results, "latency": latency}, default=str)[:4000])
 

@@ -8,15 +8,10 @@ viewer link (the page URL with a tenant token).
   `sequence` is newer, so repeats and late events change nothing.
 - Fan-out (issue 4: every viewer sees every update, whichever task serves it): the bus rule
   DashboardRule sends every `fleetline.devices` event to the SNS topic DashboardFeedTopic,
-  and each task owns one queue subscribed to it (`task_queue`): created at start with the
-  name FLEETLINE_DASHBOARD_QUEUE_PREFIX + a random task id, SSE-SQS, 5-minute retention, a
-  policy admitting only the topic, raw delivery (bodies are the EventBridge event, as a
-  rule-to-queue target delivers it); unsubscribed and deleted on stop. It has no DLQ by
-  design: the view is disposable and re-seeded from the read model. A task re-tags its
-  queue with a heartbeat every minute, and removes other tasks' feeds whose queue is gone
-  or whose heartbeat is stale (`stale_feeds`, pure), at start and every 5 minutes: the
-  clean-up of tasks that died without stopping. `DashboardFeed` is the worker's source; the
-  lifespan attaches the queue before seeding, so no event falls between the two.
+  and each task consumes a queue of its own subscribed to it. That queue, its heartbeat, the
+  clean-up of feeds left by dead tasks and `DashboardFeed` (the worker's source) live in
+  `services.devices._dashboard_feed`; their public names are re-exported here. The lifespan
+  attaches the queue before seeding, so no event falls between the two.
   docs/devices.md ("Dashboard fan-out") has the reasons and the measured latency.
 - A viewer authenticates with a token (`services.devices._auth`): the tenant comes from the
   token alone, and a viewer's stream only ever carries that tenant's devices (`Hub` keeps
@@ -31,13 +26,10 @@ viewer link (the page URL with a tenant token).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import enum
 import functools
 import json
 import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,14 +42,22 @@ from anyio.streams.memory import MemoryObjectSendStream
 from pydantic import BaseModel
 
 from services.devices._auth import InvalidTokenError, issue_token, verify_token
+from services.devices._dashboard_feed import (
+    DashboardFeed,
+    DashboardFeedError,
+    FeedConfig,
+    FeedSubscription,
+    TaskQueue,
+    stale_feeds,
+    task_queue,
+)
 from services.devices.events import DeviceEvent
 from services.devices.query import DeviceQueries, DeviceRecord, InvalidQueryError
-from shared.aws import AwsClients, aws_errors
+from shared.aws import AwsClients
 from shared.config import Resources
-from shared.consumers import BatchHandler, HandlerContext, SqsConsumer, SqsSettings, batch_handler
-from shared.errors import AwsRequestError, ConfigurationError, FleetlineError
+from shared.consumers import BatchHandler, HandlerContext, SqsSettings, batch_handler
 from shared.events import TypedEvent, load_registered_events, registry
-from shared.hosts import Consumer, Worker
+from shared.hosts import Worker
 
 __all__ = [
     "DashboardFeed",
@@ -68,6 +68,7 @@ __all__ = [
     "FleetView",
     "Hub",
     "TaskQueue",
+    "dashboard_handler",
     "stale_feeds",
     "task_queue",
     "worker",
@@ -211,346 +212,6 @@ def dashboard_handler(hub: Hub) -> BatchHandler:
                         event_time=envelope.time.timestamp(), event_id=envelope.id)
 
     return batch_handler(handle, decode=lambda m: registry.decode(m.body))
-
-
-# --------------------------------------------------------------------------- the task's feed
-
-
-QUEUE_PREFIX_ENV: Final = "FLEETLINE_DASHBOARD_QUEUE_PREFIX"
-TASK_TAG: Final = "fleetline:dashboard-task"
-CREATED_TAG: Final = "fleetline:created-at"
-HEARTBEAT_TAG: Final = "fleetline:heartbeat"
-
-
-class DashboardFeedError(FleetlineError):
-    """The task's feed queue was used outside its lifecycle (opened before it was attached,
-    or attached twice). A programming error, not a condition to retry."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class FeedConfig:
-    """Where this task's own queue goes and how long things last.
-
-    - `topic_arn`: the feed topic (stack output DashboardFeedTopic).
-    - `queue_prefix`: names of every task's queue start with it
-      (FLEETLINE_DASHBOARD_QUEUE_PREFIX; the task role may only touch such queues).
-    - `task_id`: unique per task; the queue is `queue_prefix + task_id`.
-    - `retention_seconds` 300: the view is re-seeded from the read model at start, so older
-      events are worth nothing; SQS's minimum is 60.
-    - `heartbeat_seconds` 60: how often the task re-tags its queue as alive.
-    - `stale_after_seconds` 300: another task's queue whose heartbeat is older is left over
-      by a task that died without cleaning up; it is unsubscribed and deleted. Also how often
-      a task looks for such queues.
-
-    Raises ValueError naming the field when a value is out of range.
-    """
-
-    topic_arn: str
-    queue_prefix: str
-    task_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
-    retention_seconds: int = 300
-    heartbeat_seconds: float = 60.0
-    stale_after_seconds: float = 300.0
-
-    def __post_init__(self) -> None:
-        if not self.topic_arn.startswith("arn:") or self.topic_arn.count(":") < 5:
-            raise ValueError(f"topic_arn must be a topic ARN, got {self.topic_arn!r}")
-        if not self.queue_prefix:
-            raise ValueError("queue_prefix must not be empty")
-        if len(self.queue_name) > 80:
-            raise ValueError(f"queue_prefix + task_id must be at most 80 characters, got "
-                             f"{self.queue_name!r}")
-        if not 60 <= self.retention_seconds <= 1_209_600:
-            raise ValueError(f"retention_seconds must be 60..1209600, got "
-                             f"{self.retention_seconds!r}")
-        if self.heartbeat_seconds <= 0:
-            raise ValueError(f"heartbeat_seconds must be positive, got {self.heartbeat_seconds!r}")
-        if self.stale_after_seconds <= self.heartbeat_seconds:
-            raise ValueError("stale_after_seconds must be longer than heartbeat_seconds, got "
-                             f"{self.stale_after_seconds!r}")
-
-    @classmethod
-    def from_environ(cls, resources: Resources,
-                     environ: Mapping[str, str] | None = None) -> FeedConfig:
-        """From the stack output DashboardFeedTopic and FLEETLINE_DASHBOARD_QUEUE_PREFIX.
-
-        Raises ConfigurationError naming the missing variable.
-        """
-        env = os.environ if environ is None else environ
-        prefix = env.get(QUEUE_PREFIX_ENV, "")
-        if not prefix:
-            raise ConfigurationError(f"{QUEUE_PREFIX_ENV} is not set: the template passes the "
-                                     "prefix of the dashboard tasks' queues")
-        return cls(topic_arn=resources.get("DashboardFeedTopic"), queue_prefix=prefix)
-
-    @property
-    def queue_name(self) -> str:
-        return f"{self.queue_prefix}{self.task_id}"
-
-    @property
-    def queue_arn(self) -> str:
-        """Same partition, Region and account as the topic."""
-        _, partition, _, region, account, *_ = self.topic_arn.split(":")
-        return f"arn:{partition}:sqs:{region}:{account}:{self.queue_name}"
-
-
-@dataclass(frozen=True, kw_only=True)
-class FeedSubscription:
-    """One subscription of the feed topic as the cleanup sees it."""
-
-    subscription_arn: str
-    queue_name: str
-    queue_exists: bool
-    heartbeat: float | None  # the queue's heartbeat tag; None when missing or unreadable
-
-
-def stale_feeds(found: Iterable[FeedSubscription], *, config: FeedConfig,
-                now: float) -> list[FeedSubscription]:
-    """The feeds another task left behind (pure): named with the prefix, not this task's, and
-    either subscribed to a queue that is gone, or whose heartbeat is older than
-    `stale_after_seconds`. A queue without a heartbeat tag is not one we created (ours are
-    created with it), so it is left alone."""
-    stale = []
-    for feed in found:
-        if not feed.queue_name.startswith(config.queue_prefix):
-            continue
-        if feed.queue_name == config.queue_name:
-            continue
-        silent = feed.heartbeat is not None and now - feed.heartbeat > config.stale_after_seconds
-        if not feed.queue_exists or silent:
-            stale.append(feed)
-    return stale
-
-
-def _queue_policy(config: FeedConfig) -> str:
-    """Only the feed topic may send to the task's queue."""
-    return json.dumps({
-        "Version": "2012-10-17",
-        "Statement": [{
-            "Sid": "FeedTopicDelivers",
-            "Effect": "Allow",
-            "Principal": {"Service": "sns.amazonaws.com"},
-            "Action": "sqs:SendMessage",
-            "Resource": config.queue_arn,
-            "Condition": {"ArnEquals": {"aws:SourceArn": config.topic_arn}},
-        }],
-    }, separators=(",", ":"))
-
-
-@dataclass(frozen=True, kw_only=True)
-class TaskQueue:
-    """This task's queue, subscribed to the feed topic."""
-
-    url: str
-    arn: str
-    subscription_arn: str
-    config: FeedConfig
-
-
-async def _create_and_subscribe(aws: AwsClients, config: FeedConfig) -> TaskQueue:
-    sqs = await aws.client("sqs")
-    sns = await aws.client("sns")
-    now = str(int(time.time()))
-    with aws_errors():
-        created = await sqs.create_queue(
-            QueueName=config.queue_name,
-            Attributes={
-                "SqsManagedSseEnabled": "true",
-                "MessageRetentionPeriod": str(config.retention_seconds),
-                "Policy": _queue_policy(config),
-            },
-            tags={TASK_TAG: config.task_id, CREATED_TAG: now, HEARTBEAT_TAG: now},
-        )
-    url = str(created["QueueUrl"])
-    try:
-        with aws_errors():
-            subscribed = await sns.subscribe(
-                TopicArn=config.topic_arn, Protocol="sqs", Endpoint=config.queue_arn,
-                Attributes={"RawMessageDelivery": "true"}, ReturnSubscriptionArn=True,
-            )
-    except BaseException:
-        with anyio.CancelScope(shield=True), contextlib.suppress(FleetlineError), aws_errors():
-            await sqs.delete_queue(QueueUrl=url)
-        raise
-    return TaskQueue(url=url, arn=config.queue_arn,
-                     subscription_arn=str(subscribed["SubscriptionArn"]), config=config)
-
-
-async def _remove(aws: AwsClients, *, subscription_arn: str, queue_url: str | None,
-                  reason: str) -> None:
-    """Unsubscribe first (so SNS stops delivering), then delete the queue. Best effort: what
-    is already gone (another task cleaned up first) is fine; anything else is logged."""
-    sns = await aws.client("sns")
-    sqs = await aws.client("sqs")
-    try:
-        with aws_errors():
-            await sns.unsubscribe(SubscriptionArn=subscription_arn)
-    except FleetlineError as exc:
-        if getattr(exc, "code", None) != "NotFound":
-            log.warning("feed unsubscribe failed", subscription=subscription_arn,
-                        reason=reason, error=str(exc))
-    if queue_url is None:
-        return
-    try:
-        with aws_errors():
-            await sqs.delete_queue(QueueUrl=queue_url)
-    except FleetlineError as exc:
-        if getattr(exc, "code", None) not in {"AWS.SimpleQueueService.NonExistentQueue",
-                                              "QueueDoesNotExist"}:
-            log.warning("feed queue delete failed", queue=queue_url, reason=reason,
-                        error=str(exc))
-
-
-async def _feed_subscriptions(aws: AwsClients,
-                              config: FeedConfig) -> list[tuple[FeedSubscription, str | None]]:
-    """The topic's SQS subscriptions with the prefix, each with its queue's URL (None when
-    the queue is gone)."""
-    sns = await aws.client("sns")
-    sqs = await aws.client("sqs")
-    found: list[tuple[FeedSubscription, str | None]] = []
-    token: str | None = None
-    while True:
-        with aws_errors():
-            page = await sns.list_subscriptions_by_topic(
-                TopicArn=config.topic_arn, **({"NextToken": token} if token else {}))
-        for sub in page.get("Subscriptions", []):
-            name = str(sub.get("Endpoint", "")).rsplit(":", 1)[-1]
-            if sub.get("Protocol") != "sqs" or not name.startswith(config.queue_prefix):
-                continue
-            arn = str(sub["SubscriptionArn"])
-            if name == config.queue_name or arn == "PendingConfirmation":
-                continue
-            url: str | None = None
-            heartbeat: float | None = None
-            try:
-                with aws_errors():
-                    url = str((await sqs.get_queue_url(QueueName=name))["QueueUrl"])
-                    tags = (await sqs.list_queue_tags(QueueUrl=url)).get("Tags", {})
-                heartbeat = float(tags[HEARTBEAT_TAG]) if HEARTBEAT_TAG in tags else None
-            except AwsRequestError as exc:
-                if exc.code not in {"AWS.SimpleQueueService.NonExistentQueue",
-                                    "QueueDoesNotExist"}:
-                    raise
-                url = None
-            except ValueError:  # a heartbeat tag that is not a number: not ours, leave it
-                heartbeat = None
-            found.append((FeedSubscription(subscription_arn=arn, queue_name=name,
-                                           queue_exists=url is not None, heartbeat=heartbeat),
-                          url))
-        token = page.get("NextToken")
-        if not token:
-            return found
-
-
-async def _sweep(aws: AwsClients, config: FeedConfig) -> int:
-    """Remove the feeds other tasks left behind; how many. Best effort (logged)."""
-    try:
-        found = await _feed_subscriptions(aws, config)
-    except FleetlineError as exc:
-        log.warning("feed cleanup skipped", error=str(exc))
-        return 0
-    urls = {feed.subscription_arn: url for feed, url in found}
-    stale = stale_feeds([feed for feed, _ in found], config=config, now=time.time())
-    for feed in stale:
-        reason = "queue gone" if not feed.queue_exists else "heartbeat stale"
-        log.info("removing a feed left behind", queue=feed.queue_name, reason=reason)
-        await _remove(aws, subscription_arn=feed.subscription_arn,
-                      queue_url=urls[feed.subscription_arn], reason=reason)
-    return len(stale)
-
-
-async def _keep_alive(aws: AwsClients, queue: TaskQueue) -> None:
-    """Re-tag the queue as alive every `heartbeat_seconds`; look for left-over feeds of dead
-    tasks at start and every `stale_after_seconds`."""
-    config = queue.config
-    sqs = await aws.client("sqs")
-    await _sweep(aws, config)
-    last_sweep = time.monotonic()
-    while True:
-        await anyio.sleep(config.heartbeat_seconds)
-        try:
-            with aws_errors():
-                await sqs.tag_queue(QueueUrl=queue.url,
-                                    Tags={HEARTBEAT_TAG: str(int(time.time()))})
-        except FleetlineError as exc:  # another try next beat; stale only after several
-            log.warning("feed heartbeat failed", queue=queue.url, error=str(exc))
-        if time.monotonic() - last_sweep >= config.stale_after_seconds:
-            await _sweep(aws, config)
-            last_sweep = time.monotonic()
-
-
-@contextlib.asynccontextmanager
-async def task_queue(aws: AwsClients, config: FeedConfig) -> AsyncIterator[TaskQueue]:
-    """This task's own queue on the feed topic, for the duration of the block.
-
-    On entry: create the queue (SSE-SQS, `retention_seconds`, a policy that admits only the
-    topic, tags naming the task, its creation and a heartbeat) and subscribe it with raw
-    delivery (the body is the EventBridge event, as a rule-to-queue target delivers it). A
-    task group owned by the block then keeps the heartbeat and removes feeds left behind by
-    dead tasks. On exit (shielded from cancellation): stop those, unsubscribe, delete the
-    queue; best effort, failures logged, since a left-over feed is removed by the next task's
-    sweep once its heartbeat is stale.
-
-    Raises AwsRequestError / AwsUnavailableError when the queue cannot be created or
-    subscribed (nothing is left behind then).
-    """
-    queue = await _create_and_subscribe(aws, config)
-    log.info("dashboard feed attached", queue=config.queue_name, topic=config.topic_arn)
-    try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(_keep_alive, aws, queue)
-            try:
-                yield queue
-            finally:
-                tg.cancel_scope.cancel()
-    finally:
-        with anyio.CancelScope(shield=True):
-            await _remove(aws, subscription_arn=queue.subscription_arn, queue_url=queue.url,
-                          reason="task stopping")
-            log.info("dashboard feed detached", queue=config.queue_name)
-
-
-class _FeedState(enum.Enum):
-    UNATTACHED = "unattached"
-    ATTACHED = "attached"
-    DETACHED = "detached"
-
-
-class DashboardFeed:
-    """The dashboard worker's `Source`: the consumer of this task's own queue.
-
-    The lifespan attaches the queue (`attach`, around seeding and serving) before the host
-    opens the source, and the host's consumer drains before the lifespan detaches it, so the
-    queue outlives its consumer. Opening before `attach`, or attaching twice, raises
-    DashboardFeedError.
-    """
-
-    def __init__(self, settings: SqsSettings | None = None) -> None:
-        self.settings = settings or SqsSettings()
-        self._queue: TaskQueue | None = None
-        self._state = _FeedState.UNATTACHED
-
-    @contextlib.asynccontextmanager
-    async def attach(self, aws: AwsClients, config: FeedConfig) -> AsyncIterator[TaskQueue]:
-        """`task_queue(aws, config)`, remembered for `open`. Raises DashboardFeedError when
-        already attached (once) before."""
-        if self._state is not _FeedState.UNATTACHED:
-            raise DashboardFeedError(f"the dashboard feed is {self._state.value}; a feed is "
-                                     "attached once (make a new DashboardFeed)")
-        async with task_queue(aws, config) as queue:
-            self._queue, self._state = queue, _FeedState.ATTACHED
-            try:
-                yield queue
-            finally:
-                self._queue, self._state = None, _FeedState.DETACHED
-
-    async def open(self, aws: AwsClients, resources: Resources, handler: BatchHandler, *,
-                   name: str, drain_seconds: float) -> Consumer:
-        if self._queue is None:
-            raise DashboardFeedError(f"the dashboard feed is {self._state.value}: open it "
-                                     "inside the dashboard lifespan, which attaches it")
-        settings = dataclasses.replace(self.settings, drain_seconds=drain_seconds)
-        return SqsConsumer(aws, self._queue.url, handler, settings=settings)
 
 
 # --------------------------------------------------------------------------- HTTP

@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 import anyio
 import pytest
+import structlog
 
 from services.devices._auth import issue_token
 from services.devices.dashboard import (
@@ -31,6 +32,7 @@ from services.devices.dashboard import (
     Hub,
     TaskQueue,
     dashboard_handler,
+    task_queue,
 )
 from services.devices.events import DeviceConnected, DeviceStateChanged, DeviceView, Status
 from shared.aws import AwsClients
@@ -256,3 +258,19 @@ async def test_a_new_task_removes_feeds_left_by_dead_tasks_only(aws: AwsClients)
             queues = (await sqs.list_queues(QueueNamePrefix=PREFIX)).get("QueueUrls", [])
             assert sorted(q.rsplit("/", 1)[-1] for q in queues) == sorted(
                 [alive.rsplit(":", 1)[-1], task.queue.config.queue_name])
+
+
+async def test_teardown_is_quiet_when_the_feed_is_already_gone(aws: AwsClients) -> None:
+    """Another task's sweep may remove a feed first (or a stop repeats): the teardown then
+    finds nothing to remove, which is its goal reached, not a failure to report."""
+    sqs = await aws.client("sqs")
+    sns = await aws.client("sns")
+    async with devices_bus_to_feed_topic(aws, bridged=False) as topic:
+        config = FeedConfig(topic_arn=topic, queue_prefix=PREFIX)
+        with structlog.testing.capture_logs() as logs:
+            async with task_queue(aws, config) as queue:
+                await sns.unsubscribe(SubscriptionArn=queue.subscription_arn)
+                await sqs.delete_queue(QueueUrl=queue.url)
+        assert [e["event"] for e in logs if e["log_level"] in ("warning", "error")] == []
+        assert "dashboard feed detached" in [e["event"] for e in logs]
+        assert (await sns.list_subscriptions_by_topic(TopicArn=topic))["Subscriptions"] == []
