@@ -1,15 +1,21 @@
-"""`fleetline devices ...`: dashboard links and read-model queries from the shell."""
+"""`fleetline devices ...`: dashboard links and read-model queries from the shell (`url`,
+`counts`, `show DEVICE_ID`, `list --status S`); every query names the tenant, as the query
+API requires."""
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Annotated
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Annotated, Any
 
 import anyio
 import typer
 
 from services.devices._auth import issue_token
+
+if TYPE_CHECKING:
+    from services.devices.query import DeviceQueries
 
 __all__ = ["app", "dashboard_url"]
 
@@ -35,19 +41,59 @@ def url_command(
     typer.echo(dashboard_url(tenant, base=base))
 
 
-@app.command("counts")
-def counts_command(tenant: Annotated[str, typer.Option()] = "t-001") -> None:
-    """Fleet counts of TENANT from the read model."""
+def _query(ask: Callable[[DeviceQueries], Awaitable[Any]]) -> Any:
+    """Run one query against the read model of the running stack (or the environment's)."""
     from services.devices.query import DeviceQueries
     from shared.aws import AwsClients
 
-    async def main() -> None:
+    async def main() -> Any:
         from services.devices._local import stack_resources
 
         resources = await stack_resources("DeviceReadModelTable")
         async with AwsClients() as aws:
-            queries = DeviceQueries(aws, resources.get("DeviceReadModelTable"))
-            counts = await queries.fleet_counts(tenant)
-        typer.echo(json.dumps(counts.model_dump(mode="json"), indent=2))
+            return await ask(DeviceQueries(aws, resources.get("DeviceReadModelTable")))
 
-    anyio.run(main)
+    return anyio.run(main)
+
+
+@app.command("counts")
+def counts_command(tenant: Annotated[str, typer.Option()] = "t-001") -> None:
+    """Fleet counts of TENANT from the read model."""
+    counts = _query(lambda queries: queries.fleet_counts(tenant))
+    typer.echo(json.dumps(counts.model_dump(mode="json"), indent=2))
+
+
+@app.command("show")
+def show_command(
+    device_id: Annotated[str, typer.Argument(help="e.g. dev-000001")],
+    tenant: Annotated[str, typer.Option(help="the device's tenant")] = "t-001",
+) -> None:
+    """One device of TENANT from the read model; exit 1 when the tenant has no such device."""
+    device = _query(lambda queries: queries.device(tenant, device_id))
+    if device is None:
+        typer.echo(f"error: tenant {tenant} has no device {device_id} in the read model "
+                   "(yet: the projection may still be behind)", err=True)
+        raise typer.Exit(1)
+    typer.echo(json.dumps(device.model_dump(mode="json"), indent=2))
+
+
+@app.command("list")
+def list_command(
+    tenant: Annotated[str, typer.Option()] = "t-001",
+    status: Annotated[str, typer.Option(help="online, offline or unknown")] = "online",
+    limit: Annotated[int, typer.Option(help="devices per page (1-500)")] = 20,
+    cursor: Annotated[str | None, typer.Option(help="the cursor a previous page printed")] = None,
+) -> None:
+    """Devices of TENANT with STATUS, a page at a time (one JSON object per line, then the
+    cursor of the next page, if any)."""
+    from services.devices.query import InvalidQueryError
+
+    try:
+        page = _query(lambda queries: queries.devices_by_status(
+            tenant, status, limit=limit, cursor=cursor))
+    except InvalidQueryError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    for device in page.devices:
+        typer.echo(json.dumps(device.model_dump(mode="json")))
+    if page.cursor:
+        typer.echo(f"next page: --cursor {page.cursor}", err=True)

@@ -283,7 +283,7 @@ class DashboardServer:
             f"({len(self.hub.view(t).devices)} devices)</li>" for t in tenants
         )
         return web.Response(content_type="text/html", text=(
-            "<!doctype html><title>fleetline dashboard</title>"
+            "<!doctype html><title>fleetline dashboard</title><link rel='icon' href='data:,'>"
             "<body style='font:15px system-ui;margin:2rem'>"
             "<h1>fleetline dashboard (local)</h1><p>View the fleet as tenant:</p>"
             f"<ul>{links}</ul><p style='color:#777'>Local development only: with "

@@ -270,6 +270,7 @@ class _Held:
     lost: bool = False
     ended: bool = False
     handoff_to: str | None = None  # another worker asked for this lease: drain and release
+    releasing: bool = False  # the shard task is handing the lease back: renewals stop
 
     def __post_init__(self) -> None:
         self.position = self.lease.checkpoint
@@ -545,7 +546,8 @@ class StreamConsumer:
         now = time.monotonic()
         due = [
             h for h in self._held.values()
-            if not h.lost and not h.ended and now - h.renewed_at >= renew_every * 0.9
+            if not h.lost and not h.ended and not h.releasing
+            and now - h.renewed_at >= renew_every * 0.9
         ]
         if not due:
             return
@@ -555,7 +557,10 @@ class StreamConsumer:
             try:
                 stored = await self._table.renew(held.lease, expires_at_ms=expires)
             except LeaseLostError:
-                self._lose(held, "renewal refused")
+                # A renewal already in flight when the shard task released the lease finds
+                # it released: the release decides (it reports its own refusal), not this.
+                if not held.releasing:
+                    self._lose(held, "renewal refused")
                 return
             except RetryableError as exc:
                 self._log.warning("lease renewal failed", shard=held.lease.shard_id, error=str(exc))
@@ -605,6 +610,7 @@ class StreamConsumer:
         if held.lost or held.ended:
             return
         newer = held.position if held.position != held.checkpointed else None
+        held.releasing = True
         try:
             await self._table.release(
                 held.lease, checkpoint=newer, keep_handoff=held.handoff_to is not None

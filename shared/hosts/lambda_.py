@@ -29,6 +29,7 @@ outcome, the rest are reported as failures, so Lambda never retries the whole ba
 from __future__ import annotations
 
 import asyncio
+import atexit
 import base64
 import inspect
 import json
@@ -127,6 +128,9 @@ class LambdaRuntime:
                 )
                 thread.start()
                 self._loop = loop
+                # Lambda freezes a container with its pools open; a local process exits, and
+                # open aiohttp sessions would each log "Unclosed client session" (an error).
+                atexit.register(self.close)
             return self._loop
 
     def run(self, fn: Callable[[AwsClients], Coroutine[Any, Any, T]]) -> T:
@@ -158,16 +162,20 @@ class LambdaRuntime:
         return self._built[ident]  # type: ignore[no-any-return]
 
     def close(self) -> None:
-        """Close the clients and stop the loop (tests; Lambda just freezes the container)."""
+        """Close the clients and stop the loop (tests, and at process exit: Lambda just
+        freezes the container)."""
         with self._lock:
             loop, self._loop = self._loop, None
         if loop is None:
             return
         aws, self._aws = self._aws, None
         if aws is not None:
-            asyncio.run_coroutine_threadsafe(aws.__aexit__(None, None, None), loop).result()
+            closing = asyncio.run_coroutine_threadsafe(aws.__aexit__(None, None, None), loop)
+            closing.result(timeout=_CLOSE_TIMEOUT_SECONDS)
         loop.call_soon_threadsafe(loop.stop)
 
+
+_CLOSE_TIMEOUT_SECONDS: Final = 5.0  # closing the clients at exit never hangs the exit
 
 _RUNTIME = LambdaRuntime()
 

@@ -77,6 +77,12 @@ async def test_dashboard_pushes_updates_and_keeps_tenants_apart(
                 try:
                     page_a = await context.new_page()
                     page_b = await context.new_page()
+                    # what the browser reports as failing (a missing resource, a script error)
+                    browser_errors: list[str] = []
+                    for page in (page_a, page_b):
+                        page.on("console", lambda m: browser_errors.append(m.text)
+                                if m.type == "error" else None)
+                        page.on("pageerror", lambda e: browser_errors.append(str(e)))
                     await page_a.goto(f"{base}/?token={issue_token('t-alpha')}")
                     await page_b.goto(f"{base}/?token={issue_token('t-beta')}")
                     for page in (page_a, page_b):
@@ -117,6 +123,7 @@ async def test_dashboard_pushes_updates_and_keeps_tenants_apart(
                     response = await page_b.request.get(f"{base}/events?token=t-alpha.1.x")
                     assert response.status == 401
                     await page_b.screenshot(path=str(ARTIFACTS / "dashboard-tenant-beta.png"))
+                    assert browser_errors == []
                 finally:
                     await context.close()
             assert latency < 5.0

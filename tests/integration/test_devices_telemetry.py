@@ -222,3 +222,26 @@ async def test_telemetry_lifespan_runs_the_stored_sweep(
     events = await outbox_events(aws, res.devices_stream_arn)
     assert [e["type"] for e in events if e["aggregate_id"] == "gone"] == [
         "DeviceConnected", "DeviceDisconnected"]
+
+
+async def test_simulate_reports_the_time_until_every_presence_event_is_sent(
+    aws: AwsClients,
+) -> None:
+    """Presence events go out from their own task and can finish well after the telemetry
+    (a slow bus); the report's time and rate cover both, so `fleetline simulate` does not
+    claim a rate the fleet did not reach."""
+    kinesis = await aws.client("kinesis")
+    events = await aws.client("events")
+    await kinesis.create_stream(StreamName="presence-drain", ShardCount=1)
+    await events.create_event_bus(Name="presence-drain")
+    devices = 4000
+    fleet = FleetConfig(devices=devices, tenants=4, zone="eu", eu_share=1.0, seed=3)
+    started = time.monotonic()
+    # one record per device: every device starts, so every one sends a presence event
+    report = await simulate(aws, fleet, stream="presence-drain", bus="presence-drain",
+                            rate=1_000_000, count=devices)
+    took = time.monotonic() - started
+    assert report.records == devices
+    assert report.presence_events == devices
+    assert report.elapsed >= 0.9 * took, (report.elapsed, took)
+    assert report.rate <= devices / (0.9 * took)

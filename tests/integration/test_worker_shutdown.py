@@ -129,3 +129,31 @@ async def test_serve_runs_a_stream_worker_and_returns_on_stop(aws: AwsClients) -
               if "checkpoint" in item]
     assert owners
     assert all(not owner for owner in owners)  # handed back on shutdown
+
+
+LAMBDA_PROCESS = """
+from shared.hosts.lambda_ import LambdaRuntime
+
+async def call(aws):
+    sqs = await aws.client("sqs")
+    return await sqs.list_queues()
+
+LambdaRuntime().run(call)
+print("called")
+"""
+
+
+async def test_a_process_that_ran_a_lambda_exits_with_its_clients_closed(
+    aws: AwsClients,
+) -> None:
+    """The local API and trigger processes run functions on a `LambdaRuntime`, whose clients
+    stay open for the container's life; on exit they are closed, not reported by asyncio as
+    "Unclosed client session" (an error line in the process's log after every stop)."""
+    child = await anyio.run_process(
+        [sys.executable, "-c", LAMBDA_PROCESS], cwd=ROOT, check=False,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    stderr = child.stderr.decode()
+    assert child.returncode == 0, stderr
+    assert child.stdout.decode().strip() == "called"
+    assert "Unclosed" not in stderr, stderr
