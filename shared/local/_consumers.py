@@ -26,6 +26,7 @@ __all__ = ["consume", "forward_to_topic", "missing", "relay", "source_kind"]
 BatchHandler = Callable[[Sequence["Message"]], Awaitable["BatchResult"]]
 
 RELAY_IDLE_BACKOFF = 0.25  # seconds after an empty read of the outbox stream (see `relay`)
+RELAY_PAGE = 1_000  # records per read of the outbox stream (see `relay`)
 
 # kind -> (module, attribute) that must exist for the kind to run locally
 _REQUIRED = {
@@ -171,7 +172,13 @@ async def relay(spec: dict[str, Any], stop: anyio.Event) -> None:
             "logical_id": spec["logical_id"],
             "source_arn": spec["source_arn"],
             "lease_table": spec["lease_table"],
-            "batch_size": int(source.get("BatchSize", 100)),
+            # Pages of up to 1,000 records (the GetRecords maximum), not the Pipe's BatchSize:
+            # BatchSize is what the Pipe hands its target at once (PutEvents takes 10), and
+            # the relay's publisher already sends PutEvents of 10 in stream order per
+            # aggregate. Reading 10 at a time cost a GetRecords and a checkpoint per 10
+            # records, and with every device write on the stream the relay fell minutes
+            # behind `fleetline simulate --devices 10000` (docs/local.md).
+            "batch_size": RELAY_PAGE,
             "starting_position": source.get("StartingPosition", "TRIM_HORIZON"),
             # The pipe's dead-letter queue receives what the relay cannot publish.
             "failure_arn": source.get("DeadLetterConfig", {}).get("Arn"),
