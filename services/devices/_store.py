@@ -16,7 +16,6 @@ second, so the rest stays inside `doc`); plus the unit of work's `version`, `eve
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
@@ -27,7 +26,7 @@ import orjson
 from botocore.exceptions import ClientError
 
 from services.devices.domain import DeviceState
-from services.devices.events import SOURCE, DeviceEvent
+from services.devices.events import DeviceEvent
 from shared.aws import AwsClients, aws_errors, call_decoded, error_code, send_encoded
 from shared.outbox import (
     Aggregate,
@@ -135,27 +134,8 @@ def state_from_attributes(
     return DeviceState.from_doc(doc)
 
 
-# The unit of work takes declared event models (`EventDraft(event=...)`); earlier versions
-# of it took type/source/data. Both are accepted so the worker runs on either.
-_DRAFT_FIELDS = frozenset(f.name for f in dataclasses.fields(EventDraft))
-
-
 def event_draft(event: DeviceEvent) -> EventDraft:
-    if "event" in _DRAFT_FIELDS:
-        return EventDraft(event=event, tenant_id=event.device.tenant_id)  # type: ignore[call-arg,unused-ignore]
-    return EventDraft(  # type: ignore[call-arg,unused-ignore]
-        type=event.type_name,
-        source=SOURCE,
-        data=event.model_dump(mode="json"),
-        tenant_id=event.device.tenant_id,
-    )
-
-
-def envelope_dict(envelope: Any) -> Mapping[str, Any]:
-    """A committed envelope as a JSON-ready mapping (the unit of work returns models)."""
-    if isinstance(envelope, Mapping):
-        return envelope
-    return dict(json.loads(envelope.to_json()))
+    return EventDraft(event=event, tenant_id=event.device.tenant_id)
 
 
 class DynamoDeviceStore:

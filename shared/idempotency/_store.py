@@ -77,18 +77,30 @@ class IdempotencyStore:
     async def _owned_update(self, key: str, owner: str, expression: str,
                             values: dict[str, Any], extra_names: dict[str, str]) -> bool:
         dynamodb = await self._aws.client("dynamodb")
+        return await self._if_owned(
+            dynamodb.update_item, key, owner, UpdateExpression=expression,
+            extra_names=extra_names, extra_values=values,
+        )
+
+    async def _if_owned(
+        self, call: Any, key: str, owner: str, *, extra_names: dict[str, str] | None = None,
+        extra_values: dict[str, Any] | None = None, **params: Any,
+    ) -> bool:
+        """`call` (UpdateItem or DeleteItem) on `key`, conditional on `owner` holding it
+        INPROGRESS. False when the condition fails (no longer ours)."""
         try:
-            await dynamodb.update_item(
+            await call(
                 TableName=self.config.table,
                 Key={self.config.key_attribute: {"S": key}},
-                UpdateExpression=expression,
                 ConditionExpression="#owner = :owner AND #st = :inprogress",
-                ExpressionAttributeNames={"#owner": "owner", "#st": "status", **extra_names},
+                ExpressionAttributeNames={"#owner": "owner", "#st": "status",
+                                          **(extra_names or {})},
                 ExpressionAttributeValues={
                     ":owner": {"S": owner},
                     ":inprogress": {"S": Status.IN_PROGRESS.value},
-                    **values,
+                    **(extra_values or {}),
                 },
+                **params,
             )
         except ClientError as exc:
             if error_code(exc) == _CCF:
@@ -119,20 +131,4 @@ class IdempotencyStore:
     async def release(self, key: str, *, owner: str) -> bool:
         """Delete `owner`'s INPROGRESS record after a failed effect, so a retry can run."""
         dynamodb = await self._aws.client("dynamodb")
-        try:
-            await dynamodb.delete_item(
-                TableName=self.config.table,
-                Key={self.config.key_attribute: {"S": key}},
-                ConditionExpression="#owner = :owner AND #st = :inprogress",
-                ExpressionAttributeNames={"#owner": "owner", "#st": "status"},
-                ExpressionAttributeValues={
-                    ":owner": {"S": owner},
-                    ":inprogress": {"S": Status.IN_PROGRESS.value},
-                },
-            )
-        except ClientError as exc:
-            if error_code(exc) == _CCF:
-                return False
-            with aws_errors():
-                raise
-        return True
+        return await self._if_owned(dynamodb.delete_item, key, owner)
