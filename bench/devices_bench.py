@@ -593,37 +593,36 @@ def _per_k(n: float, events: int) -> float:
     return n * 1000.0 / events if events else 0.0
 
 
-def _cost_ours(r: dict[str, Any]) -> dict[str, float]:
+def _storage_and_stream(r: dict[str, Any]) -> dict[str, float]:
+    """Dollars per million events both approaches pay alike: DynamoDB units from the sink,
+    and Kinesis (payload units + the shards for SUSTAINED_RATE)."""
     events = r["events"]
     sink = r["sink"]
-    per_event_cpu = r["cpu_s"] / events
-    dollars = {
+    return {
         "dynamodb": (sink.get("wru", 0) * PRICE["dynamodb_wru"]
                      + sink.get("rru", 0) * PRICE["dynamodb_rru"]) / events * 1e6,
         "kinesis": PRICE["kinesis_put_unit"] * 1e6
         + PRICE["kinesis_shard_hour"] * math.ceil(SUSTAINED_RATE / 1000) * (1e6 / SUSTAINED_RATE)
         / 3600,
-        "compute": per_event_cpu * 1e6 / 3600 * PRICE["fargate_vcpu_hour"],
-        "bus": r["domain_events"] / events * 1e6 * PRICE["eventbridge_event"],
     }
+
+
+def _cost_ours(r: dict[str, Any]) -> dict[str, float]:
+    events = r["events"]
+    dollars = _storage_and_stream(r)
+    dollars["compute"] = r["cpu_s"] / events * 1e6 / 3600 * PRICE["fargate_vcpu_hour"]
+    dollars["bus"] = r["domain_events"] / events * 1e6 * PRICE["eventbridge_event"]
     dollars["total"] = sum(dollars.values())
     return dollars
 
 
 def _cost_baseline(r: dict[str, Any]) -> dict[str, float]:
     events = r["events"]
-    sink = r["sink"]
-    dollars = {
-        "dynamodb": (sink.get("wru", 0) * PRICE["dynamodb_wru"]
-                     + sink.get("rru", 0) * PRICE["dynamodb_rru"]) / events * 1e6,
-        "kinesis": PRICE["kinesis_put_unit"] * 1e6
-        + PRICE["kinesis_shard_hour"] * math.ceil(SUSTAINED_RATE / 1000) * (1e6 / SUSTAINED_RATE)
-        / 3600,
-        # Lambda billed on duration; CPU time is its lower bound (1 GB function).
-        "compute": r["invocations"] / events * 1e6 * PRICE["lambda_request"]
-        + r["cpu_s"] / events * 1e6 * PRICE["lambda_gb_second"],
-        "bus": 0.0,
-    }
+    dollars = _storage_and_stream(r)
+    # Lambda billed on duration; CPU time is its lower bound (1 GB function).
+    dollars["compute"] = (r["invocations"] / events * 1e6 * PRICE["lambda_request"]
+                          + r["cpu_s"] / events * 1e6 * PRICE["lambda_gb_second"])
+    dollars["bus"] = 0.0
     dollars["total"] = sum(dollars.values())
     return dollars
 
