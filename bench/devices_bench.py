@@ -33,10 +33,11 @@ What is measured, exactly (see docs/benchmarks.md for the figures):
    worker runs as `python -m shared.hosts.worker services.devices.telemetry:worker`
    (FLEETLINE_WRITE_MODE=items against moto), the outbox relay (DynamoDB Streams consumer +
    EventBridge) and the dashboard (its own queue on DashboardFeedTopic, attached and consumed
-   as the dashboard worker does, + SSE server) run in this process; the rule's topic target
-   goes through the local bridge `fleetline up` uses (the emulator's EventBridge cannot
-   deliver to SNS); SSE clients (one per tenant) time every update from the device's
-   timestamp to its arrival. Poll intervals: Kinesis and the relay 0.2 s (`idle_backoff`).
+   as the dashboard worker does, + SSE server) run in this process; the bus's rule delivers
+   to the feed topic as on AWS (the embedded emulator's fix); SSE clients (one per tenant)
+   time every update from the device's timestamp to its arrival. Poll intervals as
+   `fleetline up` runs them: Kinesis and the relay read a shard at most every 0.25 s
+   (`idle_backoff`).
 """
 
 from __future__ import annotations
@@ -389,9 +390,7 @@ async def _latency(args: argparse.Namespace, endpoint: str) -> dict[str, Any]:
         create_lease_table,
     )
     from shared.events import load_registered_events
-    from shared.local._consumers import forward_to_topic
-    from shared.local._gaps import RuleTopicTargetSpec
-    from shared.local._supply import bridge_rule_topic_target
+    from shared.local._consumers import RELAY_IDLE_BACKOFF
     from shared.outbox import PublisherConfig, Relay
 
     load_registered_events()
@@ -410,22 +409,14 @@ async def _latency(args: argparse.Namespace, endpoint: str) -> dict[str, Any]:
         await create_lease_table(aws, "lat-leases")
         failures = (await sqs.create_queue(QueueName="lat-failures"))["QueueUrl"]
         # The template's DashboardRule: every device event to the feed topic, which each
-        # dashboard task subscribes its own queue to. The emulator's EventBridge cannot
-        # deliver to an SNS target, so the rule's topic target is bridged as under
-        # `fleetline up` (a local queue and a publisher); from the topic on, the AWS path.
+        # dashboard task subscribes its own queue to (the embedded emulator delivers a
+        # rule's topic target as EventBridge does: shared.local._moto_server).
         topic = (await sns.create_topic(Name="lat-dashboard-feed"))["TopicArn"]
         await events.create_event_bus(Name="lat-bus")
         await events.put_rule(Name="lat-dashboard", EventBusName="lat-bus",
                               EventPattern=json.dumps({"source": ["fleetline.devices"]}))
-        feed_target = {"Id": "DashboardFeedTopic", "Arn": topic}
         await events.put_targets(Rule="lat-dashboard", EventBusName="lat-bus",
-                                 Targets=[feed_target])
-        bridge = RuleTopicTargetSpec(
-            logical_id="DashboardRule", rule_name="lat-dashboard", bus_name="lat-bus",
-            target_id="DashboardFeedTopic", topic_arn=topic,
-            bridge_queue="lat-local-DashboardRule-DashboardFeedTopic", target=feed_target)
-        await bridge_rule_topic_target(aws, bridge)
-        bridge_stop = anyio.Event()
+                                 Targets=[{"Id": "DashboardFeedTopic", "Arn": topic}])
         await _stream_active(kinesis, "lat-telemetry")
 
         env = dict(os.environ, AWS_ENDPOINT_URL=endpoint,
@@ -433,7 +424,7 @@ async def _latency(args: argparse.Namespace, endpoint: str) -> dict[str, Any]:
                    FLEETLINE_DEVICES_TABLE="lat-devices",
                    FLEETLINE_LEASES_TABLE="lat-leases", FLEETLINE_TELEMETRY_FAILURE_QUEUE=failures,
                    FLEETLINE_RESIDENCY_ZONE="eu", FLEETLINE_WRITE_MODE="items",
-                   FLEETLINE_IDLE_BACKOFF="0.2", FLEETLINE_LEASE_DURATION="5",
+                   FLEETLINE_LEASE_DURATION="5",
                    FLEETLINE_DRAIN_SECONDS="2", LOG_LEVEL="WARNING")
         env.pop("AWS_ENDPOINT_URL_DYNAMODB", None)
         log_path = ROOT / "tests" / "artifacts" / "devices-bench-worker.log"
@@ -447,7 +438,7 @@ async def _latency(args: argparse.Namespace, endpoint: str) -> dict[str, Any]:
         relay = DynamoDBStreamsConsumer(
             aws, Relay(aws, PublisherConfig(bus_name="lat-bus")), stream_arn=stream_arn,
             config=StreamConsumerConfig(lease_table="lat-leases", application="relay",
-                                        idle_backoff=0.2, lease_duration=5))
+                                        idle_backoff=RELAY_IDLE_BACKOFF, lease_duration=5))
         # The dashboard task's own queue on the topic, attached and consumed as the
         # dashboard worker does (services.devices.dashboard: lifespan + DashboardFeed).
         feed = DashboardFeed(SqsSettings(wait_time_seconds=2))
@@ -461,9 +452,6 @@ async def _latency(args: argparse.Namespace, endpoint: str) -> dict[str, Any]:
             async with feed.attach(aws, feed_config), anyio.create_task_group() as tg:
                 dashboard = await feed.open(aws, Resources(), dashboard_handler(hub),
                                             name="dashboard", drain_seconds=2.0)
-                tg.start_soon(forward_to_topic, {"queue_name": bridge.bridge_queue,
-                                                 "topic_arn": topic, "wait_time_seconds": 2},
-                              bridge_stop)
                 await tg.start(relay.run)
                 await tg.start(dashboard.run)
 
@@ -519,7 +507,6 @@ async def _latency(args: argparse.Namespace, endpoint: str) -> dict[str, Any]:
                                         batch_size=50, plan=plan)
                 await anyio.sleep(3)  # let the tail arrive
                 elapsed = time.perf_counter() - started
-                bridge_stop.set()
                 tg.cancel_scope.cancel()
         finally:
             worker.send_signal(signal.SIGTERM)
@@ -761,7 +748,7 @@ def _orchestrate(args: argparse.Namespace) -> None:
         console.print(lat)
         console.print(f"  p50 by stage (s): {latency['stages_p50']} (worker = device time to "
                       "the outbox commit; relay+bus+feed = commit to the dashboard's hub "
-                      "(rule, local bridge, feed topic, the task's queue); "
+                      "(rule, feed topic, the task's queue); "
                       "push = hub to the browser's SSE client)")
     console.print(json.dumps({"results": results, "latency": latency}, default=str)[:4000])
 

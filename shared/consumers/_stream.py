@@ -152,8 +152,9 @@ class StreamConsumerConfig:
                         leases once and takes or steals.
     shard_sync_interval: how often the shard list is read to find new shards (default 60 s;
                         a shard reaching its end triggers a sync at once).
-    idle_backoff:       wait after an empty read (default 1 s: Kinesis allows 5 reads per
-                        second per shard shared by all consumers).
+    idle_backoff:       least time from the start of one read of a shard to the next when
+                        the last read found no backlog (default 1 s: Kinesis allows 5 reads
+                        per second per shard shared by all consumers).
     limit:              records per GetRecords (default and cap: the service maximum,
                         10,000 for Kinesis and 1,000 for DynamoDB Streams), so a busy shard
                         costs one request per page.
@@ -648,6 +649,7 @@ class StreamConsumer:
                     )
                     iterator = await source.get_iterator(shard_id, after=after, initial=initial)
                     trimmed = False
+                read_at = time.monotonic()
                 page = await source.get_records(shard_id, iterator, limit=self._limit)
             except TrimmedDataError as exc:
                 # The checkpoint is older than the stream's retention: those records are gone.
@@ -689,7 +691,10 @@ class StreamConsumer:
                 await self._checkpoint(held)
                 if len(page.messages) >= self._limit or (page.millis_behind or 0) > 0:
                     continue  # more is waiting: read again at once
-            await self._pause(held, self.config.idle_backoff)
+            # Paced from the read's start, not its end: the time spent handling the page and
+            # checkpointing is not added to every record's wait, and a shard is still read
+            # at most once per idle_backoff (Kinesis allows 5 reads a second per shard).
+            await self._pause(held, self.config.idle_backoff - (time.monotonic() - read_at))
 
     async def _end_shard(self, held: _Held) -> None:
         await self._table.release(held.lease, checkpoint=SHARD_END)

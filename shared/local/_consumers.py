@@ -21,7 +21,7 @@ from shared.errors import ConfigurationError
 if TYPE_CHECKING:  # the supervisor plans with this module; only the hosts consume
     from shared.consumers._message import BatchResult, Message
 
-__all__ = ["consume", "forward_to_topic", "missing", "relay", "source_kind"]
+__all__ = ["consume", "missing", "relay", "source_kind"]
 
 BatchHandler = Callable[[Sequence["Message"]], Awaitable["BatchResult"]]
 
@@ -189,44 +189,3 @@ async def relay(spec: dict[str, Any], stop: anyio.Event) -> None:
             "idle_backoff": RELAY_IDLE_BACKOFF,
         }
         await consume("dynamodb-stream", mapping, handler, stop)
-
-
-async def forward_to_topic(spec: dict[str, Any], stop: anyio.Event) -> None:
-    """Stand in for EventBridge's delivery to an SNS target (the emulator has none): publish
-    each message of the bridge queue (the rule's target locally) to the topic, body
-    unchanged, so subscribers with raw delivery get what EventBridge would publish. Polled by
-    the runtime's SQS consumer; a failed publish is retried by the queue."""
-    from shared.aws import AwsClients, aws_errors
-
-    consumers = importlib.import_module("shared.consumers")
-    topic_arn = str(spec["topic_arn"])
-    async with AwsClients() as aws:
-        sns = await aws.client("sns")
-        sqs = await aws.client("sqs")
-        with aws_errors():
-            queue_url = str((await sqs.get_queue_url(QueueName=str(spec["queue_name"])))[
-                "QueueUrl"])
-
-        async def publish(messages: Sequence[Message]) -> BatchResult:
-            with aws_errors():
-                answer = await sns.publish_batch(TopicArn=topic_arn, PublishBatchRequestEntries=[
-                    {"Id": str(i), "Message": m.body} for i, m in enumerate(messages)])
-            failed = {messages[int(f["Id"])].id: str(f.get("Message") or f.get("Code"))
-                      for f in answer.get("Failed", [])}
-            outcomes = {m.id: consumers.Outcome.RETRY if m.id in failed
-                        else consumers.Outcome.SUCCEEDED for m in messages}
-            result: BatchResult = consumers.BatchResult(outcomes=outcomes, reasons=failed)
-            return result
-
-        settings = consumers.SqsSettings(
-            max_messages=10, max_in_flight=10,
-            # A long poll returns as soon as a message arrives: no added latency when idle.
-            wait_time_seconds=int(spec.get("wait_time_seconds", 20)),
-            dead_letter=consumers.DeadLetterMode.REDRIVE,
-            drain_seconds=5.0,
-        )
-        consumer = consumers.SqsConsumer(aws, queue_url, publish, settings=settings)
-        async with anyio.create_task_group() as tg:
-            await tg.start(consumer.run)
-            await stop.wait()
-            consumer.stop()

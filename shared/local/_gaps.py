@@ -8,10 +8,10 @@ must supply, every name and ARN resolved from the deployed stack:
   DynamoDB TTL settings, state machines (CloudFormation-created ones cannot execute);
 - run as local processes: EventBridge Pipes (the outbox relay), Lambda event source
   mappings (the runtime's consumers + the Lambda adapter), HTTP APIs (a local server that
-  builds API Gateway v2 events), ECS services (the task definition's command);
-- bridged: a rule target that is an SNS topic. The emulator's PutEvents fails outright
-  (HTTP 500) when a matching rule targets a topic, so the target is re-pointed at a local
-  bridge queue and a local process publishes what arrives there to the topic.
+  builds API Gateway v2 events), ECS services (the task definition's command).
+
+(A rule target that is an SNS topic is not a gap here: moto has none, the embedded
+emulator fills it, `shared.local._moto_server`.)
 
 Nothing is written twice: a spec holds only what the template says, resolved.
 """
@@ -34,7 +34,6 @@ __all__ = [
     "PipeSpec",
     "QueuePolicySpec",
     "RouteSpec",
-    "RuleTopicTargetSpec",
     "ServiceSpec",
     "StateMachineSpec",
     "SubscriptionSpec",
@@ -162,19 +161,6 @@ class ServiceSpec:
 
 
 @dataclass(frozen=True, kw_only=True)
-class RuleTopicTargetSpec:
-    """A rule target that is an SNS topic: delivered locally through `bridge_queue`."""
-
-    logical_id: str  # the rule's
-    rule_name: str
-    bus_name: str
-    target_id: str
-    topic_arn: str
-    bridge_queue: str  # a queue name (local only, not in the template)
-    target: dict[str, Any] = field(default_factory=dict)  # the rule's target, resolved
-
-
-@dataclass(frozen=True, kw_only=True)
 class GapPlan:
     subscriptions: tuple[SubscriptionSpec, ...] = ()
     queue_policies: tuple[QueuePolicySpec, ...] = ()
@@ -185,7 +171,6 @@ class GapPlan:
     event_source_mappings: tuple[EventSourceMappingSpec, ...] = ()
     http_apis: tuple[HttpApiSpec, ...] = ()
     services: tuple[ServiceSpec, ...] = ()
-    rule_topic_targets: tuple[RuleTopicTargetSpec, ...] = ()
     problems: dict[str, str] = field(default_factory=dict)  # logical id -> why not supplied
 
     def functions(self) -> dict[str, FunctionSpec]:
@@ -413,37 +398,6 @@ def _service(logical: str, props: dict[str, Any], ctx: _Ctx) -> ServiceSpec:
     )
 
 
-def _rule_topic_targets(ctx: _Ctx, problems: dict[str, str]) -> tuple[RuleTopicTargetSpec, ...]:
-    """Targets written `Arn: !Ref <an AWS::SNS::Topic>`; only those rules are resolved."""
-    topics = {logical for logical, _ in _of_type(ctx.template, "AWS::SNS::Topic")}
-    found = []
-    for logical, resource in _of_type(ctx.template, "AWS::Events::Rule"):
-        raw = resource.get("Properties", {}).get("Targets", [])
-        wanted = {str(t.get("Id")) for t in raw
-                  if isinstance(t.get("Arn"), dict) and t["Arn"].get("Ref") in topics}
-        if not wanted:
-            continue
-        try:
-            props = _props(resource, ctx.template, ctx.facts)
-        except (TemplateError, KeyError, TypeError, ValueError) as exc:
-            problems[logical] = f"topic target not bridged: {exc}"
-            continue
-        bus = str(props.get("EventBusName", "default")).rsplit("/", 1)[-1]
-        for target in props.get("Targets", []):
-            if str(target.get("Id")) not in wanted:
-                continue
-            found.append(RuleTopicTargetSpec(
-                logical_id=logical,
-                rule_name=str(props.get("Name") or ctx.facts.physical.get(logical, logical)),
-                bus_name=bus,
-                target_id=str(target["Id"]),
-                topic_arn=str(target["Arn"]),
-                bridge_queue=f"{ctx.facts.stack_name}-local-{logical}-{target['Id']}"[:80],
-                target=dict(target),
-            ))
-    return tuple(found)
-
-
 @dataclass(frozen=True)
 class _Ctx:
     template: Template
@@ -514,6 +468,5 @@ def plan_gaps(
         ),
         http_apis=http_apis,
         services=_build_all(ctx, "AWS::ECS::Service", _service, problems),
-        rule_topic_targets=_rule_topic_targets(ctx, problems),
         problems=problems,
     )

@@ -7,8 +7,6 @@ from the template); its environment is the function's, as deployed.
   consumer (SQS, Kinesis, DynamoDB Streams) whose batch handler builds the Lambda event and
   calls the function's handler unchanged: one polling loop in the codebase, not two.
 - `pipe`: the outbox relay (`shared.outbox`), standing in for an EventBridge Pipe.
-- `rule-topic-bridge`: publishes a rule's bridge queue to the SNS topic the rule targets
-  (the emulator's EventBridge cannot deliver to SNS).
 
 SIGTERM stops polling, lets in-flight work finish, and exits (the supervisor kills after the
 stop timeout).
@@ -163,17 +161,10 @@ async def run_pipe(spec: dict[str, Any], stop: anyio.Event) -> None:
     await _consumers.relay(spec, stop)
 
 
-async def run_rule_topic_bridge(spec: dict[str, Any], stop: anyio.Event) -> None:
-    from shared.local import _consumers
-
-    await _consumers.forward_to_topic(spec, stop)
-
-
 _RUNNERS: dict[str, Callable[[dict[str, Any], anyio.Event], Awaitable[None]]] = {
     "http-api": serve_http_api,
     "triggers": run_triggers,
     "pipe": run_pipe,
-    "rule-topic-bridge": run_rule_topic_bridge,
 }
 
 

@@ -23,7 +23,6 @@ from shared.local._gaps import (
     FunctionSpec,
     GapPlan,
     QueuePolicySpec,
-    RuleTopicTargetSpec,
     StateMachineSpec,
     SubscriptionSpec,
     TimeToLiveSpec,
@@ -34,7 +33,6 @@ __all__ = [
     "SPEC_ENV",
     "LocalProcesses",
     "apply_api_gaps",
-    "bridge_rule_topic_target",
     "module_exists",
     "plan_processes",
 ]
@@ -128,26 +126,6 @@ async def _state_machine(aws: AwsClients, machine: StateMachineSpec) -> None:
         )
 
 
-async def bridge_rule_topic_target(aws: AwsClients, bridge: RuleTopicTargetSpec) -> str:
-    """Re-point the rule's topic target at the bridge queue (created if missing), keeping
-    the target's id, retry policy and DLQ; returns the queue's URL. Idempotent."""
-    sqs = await aws.client("sqs")
-    events = await aws.client("events")
-    with aws_errors():
-        url = str((await sqs.create_queue(QueueName=bridge.bridge_queue))["QueueUrl"])
-        arn = (await sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"]))[
-            "Attributes"]["QueueArn"]
-        answer = await events.put_targets(
-            Rule=bridge.rule_name,
-            EventBusName=bridge.bus_name,
-            Targets=[{**bridge.target, "Id": bridge.target_id, "Arn": arn}],
-        )
-    if answer.get("FailedEntryCount"):
-        raise AwsRequestError(f"put_targets refused the bridge of {bridge.logical_id}: "
-                              f"{answer.get('FailedEntries')}", code="FailedEntries")
-    return url
-
-
 async def apply_api_gaps(aws: AwsClients, plan: GapPlan) -> tuple[list[str], dict[str, str]]:
     """Create what the emulator skipped; idempotent (a second `up` on the same endpoint
     finds and keeps what the first created). Returns the logical ids supplied, and the ones
@@ -161,10 +139,6 @@ async def apply_api_gaps(aws: AwsClients, plan: GapPlan) -> tuple[list[str], dic
         *((b.logical_id, partial(_bucket_policy, aws, b)) for b in plan.bucket_policies),
         *((t.logical_id, partial(_time_to_live, aws, t)) for t in plan.time_to_live),
         *((m.logical_id, partial(_state_machine, aws, m)) for m in plan.state_machines),
-        *(
-            (f"{b.logical_id}/{b.target_id}", partial(_bridge_step, aws, b))
-            for b in plan.rule_topic_targets
-        ),
     ]
 
     async def run(logical: str, step: Callable[[], Awaitable[None]]) -> None:
@@ -180,10 +154,6 @@ async def apply_api_gaps(aws: AwsClients, plan: GapPlan) -> tuple[list[str], dic
         for logical, step in steps:
             tg.start_soon(run, logical, step)
     return done, problems
-
-
-async def _bridge_step(aws: AwsClients, bridge: RuleTopicTargetSpec) -> None:
-    await bridge_rule_topic_target(aws, bridge)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -428,27 +398,6 @@ async def plan_processes(
                 kind="pipe",
                 argv=host,
                 env={**base_env, SPEC_ENV: json.dumps(pipe_spec)},
-                stop_timeout=10.0,
-            )
-        )
-    for bridge in plan.rule_topic_targets:
-        reason = _consumers.missing("sqs")
-        name = f"{bridge.logical_id}-{bridge.target_id}-bridge"
-        if reason:
-            skipped[name] = reason
-            continue
-        bridge_spec = {
-            "kind": "rule-topic-bridge",
-            "logical_id": bridge.logical_id,
-            "queue_name": bridge.bridge_queue,
-            "topic_arn": bridge.topic_arn,
-        }
-        specs.append(
-            ProcessSpec(
-                name=name,
-                kind="bridge",
-                argv=host,
-                env={**base_env, SPEC_ENV: json.dumps(bridge_spec)},
                 stop_timeout=10.0,
             )
         )

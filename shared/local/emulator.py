@@ -1,6 +1,6 @@
-"""The embedded AWS emulator: moto server in a child process on 127.0.0.1 (started through
-`shared.local._moto_server`, which memoises moto's JSONPath compiling and quiets its access
-log: four times the events a second through the bus; see that module).
+"""The embedded AWS emulator: moto server in a child process on 127.0.0.1, started through
+`shared.local._moto_server`: moto with one gap filled (a rule delivers to an SNS topic) and
+its throughput fixes (see that module).
 
 Configured as ../shared/notes/emulator.md says: `MOTO_PORT` equals the port (Step Functions
 tasks call back into the server), and state machine execution is switched on through
@@ -31,12 +31,6 @@ __all__ = ["Emulator", "EmulatorError", "configure_endpoint", "free_port", "port
 
 class EmulatorError(FleetlineError):
     """The emulator could not be started or reached."""
-
-
-def _server_module() -> str:
-    if os.environ.get("FLEETLINE_EMULATOR_FIXES") == "0":
-        return "moto.server"
-    return "shared.local._moto_server"
 
 
 def free_port() -> int:
@@ -111,9 +105,10 @@ class Emulator:
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         try:
             self.process = subprocess.Popen(
-                # moto's server, with its two throughput fixes (shared.local._moto_server;
-                # FLEETLINE_EMULATOR_FIXES=0 runs moto's own entry point, to compare)
-                [sys.executable, "-m", _server_module(), "-H", self.host, "-p", str(self.port)],
+                # moto's server with fleetline's fixes (FLEETLINE_EMULATOR_FIXES=0 leaves
+                # the throughput ones out, to compare; see shared.local._moto_server)
+                [sys.executable, "-m", "shared.local._moto_server",
+                 "-H", self.host, "-p", str(self.port)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,

@@ -2,10 +2,8 @@
 feed topic -> one queue per task -> each task's SSE viewers. Two tasks in this process, each
 with its own queue, hub and server, as two ECS tasks would run.
 
-The emulator's EventBridge cannot deliver to an SNS target (its PutEvents answers HTTP 500
-when a matching rule targets a topic), so the rule's topic target goes through the local
-runner's bridge (`shared.local`), as under `fleetline up`: bus -> rule -> bridge queue ->
-publish to the topic. Everything from the topic on is what runs on AWS.
+moto's EventBridge cannot deliver to an SNS target; the embedded emulator can
+(`shared.local._moto_server`), so the path is the one AWS runs.
 """
 
 from __future__ import annotations
@@ -39,9 +37,6 @@ from shared.aws import AwsClients
 from shared.config import Resources
 from shared.consumers import SqsSettings
 from shared.events import Envelope, load_registered_events
-from shared.local._consumers import forward_to_topic
-from shared.local._gaps import RuleTopicTargetSpec
-from shared.local._supply import bridge_rule_topic_target
 
 pytestmark = pytest.mark.emulator
 
@@ -100,10 +95,9 @@ async def put_device_event(aws: AwsClients, event: DeviceConnected | DeviceState
 
 
 @contextlib.asynccontextmanager
-async def devices_bus_to_feed_topic(aws: AwsClients, *,
-                                    bridged: bool = True) -> AsyncIterator[str]:
-    """The template's wiring (DashboardRule: every fleetline.devices event -> the feed topic),
-    with the local runner's bridge for the rule's topic target. Yields the topic ARN."""
+async def devices_bus_to_feed_topic(aws: AwsClients) -> AsyncIterator[str]:
+    """The template's wiring (DashboardRule: every fleetline.devices event -> the feed
+    topic). Yields the topic ARN."""
     events = await aws.client("events")
     sns = await aws.client("sns")
     await events.create_event_bus(Name=BUS)
@@ -112,22 +106,7 @@ async def devices_bus_to_feed_topic(aws: AwsClients, *,
                           EventPattern=json.dumps({"source": ["fleetline.devices"]}))
     await events.put_targets(Rule="fan-dashboard", EventBusName=BUS,
                              Targets=[{"Id": "DashboardFeedTopic", "Arn": topic}])
-    if not bridged:
-        yield topic
-        return
-    bridge = RuleTopicTargetSpec(logical_id="DashboardRule", rule_name="fan-dashboard",
-                                 bus_name=BUS, target_id="DashboardFeedTopic", topic_arn=topic,
-                                 bridge_queue="fan-local-DashboardRule-DashboardFeedTopic",
-                                 target={"Id": "DashboardFeedTopic", "Arn": topic})
-    await bridge_rule_topic_target(aws, bridge)
-    stop = anyio.Event()
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(forward_to_topic, {"queue_name": bridge.bridge_queue,
-                                         "topic_arn": topic, "wait_time_seconds": 1}, stop)
-        try:
-            yield topic
-        finally:
-            stop.set()
+    yield topic
 
 
 @dataclass
@@ -192,10 +171,10 @@ async def test_two_tasks_each_push_every_device_event_to_their_viewers(aws: AwsC
             at - sent_at[u["device"]["device_id"]]
             for v in (viewer_one, viewer_two) for at, u in v.updates)
         p50 = statistics.median(latencies)
-        print(f"\nevent -> SSE through the feed topic (bridge+SNS+task queue), "
+        # Printed, not asserted: the latency goal is bench/devices_bench.py's to measure.
+        print(f"\nevent -> SSE through the feed topic (SNS + task queue), "
               f"{len(latencies)} pushes: p50 {p50 * 1000:.0f} ms, "
               f"max {latencies[-1] * 1000:.0f} ms")
-        assert p50 < 1.0, f"p50 {p50:.3f} s is over the dashboard's 1 s budget"
         viewers.cancel_scope.cancel()
 
 
@@ -203,7 +182,7 @@ async def test_a_stopping_task_unsubscribes_and_deletes_its_queue(aws: AwsClient
     load_registered_events()
     sqs = await aws.client("sqs")
     sns = await aws.client("sns")
-    async with devices_bus_to_feed_topic(aws, bridged=False) as topic:
+    async with devices_bus_to_feed_topic(aws) as topic:
         async with dashboard_task(aws, topic) as task:
             queue = task.queue
             attributes = (await sqs.get_queue_attributes(
@@ -228,7 +207,7 @@ async def test_a_stopping_task_unsubscribes_and_deletes_its_queue(aws: AwsClient
 async def test_a_new_task_removes_feeds_left_by_dead_tasks_only(aws: AwsClients) -> None:
     sqs = await aws.client("sqs")
     sns = await aws.client("sns")
-    async with devices_bus_to_feed_topic(aws, bridged=False) as topic:
+    async with devices_bus_to_feed_topic(aws) as topic:
         account_region = topic.split(":")[3:5]
 
         async def leftover(name: str, heartbeat: float, *, delete_queue: bool = False) -> str:
@@ -265,7 +244,7 @@ async def test_teardown_is_quiet_when_the_feed_is_already_gone(aws: AwsClients) 
     finds nothing to remove, which is its goal reached, not a failure to report."""
     sqs = await aws.client("sqs")
     sns = await aws.client("sns")
-    async with devices_bus_to_feed_topic(aws, bridged=False) as topic:
+    async with devices_bus_to_feed_topic(aws) as topic:
         config = FeedConfig(topic_arn=topic, queue_prefix=PREFIX)
         with structlog.testing.capture_logs() as logs:
             async with task_queue(aws, config) as queue:

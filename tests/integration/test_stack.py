@@ -1,8 +1,8 @@
 """The template deployed to the emulator through `shared.deployment`: every resource is
 there (or is a named emulator gap), and the wiring works (bus -> rule -> queue, and only for
-matching events). The dashboard rule targets an SNS topic, which the emulator's EventBridge
-cannot deliver to (PutEvents answers HTTP 500 while such a rule matches): its target is
-bridged as `fleetline up` does (`shared.local`), and the bridge queue stands for the topic."""
+matching events). The dashboard rule targets an SNS topic (moto's EventBridge cannot
+deliver to one; the embedded emulator can, `shared.local._moto_server`): a queue subscribed
+to the topic, as each dashboard task subscribes its own, stands for the topic."""
 
 from __future__ import annotations
 
@@ -26,9 +26,6 @@ from shared.deployment import (
     deploy,
     local_parameters,
 )
-from shared.local import load_template, plan_gaps
-from shared.local._stack import describe_stack, gather_facts
-from shared.local._supply import bridge_rule_topic_target
 
 pytestmark = pytest.mark.emulator
 
@@ -67,7 +64,7 @@ ORDERS_ROUTES = {
     ("fleetline.orders", "OrderShipped"): set(),  # no rule wants it
     ("someone.else", "OrderPlaced"): set(),  # right type, wrong source
 }
-DASHBOARD_FEED = "DashboardFeedTopic (bridged)"
+DASHBOARD_FEED = "DashboardFeedTopic (a subscribed queue)"
 DEVICE_ROUTES = {
     ("fleetline.devices", "DeviceConnected"): {"DeviceProjectionQueue", DASHBOARD_FEED},
     ("fleetline.devices", "ThresholdBreached"): {"DeviceProjectionQueue", DASHBOARD_FEED,
@@ -166,16 +163,14 @@ async def test_template_deploys_with_every_resource_and_routes_events(
         QueueUrl=deployment.outputs["InventoryTasksQueue"], AttributeNames=["All"]))["Attributes"]
     assert json.loads(attributes["RedrivePolicy"])["maxReceiveCount"] == 3
 
-    # The dashboard rule's topic target, bridged as `fleetline up` bridges it.
-    template = load_template(DEFAULT_TEMPLATE)
-    stack = await describe_stack(aws, "fl-test")
-    assert stack is not None
-    plan = plan_gaps(template, await gather_facts(aws, template, stack))
-    (bridge,) = plan.rule_topic_targets
-    assert (bridge.logical_id, bridge.topic_arn) == (
-        "DashboardRule", deployment.outputs["DashboardFeedTopic"])
+    # The dashboard rule's topic, heard by a queue subscribed as a dashboard task's is.
     urls = {q: deployment.outputs[q] for q in EVENT_FED_QUEUES if q != DASHBOARD_FEED}
-    urls[DASHBOARD_FEED] = await bridge_rule_topic_target(aws, bridge)
+    urls[DASHBOARD_FEED] = (await sqs.create_queue(QueueName="fl-test-feed-probe"))["QueueUrl"]
+    probe_arn = (await sqs.get_queue_attributes(
+        QueueUrl=urls[DASHBOARD_FEED], AttributeNames=["QueueArn"]))["Attributes"]["QueueArn"]
+    sns = await aws.client("sns")
+    await sns.subscribe(TopicArn=deployment.outputs["DashboardFeedTopic"], Protocol="sqs",
+                        Endpoint=probe_arn, Attributes={"RawMessageDelivery": "true"})
 
     # Wiring: each event reaches exactly the queues whose rules match it.
     for bus_key, routes in (("OrdersBusName", ORDERS_ROUTES),
