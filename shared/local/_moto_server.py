@@ -106,6 +106,70 @@ def _one_clock_reading_per_walk() -> None:
     Queue.approximate_number_of_messages = property(visible)  # type: ignore[assignment,method-assign]
 
 
+def _alias_search_once_per_member() -> None:
+    from moto.core import serialize, utils
+
+    original = serialize.ResponseSerializer.get_value
+    default_call = serialize.AttributePicker.__call__
+    if getattr(original, "_fleetline", False):
+        return
+    missing = utils.MISSING  # type: ignore[attr-defined]
+    candidates: dict[tuple[Any, ...], tuple[str, ...]] = {}
+
+    def get_value(self: Any, value: Any, key: str, shape: Any) -> Any:
+        picker = self._value_picker
+        if (type(value) is not dict or type(picker).__call__ is not default_call
+                or picker.alias_providers is not serialize.DEFAULT_ALIAS_PROVIDERS
+                or picker.response_transformers):
+            return original(self, value, key, shape)
+        # For a plain dict, the keys the alias providers offer depend only on the picker's
+        # class, the member's name and its shape (a dict has no Meta aliases and one class
+        # name): worked out once per member, not for every value of every response.
+        cache_key = (type(picker), key, shape)
+        keys = candidates.get(cache_key)
+        if keys is None:
+            context = serialize.AttributePickerContext(
+                obj=value, key=key, shape=shape, operation_model=self.operation_model,
+                service_model=self.operation_model.service_model, key_path=".".join(self.path))
+            keys = candidates[cache_key] = tuple(picker.get_possible_keys(context))
+        for candidate in keys:
+            found = (utils.get_value(value, candidate, missing) if "." in candidate
+                     else value.get(candidate, missing))
+            if found is not missing:
+                return found
+        return None
+
+    get_value._fleetline = True  # type: ignore[attr-defined]
+    serialize.ResponseSerializer.get_value = get_value  # type: ignore[method-assign]
+
+
+def _route_each_host_once() -> None:
+    from moto import backends
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication
+
+    original = DomainDispatcherApplication.get_backend_for_host
+    if getattr(original, "_fleetline", False):
+        return
+    modules = tuple(backends.list_of_moto_modules())  # the installed package: fixed
+    backends.list_of_moto_modules = lambda: iter(modules)
+    routed: dict[str, Any] = {}
+
+    def get_backend_for_host(self: Any, host: str | None) -> Any:
+        # Called under the dispatcher's lock; a host always routes to the same backend.
+        if host is None:
+            return None
+        backend = routed.get(host)
+        if backend is None:
+            backend = original(self, host)
+            if backend is not None:
+                routed[host] = backend
+        return backend
+
+    get_backend_for_host._fleetline = True  # type: ignore[attr-defined]
+    DomainDispatcherApplication.get_backend_for_host = (  # type: ignore[method-assign]
+        get_backend_for_host)
+
+
 def _rule_targets_reach_topics() -> None:
     from moto.core.utils import iso_8601_datetime_without_milliseconds, utcfromtimestamp
     from moto.events.models import Rule
@@ -157,6 +221,8 @@ def main(argv: list[str] | None = None) -> None:
     # Throughput fixes: FLEETLINE_EMULATOR_FIXES=0 leaves them out, to compare.
     if os.environ.get("FLEETLINE_EMULATOR_FIXES") != "0":
         _memoise_jsonpath()
+        _route_each_host_once()
+        _alias_search_once_per_member()
         _constant_time_retention_check()
         _one_clock_reading_per_walk()
     if os.environ.get("FLEETLINE_EMULATOR_ACCESS_LOG") != "1":

@@ -1,0 +1,85 @@
+"""The embedded emulator's serializer fix (`shared.local._moto_server`) answers byte for byte
+what moto answers: the same responses serialized with moto's own alias search and with the
+search worked out once per member. In process, no server: moto's serializer is a pure
+function of the operation's shape and the result."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+serialize = pytest.importorskip("moto.core.serialize")
+moto_utils = pytest.importorskip("moto.core.utils")
+
+from shared.local import _moto_server  # noqa: E402
+
+ITEM = {
+    "device_id": {"S": "d-000001"},
+    "version": {"N": "17"},
+    "doc": {"S": '{"readings": {"temp": 21.5}}'},
+    "alarms": {"M": {"temp": {"S": "high"}, "none": {"NULL": True}}},
+    "tags": {"SS": ["a", "b"]},
+    "history": {"L": [{"N": "1"}, {"BOOL": False}, {"M": {}}]},
+}
+STREAM_PAGE = {
+    "NextShardIterator": "arn:aws:dynamodb:us-east-1:123456789012:table/t/stream/x|1|abc",
+    "Records": [
+        {
+            "eventID": f"e{i}", "eventName": "MODIFY" if i else "INSERT",
+            "eventSource": "aws:dynamodb", "eventVersion": "1.0", "awsRegion": "us-east-1",
+            "dynamodb": {
+                "StreamViewType": "NEW_IMAGE",
+                "ApproximateCreationDateTime": dt.datetime(2026, 11, 23, 14, 0, i, 250000),
+                "SequenceNumber": str(1100000000017454423009 + i), "SizeBytes": 321,
+                "Keys": {"device_id": ITEM["device_id"]}, "NewImage": ITEM,
+            },
+        }
+        for i in range(3)
+    ],
+}
+KINESIS_PAGE = {
+    "NextShardIterator": "it-2", "MillisBehindLatest": 0,
+    "Records": [{"SequenceNumber": "1", "PartitionKey": "d-1", "Data": b"{}",
+                 "ApproximateArrivalTimestamp": dt.datetime(2026, 11, 23, 14, 0, 0)}],
+}
+CASES = [
+    ("dynamodbstreams", "GetRecords", STREAM_PAGE),
+    ("dynamodb", "GetItem", {"Item": ITEM}),
+    ("dynamodb", "Query", {"Items": [ITEM, ITEM], "Count": 2, "ScannedCount": 2}),
+    ("kinesis", "GetRecords", KINESIS_PAGE),
+]
+
+
+def serialized(service: str, operation: str, result: dict[str, Any]) -> Any:
+    model = moto_utils.get_service_model(service)
+    operation_model = model.operation_model(operation)
+    serializer_class = serialize.get_serializer_class(service, model.protocol)
+    serializer = serializer_class(operation_model=operation_model, pretty_print=False,
+                                  value_picker=serialize.XFormedAttributePicker())
+    return serializer.serialize(result)["body"]
+
+
+@pytest.fixture
+def fixed() -> Iterator[None]:
+    saved = serialize.ResponseSerializer.get_value
+    _moto_server._alias_search_once_per_member()
+    assert serialize.ResponseSerializer.get_value is not saved
+    try:
+        yield
+    finally:
+        serialize.ResponseSerializer.get_value = saved
+
+
+@pytest.mark.parametrize(("service", "operation", "result"), CASES,
+                         ids=[f"{s}.{o}" for s, o, _ in CASES])
+def test_the_fixed_serializer_answers_what_moto_answers(
+    service: str, operation: str, result: dict[str, Any], request: pytest.FixtureRequest,
+) -> None:
+    before = serialized(service, operation, result)
+    request.getfixturevalue("fixed")
+    assert serialized(service, operation, result) == before
+    assert serialized(service, operation, result) == before  # answered from the cache too
+    assert "d-000001" in str(before) or "it-2" in str(before)  # a real body, not an empty one
