@@ -13,6 +13,10 @@ clients over HTTP:
 2. Backlog: a queue holding `--backlog` messages; SendMessageBatch of 10 and then
    ReceiveMessage of 10 + DeleteMessageBatch until empty. Reported: messages per second
    each way. moto's cost per operation grows with the backlog; this is where it shows.
+3. Table stream: `--backlog` device-shaped items written to a table with a NEW_IMAGE stream
+   (the devices table), then read back with GetRecords of up to 1,000 as the outbox relay
+   reads them. Reported: stream records per second read (moto's response serializer is
+   where the time goes).
 """
 
 from __future__ import annotations
@@ -77,11 +81,44 @@ async def _backlog(aws: AwsClients, backlog: int) -> tuple[float, float]:
     return sent, backlog / (time.perf_counter() - start)
 
 
+async def _table_stream(aws: AwsClients, items: int) -> float:
+    dynamodb = await aws.client("dynamodb")
+    streams = await aws.client("dynamodbstreams")
+    table = await dynamodb.create_table(
+        TableName="bench-devices", BillingMode="PAY_PER_REQUEST",
+        KeySchema=[{"AttributeName": "device_id", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "device_id", "AttributeType": "S"}],
+        StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_IMAGE"})
+    stream_arn = table["TableDescription"]["LatestStreamArn"]
+    doc = json.dumps({"readings": {f"m{k}": k * 1.5 for k in range(8)}, "firmware": "1.4.2",
+                      "status": "ONLINE", "reported": {"mode": "eco", "interval": 30}})
+    for i in range(items):
+        await dynamodb.put_item(TableName="bench-devices", Item={
+            "device_id": {"S": f"dev-{i:06d}"}, "tenant_id": {"S": "t-001"},
+            "version": {"N": str(i)}, "status": {"S": "ONLINE"}, "doc": {"S": doc}})
+    shard = (await streams.describe_stream(StreamArn=stream_arn))["StreamDescription"][
+        "Shards"][0]["ShardId"]
+    iterator = (await streams.get_shard_iterator(
+        StreamArn=stream_arn, ShardId=shard, ShardIteratorType="TRIM_HORIZON"))["ShardIterator"]
+    read = 0
+    start = time.perf_counter()
+    while read < items:
+        page = await streams.get_records(ShardIterator=iterator, Limit=1000)
+        if not page["Records"]:
+            break
+        read += len(page["Records"])
+        iterator = page["NextShardIterator"]
+    if read != items:
+        raise RuntimeError(f"read {read} of {items} stream records")
+    return items / (time.perf_counter() - start)
+
+
 async def _measure(events: int, backlog: int) -> dict[str, Any]:
     async with AwsClients() as aws:
         bus = await _bus(aws, events)
         sent, received = await _backlog(aws, backlog)
-    return {"bus": bus, "sent": sent, "received": received}
+        stream = await _table_stream(aws, backlog)
+    return {"bus": bus, "sent": sent, "received": received, "stream": stream}
 
 
 def main() -> None:
@@ -103,10 +140,12 @@ def main() -> None:
     table = Table(title="embedded emulator throughput (higher is better)")
     for name in ("emulator", "PutEvents events/s (3 rules + archive)",
                  f"SendMessageBatch msgs/s (to {args.backlog:,})",
-                 f"Receive+Delete msgs/s (from {args.backlog:,})"):
+                 f"Receive+Delete msgs/s (from {args.backlog:,})",
+                 "stream GetRecords records/s"):
         table.add_column(name, justify="right" if name != "emulator" else "left")
     for label, r in results.items():
-        table.add_row(label, f"{r['bus']:,.0f}", f"{r['sent']:,.0f}", f"{r['received']:,.0f}")
+        table.add_row(label, f"{r['bus']:,.0f}", f"{r['sent']:,.0f}", f"{r['received']:,.0f}",
+                      f"{r['stream']:,.0f}")
     console.print(table)
     print(json.dumps(results))
 
