@@ -31,7 +31,7 @@ What is measured, exactly (see docs/benchmarks.md for the figures):
 3. Event-to-dashboard latency, end to end on the emulator (`--latency`): a smaller fleet
    (`--latency-devices`, default 300) sends telemetry for `--latency-seconds`; the telemetry
    worker runs as `python -m shared.hosts.worker services.devices.telemetry:worker`
-   (FLEETLINE_WRITE_MODE=items against moto), the outbox relay (DynamoDB Streams consumer +
+   (its default write mode, TransactWriteItems), the outbox relay (DynamoDB Streams consumer +
    EventBridge) and the dashboard (its own queue on DashboardFeedTopic, attached and consumed
    as the dashboard worker does, + SSE server) run in this process; the bus's rule delivers
    to the feed topic as on AWS (the embedded emulator's fix); SSE clients (one per tenant)
@@ -423,7 +423,7 @@ async def _latency(args: argparse.Namespace, endpoint: str) -> dict[str, Any]:
                    FLEETLINE_TELEMETRY_STREAM="lat-telemetry",
                    FLEETLINE_DEVICES_TABLE="lat-devices",
                    FLEETLINE_LEASES_TABLE="lat-leases", FLEETLINE_TELEMETRY_FAILURE_QUEUE=failures,
-                   FLEETLINE_RESIDENCY_ZONE="eu", FLEETLINE_WRITE_MODE="items",
+                   FLEETLINE_RESIDENCY_ZONE="eu",
                    FLEETLINE_LEASE_DURATION="5",
                    FLEETLINE_DRAIN_SECONDS="2", LOG_LEVEL="WARNING")
         env.pop("AWS_ENDPOINT_URL_DYNAMODB", None)

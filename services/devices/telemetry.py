@@ -104,14 +104,6 @@ WRITE_CONCURRENCY: Final = 32  # commits in flight at once (ITEMS mode: one per 
 STORED_SWEEP_PAGE: Final = 250
 
 
-def default_write_mode(environ: Mapping[str, str]) -> str:
-    """TRANSACTION on AWS (fewest requests: up to 100 devices a call). Against an endpoint
-    override (the embedded emulator) ITEMS: moto deep-copies a table and its stream on every
-    TransactWriteItems, so transactions there slow down as the stream grows (seconds per
-    call after a few hundred writes), while single conditional puts stay fast."""
-    return WriteMode.ITEMS if environ.get("AWS_ENDPOINT_URL") else WriteMode.TRANSACTION
-
-
 class FlushError(RetryableError):
     """Some devices could not be written; they were dropped from memory and the batch is
     retried (the replay reloads them)."""
@@ -172,7 +164,9 @@ class TelemetryConfig:
             silence_after=float(env.get("FLEETLINE_SILENCE_AFTER", "60")),
             sweep_interval=float(env.get("FLEETLINE_SWEEP_INTERVAL", "5")),
             thresholds=thresholds,
-            write_mode=env.get("FLEETLINE_WRITE_MODE") or default_write_mode(env),
+            # TRANSACTION everywhere, the emulator included (moto deep-copied a table and its
+            # stream per TransactWriteItems; shared.local._moto_server backs up items).
+            write_mode=env.get("FLEETLINE_WRITE_MODE") or WriteMode.TRANSACTION,
             stored_sweep_interval=float(env.get("FLEETLINE_STORED_SWEEP_INTERVAL") or "3600"),
         )
 

@@ -143,6 +143,114 @@ def _alias_search_once_per_member() -> None:
     serialize.ResponseSerializer.get_value = get_value  # type: ignore[method-assign]
 
 
+def _transactions_back_up_items_not_tables() -> None:
+    from moto.dynamodb import exceptions as errors
+    from moto.dynamodb.comparisons import get_filter_expression
+    from moto.dynamodb.models import DynamoDBBackend
+
+    original = DynamoDBBackend.transact_write_items
+    if getattr(original, "_fleetline", False):
+        return
+    kinds = {"ConditionCheck", "Put", "Delete", "Update"}
+
+    def transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> None:
+        if len(transact_items) > 100:
+            raise errors.TooManyTransactionsException()
+        # 1. Every check against the state before the transaction, nothing written: the
+        #    same checks, in the same order, with the same errors as moto's.
+        planned: list[tuple[str, dict[str, Any], Any, Any, Any]] = []
+        reasons: list[tuple[Any, Any, Any]] = []
+        seen: set[tuple[str, str]] = set()
+        for entry in transact_items:
+            if len(entry) > 1:
+                raise errors.TransactWriteSingleOpException
+            old_image = None
+            try:
+                kind, op = next(iter(entry.items()))
+                if kind not in kinds:
+                    raise ValueError("Unsupported transaction operation")
+                table = self.get_table(op["TableName"])
+                if kind == "Put":
+                    key = {table.hash_key_attr: op["Item"][table.hash_key_attr]}
+                    if table.range_key_attr is not None:
+                        key[table.range_key_attr] = op["Item"][table.range_key_attr]
+                else:
+                    key = op["Key"]
+                marker = (str(op["TableName"]), str(dict(sorted(key.items()))))
+                if marker in seen:
+                    raise errors.MultipleTransactionsException()
+                seen.add(marker)
+                hash_value, range_value = self.get_keys_value(table, key)
+                current = table.get_item(hash_value, range_value)
+                condition = op.get("ConditionExpression")
+                if condition is not None and not get_filter_expression(
+                        condition, op.get("ExpressionAttributeNames"),
+                        op.get("ExpressionAttributeValues")).expr(current):
+                    if op.get("ReturnValuesOnConditionCheckFailure") == "ALL_OLD" and current:
+                        old_image = current.to_json()["Attributes"]
+                    raise errors.ConditionalCheckFailed(item=old_image)
+                planned.append((kind, op, table, hash_value, range_value))
+                reasons.append((None, None, None))
+            except errors.MockValidationException:
+                raise
+            except errors.ConditionalCheckFailed as exc:
+                reasons.append(("ConditionalCheckFailed", str(exc.message), old_image))
+            except Exception as exc:
+                reasons.append((type(exc).__name__, str(exc), old_image))
+        if any(code is not None for code, _, _ in reasons):
+            raise errors.TransactionCanceledException(reasons)
+
+        # 2. The writes, each touched item backed up first (not the whole table and its
+        #    stream, as moto does: a deep copy that grows with every write, and a restore
+        #    that erased what other requests wrote meanwhile).
+        backups = [(table, hash_value, range_value,
+                    copy.deepcopy(table.get_item(hash_value, range_value)))
+                   for kind, _, table, hash_value, range_value in planned
+                   if kind != "ConditionCheck"]
+        stream_lengths = {id(t): (t, len(t.stream_shard.items))
+                          for t, *_ in backups if t.stream_shard is not None}
+        done = 0
+        try:
+            for kind, op, table, *_ in planned:
+                names, values = op.get("ExpressionAttributeNames"), op.get(
+                    "ExpressionAttributeValues")
+                if kind == "Put":
+                    self.put_item(table.name, op["Item"],
+                                  condition_expression=op.get("ConditionExpression"),
+                                  expression_attribute_names=names,
+                                  expression_attribute_values=values)
+                elif kind == "Delete":
+                    self.delete_item(table.name, op["Key"],
+                                     condition_expression=op.get("ConditionExpression"),
+                                     expression_attribute_names=names,
+                                     expression_attribute_values=values)
+                elif kind == "Update":
+                    self.update_item(table.name, op["Key"],
+                                     update_expression=op["UpdateExpression"],
+                                     condition_expression=op.get("ConditionExpression"),
+                                     expression_attribute_names=names,
+                                     expression_attribute_values=values)
+                done += 1
+        except Exception as exc:
+            for table, hash_value, range_value, saved in reversed(backups):
+                items = table.items[hash_value] if range_value is not None else table.items
+                slot = range_value if range_value is not None else hash_value
+                if saved is None:
+                    items.pop(slot, None)
+                else:
+                    items[slot] = saved
+            for table, length in stream_lengths.values():
+                del table.stream_shard.items[length:]
+            if isinstance(exc, errors.MockValidationException):
+                raise
+            reasons = [(None, None, None)] * len(planned)  # one reason per item, as AWS
+            reasons[done] = (type(exc).__name__, str(exc), None)
+            raise errors.TransactionCanceledException(reasons) from exc
+
+    transact_write_items._fleetline = True  # type: ignore[attr-defined]
+    DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
+
+
 def _route_each_host_once() -> None:
     from moto import backends
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication
@@ -222,6 +330,7 @@ def main(argv: list[str] | None = None) -> None:
     if os.environ.get("FLEETLINE_EMULATOR_FIXES") != "0":
         _memoise_jsonpath()
         _route_each_host_once()
+        _transactions_back_up_items_not_tables()
         _alias_search_once_per_member()
         _constant_time_retention_check()
         _one_clock_reading_per_walk()

@@ -75,3 +75,59 @@ async def test_a_rule_delivers_to_a_topic_target_beside_a_queue_target(aws: AwsC
         event_id, "Probe", {"device": "d-1"})
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", via_topic["time"])
     assert await body("transformed") == {"who": "d-1"}
+
+
+async def _stream_length(aws: AwsClients, stream_arn: str) -> int:
+    streams = await aws.client("dynamodbstreams")
+    shard = (await streams.describe_stream(StreamArn=stream_arn))["StreamDescription"][
+        "Shards"][0]["ShardId"]
+    iterator = (await streams.get_shard_iterator(
+        StreamArn=stream_arn, ShardId=shard, ShardIteratorType="TRIM_HORIZON"))["ShardIterator"]
+    return len((await streams.get_records(ShardIterator=iterator, Limit=1000))["Records"])
+
+
+async def test_a_transaction_is_all_or_nothing_and_keeps_what_it_did_not_touch(
+    aws: AwsClients,
+) -> None:
+    """The embedded emulator backs up the items a transaction touches, not whole tables (moto
+    deep-copies each table and its stream per call, and its restore erased writes made
+    meanwhile): a cancelled transaction leaves every item and the stream as they were."""
+    dynamodb = await aws.client("dynamodb")
+    table = await dynamodb.create_table(
+        TableName="tx", BillingMode="PAY_PER_REQUEST",
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+        StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_IMAGE"})
+    stream_arn = table["TableDescription"]["LatestStreamArn"]
+    for pk in ("a", "c"):
+        await dynamodb.put_item(TableName="tx", Item={"pk": {"S": pk}, "n": {"N": "0"}})
+    put_b = {"Put": {"TableName": "tx", "Item": {"pk": {"S": "b"}}}}
+    bump_a = {"Update": {"TableName": "tx", "Key": {"pk": {"S": "a"}},
+                         "UpdateExpression": "SET n = :one",
+                         "ExpressionAttributeValues": {":one": {"N": "1"}}}}
+
+    async def items() -> dict[str, dict[str, Any]]:
+        page = await dynamodb.scan(TableName="tx", ConsistentRead=True)
+        return {i["pk"]["S"]: i for i in page["Items"]}
+
+    before = await items()
+    with pytest.raises(AwsRequestError) as info, aws_errors():
+        await dynamodb.transact_write_items(TransactItems=[put_b, bump_a, {"Put": {
+            "TableName": "tx", "Item": {"pk": {"S": "c"}, "n": {"N": "9"}},
+            "ConditionExpression": "attribute_not_exists(pk)"}}])
+    assert info.value.code == "TransactionCanceledException"
+    assert "[None, None, ConditionalCheckFailed]" in str(info.value)
+    assert await items() == before
+    assert await _stream_length(aws, stream_arn) == 2
+
+    # A write that fails after the checks passed (a key of the wrong type) is undone too.
+    with pytest.raises(AwsRequestError), aws_errors():
+        await dynamodb.transact_write_items(TransactItems=[
+            put_b, bump_a, {"Put": {"TableName": "tx", "Item": {"pk": {"N": "1"}}}}])
+    assert await items() == before
+    assert await _stream_length(aws, stream_arn) == 2
+
+    await dynamodb.transact_write_items(TransactItems=[put_b, bump_a])
+    after = await items()
+    assert set(after) == {"a", "b", "c"} and after["a"]["n"] == {"N": "1"}
+    assert await _stream_length(aws, stream_arn) == 4
