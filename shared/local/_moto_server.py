@@ -251,6 +251,43 @@ def _transactions_back_up_items_not_tables() -> None:
     DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
 
 
+def _kinesis_reads_from_the_position() -> None:
+    from moto.kinesis.models import Shard
+
+    original = Shard.get_records
+    if getattr(original, "_fleetline", False):
+        return
+
+    # moto numbers a shard's records 1, 2, 3 ... (each the last plus one) in an ordered dict,
+    # but walked the whole shard to find the records after a position, and built a list of
+    # every key to find the last one on every put: both grow with the stream.
+    def get_records(self: Any, last_sequence_id: str, limit: int | None) -> Any:
+        records = self.records
+        position = int(last_sequence_id)
+        if not records or position >= next(reversed(records)):
+            return [], position, 0  # nothing after the position: what the walk found
+        if position + 1 not in records:
+            return original(self, last_sequence_id, limit)  # a gap: moto's own walk
+        newest = records[next(reversed(records))]
+        results: list[Any] = []
+        while position + 1 in records and (limit is None or len(results) < limit):
+            position += 1
+            results.append(records[position])
+        behind = newest.created_at - results[-1].created_at
+        return results, position, int(behind * 1000)
+
+    def get_max_sequence_number(self: Any) -> int:
+        return next(reversed(self.records)) if self.records else 0
+
+    def get_min_sequence_number(self: Any) -> int:
+        return next(iter(self.records)) if self.records else 0
+
+    get_records._fleetline = True  # type: ignore[attr-defined]
+    Shard.get_records = get_records  # type: ignore[method-assign]
+    Shard.get_max_sequence_number = get_max_sequence_number  # type: ignore[method-assign]
+    Shard.get_min_sequence_number = get_min_sequence_number  # type: ignore[method-assign]
+
+
 def _route_each_host_once() -> None:
     from moto import backends
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication
@@ -331,6 +368,7 @@ def main(argv: list[str] | None = None) -> None:
         _memoise_jsonpath()
         _route_each_host_once()
         _transactions_back_up_items_not_tables()
+        _kinesis_reads_from_the_position()
         _alias_search_once_per_member()
         _constant_time_retention_check()
         _one_clock_reading_per_walk()

@@ -1,7 +1,11 @@
-"""The embedded emulator's serializer fix (`shared.local._moto_server`) answers byte for byte
-what moto answers: the same responses serialized with moto's own alias search and with the
-search worked out once per member. In process, no server: moto's serializer is a pure
-function of the operation's shape and the result."""
+"""The embedded emulator's throughput fixes (`shared.local._moto_server`) answer what moto
+answers. In process, no server: the serializer is a pure function of the operation's shape
+and the result, and a Kinesis shard is a data structure.
+
+- the serializer: the same responses, byte for byte, with moto's own alias search and with
+  the search worked out once per member;
+- Kinesis: reads from every position, with and without a limit, and the first and last
+  sequence numbers, the same as moto's walk over the whole shard."""
 
 from __future__ import annotations
 
@@ -83,3 +87,37 @@ def test_the_fixed_serializer_answers_what_moto_answers(
     assert serialized(service, operation, result) == before
     assert serialized(service, operation, result) == before  # answered from the cache too
     assert "d-000001" in str(before) or "it-2" in str(before)  # a real body, not an empty one
+
+
+kinesis_models = pytest.importorskip("moto.kinesis.models")
+
+
+@pytest.fixture
+def kinesis_fixed() -> Iterator[Any]:
+    shard_class = kinesis_models.Shard
+    saved = {name: getattr(shard_class, name) for name in
+             ("get_records", "get_max_sequence_number", "get_min_sequence_number")}
+    _moto_server._kinesis_reads_from_the_position()
+    assert shard_class.get_records is not saved["get_records"]
+    try:
+        yield saved
+    finally:
+        for name, method in saved.items():
+            setattr(shard_class, name, method)
+
+
+def test_a_kinesis_shard_reads_what_moto_reads_from_every_position(
+    kinesis_fixed: dict[str, Any],
+) -> None:
+    shard = kinesis_models.Shard(0, 0, 2**128)
+    for n in range(25):
+        assert shard.put_record(f"d-{n}", f"data {n}", "") == str(n + 1)
+    for position in range(-1, 28):
+        for limit in (None, 1, 7, 100):
+            fixed = shard.get_records(str(position), limit)
+            moto = kinesis_fixed["get_records"](shard, str(position), limit)
+            assert ([r.sequence_number for r in fixed[0]], fixed[1:]) == (
+                [r.sequence_number for r in moto[0]], moto[1:]), (position, limit)
+    assert shard.get_max_sequence_number() == 25
+    assert shard.get_min_sequence_number() == 1
+    assert kinesis_models.Shard(1, 0, 1).get_max_sequence_number() == 0
