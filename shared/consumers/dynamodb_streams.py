@@ -13,13 +13,12 @@ one handler serves both hosts.
 
 from __future__ import annotations
 
-import base64
-import json
 from collections.abc import Mapping, Sequence
-from datetime import datetime
 from typing import Any
 
-from shared.aws import AwsClients, aws_errors
+import orjson
+
+from shared.aws import AwsClients, aws_errors, call_decoded
 from shared.consumers._message import BatchHandler, Message, SourceKind
 from shared.consumers._stream import (
     ExpiredIteratorError,
@@ -60,21 +59,8 @@ def _key_text(value: Mapping[str, Any]) -> str:
     if "N" in value:
         return str(value["N"])
     if "B" in value:
-        raw = value["B"]
-        return base64.b64encode(raw).decode("ascii") if isinstance(raw, bytes) else str(raw)
-    return json.dumps(value, sort_keys=True)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.timestamp()
-    if isinstance(value, bytes):
-        return base64.b64encode(value).decode("ascii")
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set)):
-        return [_jsonable(v) for v in value]
-    return value
+        return str(value["B"])  # base64 text on the wire
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
 
 
 class DynamoDBStreamSource:
@@ -155,7 +141,11 @@ class DynamoDBStreamSource:
         client = await self._aws.client("dynamodbstreams")
         try:
             with aws_errors():
-                response = await client.get_records(ShardIterator=iterator, Limit=limit)
+                # The page as wire JSON, which is already the shape Lambda delivers (images
+                # in DynamoDB JSON, times in epoch seconds): botocore's parser would walk
+                # every attribute of every image (see shared._wire).
+                response = await call_decoded(client, "GetRecords", ShardIterator=iterator,
+                                              Limit=limit)
         except AwsRequestError as exc:
             if exc.code == "ExpiredIteratorException":
                 raise ExpiredIteratorError(str(exc)) from exc
@@ -173,15 +163,12 @@ class DynamoDBStreamSource:
             group = _key_text(keys[self._hash_key])
         else:
             group = "|".join(_key_text(keys[name]) for name in sorted(keys))
-        document = _jsonable(record)
-        document["eventSourceARN"] = self._arn
+        record["eventSourceARN"] = self._arn
         created = change.get("ApproximateCreationDateTime")
-        arrival = created.timestamp() if isinstance(created, datetime) else (
-            float(created) if isinstance(created, (int, float)) else None
-        )
+        arrival = float(created) if isinstance(created, (int, float)) else None
         return Message(
             id=sequence,
-            body=json.dumps(document, separators=(",", ":")),
+            body=orjson.dumps(record).decode(),
             source=SourceKind.DYNAMODB_STREAM,
             source_name=shard_id,
             attributes={"eventName": str(record.get("eventName", ""))},

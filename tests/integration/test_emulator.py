@@ -127,7 +127,11 @@ async def test_a_transaction_is_all_or_nothing_and_keeps_what_it_did_not_touch(
     assert await items() == before
     assert await _stream_length(aws, stream_arn) == 2
 
-    await dynamodb.transact_write_items(TransactItems=[put_b, bump_a])
+    bump_a_if_zero = {"Update": {**bump_a["Update"], "ConditionExpression": "n = :zero",
+                                 "ExpressionAttributeValues": {":one": {"N": "1"},
+                                                               ":zero": {"N": "0"}}}}
+    await dynamodb.transact_write_items(TransactItems=[put_b, bump_a_if_zero])
     after = await items()
-    assert set(after) == {"a", "b", "c"} and after["a"]["n"] == {"N": "1"}
+    assert set(after) == {"a", "b", "c"}
+    assert after["a"]["n"] == {"N": "1"}
     assert await _stream_length(aws, stream_arn) == 4

@@ -3,7 +3,8 @@ answers. In process, no server: the serializer is a pure function of the operati
 and the result, and a Kinesis shard is a data structure.
 
 - the serializer: the same responses, byte for byte, with moto's own alias search and with
-  the search worked out once per member;
+  the search worked out once per member; a page of stream records encoded directly is the
+  same JSON document as the serializer's;
 - Kinesis: reads from every position, with and without a limit, and the first and last
   sequence numbers, the same as moto's walk over the whole shard."""
 
@@ -87,6 +88,22 @@ def test_the_fixed_serializer_answers_what_moto_answers(
     assert serialized(service, operation, result) == before
     assert serialized(service, operation, result) == before  # answered from the cache too
     assert "d-000001" in str(before) or "it-2" in str(before)  # a real body, not an empty one
+
+
+def test_a_stream_page_encoded_directly_is_the_serializers_document() -> None:
+    import json
+
+    direct = _moto_server.stream_page_json(STREAM_PAGE)
+    assert direct is not None
+    assert json.loads(direct) == json.loads(
+        serialized("dynamodbstreams", "GetRecords", STREAM_PAGE))
+    whole_second = {**STREAM_PAGE, "Records": [{**STREAM_PAGE["Records"][0], "dynamodb": {
+        **STREAM_PAGE["Records"][0]["dynamodb"],
+        "ApproximateCreationDateTime": dt.datetime(2026, 11, 23, 14, 0, 0)}}]}
+    assert json.loads(_moto_server.stream_page_json(whole_second) or "") == json.loads(
+        serialized("dynamodbstreams", "GetRecords", whole_second))
+    binary = {"Records": [{"dynamodb": {"Keys": {"k": {"B": "AAE="}}}}]}
+    assert _moto_server.stream_page_json(binary) is None  # left to the serializer
 
 
 kinesis_models = pytest.importorskip("moto.kinesis.models")
