@@ -103,3 +103,29 @@ async def test_relay_outcomes_per_record_and_lag() -> None:
     }
     assert len(lags) == 4
     assert all(lag > 0 for lag in lags)
+
+
+async def test_the_calls_of_a_round_overlap_up_to_max_in_flight_and_keep_each_order() -> None:
+    """A round holds one event per aggregate, so its PutEvents calls may overlap; the next
+    round (each aggregate's next event) starts only when the whole round is answered."""
+    import anyio
+
+    in_flight = peak = 0
+    bus = MemoryBus({})
+
+    async def slow_bus(entries: list[dict[str, Any]]) -> Sequence[Mapping[str, Any]]:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await anyio.sleep(0.01)  # every call of the round is started before any returns
+        in_flight -= 1
+        return await bus(entries)
+
+    envelopes = [_env(f"device-{d:02d}", n) for n in (1, 2) for d in range(60)]
+    config = PublisherConfig(bus_name="bus", base_delay=0.0, max_in_flight=3)
+    report = await EventPublisher(None, config, send=slow_bus).publish(envelopes)
+    assert report.ok
+    assert peak == 3  # 6 calls per round (60 events), never more than 3 at once
+    assert len(bus.calls) == 12
+    first_round = {e["id"] for e in envelopes[:60]}
+    assert set(bus.published[:60]) == first_round  # round 2 only after round 1
