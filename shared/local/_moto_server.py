@@ -50,6 +50,18 @@ import sys
 from typing import Any
 
 
+def _unpatched(owner: Any, name: str) -> Any:
+    """`owner.name` as moto has it, or None when it is missing (another moto version) or
+    already replaced here (each fix is applied once)."""
+    original = getattr(owner, name, None)
+    return None if original is None or getattr(original, "_fleetline", False) else original
+
+
+def _replace(owner: Any, name: str, replacement: Any) -> None:
+    replacement._fleetline = True
+    setattr(owner, name, replacement)
+
+
 def _memoise_jsonpath() -> None:
     try:
         import jsonpath_ng.ext
@@ -64,9 +76,8 @@ def _constant_time_retention_check() -> None:
     from moto.core.utils import unix_time
     from moto.sqs.models import SQSBackend
 
-    original = getattr(SQSBackend, "is_message_valid_based_on_retention_period", None)
-    if original is None or getattr(original, "_fleetline", False):
-        return  # another moto version: leave it as it is
+    if _unpatched(SQSBackend, "is_message_valid_based_on_retention_period") is None:
+        return
 
     def is_message_valid_based_on_retention_period(
         self: Any, queue_name: str, message: Any
@@ -75,9 +86,8 @@ def _constant_time_retention_check() -> None:
         retain_until = int(queue.message_retention_period) + message.sent_timestamp / 1000
         return bool(retain_until > unix_time())
 
-    is_message_valid_based_on_retention_period._fleetline = True  # type: ignore[attr-defined]
-    SQSBackend.is_message_valid_based_on_retention_period = (  # type: ignore[method-assign]
-        is_message_valid_based_on_retention_period)
+    _replace(SQSBackend, "is_message_valid_based_on_retention_period",
+             is_message_valid_based_on_retention_period)
 
 
 def _one_clock_reading_per_walk() -> None:
@@ -112,9 +122,9 @@ def _one_clock_reading_per_walk() -> None:
 def _alias_search_once_per_member() -> None:
     from moto.core import serialize, utils
 
-    original = serialize.ResponseSerializer.get_value
+    original = _unpatched(serialize.ResponseSerializer, "get_value")
     default_call = serialize.AttributePicker.__call__
-    if getattr(original, "_fleetline", False):
+    if original is None:
         return
     missing = utils.MISSING  # type: ignore[attr-defined]
     candidates: dict[tuple[Any, ...], tuple[str, ...]] = {}
@@ -142,8 +152,7 @@ def _alias_search_once_per_member() -> None:
                 return found
         return None
 
-    get_value._fleetline = True  # type: ignore[attr-defined]
-    serialize.ResponseSerializer.get_value = get_value  # type: ignore[method-assign]
+    _replace(serialize.ResponseSerializer, "get_value", get_value)
 
 
 def _transactions_back_up_items_not_tables() -> None:
@@ -151,8 +160,7 @@ def _transactions_back_up_items_not_tables() -> None:
     from moto.dynamodb.comparisons import get_filter_expression
     from moto.dynamodb.models import DynamoDBBackend
 
-    original = DynamoDBBackend.transact_write_items
-    if getattr(original, "_fleetline", False):
+    if _unpatched(DynamoDBBackend, "transact_write_items") is None:
         return
     kinds = {"ConditionCheck", "Put", "Delete", "Update"}
 
@@ -248,15 +256,14 @@ def _transactions_back_up_items_not_tables() -> None:
             reasons[done] = (type(exc).__name__, str(exc), None)
             raise errors.TransactionCanceledException(reasons) from exc
 
-    transact_write_items._fleetline = True  # type: ignore[attr-defined]
-    DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
+    _replace(DynamoDBBackend, "transact_write_items", transact_write_items)
 
 
 def _kinesis_reads_from_the_position() -> None:
     from moto.kinesis.models import Shard
 
-    original = Shard.get_records
-    if getattr(original, "_fleetline", False):
+    original = _unpatched(Shard, "get_records")
+    if original is None:
         return
 
     # moto numbers a shard's records 1, 2, 3 ... (each the last plus one) in an ordered dict,
@@ -283,8 +290,7 @@ def _kinesis_reads_from_the_position() -> None:
     def get_min_sequence_number(self: Any) -> int:
         return next(iter(self.records)) if self.records else 0
 
-    get_records._fleetline = True  # type: ignore[attr-defined]
-    Shard.get_records = get_records  # type: ignore[method-assign]
+    _replace(Shard, "get_records", get_records)
     Shard.get_max_sequence_number = get_max_sequence_number  # type: ignore[method-assign]
     Shard.get_min_sequence_number = get_min_sequence_number  # type: ignore[method-assign]
 
@@ -310,7 +316,7 @@ def _stream_pages_as_json() -> None:
     from moto.core.responses import ActionResult
     from moto.dynamodbstreams.responses import DynamoDBStreamsHandler
 
-    if getattr(DynamoDBStreamsHandler.get_records, "_fleetline", False):
+    if _unpatched(DynamoDBStreamsHandler, "get_records") is None:
         return
 
     # A page of stream records is already in the wire shape (moto keeps each record as the
@@ -324,16 +330,15 @@ def _stream_pages_as_json() -> None:
         body = stream_page_json(result)
         return ActionResult(result) if body is None else body
 
-    get_records._fleetline = True  # type: ignore[attr-defined]
-    DynamoDBStreamsHandler.get_records = get_records  # type: ignore[method-assign]
+    _replace(DynamoDBStreamsHandler, "get_records", get_records)
 
 
 def _route_each_host_once() -> None:
     from moto import backends
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication
 
-    original = DomainDispatcherApplication.get_backend_for_host
-    if getattr(original, "_fleetline", False):
+    original = _unpatched(DomainDispatcherApplication, "get_backend_for_host")
+    if original is None:
         return
     modules = tuple(backends.list_of_moto_modules())  # the installed package: fixed
     backends.list_of_moto_modules = lambda: iter(modules)
@@ -350,9 +355,7 @@ def _route_each_host_once() -> None:
                 routed[host] = backend
         return backend
 
-    get_backend_for_host._fleetline = True  # type: ignore[attr-defined]
-    DomainDispatcherApplication.get_backend_for_host = (  # type: ignore[method-assign]
-        get_backend_for_host)
+    _replace(DomainDispatcherApplication, "get_backend_for_host", get_backend_for_host)
 
 
 def _rule_targets_reach_topics() -> None:
@@ -362,8 +365,8 @@ def _rule_targets_reach_topics() -> None:
     from moto.sns.models import sns_backends
     from moto.utilities.arns import parse_arn
 
-    original = Rule.send_to_targets
-    if getattr(original, "_fleetline", False):
+    original = _unpatched(Rule, "send_to_targets")
+    if original is None:
         return
 
     def send_to_targets(self: Any, original_event: Any, transform_input: bool = True) -> None:
@@ -396,8 +399,7 @@ def _rule_targets_reach_topics() -> None:
             sns_backends[arn.account][arn.region].publish(
                 message=json.dumps(event), arn=target["Arn"])
 
-    send_to_targets._fleetline = True  # type: ignore[attr-defined]
-    Rule.send_to_targets = send_to_targets  # type: ignore[method-assign]
+    _replace(Rule, "send_to_targets", send_to_targets)
 
 
 def _serve_with_keep_alive(argv: list[str]) -> bool:
