@@ -57,28 +57,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+# us-east-1 on-demand list prices (from ../shared/notes/cost.md), in dollars
+from bench.prices import PRICES as PRICE
+
 ROOT = Path(__file__).resolve().parents[1]
-
-try:  # the project's price table (bench/prices.py)
-    from bench.prices import PRICES as _PRICES
-except ImportError:  # pragma: no cover - fall back to ../shared/notes/cost.md's list prices
-    _PRICES = {}
-
-# us-east-1 on-demand list prices (../shared/notes/cost.md), in dollars
-PRICE = {
-    "dynamodb_wru": 0.625 / 1e6,
-    "dynamodb_rru": 0.125 / 1e6,
-    "kinesis_put_unit": 0.014 / 1e6,
-    "kinesis_shard_hour": 0.015,
-    "eventbridge_event": 1.00 / 1e6,
-    "sns_publish": 0.50 / 1e6,
-    "lambda_request": 0.20 / 1e6,
-    "lambda_gb_second": 0.0000166667,
-    "fargate_vcpu_hour": 0.04048,
-}
-_ALIASES = {"kinesis_put_unit": "kinesis_put_payload_unit"}
-for _key in PRICE:
-    PRICE[_key] = float(_PRICES.get(_ALIASES.get(_key, _key), PRICE[_key]))
 
 SHARDS = 4
 DEVICES_TABLE = "bench-devices"
@@ -588,7 +570,7 @@ def _storage_and_stream(r: dict[str, Any]) -> dict[str, float]:
     return {
         "dynamodb": (sink.get("wru", 0) * PRICE["dynamodb_wru"]
                      + sink.get("rru", 0) * PRICE["dynamodb_rru"]) / events * 1e6,
-        "kinesis": PRICE["kinesis_put_unit"] * 1e6
+        "kinesis": PRICE["kinesis_put_payload_unit"] * 1e6
         + PRICE["kinesis_shard_hour"] * math.ceil(SUSTAINED_RATE / 1000) * (1e6 / SUSTAINED_RATE)
         / 3600,
     }
