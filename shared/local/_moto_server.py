@@ -54,15 +54,15 @@ import threading
 from typing import Any
 
 
-def _unpatched(owner: Any, name: str) -> Any:
-    """`owner.name` as moto has it, or None when it is missing (another moto version) or
-    already replaced here (each fix is applied once)."""
+def _unpatched(owner: Any, name: str, marker: str = "_fleetline") -> Any:
+    """`owner.name` as it is, or None when it is missing (another moto version) or already
+    carries `marker` (each fix is applied once; a fix with its own marker may wrap another)."""
     original = getattr(owner, name, None)
-    return None if original is None or getattr(original, "_fleetline", False) else original
+    return None if original is None or getattr(original, marker, False) else original
 
 
-def _replace(owner: Any, name: str, replacement: Any) -> None:
-    replacement._fleetline = True
+def _replace(owner: Any, name: str, replacement: Any, marker: str = "_fleetline") -> None:
+    setattr(replacement, marker, True)
     setattr(owner, name, replacement)
 
 
@@ -275,17 +275,16 @@ def _dynamodb_writes_one_at_a_time() -> None:
     for name in ("put_item", "update_item", "delete_item", "transact_write_items",
                  "batch_write_item"):
         # Around moto's method or the one fixed here (the transaction): either way, once.
-        original = getattr(DynamoDBBackend, name, None)
-        if original is None or getattr(original, "_fleetline_locked", False):
+        original = _unpatched(DynamoDBBackend, name, marker="_fleetline_locked")
+        if original is None:
             continue
 
         def locked(self: Any, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
             with lock:
                 return _original(self, *args, **kwargs)
 
-        wrapped: Any = functools.wraps(original)(locked)
-        wrapped._fleetline_locked = True
-        setattr(DynamoDBBackend, name, wrapped)
+        _replace(DynamoDBBackend, name, functools.wraps(original)(locked),
+                 marker="_fleetline_locked")
 
 
 def _kinesis_reads_from_the_position() -> None:
@@ -320,17 +319,25 @@ def _kinesis_reads_from_the_position() -> None:
         return next(iter(self.records)) if self.records else 0
 
     _replace(Shard, "get_records", get_records)
-    Shard.get_max_sequence_number = get_max_sequence_number  # type: ignore[method-assign]
-    Shard.get_min_sequence_number = get_min_sequence_number  # type: ignore[method-assign]
+    _replace(Shard, "get_max_sequence_number", get_max_sequence_number)
+    _replace(Shard, "get_min_sequence_number", get_min_sequence_number)
+
+
+@functools.cache
+def _timestamp_codec() -> tuple[Any, Any]:
+    """moto's JSON timestamp writer and botocore's datetime reader (imported once, not per
+    record: the server imports moto only after its fixes are chosen)."""
+    from botocore.utils import parse_to_aware_datetime
+    from moto.core.serialize import TimestampSerializer
+
+    return TimestampSerializer._timestamp_unixtimestamp, parse_to_aware_datetime
 
 
 def _epoch(value: Any) -> Any:
     """A datetime as moto's serializer writes a JSON timestamp (epoch seconds, to the ms)."""
-    from botocore.utils import parse_to_aware_datetime
-    from moto.core.serialize import TimestampSerializer
-
     if isinstance(value, datetime.datetime):
-        return TimestampSerializer._timestamp_unixtimestamp(parse_to_aware_datetime(value))
+        write, aware = _timestamp_codec()
+        return write(aware(value))
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
