@@ -1,14 +1,20 @@
 # The two quickstart commands (README): `make demo` runs the system, `make test` the suite.
+# Both install from requirements.lock: every package pinned with its hashes, so a clean
+# machine runs exactly what the suite passed on. `make lock` refreshes the lock.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+LOCK   := requirements.lock
+# Resolved for every platform from Python 3.11 up (markers, not the machine that locks).
+UV_COMPILE := $(BIN)/uv pip compile pyproject.toml --extra dev --universal \
+	--python-version 3.11 --generate-hashes --quiet --custom-compile-command 'make lock'
 
-.PHONY: demo test install lint clean
+.PHONY: demo test install lint lock lock-upgrade clean
 
-$(BIN)/fleetline: pyproject.toml
+$(BIN)/fleetline: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q --require-hashes -r $(LOCK)
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
 install: $(BIN)/fleetline
@@ -24,6 +30,17 @@ test: install
 lint: install
 	$(BIN)/ruff check shared services tests bench
 	$(BIN)/mypy
+
+# After a change to pyproject.toml: the lock keeps every pin it can and adds what is new.
+lock: install
+	$(UV_COMPILE) -o $(LOCK)
+	$(MAKE) install
+
+# The newest release of everything pyproject.toml allows; then run `make test` before
+# committing the lock (a new moto needs its fixes verified: see docs/local.md).
+lock-upgrade: install
+	$(UV_COMPILE) --upgrade -o $(LOCK)
+	$(MAKE) install
 
 clean:
 	rm -rf $(VENV) .fleetline tests/artifacts

@@ -392,7 +392,7 @@ async def _latency(args: argparse.Namespace, endpoint: str) -> dict[str, Any]:
         failures = (await sqs.create_queue(QueueName="lat-failures"))["QueueUrl"]
         # The template's DashboardRule: every device event to the feed topic, which each
         # dashboard task subscribes its own queue to (the embedded emulator delivers a
-        # rule's topic target as EventBridge does: shared.local._moto_server).
+        # rule's topic target as EventBridge does: shared.emulator).
         topic = (await sns.create_topic(Name="lat-dashboard-feed"))["TopicArn"]
         await events.create_event_bus(Name="lat-bus")
         await events.put_rule(Name="lat-dashboard", EventBusName="lat-bus",
@@ -638,7 +638,7 @@ def _orchestrate(args: argparse.Namespace) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from shared.local.emulator import Emulator, free_port
+    from shared.emulator import Emulator, free_port
 
     console = Console(width=170)
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")

@@ -1,4 +1,4 @@
-"""Emulator benchmark: what the embedded emulator's throughput fixes (shared.local._moto_server)
+"""Emulator benchmark: what the embedded emulator's throughput fixes (shared.emulator)
 change, against moto's own entry point, in the same run.
 
     .venv/bin/python -m bench.emulator_bench [--events 2000] [--backlog 1000]
@@ -32,7 +32,7 @@ from rich.console import Console
 from rich.table import Table
 
 from shared.aws import AwsClients
-from shared.local.emulator import Emulator
+from shared.emulator import Emulator
 
 
 async def _bus(aws: AwsClients, events: int) -> float:

@@ -52,7 +52,7 @@ from services.orders.inventory import Inventory
 from services.orders.provider import PaymentProvider, ProviderSettings
 from services.orders.saga import SagaTimings
 from shared.aws import AwsClients, RequestCounter
-from shared.local.emulator import Emulator
+from shared.emulator import Emulator
 from shared.logging import configure_logging
 
 # The project's list prices (bench/prices.py, from ../shared/notes/cost.md), in dollars.

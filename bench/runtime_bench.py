@@ -471,7 +471,7 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from shared.local.emulator import Emulator
+    from shared.emulator import Emulator
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     for variant in variants:

@@ -77,8 +77,8 @@ def up(
 ) -> None:
     """Start the emulator, deploy the stack, run its workers; print READY when it takes traffic."""
     # Only light modules before the emulator is spawned: it boots while the rest imports.
+    from shared.emulator import Emulator, port_in_use
     from shared.local._control import ensure_no_running, start_detached
-    from shared.local.emulator import Emulator, port_in_use
 
     endpoint = os.environ.get("AWS_ENDPOINT_URL") or None
     parameters: dict[str, str] = {}

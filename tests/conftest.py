@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from shared.aws import AwsClients
-from shared.local.emulator import Emulator
+from shared.emulator import Emulator
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
 

@@ -165,7 +165,7 @@ class TelemetryConfig:
             sweep_interval=float(env.get("FLEETLINE_SWEEP_INTERVAL", "5")),
             thresholds=thresholds,
             # TRANSACTION everywhere, the emulator included (moto deep-copied a table and its
-            # stream per TransactWriteItems; shared.local._moto_server backs up items).
+            # stream per TransactWriteItems; shared.emulator backs up items).
             write_mode=env.get("FLEETLINE_WRITE_MODE") or WriteMode.TRANSACTION,
             stored_sweep_interval=float(env.get("FLEETLINE_STORED_SWEEP_INTERVAL") or "3600"),
         )

@@ -11,7 +11,7 @@ must supply, every name and ARN resolved from the deployed stack:
   builds API Gateway v2 events), ECS services (the task definition's command).
 
 (A rule target that is an SNS topic is not a gap here: moto has none, the embedded
-emulator fills it, `shared.local._moto_server`.)
+emulator fills it, `shared.emulator`.)
 
 Nothing is written twice: a spec holds only what the template says, resolved.
 """

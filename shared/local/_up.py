@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -28,6 +29,7 @@ import anyio.to_thread
 import structlog
 
 from shared.aws import AwsClients
+from shared.emulator import Emulator, free_port
 from shared.errors import FleetlineError
 from shared.local._gaps import plan_gaps
 from shared.local._stack import DeployedStack, describe_stack, gather_facts
@@ -35,7 +37,6 @@ from shared.local._state import ChildRecord, Phase, UpError, UpState, write_stat
 from shared.local._supervisor import Supervisor
 from shared.local._supply import LocalProcesses, apply_api_gaps, plan_processes
 from shared.local._template import Template, load_template
-from shared.local.emulator import Emulator, free_port
 
 __all__ = ["UpConfig", "UpError", "run_up", "spawn_emulator"]
 
@@ -177,6 +178,7 @@ async def run_up(
                         endpoint=emulator.endpoint_url,
                         seconds=round(time.monotonic() - started, 2),
                     )
+                    _say_skipped_fixes(emulator)
                     assert emulator.process is not None
                     run.state = replace(
                         run.state,
@@ -329,7 +331,7 @@ def _unwrap(exc: BaseException) -> BaseException:
 def _configure_moto(endpoint: str) -> None:
     """A moto server given by AWS_ENDPOINT_URL (compose.yaml) needs the same settings as the
     embedded one; other endpoints (LocalStack) have no /moto-api and are left alone."""
-    from shared.local.emulator import configure_endpoint
+    from shared.emulator import configure_endpoint
 
     try:
         configure_endpoint(endpoint)
@@ -342,6 +344,17 @@ def spawn_emulator(config: UpConfig) -> Emulator:
     directory. Raises ConfigurationError (moto missing) or EmulatorError (port in use)."""
     _log_dir(config).mkdir(parents=True, exist_ok=True)
     return Emulator(port=config.port, log_path=_log_dir(config) / "moto.log").spawn()
+
+
+def _say_skipped_fixes(emulator: Emulator) -> None:
+    """Once, on stderr: the speed fixes the emulator started without (a moto version they
+    were not verified with), so a slow emulator is not a mystery."""
+    skipped = emulator.fixes.skipped if emulator.fixes is not None else {}
+    if skipped and os.environ.get("FLEETLINE_EMULATOR_FIXES") != "0":
+        reason = next(iter(skipped.values()))
+        print(f"warning: the emulator started without its speed fixes {', '.join(skipped)} "
+              f"({reason}): it is slower; install the locked version: `make install`",
+              file=sys.stderr, flush=True)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -15,8 +15,8 @@ from services.devices.events import DeviceConnected, Status
 from services.devices.projection import ReadModel, projection_handler
 from shared.aws import AwsClients
 from shared.config import resource_env_name
+from shared.emulator import Emulator
 from shared.events import load_registered_events
-from shared.local.emulator import Emulator
 from tests.integration.test_devices_read_model import create_read_model, message, view
 
 pytestmark = pytest.mark.emulator

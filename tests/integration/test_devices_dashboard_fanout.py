@@ -3,7 +3,7 @@ feed topic -> one queue per task -> each task's SSE viewers. Two tasks in this p
 with its own queue, hub and server, as two ECS tasks would run.
 
 moto's EventBridge cannot deliver to an SNS target; the embedded emulator can
-(`shared.local._moto_server`), so the path is the one AWS runs.
+(`shared.emulator`), so the path is the one AWS runs.
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ from typing import Any
 import pytest
 
 from shared.aws import AwsClients, aws_errors
+from shared.emulator import Emulator, read_fixes
+from shared.emulator.fixes import ALL
 from shared.errors import AwsRequestError
 
 pytestmark = pytest.mark.emulator
@@ -20,6 +22,15 @@ async def test_clients_reach_emulator_and_count_requests(aws: AwsClients) -> Non
     assert aws.counter.snapshot()["sqs.CreateQueue"] >= 1
 
 
+def test_the_emulator_applied_every_fix_the_stack_relies_on(emulator: Emulator) -> None:
+    """What `fleetline up` and this suite run on: every gap fix and every speed fix applied
+    (the lock's moto is one they were all verified with), none skipped."""
+    report = read_fixes(emulator.endpoint_url)
+    assert report == emulator.fixes
+    assert report.applied == tuple(fix.name for fix in ALL)
+    assert dict(report.skipped) == {}
+
+
 async def test_sdk_errors_are_translated(aws: AwsClients) -> None:
     sqs = await aws.client("sqs")
     with pytest.raises(AwsRequestError) as info, aws_errors():
@@ -30,7 +41,7 @@ async def test_sdk_errors_are_translated(aws: AwsClients) -> None:
 
 async def test_a_rule_delivers_to_a_topic_target_beside_a_queue_target(aws: AwsClients) -> None:
     """moto as shipped fails PutEvents (HTTP 500) when a matching rule targets an SNS topic;
-    the embedded emulator (shared.local._moto_server) publishes the event to the topic as
+    the embedded emulator (shared.emulator.fixes.topic_targets) publishes the event to the topic as
     EventBridge does, and moto's own delivery to the rule's other targets is unchanged."""
     events, sns, sqs = await aws.client("events"), await aws.client("sns"), await aws.client("sqs")
     topic = (await sns.create_topic(Name="feed"))["TopicArn"]

@@ -43,11 +43,13 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _fleetline(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def _fleetline(
+    *args: str, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "shared.cli", *args],
         cwd=ROOT,
-        env=_env(),
+        env={**_env(), **(env or {})},
         text=True,
         capture_output=True,
         timeout=timeout,
@@ -331,6 +333,31 @@ def test_errors_are_one_line(tmp_path: Path, up: Up) -> None:
     assert invalid.returncode != 0
     assert "Traceback" not in invalid.stderr
     assert "is invalid" in invalid.stderr
+
+
+def test_up_refuses_a_moto_its_fixes_were_not_verified_with(tmp_path: Path) -> None:
+    """A moto version no fix names (here the installed one, made to say 9.9.9 by a
+    sitecustomize in the emulator's process): one `error:` line naming the version and the
+    way out, a non-zero exit, and no emulator left behind, never an HTTP 500 later."""
+    fake = tmp_path / "fake-moto-version"
+    fake.mkdir()
+    (fake / "sitecustomize.py").write_text(
+        "import importlib.metadata as m\n"
+        "_version = m.version\n"
+        "m.version = lambda name: '9.9.9' if name == 'moto' else _version(name)\n"
+    )
+    pythonpath = os.pathsep.join(filter(None, [str(fake), os.environ.get("PYTHONPATH")]))
+    done = _fleetline("up", "--template", str(TEMPLATE), "--state-dir", str(tmp_path / "s"),
+                      env={"PYTHONPATH": pythonpath})
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("error: the emulator cannot start: its fix 'topic-targets'")
+    assert "moto 9.9.9 is not a version it was verified with (5.2.5, 5.2.6)" in lines[0]
+    assert "make install" in lines[0]
+    assert "requirements.lock" in lines[0]
+    assert read_state(tmp_path / "s") is None or not any(
+        pid_alive(pid) for pid in read_state(tmp_path / "s").pids())  # type: ignore[union-attr]
 
 
 def test_down_stops_every_process(tmp_path: Path, up: Up) -> None:

@@ -1,7 +1,7 @@
 """The template deployed to the emulator through `shared.deployment`: every resource is
 there (or is a named emulator gap), and the wiring works (bus -> rule -> queue, and only for
 matching events). The dashboard rule targets an SNS topic (moto's EventBridge cannot
-deliver to one; the embedded emulator can, `shared.local._moto_server`): a queue subscribed
+deliver to one; the embedded emulator can, `shared.emulator`): a queue subscribed
 to the topic, as each dashboard task subscribes its own, stands for the topic."""
 
 from __future__ import annotations

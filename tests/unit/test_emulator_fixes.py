@@ -1,4 +1,4 @@
-"""The embedded emulator's throughput fixes (`shared.local._moto_server`) answer what moto
+"""The embedded emulator's throughput fixes (`shared.emulator.fixes`) answer what moto
 answers. In process, no server: the serializer is a pure function of the operation's shape
 and the result, and a Kinesis shard is a data structure.
 
@@ -19,7 +19,8 @@ import pytest
 serialize = pytest.importorskip("moto.core.serialize")
 moto_utils = pytest.importorskip("moto.core.utils")
 
-from shared.local import _moto_server  # noqa: E402
+from shared.emulator._fixes import restore  # noqa: E402
+from shared.emulator.fixes import alias_search, kinesis_reads, stream_pages  # noqa: E402
 
 ITEM = {
     "device_id": {"S": "d-000001"},
@@ -70,12 +71,13 @@ def serialized(service: str, operation: str, result: dict[str, Any]) -> Any:
 @pytest.fixture
 def fixed() -> Iterator[None]:
     saved = serialize.ResponseSerializer.get_value
-    _moto_server._alias_search_once_per_member()
+    alias_search.apply()
     assert serialize.ResponseSerializer.get_value is not saved
     try:
         yield
     finally:
-        serialize.ResponseSerializer.get_value = saved
+        restore(serialize.ResponseSerializer, "get_value")
+    assert serialize.ResponseSerializer.get_value is saved
 
 
 @pytest.mark.parametrize(("service", "operation", "result"), CASES,
@@ -93,17 +95,17 @@ def test_the_fixed_serializer_answers_what_moto_answers(
 def test_a_stream_page_encoded_directly_is_the_serializers_document() -> None:
     import json
 
-    direct = _moto_server.stream_page_json(STREAM_PAGE)
+    direct = stream_pages.stream_page_json(STREAM_PAGE)
     assert direct is not None
     assert json.loads(direct) == json.loads(
         serialized("dynamodbstreams", "GetRecords", STREAM_PAGE))
     whole_second = {**STREAM_PAGE, "Records": [{**STREAM_PAGE["Records"][0], "dynamodb": {
         **STREAM_PAGE["Records"][0]["dynamodb"],
         "ApproximateCreationDateTime": dt.datetime(2026, 11, 23, 14, 0, 0)}}]}
-    assert json.loads(_moto_server.stream_page_json(whole_second) or "") == json.loads(
+    assert json.loads(stream_pages.stream_page_json(whole_second) or "") == json.loads(
         serialized("dynamodbstreams", "GetRecords", whole_second))
     binary = {"Records": [{"dynamodb": {"Keys": {"k": {"B": "AAE="}}}}]}
-    assert _moto_server.stream_page_json(binary) is None  # left to the serializer
+    assert stream_pages.stream_page_json(binary) is None  # left to the serializer
 
 
 kinesis_models = pytest.importorskip("moto.kinesis.models")
@@ -114,13 +116,14 @@ def kinesis_fixed() -> Iterator[Any]:
     shard_class = kinesis_models.Shard
     saved = {name: getattr(shard_class, name) for name in
              ("get_records", "get_max_sequence_number", "get_min_sequence_number")}
-    _moto_server._kinesis_reads_from_the_position()
+    kinesis_reads.apply()
     assert shard_class.get_records is not saved["get_records"]
     try:
         yield saved
     finally:
-        for name, method in saved.items():
-            setattr(shard_class, name, method)
+        for name in saved:
+            restore(shard_class, name)
+    assert shard_class.get_records is saved["get_records"]
 
 
 def test_a_kinesis_shard_reads_what_moto_reads_from_every_position(

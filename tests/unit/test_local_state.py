@@ -52,7 +52,7 @@ def test_restart_backoff_doubles_up_to_the_cap() -> None:
 def test_missing_moto_is_a_one_line_instruction(monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib.util
 
-    from shared.local.emulator import Emulator
+    from shared.emulator import Emulator
 
     real = importlib.util.find_spec
     monkeypatch.setattr(

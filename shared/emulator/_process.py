@@ -1,6 +1,5 @@
-"""The embedded AWS emulator: moto server in a child process on 127.0.0.1, started through
-`shared.local._moto_server`: moto with one gap filled (a rule delivers to an SNS topic) and
-its throughput fixes (see that module).
+"""The embedded emulator's process: moto server in a child process on 127.0.0.1, started
+through `python -m shared.emulator` (moto with fleetline's fixes, see `_server`).
 
 Configured as ../shared/notes/emulator.md says: `MOTO_PORT` equals the port (Step Functions
 tasks call back into the server), and state machine execution is switched on through
@@ -16,17 +15,28 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import IO, Self
 
+from shared.emulator._fixes import FixReport
 from shared.errors import ConfigurationError, FleetlineError
 
-__all__ = ["Emulator", "EmulatorError", "configure_endpoint", "free_port", "port_in_use"]
+__all__ = [
+    "Emulator",
+    "EmulatorError",
+    "configure_endpoint",
+    "free_port",
+    "port_in_use",
+    "read_fixes",
+]
+
+_STATUS_PATH = "/_fleetline/emulator"  # shared.emulator._server.STATUS_PATH (no moto import)
 
 
 class EmulatorError(FleetlineError):
@@ -67,14 +77,41 @@ def configure_endpoint(endpoint_url: str) -> None:
     )
 
 
+def read_fixes(endpoint_url: str, timeout: float = 5.0) -> FixReport:
+    """The fixes the emulator at `endpoint_url` applied. Raises OSError (URLError) when it
+    does not answer, or is a plain moto server without fleetline's fixes (HTTP 404)."""
+    url = f"{endpoint_url.rstrip('/')}{_STATUS_PATH}"
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return FixReport.from_dict(json.loads(response.read()))
+
+
+def _refusal(output: IO[bytes] | None, log_path: Path | None) -> str | None:
+    """The server's last `error:` line (a fix that does not apply), if it wrote one."""
+    try:
+        if output is not None:
+            output.seek(0)
+            text = output.read().decode(errors="replace")
+        elif log_path is not None:
+            text = log_path.read_text(errors="replace")[-65536:]
+        else:
+            return None
+    except OSError:
+        return None
+    errors = [line for line in text.splitlines() if line.startswith("error: ")]
+    return errors[-1].removeprefix("error: ") if errors else None
+
+
 @dataclass
 class Emulator:
-    """A moto server process. `start()` returns once it answers; `stop()` ends it."""
+    """A moto server process. `start()` returns once it answers; `stop()` ends it.
+    `fixes` is what the server says it applied (set by `wait_ready`)."""
 
     port: int = 0
     host: str = "127.0.0.1"
     log_path: Path | None = None
     process: subprocess.Popen[bytes] | None = None
+    fixes: FixReport | None = None
+    _output: IO[bytes] | None = field(default=None, repr=False)
 
     @property
     def endpoint_url(self) -> str:
@@ -93,7 +130,8 @@ class Emulator:
         # find_spec, not import: importing moto takes a second the caller need not wait for.
         if importlib.util.find_spec("moto") is None or importlib.util.find_spec("flask") is None:
             raise ConfigurationError(
-                "moto server is not installed: run `pip install -e '.[local]'`"
+                "moto server is not installed: run `make install` "
+                "(or pip install -e '.[local]')"
             )
         if self.port == 0:
             self.port = free_port()
@@ -102,37 +140,43 @@ class Emulator:
                 f"port {self.port} is in use: stop what listens there or pass another --port"
             )
         env = {**os.environ, "MOTO_PORT": str(self.port)}
-        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        if self.log_path is not None:
+            output: IO[bytes] = open(self.log_path, "ab")  # noqa: SIM115
+        else:  # kept (unnamed) so a refusal can be read back
+            output = self._output = tempfile.TemporaryFile()  # noqa: SIM115
         try:
             self.process = subprocess.Popen(
-                # moto's server with fleetline's fixes (FLEETLINE_EMULATOR_FIXES=0 leaves
-                # the throughput ones out, to compare; see shared.local._moto_server)
-                [sys.executable, "-m", "shared.local._moto_server",
-                 "-H", self.host, "-p", str(self.port)],
-                stdout=log,
+                [sys.executable, "-m", "shared.emulator", "-H", self.host, "-p", str(self.port)],
+                stdout=output,
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
             )
         finally:
-            if log is not subprocess.DEVNULL:
-                log.close()  # type: ignore[union-attr]
+            if self.log_path is not None:
+                output.close()
         return self
 
     def wait_ready(self, timeout: float = 20.0) -> Self:
-        """Wait until the spawned server answers, then configure it. Raises EmulatorError
-        when it exits or stays silent for `timeout` seconds (it is stopped then)."""
+        """Wait until the spawned server answers, then configure it and read which fixes it
+        applied (`fixes`). Raises EmulatorError when it exits (with the line it refused to
+        start with, when a fix did not apply to the installed moto) or stays silent for
+        `timeout` seconds (it is stopped then)."""
         if self.process is None:
             raise RuntimeError("Emulator.spawn() must be called first.")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                refusal = _refusal(self._output, self.log_path)
+                if refusal is not None:
+                    raise EmulatorError(refusal)
                 raise EmulatorError(
                     f"moto server exited with status {self.process.returncode}"
                     + (f"; see {self.log_path}" if self.log_path else "")
                 )
             try:
                 self.configure()
+                self.fixes = read_fixes(self.endpoint_url)
                 return self
             except (urllib.error.URLError, ConnectionError, OSError):
                 time.sleep(0.05)
@@ -149,14 +193,16 @@ class Emulator:
 
     def stop(self, timeout: float = 5.0) -> None:
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout)
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout)
+        output, self._output = self._output, None
+        if output is not None:
+            output.close()
 
     def __enter__(self) -> Self:
         return self.start()

@@ -1,0 +1,37 @@
+"""The fixes the emulator applies to moto, one module each, in the order they are applied.
+
+Gap fixes (the stack needs them) come first; a fix that wraps another's target comes after
+it (`locked-writes` wraps `transaction-backups`' transaction). See `shared.emulator._fixes`
+for how each is checked before it is applied.
+"""
+
+from __future__ import annotations
+
+from shared.emulator._fixes import Fix
+from shared.emulator.fixes import (
+    alias_search,
+    host_routing,
+    jsonpath_cache,
+    kinesis_reads,
+    locked_writes,
+    sqs_clock,
+    sqs_retention,
+    stream_pages,
+    topic_targets,
+    transaction_backups,
+)
+
+__all__ = ["ALL"]
+
+ALL: tuple[Fix, ...] = (
+    topic_targets.FIX,
+    transaction_backups.FIX,
+    locked_writes.FIX,
+    jsonpath_cache.FIX,
+    host_routing.FIX,
+    kinesis_reads.FIX,
+    alias_search.FIX,
+    stream_pages.FIX,
+    sqs_retention.FIX,
+    sqs_clock.FIX,
+)
