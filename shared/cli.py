@@ -183,8 +183,7 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """Every resource of the stack, queue and DLQ depths, streams, local processes."""
-    from shared.aws import AwsClients
-    from shared.local import collect_status, read_state
+    from shared.local import collect_status, endpoint_clients, read_state
 
     try:
         state = read_state(state_dir)
@@ -194,15 +193,10 @@ def status(
     endpoint = live.endpoint if live else os.environ.get("AWS_ENDPOINT_URL")
     if live is None and not endpoint:
         raise _fail("nothing is up here: run `fleetline up` (or set AWS_ENDPOINT_URL)")
-    if endpoint:
-        os.environ["AWS_ENDPOINT_URL"] = endpoint
-        os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
-        os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
-        os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
     name = stack_name or (live.stack_name if live else "fleetline")
 
     async def collect() -> object:
-        async with AwsClients() as aws:
+        async with endpoint_clients(endpoint or None, os.environ) as aws:
             return await collect_status(
                 aws,
                 stack_name=name,

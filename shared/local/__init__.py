@@ -8,7 +8,9 @@ AWS. See docs/local.md for what runs where. Public surface:
 - `plan_gaps` -> `GapPlan`: what the emulator skips, planned from the template (pure);
 - `DemoContext`, `DemoStep`, `demo_steps`, `run_demo`: the demo and its extension point
   (entry-point group `fleetline.demo`);
-- `UpState`, `read_state`: the state file `.fleetline/state.json`.
+- `UpState`, `read_state`: the state file `.fleetline/state.json`;
+- `endpoint_clients`: clients on the stack's endpoint (the emulator the state file names),
+  for commands that talk to a running stack, without writing `os.environ`.
 
 Names are imported on first use (PEP 562), not with the package: `fleetline up` spawns the
 emulator and `up --detach` / `down` do their work before the AWS SDK and the consumers are
@@ -23,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from shared.local._control import ensure_no_running, start_detached, stop_running
     from shared.local._demo import DemoContext, DemoStep, demo_steps, run_demo
+    from shared.local._endpoint import endpoint_clients
     from shared.local._gaps import GapPlan, plan_gaps
     from shared.local._state import ChildRecord, Phase, UpError, UpState, read_state
     from shared.local._status import StackStatus, collect_status
@@ -43,6 +46,7 @@ _WHERE = {
     "UpState": "_state",
     "collect_status": "_status",
     "demo_steps": "_demo",
+    "endpoint_clients": "_endpoint",
     "ensure_no_running": "_control",
     "load_template": "_template",
     "plan_gaps": "_gaps",
@@ -68,6 +72,7 @@ __all__ = [
     "UpState",
     "collect_status",
     "demo_steps",
+    "endpoint_clients",
     "ensure_no_running",
     "load_template",
     "plan_gaps",

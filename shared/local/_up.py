@@ -28,9 +28,10 @@ import anyio.abc
 import anyio.to_thread
 import structlog
 
-from shared.aws import AwsClients
+from shared.aws import AwsClients, ClientSettings
 from shared.emulator import Emulator, free_port
 from shared.errors import FleetlineError
+from shared.local._endpoint import child_environment, endpoint_clients, region_of
 from shared.local._gaps import plan_gaps
 from shared.local._stack import DeployedStack, describe_stack, gather_facts
 from shared.local._state import ChildRecord, Phase, UpError, UpState, write_state
@@ -41,12 +42,6 @@ from shared.local._template import Template, load_template
 __all__ = ["UpConfig", "UpError", "run_up", "spawn_emulator"]
 
 log = structlog.get_logger("fleetline.local")
-
-_EMULATOR_CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-}
-
 
 @dataclass(frozen=True, kw_only=True)
 class UpConfig:
@@ -82,22 +77,6 @@ class _Run:
         skipped = {**self.state.skipped, name: f"exited {status} (misconfigured; see its log)"}
         self.state = replace(self.state.without_child(name), skipped=skipped)
         self.save()
-
-
-def _region() -> str:
-    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-
-
-def _prepare_environment(endpoint: str | None) -> dict[str, str]:
-    """Set (in this process) and return the AWS environment every child gets."""
-    env = {"AWS_REGION": _region(), "AWS_DEFAULT_REGION": _region(), "PYTHONUNBUFFERED": "1"}
-    if endpoint is not None:
-        env["AWS_ENDPOINT_URL"] = endpoint
-        for key, value in _EMULATOR_CREDENTIALS.items():
-            env[key] = os.environ.get(key, value)
-        os.environ.pop("AWS_PROFILE", None)
-    os.environ.update(env)
-    return {**os.environ, **env}
 
 
 async def _deploy(aws: AwsClients, config: UpConfig, template: Template) -> DeployedStack:
@@ -195,8 +174,16 @@ async def run_up(
                 elif config.endpoint is not None:
                     await anyio.to_thread.run_sync(_configure_moto, config.endpoint)
                 run.save()
-                base_env = _prepare_environment(run.state.endpoint)
-                async with AwsClients() as aws, anyio.create_task_group() as children:
+                # The runner is an edge: it reads its own environment, hands each child a
+                # complete one, and points its own clients through their settings, at the
+                # Region the children get (botocore alone would not read AWS_REGION).
+                base_env = child_environment(run.state.endpoint, os.environ)
+                clients = (
+                    endpoint_clients(run.state.endpoint, os.environ)
+                    if run.state.endpoint is not None
+                    else AwsClients(ClientSettings(region=region_of(os.environ)))
+                )
+                async with clients as aws, anyio.create_task_group() as children:
                     processes, problems = await _start(
                         aws, config, template, base_env, supervisor, children
                     )
