@@ -47,9 +47,9 @@ from pathlib import Path
 from typing import Any, Final
 
 import anyio
-import yaml
 
 from shared.aws import AwsClients, aws_errors
+from shared.cloudformation import TemplateError, parse_template, read_template
 from shared.config import Resources
 from shared.errors import AwsRequestError, ConfigurationError, FleetlineError
 
@@ -199,49 +199,20 @@ def _code_zip(root: Path) -> bytes:
     return buffer.getvalue()
 
 
-# libyaml's loader when present (~10x faster on a template of this size).
-_BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-class _TemplateLoader(_BaseLoader):  # type: ignore[valid-type,misc]
-    """YAML with CloudFormation's short-form tags (`!Ref`, `!Sub` ...) accepted as plain nodes."""
-
-
-def _any_tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> object:
-    if isinstance(node, yaml.ScalarNode):
-        return loader.construct_scalar(node)
-    if isinstance(node, yaml.SequenceNode):
-        return loader.construct_sequence(node)
-    return loader.construct_mapping(node)  # type: ignore[arg-type]
-
-
-_TemplateLoader.add_multi_constructor("!", _any_tag)
-
-
 def _check_parses(path: Path, body: bytes) -> None:
-    """Refuse a template that is not YAML/JSON or has no Resources, before any AWS call."""
+    """Refuse a template that is not YAML/JSON or has no Resources, before any AWS call (the
+    one loader, `shared.cloudformation`)."""
     try:
-        document = yaml.load(body, Loader=_TemplateLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or exc
-        raise TemplateInvalidError(
-            f"{path} is not valid YAML{where}: {_one_line(str(problem))}; fix it and run "
-            f"`cfn-lint {path}`"
-        ) from None
-    if not isinstance(document, dict) or not isinstance(document.get("Resources"), dict):
-        raise TemplateInvalidError(
-            f"{path} has no Resources section: it is not a CloudFormation template"
-        )
+        parse_template(body, source=path)
+    except TemplateError as exc:
+        raise TemplateInvalidError(str(exc)) from None
 
 
 def _build_artifacts(settings: DeploySettings) -> _Artifacts:
-    if not settings.template.is_file():
-        raise TemplateInvalidError(
-            f"template {settings.template} not found: run from the repository root"
-        )
-    template = settings.template.read_bytes()
+    try:
+        template = read_template(settings.template)
+    except TemplateError as exc:
+        raise TemplateInvalidError(str(exc)) from None
     _check_parses(settings.template, template)
     code = _code_zip(settings.code_root)
     machines = {p.name: p.read_bytes() for p in sorted(settings.statemachines_dir.glob("*.json"))}

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from shared.local._gaps import GapPlan, plan_gaps
     from shared.local._state import ChildRecord, Phase, UpError, UpState, read_state
     from shared.local._status import StackStatus, collect_status
-    from shared.local._template import StackFacts, TemplateError, load_template, resolve
+    from shared.local._template import StackFacts, resolve
     from shared.local._up import UpConfig, run_up
 
 _WHERE = {
@@ -40,7 +40,6 @@ _WHERE = {
     "Phase": "_state",
     "StackFacts": "_template",
     "StackStatus": "_status",
-    "TemplateError": "_template",
     "UpConfig": "_up",
     "UpError": "_state",
     "UpState": "_state",
@@ -48,7 +47,6 @@ _WHERE = {
     "demo_steps": "_demo",
     "endpoint_clients": "_endpoint",
     "ensure_no_running": "_control",
-    "load_template": "_template",
     "plan_gaps": "_gaps",
     "read_state": "_state",
     "resolve": "_template",
@@ -66,7 +64,6 @@ __all__ = [
     "Phase",
     "StackFacts",
     "StackStatus",
-    "TemplateError",
     "UpConfig",
     "UpError",
     "UpState",
@@ -74,7 +71,6 @@ __all__ = [
     "demo_steps",
     "endpoint_clients",
     "ensure_no_running",
-    "load_template",
     "plan_gaps",
     "read_state",
     "resolve",

@@ -21,10 +21,11 @@ from typing import Any
 import anyio
 
 from shared.aws import AwsClients, aws_errors
+from shared.cloudformation import Template, load_template
 from shared.local._endpoint import endpoint_clients
 from shared.local._stack import describe_stack, gather_facts
 from shared.local._state import UpState
-from shared.local._template import Template, load_template, resolve
+from shared.local._template import resolve
 
 __all__ = ["DemoContext", "DemoStep", "demo_steps", "run_demo", "run_steps"]
 

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shared.local._template import StackFacts, Template, TemplateError, resolve
+from shared.cloudformation import Template, TemplateError
+from shared.local._template import StackFacts, resolve
 
 __all__ = [
     "BucketPolicySpec",

@@ -29,6 +29,7 @@ import anyio.to_thread
 import structlog
 
 from shared.aws import AwsClients, ClientSettings
+from shared.cloudformation import Template, load_template
 from shared.emulator import Emulator, free_port
 from shared.errors import FleetlineError
 from shared.local._endpoint import child_environment, endpoint_clients, region_of
@@ -37,7 +38,6 @@ from shared.local._stack import DeployedStack, describe_stack, gather_facts
 from shared.local._state import ChildRecord, Phase, UpError, UpState, write_state
 from shared.local._supervisor import Supervisor
 from shared.local._supply import LocalProcesses, apply_api_gaps, plan_processes
-from shared.local._template import Template, load_template
 
 __all__ = ["UpConfig", "UpError", "run_up", "spawn_emulator"]
 

@@ -22,11 +22,12 @@ from anyio.abc import Process
 from services.devices.alarms import build_handler
 from services.devices.events import DeviceView, Severity, Status, ThresholdBreached
 from shared.aws import AwsClients
+from shared.cloudformation import load_template
 from shared.config import Resources
 from shared.deployment import DEFAULT_TEMPLATE, Deployment, DeploySettings, deploy, local_parameters
 from shared.events import Envelope, to_put_events_entry
 from shared.hosts.lambda_ import LambdaRuntime, sqs_handler
-from shared.local import GapPlan, load_template, plan_gaps
+from shared.local import GapPlan, plan_gaps
 from shared.local._stack import describe_stack, gather_facts
 from shared.local._supply import apply_api_gaps, plan_processes
 
