@@ -19,6 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from shared.cloudformation import DEFAULT_TEMPLATE
 from shared.errors import FleetlineError
 
 app = typer.Typer(
@@ -32,7 +33,9 @@ StateDirOpt = Annotated[
     Path,
     typer.Option("--state-dir", envvar="FLEETLINE_STATE_DIR", help="where `up` keeps its state"),
 ]
-TemplateOpt = Annotated[Path, typer.Option("--template", help="the CloudFormation template")]
+TemplateOpt = Annotated[
+    Path, typer.Option("--template", help="the CloudFormation template (state machines beside it)")
+]
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -62,7 +65,7 @@ def up(
     workers: Annotated[
         bool, typer.Option("--workers/--no-workers", help="run local processes")
     ] = True,
-    template: TemplateOpt = Path("deploy/template.yaml"),
+    template: TemplateOpt = DEFAULT_TEMPLATE,
     state_dir: StateDirOpt = Path(".fleetline"),
     api_port: Annotated[
         int, typer.Option("--api-port", help="port of the local HTTP API (default: a free one)")
@@ -133,7 +136,6 @@ def up(
             port=port,
             template=template,
             state_dir=state_dir,
-            statemachines_dir=template.parent / "statemachines",
             endpoint=endpoint,
             real_aws=aws,
             workers=workers,
@@ -178,7 +180,7 @@ def down(state_dir: StateDirOpt = Path(".fleetline")) -> None:
 @app.command()
 def status(
     stack_name: Annotated[str | None, typer.Option("--stack-name")] = None,
-    template: TemplateOpt = Path("deploy/template.yaml"),
+    template: TemplateOpt = DEFAULT_TEMPLATE,
     state_dir: StateDirOpt = Path(".fleetline"),
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
@@ -265,7 +267,7 @@ def demo(
         bool, typer.Option("--exit", help="stop everything after the steps")
     ] = False,
     stack_name: StackOpt = "fleetline",
-    template: TemplateOpt = Path("deploy/template.yaml"),
+    template: TemplateOpt = DEFAULT_TEMPLATE,
     state_dir: StateDirOpt = Path(".fleetline"),
 ) -> None:
     """`up` in the background, then scripted steps that show the system working."""

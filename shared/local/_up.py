@@ -29,7 +29,7 @@ import anyio.to_thread
 import structlog
 
 from shared.aws import AwsClients, ClientSettings
-from shared.cloudformation import Template, load_template
+from shared.cloudformation import DEFAULT_TEMPLATE, Template, load_template, statemachines_dir
 from shared.emulator import Emulator, free_port
 from shared.errors import FleetlineError
 from shared.local._endpoint import child_environment, endpoint_clients, region_of
@@ -47,8 +47,8 @@ log = structlog.get_logger("fleetline.local")
 class UpConfig:
     stack_name: str = "fleetline"
     port: int = 0  # emulator port; 0 = a free one
-    template: Path = Path("deploy/template.yaml")
-    statemachines_dir: Path = Path("deploy/statemachines")
+    template: Path = DEFAULT_TEMPLATE
+    statemachines_dir: Path | None = None  # None: beside the template (statemachines_dir())
     state_dir: Path = Path(".fleetline")
     endpoint: str | None = None  # AWS_ENDPOINT_URL: use it instead of starting moto
     real_aws: bool = False  # --aws: deploy to the account; no emulator gaps to supply
@@ -86,7 +86,7 @@ async def _deploy(aws: AwsClients, config: UpConfig, template: Template) -> Depl
         aws,
         template=template,
         template_path=config.template,
-        statemachines_dir=config.statemachines_dir,
+        statemachines_dir=_statemachines(config),
         stack_name=config.stack_name,
         within_s=config.deploy_timeout,
         emulated=not config.real_aws,
@@ -241,7 +241,7 @@ async def _start(
     stack = await _deploy(aws, config, template)
     log.info("deployed", stack=config.stack_name, seconds=round(time.monotonic() - began, 2))
     facts = await gather_facts(aws, template, stack)
-    plan = plan_gaps(template, facts, statemachines_dir=config.statemachines_dir)
+    plan = plan_gaps(template, facts, statemachines_dir=_statemachines(config))
     emulated = not config.real_aws
     problems = dict(plan.problems)
     if emulated:
@@ -347,6 +347,10 @@ def _say_skipped_fixes(emulator: Emulator) -> None:
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+def _statemachines(config: UpConfig) -> Path:
+    return config.statemachines_dir or statemachines_dir(config.template)
 
 
 def _log_dir(config: UpConfig) -> Path:
