@@ -43,6 +43,7 @@ __all__ = ["UpConfig", "UpError", "run_up", "spawn_emulator"]
 
 log = structlog.get_logger("fleetline.local")
 
+
 @dataclass(frozen=True, kw_only=True)
 class UpConfig:
     stack_name: str = "fleetline"
