@@ -354,7 +354,7 @@ async def _latency(args: argparse.Namespace, endpoint: str) -> dict[str, Any]:
     import aiohttp
     import anyio
 
-    from services.devices._auth import issue_token
+    from services.devices._auth import DEV_SECRET, issue_token
     from services.devices.dashboard import (
         DashboardFeed,
         DashboardServer,
@@ -415,7 +415,7 @@ async def _latency(args: argparse.Namespace, endpoint: str) -> dict[str, Any]:
             [sys.executable, "-m", "shared.hosts.worker", "services.devices.telemetry:worker"],
             env=env, cwd=ROOT, stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
         hub = Hub()
-        server = DashboardServer(hub, None)
+        server = DashboardServer(hub, None, secret=DEV_SECRET)
         base = await server.start(port=0)
         relay = DynamoDBStreamsConsumer(
             aws, Relay(aws, PublisherConfig(bus_name="lat-bus")), stream_arn=stream_arn,
@@ -438,7 +438,7 @@ async def _latency(args: argparse.Namespace, endpoint: str) -> dict[str, Any]:
                 await tg.start(dashboard.run)
 
                 async def viewer(tenant: str) -> None:
-                    url = f"{base}/events?token={issue_token(tenant)}"
+                    url = f"{base}/events?token={issue_token(tenant, secret=DEV_SECRET)}"
                     async with aiohttp.ClientSession() as http, http.get(url) as response:
                         kind = ""
                         async for raw in response.content:

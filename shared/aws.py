@@ -1,8 +1,12 @@
 """The one place AWS clients are made, and the seam where SDK errors become ours.
 
-Endpoint, Region and credentials come from the standard AWS environment and config files
-(`AWS_ENDPOINT_URL`, `AWS_REGION` / `AWS_DEFAULT_REGION`, `AWS_PROFILE`, ...): botocore reads
-them itself, so the same code talks to the embedded emulator, a LocalStack container or AWS.
+Endpoint and Region come from `ClientSettings` when it names them; what it leaves unset, and
+credentials always, come from the standard AWS environment and config files
+(`AWS_ENDPOINT_URL`, `AWS_DEFAULT_REGION`, `AWS_PROFILE`, ...), which botocore reads itself.
+So a process the stack runs is configured the AWS way, and code that learns an endpoint
+elsewhere (the state file of `fleetline up`) passes it in the settings instead of writing it
+into `os.environ`: the same code talks to the embedded emulator, a LocalStack container or
+AWS.
 
 Two hot-path escapes from botocore's per-value shape walk, on the same clients: `send_encoded`
 (a request body encoded by the caller) and `call_decoded` (a response decoded by orjson); see
@@ -77,8 +81,16 @@ _THROTTLE_CODES: Final = frozenset(
 
 @dataclass(frozen=True, kw_only=True)
 class ClientSettings:
-    """How clients are configured. Defaults suit a long-running worker."""
+    """How clients are configured. Defaults suit a long-running worker.
 
+    `endpoint_url` (e.g. an emulator's `http://127.0.0.1:5000`) and `region` override the
+    standard AWS configuration; None leaves them to it (`AWS_ENDPOINT_URL`, ...).
+
+    Raises:
+        ValueError: `endpoint_url` is not an http(s) URL.
+    """
+
+    endpoint_url: str | None = None
     region: str | None = None
     max_pool_connections: int = 64
     connect_timeout: float = 5.0
@@ -87,6 +99,12 @@ class ClientSettings:
     # Our requests are built by typed code; skipping botocore's validation saves ~20% client
     # CPU per call (../notes/cost.md). Turn it on when writing new call sites.
     parameter_validation: bool = False
+
+    def __post_init__(self) -> None:
+        if self.endpoint_url is not None and not self.endpoint_url.startswith(
+            ("http://", "https://")
+        ):
+            raise ValueError(f"endpoint_url must be an http(s) URL, got {self.endpoint_url!r}")
 
     def aio_config(self) -> AioConfig:
         return AioConfig(
@@ -195,7 +213,9 @@ class AwsClients:
         if existing is not None:
             return existing
         made = await self._stack.enter_async_context(
-            self._session.create_client(service, config=self.settings.aio_config())
+            self._session.create_client(
+                service, endpoint_url=self.settings.endpoint_url, config=self.settings.aio_config()
+            )
         )
         self._clients[service] = made
         return made

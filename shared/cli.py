@@ -19,6 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from shared.cloudformation import DEFAULT_TEMPLATE
 from shared.errors import FleetlineError
 
 app = typer.Typer(
@@ -32,7 +33,9 @@ StateDirOpt = Annotated[
     Path,
     typer.Option("--state-dir", envvar="FLEETLINE_STATE_DIR", help="where `up` keeps its state"),
 ]
-TemplateOpt = Annotated[Path, typer.Option("--template", help="the CloudFormation template")]
+TemplateOpt = Annotated[
+    Path, typer.Option("--template", help="the CloudFormation template (state machines beside it)")
+]
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -62,7 +65,7 @@ def up(
     workers: Annotated[
         bool, typer.Option("--workers/--no-workers", help="run local processes")
     ] = True,
-    template: TemplateOpt = Path("deploy/template.yaml"),
+    template: TemplateOpt = DEFAULT_TEMPLATE,
     state_dir: StateDirOpt = Path(".fleetline"),
     api_port: Annotated[
         int, typer.Option("--api-port", help="port of the local HTTP API (default: a free one)")
@@ -133,7 +136,6 @@ def up(
             port=port,
             template=template,
             state_dir=state_dir,
-            statemachines_dir=template.parent / "statemachines",
             endpoint=endpoint,
             real_aws=aws,
             workers=workers,
@@ -178,13 +180,12 @@ def down(state_dir: StateDirOpt = Path(".fleetline")) -> None:
 @app.command()
 def status(
     stack_name: Annotated[str | None, typer.Option("--stack-name")] = None,
-    template: TemplateOpt = Path("deploy/template.yaml"),
+    template: TemplateOpt = DEFAULT_TEMPLATE,
     state_dir: StateDirOpt = Path(".fleetline"),
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """Every resource of the stack, queue and DLQ depths, streams, local processes."""
-    from shared.aws import AwsClients
-    from shared.local import collect_status, read_state
+    from shared.local import collect_status, endpoint_clients, read_state
 
     try:
         state = read_state(state_dir)
@@ -194,15 +195,10 @@ def status(
     endpoint = live.endpoint if live else os.environ.get("AWS_ENDPOINT_URL")
     if live is None and not endpoint:
         raise _fail("nothing is up here: run `fleetline up` (or set AWS_ENDPOINT_URL)")
-    if endpoint:
-        os.environ["AWS_ENDPOINT_URL"] = endpoint
-        os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
-        os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
-        os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
     name = stack_name or (live.stack_name if live else "fleetline")
 
     async def collect() -> object:
-        async with AwsClients() as aws:
+        async with endpoint_clients(endpoint or None, os.environ) as aws:
             return await collect_status(
                 aws,
                 stack_name=name,
@@ -271,7 +267,7 @@ def demo(
         bool, typer.Option("--exit", help="stop everything after the steps")
     ] = False,
     stack_name: StackOpt = "fleetline",
-    template: TemplateOpt = Path("deploy/template.yaml"),
+    template: TemplateOpt = DEFAULT_TEMPLATE,
     state_dir: StateDirOpt = Path(".fleetline"),
 ) -> None:
     """`up` in the background, then scripted steps that show the system working."""

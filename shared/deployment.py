@@ -15,9 +15,11 @@ The whole API:
 
 What `deploy` does, in order:
 1. ensures the artifact bucket exists (created encrypted and private when missing);
-2. uploads the Lambda code zip (the `shared` and `services` packages), every
-   `deploy/statemachines/*.json` and the template itself under a content-addressed prefix
-   `artifacts/<digest>/`, so unchanged code yields an unchanged stack (and no update);
+2. uploads the Lambda code zip (the top-level packages of the installed distribution this
+   module belongs to: `shared` and `services`, from where they are imported), every
+   `statemachines/*.json` beside the template and the template itself under a
+   content-addressed prefix `artifacts/<digest>/`, so unchanged code yields an unchanged
+   stack (and no update);
 3. checks the template parses (locally, in milliseconds; `validate=True` also calls
    ValidateTemplate, which the emulator implements by running all of cfn-lint: ~25 s), then
    creates the stack, or updates it
@@ -32,29 +34,40 @@ image and a zip with the dependencies as docs/deploy.md says. Locally the zip on
 exist (the emulator reads it when it creates the functions; the local runner runs handlers
 in-process).
 
+Nothing here knows where the repository is: the template is a path (default
+`deploy/template.yaml` in the working directory, as for `fleetline up`), the state machines
+sit beside it, and the code is what Python imports.
+
 Every error is a `DeploymentError` whose message is one line that says what to do.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import io
 import time
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib.metadata import packages_distributions
 from pathlib import Path
 from typing import Any, Final
 
 import anyio
-import yaml
 
 from shared.aws import AwsClients, aws_errors
+from shared.cloudformation import (
+    DEFAULT_TEMPLATE,
+    TemplateError,
+    parse_template,
+    read_template,
+    statemachines_dir,
+)
 from shared.config import Resources
 from shared.errors import AwsRequestError, ConfigurationError, FleetlineError
 
 __all__ = [
-    "DEFAULT_TEMPLATE",
     "DeploySettings",
     "Deployment",
     "DeploymentError",
@@ -63,12 +76,10 @@ __all__ = [
     "delete",
     "deploy",
     "describe",
+    "distribution_packages",
     "local_parameters",
 ]
 
-REPO_ROOT: Final = Path(__file__).resolve().parent.parent
-DEFAULT_TEMPLATE: Final = REPO_ROOT / "deploy" / "template.yaml"
-_CODE_PACKAGES: Final = ("shared", "services")
 _CAPABILITIES: Final = ["CAPABILITY_IAM", "CAPABILITY_AUTO_EXPAND"]
 # A fixed timestamp makes the zip (and so its digest and key) depend on content only.
 _ZIP_EPOCH: Final = (2020, 1, 1, 0, 0, 0)
@@ -87,6 +98,10 @@ class TemplateInvalidError(DeploymentError):
 class DeploySettings:
     """What to deploy and where.
 
+    `template` is the template's path; `statemachines_dir=None` means `statemachines/`
+    beside it (`shared.cloudformation.statemachines_dir`), where the template's
+    `${StateMachinesPrefix}/<file>` keys point. `packages` are the Python packages the Lambda
+    zip holds, by import name with their directories; None means `distribution_packages()`.
     `parameters` are the template's parameters except the three `deploy` fills in itself
     (ArtifactBucket, CodeKey, StateMachinesPrefix). `artifact_bucket=None` means
     `<stack>-artifacts-<account>-<region>` (bucket names are global).
@@ -98,8 +113,8 @@ class DeploySettings:
 
     stack_name: str = "fleetline"
     template: Path = DEFAULT_TEMPLATE
-    statemachines_dir: Path = REPO_ROOT / "deploy" / "statemachines"
-    code_root: Path = REPO_ROOT
+    statemachines_dir: Path | None = None
+    packages: Mapping[str, Path] | None = None
     parameters: Mapping[str, str] = field(default_factory=dict)
     artifact_bucket: str | None = None
     timeout: float = 120.0
@@ -149,6 +164,36 @@ class Deployment:
         raise KeyError(f"{logical_id} is not a resource of stack {self.stack_name}")
 
 
+def distribution_packages() -> dict[str, Path]:
+    """The top-level packages of the installed distribution `shared` belongs to (fleetline:
+    `services` and `shared`), by name, each with the directory Python imports it from: the
+    checkout for an editable install, site-packages otherwise.
+
+    Raises:
+        DeploymentError: the project is not installed, or a package is split over several
+            directories (pass `DeploySettings.packages`).
+    """
+    own = __name__.partition(".")[0]
+    by_package = packages_distributions()
+    distributions = set(by_package.get(own, ()))
+    if not distributions:
+        raise DeploymentError(
+            f"no installed distribution provides {own}: install the project (`make install`)"
+        )
+    found: dict[str, Path] = {}
+    for name in sorted(n for n, d in by_package.items() if distributions & set(d)):
+        spec = importlib.util.find_spec(name)
+        locations = spec.submodule_search_locations if spec is not None else None
+        places = list(dict.fromkeys(Path(p) for p in locations or () if Path(p).is_dir()))
+        if len(places) != 1:
+            raise DeploymentError(
+                f"package {name} is in {len(places)} directories, not one: pass "
+                f"DeploySettings.packages"
+            )
+        found[name] = places[0]
+    return found
+
+
 def local_parameters(*, zone: str = "eu", region: str = "us-east-1") -> dict[str, str]:
     """Parameters for the embedded emulator: placeholders where only AWS needs a real value
     (image, network), since the emulator runs no containers."""
@@ -182,69 +227,45 @@ class _Artifacts:
         return f"{self.prefix}/statemachines"
 
 
-def _code_zip(root: Path) -> bytes:
+def _code_zip(packages: Mapping[str, Path]) -> bytes:
+    """A zip of every package's files under its name (`shared/aws.py`), caches left out."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for package in _CODE_PACKAGES:
-            base = root / package
+        for package, base in packages.items():
             if not base.is_dir():
-                raise DeploymentError(f"package {base} not found: deploy from the repository root")
+                raise DeploymentError(
+                    f"package {package}: {base} is not a directory; pass DeploySettings.packages"
+                )
             for path in sorted(base.rglob("*")):
                 if not path.is_file() or "__pycache__" in path.parts or path.suffix == ".pyc":
                     continue
-                info = zipfile.ZipInfo(path.relative_to(root).as_posix(), _ZIP_EPOCH)
+                name = (Path(package) / path.relative_to(base)).as_posix()
+                info = zipfile.ZipInfo(name, _ZIP_EPOCH)
                 info.external_attr = 0o644 << 16
                 info.compress_type = zipfile.ZIP_DEFLATED
                 archive.writestr(info, path.read_bytes())
     return buffer.getvalue()
 
 
-# libyaml's loader when present (~10x faster on a template of this size).
-_BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-class _TemplateLoader(_BaseLoader):  # type: ignore[valid-type,misc]
-    """YAML with CloudFormation's short-form tags (`!Ref`, `!Sub` ...) accepted as plain nodes."""
-
-
-def _any_tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> object:
-    if isinstance(node, yaml.ScalarNode):
-        return loader.construct_scalar(node)
-    if isinstance(node, yaml.SequenceNode):
-        return loader.construct_sequence(node)
-    return loader.construct_mapping(node)  # type: ignore[arg-type]
-
-
-_TemplateLoader.add_multi_constructor("!", _any_tag)
-
-
 def _check_parses(path: Path, body: bytes) -> None:
-    """Refuse a template that is not YAML/JSON or has no Resources, before any AWS call."""
+    """Refuse a template that is not YAML/JSON or has no Resources, before any AWS call (the
+    one loader, `shared.cloudformation`)."""
     try:
-        document = yaml.load(body, Loader=_TemplateLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or exc
-        raise TemplateInvalidError(
-            f"{path} is not valid YAML{where}: {_one_line(str(problem))}; fix it and run "
-            f"`cfn-lint {path}`"
-        ) from None
-    if not isinstance(document, dict) or not isinstance(document.get("Resources"), dict):
-        raise TemplateInvalidError(
-            f"{path} has no Resources section: it is not a CloudFormation template"
-        )
+        parse_template(body, source=path)
+    except TemplateError as exc:
+        raise TemplateInvalidError(str(exc)) from None
 
 
 def _build_artifacts(settings: DeploySettings) -> _Artifacts:
-    if not settings.template.is_file():
-        raise TemplateInvalidError(
-            f"template {settings.template} not found: run from the repository root"
-        )
-    template = settings.template.read_bytes()
+    try:
+        template = read_template(settings.template)
+    except TemplateError as exc:
+        raise TemplateInvalidError(str(exc)) from None
     _check_parses(settings.template, template)
-    code = _code_zip(settings.code_root)
-    machines = {p.name: p.read_bytes() for p in sorted(settings.statemachines_dir.glob("*.json"))}
+    code = _code_zip(settings.packages if settings.packages is not None
+                     else distribution_packages())
+    machines_dir = settings.statemachines_dir or statemachines_dir(settings.template)
+    machines = {p.name: p.read_bytes() for p in sorted(machines_dir.glob("*.json"))}
     digest = hashlib.sha256()
     for part in (template, code, *(n.encode() + b for n, b in machines.items())):
         digest.update(hashlib.sha256(part).digest())

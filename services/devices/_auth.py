@@ -13,6 +13,7 @@ import hmac
 import os
 import re
 import time
+from collections.abc import Mapping
 from typing import Final
 
 from shared.errors import PermanentError
@@ -27,8 +28,11 @@ class InvalidTokenError(PermanentError):
     """The token is malformed, expired, or not signed with this deployment's secret."""
 
 
-def dashboard_secret() -> str:
-    return os.environ.get("FLEETLINE_DASHBOARD_SECRET") or DEV_SECRET
+def dashboard_secret(environ: Mapping[str, str] | None = None) -> str:
+    """FLEETLINE_DASHBOARD_SECRET of `environ` (default `os.environ`), else `DEV_SECRET`: for
+    the edges (the dashboard's lifespan, the CLI) to hand to the functions below."""
+    env = os.environ if environ is None else environ
+    return env.get("FLEETLINE_DASHBOARD_SECRET") or DEV_SECRET
 
 
 def _sign(secret: str, tenant_id: str, expires: int) -> str:
@@ -36,7 +40,7 @@ def _sign(secret: str, tenant_id: str, expires: int) -> str:
     return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
 
 
-def issue_token(tenant_id: str, *, secret: str | None = None, ttl: float = 12 * 3600,
+def issue_token(tenant_id: str, *, secret: str, ttl: float = 12 * 3600,
                 now: float | None = None) -> str:
     """A token for `tenant_id` valid for `ttl` seconds.
 
@@ -46,10 +50,10 @@ def issue_token(tenant_id: str, *, secret: str | None = None, ttl: float = 12 * 
     if not _TENANT.match(tenant_id):
         raise ValueError(f"tenant_id {tenant_id!r} must be 1-64 of [A-Za-z0-9_-]")
     expires = int((time.time() if now is None else now) + ttl)
-    return f"{tenant_id}.{expires}.{_sign(secret or dashboard_secret(), tenant_id, expires)}"
+    return f"{tenant_id}.{expires}.{_sign(secret, tenant_id, expires)}"
 
 
-def verify_token(token: str, *, secret: str | None = None, now: float | None = None) -> str:
+def verify_token(token: str, *, secret: str, now: float | None = None) -> str:
     """The tenant id the token was issued for.
 
     Raises:
@@ -59,7 +63,7 @@ def verify_token(token: str, *, secret: str | None = None, now: float | None = N
     if len(parts) != 3 or not _TENANT.match(parts[0]) or not parts[1].isdigit():
         raise InvalidTokenError("token: malformed")
     tenant_id, expires_text, signature = parts
-    expected = _sign(secret or dashboard_secret(), tenant_id, int(expires_text))
+    expected = _sign(secret, tenant_id, int(expires_text))
     if not hmac.compare_digest(expected, signature):
         raise InvalidTokenError("token: bad signature")
     if int(expires_text) < (time.time() if now is None else now):

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import anyio
 import typer
 
-from services.devices._auth import issue_token
+from services.devices._auth import dashboard_secret, issue_token
 
 if TYPE_CHECKING:
     from services.devices.query import DeviceQueries
@@ -24,12 +24,13 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 
 
 def dashboard_url(tenant_id: str, *, base: str | None = None) -> str:
-    """The dashboard URL for a viewer of `tenant_id` (with its token)."""
+    """The dashboard URL for a viewer of `tenant_id` (with its token, signed with the secret
+    of this environment: `dashboard_secret`)."""
     from services.devices._local import dashboard_base_url
 
     root = (base or os.environ.get("FLEETLINE_DASHBOARD_URL") or dashboard_base_url()
             or "http://127.0.0.1:8080").rstrip("/")
-    return f"{root}/?token={issue_token(tenant_id)}"
+    return f"{root}/?token={issue_token(tenant_id, secret=dashboard_secret())}"
 
 
 @app.command("url")
@@ -44,13 +45,12 @@ def url_command(
 def _query(ask: Callable[[DeviceQueries], Awaitable[Any]]) -> Any:
     """Run one query against the read model of the running stack (or the environment's)."""
     from services.devices.query import DeviceQueries
-    from shared.aws import AwsClients
 
     async def main() -> Any:
-        from services.devices._local import stack_resources
+        from services.devices._local import stack_clients, stack_resources
 
         resources = await stack_resources("DeviceReadModelTable")
-        async with AwsClients() as aws:
+        async with stack_clients("DeviceReadModelTable") as aws:
             return await ask(DeviceQueries(aws, resources.get("DeviceReadModelTable")))
 
     return anyio.run(main)

@@ -41,7 +41,12 @@ from aiohttp import web
 from anyio.streams.memory import MemoryObjectSendStream
 from pydantic import BaseModel
 
-from services.devices._auth import InvalidTokenError, issue_token, verify_token
+from services.devices._auth import (
+    InvalidTokenError,
+    dashboard_secret,
+    issue_token,
+    verify_token,
+)
 from services.devices._dashboard_feed import (
     DashboardFeed,
     DashboardFeedError,
@@ -217,30 +222,26 @@ def dashboard_handler(hub: Hub) -> BatchHandler:
 # --------------------------------------------------------------------------- HTTP
 
 
-def dev_mode() -> bool:
-    """No dashboard secret configured and an endpoint override (the emulator): local use."""
-    return not os.environ.get("FLEETLINE_DASHBOARD_SECRET") and bool(
-        os.environ.get("AWS_ENDPOINT_URL"))
-
-
-def _tenant(request: web.Request) -> str:
-    token = request.query.get("token", "")
-    header = request.headers.get("Authorization", "")
-    if header.startswith("Bearer "):
-        token = header[len("Bearer "):]
-    try:
-        return verify_token(token)
-    except InvalidTokenError as exc:
-        raise web.HTTPUnauthorized(text=json.dumps({"error": str(exc)}),
-                                   content_type="application/json") from None
+def dev_mode(environ: Mapping[str, str] | None = None) -> bool:
+    """No dashboard secret configured and an endpoint override (the emulator): local use.
+    Read from the task's environment (default `os.environ`) by the lifespan, once."""
+    env = os.environ if environ is None else environ
+    return not env.get("FLEETLINE_DASHBOARD_SECRET") and bool(env.get("AWS_ENDPOINT_URL"))
 
 
 class DashboardServer:
-    """The aiohttp application: page, SSE stream, query API."""
+    """The aiohttp application: page, SSE stream, query API.
 
-    def __init__(self, hub: Hub, queries: DeviceQueries | None) -> None:
+    `secret` signs and checks viewer tokens (`services.devices._auth`); `dev_mode` lets the
+    page without a token list tenants to pick from (local development only: `dev_mode()`).
+    """
+
+    def __init__(self, hub: Hub, queries: DeviceQueries | None, *, secret: str,
+                 dev_mode: bool = False) -> None:
         self.hub = hub
         self.queries = queries
+        self.secret = secret
+        self.dev_mode = dev_mode
         self.app = web.Application()
         self.app.add_routes([
             web.get("/", self.page),
@@ -270,16 +271,27 @@ class DashboardServer:
         if runner is not None:
             await runner.cleanup()
 
+    def _tenant(self, request: web.Request) -> str:
+        token = request.query.get("token", "")
+        header = request.headers.get("Authorization", "")
+        if header.startswith("Bearer "):
+            token = header[len("Bearer "):]
+        try:
+            return verify_token(token, secret=self.secret)
+        except InvalidTokenError as exc:
+            raise web.HTTPUnauthorized(text=json.dumps({"error": str(exc)}),
+                                       content_type="application/json") from None
+
     async def page(self, request: web.Request) -> web.StreamResponse:
         if request.query.get("token"):
             return web.FileResponse(STATIC / "dashboard.html")
-        if not dev_mode():
+        if not self.dev_mode:
             raise web.HTTPUnauthorized(
                 text="a viewer link carries a token: run `fleetline devices url --tenant <id>`")
         # Local development only (no secret configured, an emulator endpoint): pick a tenant.
         tenants = sorted(set(self.hub.views) | {f"t-{i:03d}" for i in range(1, 4)})
         links = "".join(
-            f'<li><a href="/?token={issue_token(t)}">{t}</a> '
+            f'<li><a href="/?token={issue_token(t, secret=self.secret)}">{t}</a> '
             f"({len(self.hub.view(t).devices)} devices)</li>" for t in tenants
         )
         return web.Response(content_type="text/html", text=(
@@ -295,7 +307,7 @@ class DashboardServer:
                                   "applied": self.hub.applied})
 
     async def events(self, request: web.Request) -> web.StreamResponse:
-        tenant_id = _tenant(request)
+        tenant_id = self._tenant(request)
         response = web.StreamResponse(headers={
             "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
             "X-Accel-Buffering": "no",
@@ -325,12 +337,12 @@ class DashboardServer:
         return self.queries
 
     async def api_counts(self, request: web.Request) -> web.Response:
-        tenant_id = _tenant(request)
+        tenant_id = self._tenant(request)
         counts = await self._require_queries().fleet_counts(tenant_id)
         return web.json_response(counts.model_dump(mode="json"))
 
     async def api_devices(self, request: web.Request) -> web.Response:
-        tenant_id = _tenant(request)
+        tenant_id = self._tenant(request)
         try:
             page = await self._require_queries().devices_by_status(
                 tenant_id, request.query.get("status", "online"),
@@ -342,7 +354,7 @@ class DashboardServer:
         return web.json_response(page.model_dump(mode="json"))
 
     async def api_device(self, request: web.Request) -> web.Response:
-        tenant_id = _tenant(request)
+        tenant_id = self._tenant(request)
         record = await self._require_queries().device(tenant_id, request.match_info["device_id"])
         if record is None:  # also when the device belongs to another tenant
             raise web.HTTPNotFound(text=json.dumps({"error": "no such device"}),
@@ -363,7 +375,8 @@ async def dashboard_lifespan(aws: AwsClients, resources: Resources, *,
     missing.
     """
     load_registered_events()
-    if not os.environ.get("FLEETLINE_DASHBOARD_SECRET") and not dev_mode():
+    local = dev_mode()
+    if not os.environ.get("FLEETLINE_DASHBOARD_SECRET") and not local:
         log.warning("FLEETLINE_DASHBOARD_SECRET is not set: viewer tokens use the development "
                     "secret; set it (from Secrets Manager) outside local development")
     host = os.environ.get("FLEETLINE_DASHBOARD_HOST", "127.0.0.1")
@@ -373,7 +386,7 @@ async def dashboard_lifespan(aws: AwsClients, resources: Resources, *,
     async with feed.attach(aws, config):
         hub = Hub()
         hub.seed(await queries.all_devices())
-        server = DashboardServer(hub, queries)
+        server = DashboardServer(hub, queries, secret=dashboard_secret(), dev_mode=local)
         url = await server.start(host, port)
         log.info("dashboard listening", url=url, queue=config.queue_name,
                  devices=sum(len(v.devices) for v in hub.views.values()),

@@ -463,7 +463,7 @@ def _simulate_command(
     console = Console()
     if duration is None and count is None:
         duration = 60.0
-    from services.devices._local import stack_resources
+    from services.devices._local import stack_clients, stack_resources
 
     resources = anyio.run(stack_resources) if not stream else Resources.from_environ()
     stream_name = stream or _resource(resources, "TelemetryStream")
@@ -476,7 +476,8 @@ def _simulate_command(
     )
 
     async def main() -> SimulationReport:
-        async with AwsClients() as aws:
+        # An explicit --stream is the environment's stack; else the one `stack_resources` read.
+        async with (AwsClients() if stream else stack_clients()) as aws:
             return await simulate(aws, config, stream=stream_name, bus=bus_name, rate=rate,
                                   count=count, duration=duration)
 

@@ -3,9 +3,7 @@ translated (`shared.aws.aws_errors`), conditional-check failures made explicit."
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -14,53 +12,13 @@ from shared.errors import AwsRequestError
 
 __all__ = [
     "ConditionFailed",
-    "KeyedLocks",
     "get",
     "is_condition_failure",
-    "lock_for",
     "plain",
     "put_if_absent",
     "to_attr",
     "to_item",
 ]
-
-
-class KeyedLocks:
-    """One asyncio lock per key, created on demand and dropped when free.
-
-    For the embedded emulator only: moto evaluates an UpdateItem against the item and then
-    writes the result, without a lock, so two concurrent updates of one item can lose one
-    (AWS applies a conditional update atomically). Services that update hot items (a sku's
-    stock, a day's sales) take this lock around the write when told to (`serialize_writes`),
-    which the local harness does; on AWS they leave it off.
-    """
-
-    def __init__(self) -> None:
-        self._locks: dict[str, asyncio.Lock] = {}
-        self._users: dict[str, int] = {}
-
-    @contextlib.asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        self._users[key] = self._users.get(key, 0) + 1
-        try:
-            async with lock:
-                yield
-        finally:
-            self._users[key] -= 1
-            if not self._users[key]:
-                del self._users[key]
-                del self._locks[key]
-
-
-@contextlib.asynccontextmanager
-async def _no_lock() -> AsyncIterator[None]:
-    yield
-
-
-def lock_for(locks: KeyedLocks | None, key: str) -> contextlib.AbstractAsyncContextManager[None]:
-    """`locks.hold(key)`, or a no-op without locks."""
-    return locks.hold(key) if locks is not None else _no_lock()
 
 
 class ConditionFailed(Exception):

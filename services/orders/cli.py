@@ -171,19 +171,14 @@ def seed_command(
     import anyio
 
     from services.orders.inventory import Inventory
-    from shared.aws import AwsClients
-    from shared.local import read_state
+    from shared.local import endpoint_clients, read_state
 
     state = read_state(_state_dir())
-    if state is not None and state.endpoint and not os.environ.get("AWS_ENDPOINT_URL"):
-        # the local emulator: any credentials and Region do
-        os.environ["AWS_ENDPOINT_URL"] = state.endpoint
-        os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-        os.environ.setdefault("AWS_ACCESS_KEY_ID", "local")
-        os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "local")
+    # AWS_ENDPOINT_URL, when set, is botocore's to read; else the running `up`'s emulator.
+    endpoint = None if os.environ.get("AWS_ENDPOINT_URL") or state is None else state.endpoint
 
     async def main() -> None:
-        async with AwsClients() as aws:
+        async with endpoint_clients(endpoint, os.environ) as aws:
             name = table or os.environ.get("FLEETLINE_INVENTORY_TABLE")
             if name is None and state is not None:
                 cfn = await aws.client("cloudformation")

@@ -6,11 +6,6 @@ the orders bus with its four rules, task and event queues with DLQs, the state m
 `saga.build_definition` with the given timings): CloudFormation-made state machines cannot
 execute in the emulator, and tests must not depend on a deployment.
 
-The emulator's UpdateItem is not atomic under concurrent requests (two updates of one item
-can lose one), so the inventory worker and the sales projection run here with
-`serialize_writes=True` (one write per hot item at a time in the process); on AWS, and in the
-template's workers, it stays off.
-
 `OrdersRuntime` runs every process of the context as tasks of one task group, each
 separately stoppable (to kill a worker mid-step): the outbox relay (DynamoDB stream ->
 PutEvents), the saga starter, the inventory / payments / shipping task workers, the
@@ -236,7 +231,7 @@ class OrdersRuntime:
             "saga-starter": lambda: ("SagaStart", SagaStarter(
                 aws, state_machine_arn=s.state_machine_arn).batch_handler()),
             "inventory": lambda: ("InventoryTasks", inventory.tasks(
-                aws, table=s.inventory_table, serialize_writes=True).batch_handler()),
+                aws, table=s.inventory_table).batch_handler()),
             "payments": lambda: ("PaymentTasks", payments.tasks(
                 aws, table=s.payments_table, settings=self.provider).batch_handler()),
             "shipping": lambda: ("ShippingTasks", shipping.tasks(
@@ -247,7 +242,7 @@ class OrdersRuntime:
             "order-history": lambda: ("OrderHistory", OrderHistory(
                 aws, table=s.history_table).batch_handler()),
             "sales-projection": lambda: ("SalesProjection", SalesProjection(
-                aws, table=s.sales_table, serialize_writes=True).batch_handler()),
+                aws, table=s.sales_table).batch_handler()),
         }
         return factories[name]()
 

@@ -15,8 +15,8 @@ own. The reservation item is the saga-facing state machine; its status flips
 (conditional writes) order the per-sku steps, and every action re-runs the per-sku steps of
 the state it finds, so a worker that died half-way is finished by the retry. Single-item
 writes cost 1 write unit instead of a transaction's 2 per item, never conflict across
-orders, and do not depend on the emulator's TransactWriteItems (whose rollback restores a
-copy of the whole table, undoing concurrent writes: ../shared/notes/emulator.md).
+orders. (They were also the way around moto's TransactWriteItems, whose rollback restored a
+copy of the whole table; the emulator now backs up only the items a transaction touches.)
 
 Saga actions (task queue `InventoryTasksQueue`):
     reserve   claim RESERVING, hold each sku (available -> reserved), flip RESERVED.
@@ -65,12 +65,9 @@ class _Race(RetryableError):
 class Inventory:
     """Stock operations over the inventory table."""
 
-    def __init__(self, aws: AwsClients, *, table: str, serialize_writes: bool = False) -> None:
-        """`serialize_writes`: one write at a time per sku item in this process, for the
-        emulator (see `_store.KeyedLocks`); leave it off on AWS."""
+    def __init__(self, aws: AwsClients, *, table: str) -> None:
         self._aws = aws
         self.table = table
-        self._locks = _store.KeyedLocks() if serialize_writes else None
 
     @classmethod
     def from_environ(cls, aws: AwsClients, resources: Resources | None = None) -> Inventory:
@@ -94,17 +91,16 @@ class Inventory:
         """(applied, the item as it was when the condition failed)."""
         ddb = await self._aws.client("dynamodb")
         try:
-            async with _store.lock_for(self._locks, sku):
-                with aws_errors():
-                    await ddb.update_item(
-                        TableName=self.table,
-                        Key=_store.to_item({"pk": f"SKU#{sku}", "sk": "STOCK"}),
-                        UpdateExpression=update,
-                        ConditionExpression=condition,
-                        ExpressionAttributeNames={"#o": order_id},
-                        ExpressionAttributeValues=_store.to_item({":q": quantity}),
-                        ReturnValuesOnConditionCheckFailure="ALL_OLD",
-                    )
+            with aws_errors():
+                await ddb.update_item(
+                    TableName=self.table,
+                    Key=_store.to_item({"pk": f"SKU#{sku}", "sk": "STOCK"}),
+                    UpdateExpression=update,
+                    ConditionExpression=condition,
+                    ExpressionAttributeNames={"#o": order_id},
+                    ExpressionAttributeValues=_store.to_item({":q": quantity}),
+                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                )
         except AwsRequestError as exc:
             if exc.code != "ConditionalCheckFailedException":
                 raise
@@ -274,9 +270,9 @@ class Inventory:
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
-def tasks(aws: AwsClients, *, table: str, serialize_writes: bool = False) -> CallbackTasks:
+def tasks(aws: AwsClients, *, table: str) -> CallbackTasks:
     """The inventory worker's task handler."""
-    inventory = Inventory(aws, table=table, serialize_writes=serialize_writes)
+    inventory = Inventory(aws, table=table)
 
     async def reserve(task: TaskRequest) -> dict[str, Any]:
         return await inventory.reserve(task.order.order_id, task.order.items)

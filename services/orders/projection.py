@@ -127,12 +127,9 @@ class OrderHistory:
 
 
 class SalesProjection:
-    def __init__(self, aws: AwsClients, *, table: str, serialize_writes: bool = False) -> None:
-        """`serialize_writes`: one write at a time per (day, sku) item in this process, for
-        the emulator (see `_store.KeyedLocks`); leave it off on AWS."""
+    def __init__(self, aws: AwsClients, *, table: str) -> None:
         self._aws = aws
         self.table = table
-        self._locks = _store.KeyedLocks() if serialize_writes else None
 
     @classmethod
     def from_environ(cls, aws: AwsClients, resources: Resources | None = None
@@ -149,22 +146,21 @@ class SalesProjection:
         counted = False
         for sku, (units, revenue) in sorted(sales_deltas(data.items).items()):
             try:
-                async with _store.lock_for(self._locks, f"{day}#{sku}"):
-                    with aws_errors():
-                        await ddb.update_item(
-                            TableName=self.table,
-                            Key=_store.to_item({"pk": f"SALES#{day}", "sk": f"SKU#{sku}"}),
-                            UpdateExpression="ADD orders :one, units :u, revenue :r, seen :ids "
-                                             "SET currency = :c, sku = :sku, #day = :day",
-                            ConditionExpression="NOT contains(seen, :id)",
-                            ExpressionAttributeNames={"#day": "day"},
-                            ExpressionAttributeValues={
-                                **_store.to_item({":one": 1, ":u": units, ":r": revenue,
-                                                  ":c": data.currency, ":sku": sku, ":day": day,
-                                                  ":id": envelope.id}),
-                                ":ids": {"SS": [envelope.id]},
-                            },
-                        )
+                with aws_errors():
+                    await ddb.update_item(
+                        TableName=self.table,
+                        Key=_store.to_item({"pk": f"SALES#{day}", "sk": f"SKU#{sku}"}),
+                        UpdateExpression="ADD orders :one, units :u, revenue :r, seen :ids "
+                                         "SET currency = :c, sku = :sku, #day = :day",
+                        ConditionExpression="NOT contains(seen, :id)",
+                        ExpressionAttributeNames={"#day": "day"},
+                        ExpressionAttributeValues={
+                            **_store.to_item({":one": 1, ":u": units, ":r": revenue,
+                                              ":c": data.currency, ":sku": sku, ":day": day,
+                                              ":id": envelope.id}),
+                            ":ids": {"SS": [envelope.id]},
+                        },
+                    )
             except AwsRequestError as exc:
                 if exc.code != "ConditionalCheckFailedException":
                     raise

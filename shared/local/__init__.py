@@ -8,7 +8,9 @@ AWS. See docs/local.md for what runs where. Public surface:
 - `plan_gaps` -> `GapPlan`: what the emulator skips, planned from the template (pure);
 - `DemoContext`, `DemoStep`, `demo_steps`, `run_demo`: the demo and its extension point
   (entry-point group `fleetline.demo`);
-- `UpState`, `read_state`: the state file `.fleetline/state.json`.
+- `UpState`, `read_state`: the state file `.fleetline/state.json`;
+- `endpoint_clients`: clients on the stack's endpoint (the emulator the state file names),
+  for commands that talk to a running stack, without writing `os.environ`.
 
 Names are imported on first use (PEP 562), not with the package: `fleetline up` spawns the
 emulator and `up --detach` / `down` do their work before the AWS SDK and the consumers are
@@ -23,10 +25,11 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from shared.local._control import ensure_no_running, start_detached, stop_running
     from shared.local._demo import DemoContext, DemoStep, demo_steps, run_demo
+    from shared.local._endpoint import endpoint_clients
     from shared.local._gaps import GapPlan, plan_gaps
     from shared.local._state import ChildRecord, Phase, UpError, UpState, read_state
     from shared.local._status import StackStatus, collect_status
-    from shared.local._template import StackFacts, TemplateError, load_template, resolve
+    from shared.local._template import StackFacts, resolve
     from shared.local._up import UpConfig, run_up
 
 _WHERE = {
@@ -37,14 +40,13 @@ _WHERE = {
     "Phase": "_state",
     "StackFacts": "_template",
     "StackStatus": "_status",
-    "TemplateError": "_template",
     "UpConfig": "_up",
     "UpError": "_state",
     "UpState": "_state",
     "collect_status": "_status",
     "demo_steps": "_demo",
+    "endpoint_clients": "_endpoint",
     "ensure_no_running": "_control",
-    "load_template": "_template",
     "plan_gaps": "_gaps",
     "read_state": "_state",
     "resolve": "_template",
@@ -62,14 +64,13 @@ __all__ = [
     "Phase",
     "StackFacts",
     "StackStatus",
-    "TemplateError",
     "UpConfig",
     "UpError",
     "UpState",
     "collect_status",
     "demo_steps",
+    "endpoint_clients",
     "ensure_no_running",
-    "load_template",
     "plan_gaps",
     "read_state",
     "resolve",

@@ -21,9 +21,11 @@ from typing import Any
 import anyio
 
 from shared.aws import AwsClients, aws_errors
+from shared.cloudformation import Template, load_template
+from shared.local._endpoint import endpoint_clients
 from shared.local._stack import describe_stack, gather_facts
 from shared.local._state import UpState
-from shared.local._template import Template, load_template, resolve
+from shared.local._template import resolve
 
 __all__ = ["DemoContext", "DemoStep", "demo_steps", "run_demo", "run_steps"]
 
@@ -152,7 +154,10 @@ def run_demo(
     echo: Callable[[str], None],
 ) -> bool:
     """`up --detach`, the demo steps, then either wait for Ctrl-C or stop at once; the stack
-    is always stopped on the way out. Returns True when every step succeeded."""
+    is always stopped on the way out. Returns True when every step succeeded.
+
+    The steps' clients go to the stack's endpoint; the environment is read (Region,
+    credentials) and left as it is."""
     import os
     import signal
 
@@ -168,15 +173,10 @@ def run_demo(
             f"READY {state.endpoint} stack={state.stack_name} "
             + " ".join(f"{k}={v}" for k, v in sorted(state.urls.items()))
         )
-        if state.endpoint:
-            os.environ["AWS_ENDPOINT_URL"] = state.endpoint
-            os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
-            os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
-            os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
         parsed = load_template(template)
 
         async def steps() -> bool:
-            async with AwsClients() as aws:
+            async with endpoint_clients(state.endpoint, os.environ) as aws:
                 stack = await describe_stack(aws, stack_name)
                 ctx = DemoContext(
                     aws=aws,

@@ -23,7 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shared.local._template import StackFacts, Template, TemplateError, resolve
+from shared.cloudformation import DEFAULT_TEMPLATE, Template, TemplateError
+from shared.cloudformation import statemachines_dir as statemachines_of
+from shared.local._template import StackFacts, resolve
 
 __all__ = [
     "BucketPolicySpec",
@@ -427,8 +429,11 @@ def plan_gaps(
 
     A resource that cannot be resolved (an intrinsic the runner does not know, a missing
     definition file) is left out with the reason in `GapPlan.problems`, keyed by logical id.
+    State machine definitions are read from `statemachines_dir`, by default the one beside
+    the default template (`shared.cloudformation.statemachines_dir`).
     """
-    ctx = _Ctx(template, facts, statemachines_dir or Path("deploy/statemachines"))
+    machines = statemachines_dir or statemachines_of(DEFAULT_TEMPLATE)
+    ctx = _Ctx(template, facts, machines)
     problems: dict[str, str] = {}
 
     time_to_live = []

@@ -9,8 +9,9 @@ from typing import Any
 import anyio
 
 from shared.aws import AwsClients, aws_errors
+from shared.cloudformation import Template
 from shared.errors import AwsRequestError
-from shared.local._template import StackFacts, Template
+from shared.local._template import StackFacts
 
 __all__ = ["DeployedStack", "StackResource", "describe_stack", "gather_facts"]
 

@@ -13,11 +13,11 @@ from typing import Any
 import anyio
 
 from shared.aws import AwsClients, aws_errors
+from shared.cloudformation import Template, load_template
 from shared.errors import AwsRequestError, FleetlineError
 from shared.local._gaps import NOT_EMULATED, SUPPLIED
 from shared.local._stack import StackResource, describe_stack
 from shared.local._state import UpState, pid_alive
-from shared.local._template import Template, load_template
 
 __all__ = ["ProcessRow", "QueueRow", "ResourceRow", "StackStatus", "StreamRow", "collect_status"]
 

@@ -174,15 +174,16 @@ def _python_argv(command: list[str]) -> tuple[str, ...] | None:
 _SIDECAR_ENDPOINTS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
 
 
-def _without_sidecar_endpoints(env: dict[str, str]) -> None:
+def _without_sidecar_endpoints(env: dict[str, str], base_env: Mapping[str, str]) -> None:
     """Sidecars (the ADOT collector) are not run locally, so an exporter endpoint on the
-    task's own loopback points at nothing: use the caller's endpoint if it exported one,
-    else drop it (the worker then exports no spans instead of logging a failure a batch)."""
+    task's own loopback points at nothing: use the caller's endpoint if it exported one
+    (`base_env`), else drop it (the worker then exports no spans instead of logging a failure
+    a batch)."""
     for key in _SIDECAR_ENDPOINTS:
         value = env.get(key, "")
         if "://127.0.0.1" in value or "://localhost" in value:
-            if key in os.environ:
-                env[key] = os.environ[key]
+            if key in base_env:
+                env[key] = base_env[key]
             else:
                 del env[key]
 
@@ -255,7 +256,7 @@ async def plan_processes(
                 skipped[name] = f"module {absent[0]} not found"
                 continue
             env = {**base_env, **{e["name"]: e["value"] for e in container.get("environment", [])}}
-            _without_sidecar_endpoints(env)
+            _without_sidecar_endpoints(env, base_env)
             ports = [
                 p["containerPort"]
                 for p in container.get("portMappings", [])

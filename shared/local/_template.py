@@ -1,10 +1,11 @@
-"""Reading the template and resolving its intrinsic functions against a deployed stack.
+"""Resolving the template's intrinsic functions against a deployed stack.
 
 The local runner supplies what the emulator skips from the template itself, so it needs the
 values CloudFormation would have substituted: `Ref`, `Fn::GetAtt`, `Fn::Sub`, `Fn::Join`,
 `Fn::Select`, `Fn::Split`, `Fn::If`. `resolve` does that purely, from `StackFacts` (physical
 ids and attributes gathered once from the deployed stack), so the planning is unit-tested
-without an emulator.
+without an emulator. The template itself is read by `shared.cloudformation.load_template`
+(the one loader: short-form tags in their long form).
 """
 
 from __future__ import annotations
@@ -12,71 +13,14 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from shared.errors import ConfigurationError
+from shared.cloudformation import Template, TemplateError
 
-__all__ = ["StackFacts", "TemplateError", "load_template", "resolve"]
+__all__ = ["StackFacts", "resolve"]
 
-Template = dict[str, Any]
 _SUB_VAR = re.compile(r"\$\{([^}!][^}]*)\}")
 NO_VALUE = object()  # AWS::NoValue: the property is dropped
-
-
-class TemplateError(ConfigurationError):
-    """The template cannot be read, or uses something the local runner cannot resolve."""
-
-
-def _loader() -> type:
-    """A YAML loader that reads CloudFormation's short-form tags (`!Ref X` -> {"Ref": "X"},
-    `!GetAtt A.B` -> {"Fn::GetAtt": ["A", "B"]}); the C loader when PyYAML has it."""
-    import yaml
-
-    base = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-    class CfnLoader(base):  # type: ignore[misc,valid-type]
-        pass
-
-    def construct(loader: Any, suffix: str, node: Any) -> dict[str, Any]:
-        name = (
-            "Ref" if suffix == "Ref" else "Condition" if suffix == "Condition" else f"Fn::{suffix}"
-        )
-        if isinstance(node, yaml.ScalarNode):
-            value: Any = loader.construct_scalar(node)
-            if suffix == "GetAtt" and isinstance(value, str):
-                value = value.split(".", 1)
-        elif isinstance(node, yaml.SequenceNode):
-            value = loader.construct_sequence(node, deep=True)
-        else:
-            value = loader.construct_mapping(node, deep=True)
-        return {name: value}
-
-    CfnLoader.add_multi_constructor("!", construct)
-    return CfnLoader
-
-
-def load_template(path: Path) -> Template:
-    """The template as plain dicts, short-form tags (`!Ref`, `!Sub` ...) expanded.
-
-    Raises TemplateError naming the file and the first problem.
-    """
-    import yaml
-
-    if not path.is_file():
-        raise TemplateError(
-            f"template {path} not found: run from the repository root or pass --template"
-        )
-    try:
-        template = yaml.load(path.read_text(), Loader=_loader())
-    except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        line = f" (line {where.line + 1})" if where is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise TemplateError(f"template {path} is invalid{line}: {problem}") from None
-    if not isinstance(template, dict) or not isinstance(template.get("Resources"), dict):
-        raise TemplateError(f"template {path} is invalid: it has no Resources mapping")
-    return template
 
 
 @dataclass(frozen=True, kw_only=True)

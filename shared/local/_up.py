@@ -28,32 +28,28 @@ import anyio.abc
 import anyio.to_thread
 import structlog
 
-from shared.aws import AwsClients
+from shared.aws import AwsClients, ClientSettings
+from shared.cloudformation import DEFAULT_TEMPLATE, Template, load_template, statemachines_dir
 from shared.emulator import Emulator, free_port
 from shared.errors import FleetlineError
+from shared.local._endpoint import child_environment, endpoint_clients, region_of
 from shared.local._gaps import plan_gaps
 from shared.local._stack import DeployedStack, describe_stack, gather_facts
 from shared.local._state import ChildRecord, Phase, UpError, UpState, write_state
 from shared.local._supervisor import Supervisor
 from shared.local._supply import LocalProcesses, apply_api_gaps, plan_processes
-from shared.local._template import Template, load_template
 
 __all__ = ["UpConfig", "UpError", "run_up", "spawn_emulator"]
 
 log = structlog.get_logger("fleetline.local")
-
-_EMULATOR_CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-}
 
 
 @dataclass(frozen=True, kw_only=True)
 class UpConfig:
     stack_name: str = "fleetline"
     port: int = 0  # emulator port; 0 = a free one
-    template: Path = Path("deploy/template.yaml")
-    statemachines_dir: Path = Path("deploy/statemachines")
+    template: Path = DEFAULT_TEMPLATE
+    statemachines_dir: Path | None = None  # None: beside the template (statemachines_dir())
     state_dir: Path = Path(".fleetline")
     endpoint: str | None = None  # AWS_ENDPOINT_URL: use it instead of starting moto
     real_aws: bool = False  # --aws: deploy to the account; no emulator gaps to supply
@@ -84,22 +80,6 @@ class _Run:
         self.save()
 
 
-def _region() -> str:
-    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-
-
-def _prepare_environment(endpoint: str | None) -> dict[str, str]:
-    """Set (in this process) and return the AWS environment every child gets."""
-    env = {"AWS_REGION": _region(), "AWS_DEFAULT_REGION": _region(), "PYTHONUNBUFFERED": "1"}
-    if endpoint is not None:
-        env["AWS_ENDPOINT_URL"] = endpoint
-        for key, value in _EMULATOR_CREDENTIALS.items():
-            env[key] = os.environ.get(key, value)
-        os.environ.pop("AWS_PROFILE", None)
-    os.environ.update(env)
-    return {**os.environ, **env}
-
-
 async def _deploy(aws: AwsClients, config: UpConfig, template: Template) -> DeployedStack:
     from shared.local._deploy import deploy_template
 
@@ -107,7 +87,7 @@ async def _deploy(aws: AwsClients, config: UpConfig, template: Template) -> Depl
         aws,
         template=template,
         template_path=config.template,
-        statemachines_dir=config.statemachines_dir,
+        statemachines_dir=_statemachines(config),
         stack_name=config.stack_name,
         within_s=config.deploy_timeout,
         emulated=not config.real_aws,
@@ -195,8 +175,16 @@ async def run_up(
                 elif config.endpoint is not None:
                     await anyio.to_thread.run_sync(_configure_moto, config.endpoint)
                 run.save()
-                base_env = _prepare_environment(run.state.endpoint)
-                async with AwsClients() as aws, anyio.create_task_group() as children:
+                # The runner is an edge: it reads its own environment, hands each child a
+                # complete one, and points its own clients through their settings, at the
+                # Region the children get (botocore alone would not read AWS_REGION).
+                base_env = child_environment(run.state.endpoint, os.environ)
+                clients = (
+                    endpoint_clients(run.state.endpoint, os.environ)
+                    if run.state.endpoint is not None
+                    else AwsClients(ClientSettings(region=region_of(os.environ)))
+                )
+                async with clients as aws, anyio.create_task_group() as children:
                     processes, problems = await _start(
                         aws, config, template, base_env, supervisor, children
                     )
@@ -254,7 +242,7 @@ async def _start(
     stack = await _deploy(aws, config, template)
     log.info("deployed", stack=config.stack_name, seconds=round(time.monotonic() - began, 2))
     facts = await gather_facts(aws, template, stack)
-    plan = plan_gaps(template, facts, statemachines_dir=config.statemachines_dir)
+    plan = plan_gaps(template, facts, statemachines_dir=_statemachines(config))
     emulated = not config.real_aws
     problems = dict(plan.problems)
     if emulated:
@@ -360,6 +348,10 @@ def _say_skipped_fixes(emulator: Emulator) -> None:
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+def _statemachines(config: UpConfig) -> Path:
+    return config.statemachines_dir or statemachines_dir(config.template)
 
 
 def _log_dir(config: UpConfig) -> Path:

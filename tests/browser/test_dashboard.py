@@ -11,8 +11,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from services.devices._auth import issue_token
-from services.devices.dashboard import DashboardServer, Hub, dashboard_handler
+from services.devices._auth import DEV_SECRET, issue_token
+from services.devices.dashboard import DashboardServer, Hub, dashboard_handler, dev_mode
 from services.devices.events import DeviceConnected, DeviceView, Severity, Status, ThresholdBreached
 from shared.aws import AwsClients
 from shared.consumers import SqsConsumer, SqsSettings
@@ -61,7 +61,8 @@ async def test_dashboard_pushes_updates_and_keeps_tenants_apart(
     sqs = await aws.client("sqs")
     queue_url = (await sqs.create_queue(QueueName="dashboard-browser"))["QueueUrl"]
     hub = Hub()
-    server = DashboardServer(hub, None)
+    # Locally (the emulator's endpoint, no secret configured): dev mode, as the lifespan sees it.
+    server = DashboardServer(hub, None, secret=DEV_SECRET, dev_mode=dev_mode())
     base = await server.start(port=0)
     consumer = SqsConsumer(aws, queue_url, dashboard_handler(hub),
                            settings=SqsSettings(wait_time_seconds=1, drain_seconds=2))
@@ -83,8 +84,8 @@ async def test_dashboard_pushes_updates_and_keeps_tenants_apart(
                         page.on("console", lambda m: browser_errors.append(m.text)
                                 if m.type == "error" else None)
                         page.on("pageerror", lambda e: browser_errors.append(str(e)))
-                    await page_a.goto(f"{base}/?token={issue_token('t-alpha')}")
-                    await page_b.goto(f"{base}/?token={issue_token('t-beta')}")
+                    await page_a.goto(f"{base}/?token={issue_token('t-alpha', secret=DEV_SECRET)}")
+                    await page_b.goto(f"{base}/?token={issue_token('t-beta', secret=DEV_SECRET)}")
                     for page in (page_a, page_b):
                         await page.wait_for_selector("body[data-snapshot='1']", timeout=10_000)
                     assert await page_a.text_content("#tenant") == "t-alpha"

@@ -13,6 +13,7 @@ import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -22,17 +23,19 @@ from anyio.abc import Process
 from services.devices.alarms import build_handler
 from services.devices.events import DeviceView, Severity, Status, ThresholdBreached
 from shared.aws import AwsClients
+from shared.cloudformation import DEFAULT_TEMPLATE, load_template, statemachines_dir
 from shared.config import Resources
-from shared.deployment import DEFAULT_TEMPLATE, Deployment, DeploySettings, deploy, local_parameters
+from shared.deployment import Deployment, DeploySettings, deploy, local_parameters
 from shared.events import Envelope, to_put_events_entry
 from shared.hosts.lambda_ import LambdaRuntime, sqs_handler
-from shared.local import GapPlan, load_template, plan_gaps
+from shared.local import GapPlan, plan_gaps
 from shared.local._stack import describe_stack, gather_facts
 from shared.local._supply import apply_api_gaps, plan_processes
 
 pytestmark = [pytest.mark.emulator, pytest.mark.slow]
 
 STACK = "fl-alarms"
+TEMPLATE = Path(__file__).resolve().parents[2] / DEFAULT_TEMPLATE
 PUBLISHER = "AlarmPublisherFunction-triggers"  # the local runner's name for its process
 
 
@@ -56,13 +59,15 @@ class Stack:
 @pytest.fixture
 async def stack(aws: AwsClients) -> Stack:
     deployment = await deploy(aws, DeploySettings(
-        stack_name=STACK, parameters=local_parameters(zone="eu"),
+        stack_name=STACK, template=TEMPLATE, parameters=local_parameters(zone="eu"),
         artifact_bucket=f"{STACK}-artifacts", timeout=60.0, emulator=True,
     ))
-    template = load_template(DEFAULT_TEMPLATE)
+    template = load_template(TEMPLATE)
     described = await describe_stack(aws, STACK)
     assert described is not None
-    stack = Stack(deployment, plan_gaps(template, await gather_facts(aws, template, described)))
+    facts = await gather_facts(aws, template, described)
+    stack = Stack(deployment, plan_gaps(template, facts,
+                                        statemachines_dir=statemachines_dir(TEMPLATE)))
     await stack.resubscribe(aws)
     return stack
 

@@ -5,11 +5,14 @@ shell)."""
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import anyio
 import pytest
 from typer.testing import CliRunner
 
+from services.devices._local import stack_clients, stack_resources
 from services.devices.cli import app
 from services.devices.events import DeviceConnected, Status
 from services.devices.projection import ReadModel, projection_handler
@@ -17,6 +20,7 @@ from shared.aws import AwsClients
 from shared.config import resource_env_name
 from shared.emulator import Emulator
 from shared.events import load_registered_events
+from shared.local._state import Phase, UpState, write_state
 from tests.integration.test_devices_read_model import create_read_model, message, view
 
 pytestmark = pytest.mark.emulator
@@ -74,3 +78,25 @@ def test_counts(read_model: str) -> None:
     counted = CliRunner().invoke(app, ["counts", "--tenant", "t-a"])
     assert counted.exit_code == 0, counted.output
     assert json.loads(counted.stdout)["online"] == 3
+
+
+async def test_outside_the_stack_the_cli_reads_the_running_up_and_leaves_the_environment(
+    emulator: Emulator, tmp_path: Path,
+) -> None:
+    """No names, endpoint or credentials in the environment: the state file of `up` says
+    where the stack is, and nothing is written into `os.environ` to get there."""
+    async with AwsClients() as aws:
+        cloudformation = await aws.client("cloudformation")
+        await cloudformation.create_stack(StackName="cli-up", TemplateBody=json.dumps({
+            "Resources": {"Queue": {"Type": "AWS::SQS::Queue"}},
+            "Outputs": {"TelemetryStream": {"Value": "cli-up-telemetry"}},
+        }))
+    write_state(tmp_path, UpState(stack_name="cli-up", endpoint=emulator.endpoint_url,
+                                  supervisor_pid=os.getpid(), phase=Phase.READY))
+    environ = {"FLEETLINE_STATE_DIR": str(tmp_path)}
+    before = dict(os.environ)
+    resources = await stack_resources("TelemetryStream", environ)
+    assert resources.get("TelemetryStream") == "cli-up-telemetry"
+    async with stack_clients("TelemetryStream", environ) as aws:
+        assert aws.settings.endpoint_url == emulator.endpoint_url
+    assert dict(os.environ) == before

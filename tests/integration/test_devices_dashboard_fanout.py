@@ -22,7 +22,7 @@ import anyio
 import pytest
 import structlog
 
-from services.devices._auth import issue_token
+from services.devices._auth import DEV_SECRET, issue_token
 from services.devices.dashboard import (
     DashboardFeed,
     DashboardServer,
@@ -56,7 +56,8 @@ class Viewer:
         return {u["device"]["device_id"] for _, u in self.updates}
 
     async def read(self, session: aiohttp.ClientSession, base: str, tenant: str) -> None:
-        async with session.get(f"{base}/events", params={"token": issue_token(tenant)}) as resp:
+        token = issue_token(tenant, secret=DEV_SECRET)
+        async with session.get(f"{base}/events", params={"token": token}) as resp:
             assert resp.status == 200
             kind = ""
             async for raw in resp.content:
@@ -124,7 +125,7 @@ async def dashboard_task(aws: AwsClients, topic: str) -> AsyncIterator[Task]:
     config = FeedConfig(topic_arn=topic, queue_prefix=PREFIX)
     async with feed.attach(aws, config) as queue:
         hub = Hub()
-        server = DashboardServer(hub, None)
+        server = DashboardServer(hub, None, secret=DEV_SECRET)
         base = await server.start(port=0)
         consumer = await feed.open(aws, Resources(), dashboard_handler(hub), name="dashboard",
                                    drain_seconds=2.0)

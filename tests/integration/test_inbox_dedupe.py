@@ -83,9 +83,7 @@ async def test_concurrent_workers_on_one_event_apply_it_once(aws: AwsClients) ->
 
     async def worker(name: str) -> None:
         async with AwsClients() as own:
-            # Conditional PutItems: concurrent cancelled transactions make moto erase
-            # committed writes (docs/benchmarks.md), which AWS never does.
-            handle = _committer(own, "counters", write_mode=WriteMode.ITEMS)
+            handle = _committer(own, "counters")  # transactions, the default
             result = await handle([_message(e, f"{name}{i}") for i, e in enumerate(events)])
             outcomes.append({k[1:]: v for k, v in result.outcomes.items()})
 

@@ -18,7 +18,8 @@ import anyio
 import pytest
 
 from shared.aws import AwsClients
-from shared.local import DemoContext, load_template, read_state
+from shared.cloudformation import load_template
+from shared.local import DemoContext, read_state
 from shared.local._demo import bus_round_trip
 from shared.local._state import ChildRecord, pid_alive
 from shared.local._supervisor import EX_CONFIG, Backoff, ProcessSpec, Supervisor

@@ -14,11 +14,10 @@ from typing import Any
 
 import anyio
 import pytest
-from cfnlint.decode import decode
 
 from shared.aws import AwsClients
+from shared.cloudformation import DEFAULT_TEMPLATE, load_template
 from shared.deployment import (
-    DEFAULT_TEMPLATE,
     Deployment,
     DeploymentError,
     DeploySettings,
@@ -30,6 +29,7 @@ from shared.deployment import (
 pytestmark = pytest.mark.emulator
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+TEMPLATE = Path(__file__).resolve().parents[2] / DEFAULT_TEMPLATE
 READY_BUDGET_SECONDS = 30.0  # the whole `fleetline up` must be ready within this
 
 # Resource types moto's CloudFormation accepts without creating anything: the stack still
@@ -78,15 +78,13 @@ EVENT_FED_QUEUES = {q for routes in (ORDERS_ROUTES, DEVICE_ROUTES)
 
 
 def template_resources() -> dict[str, str]:
-    decoded, matches = decode(str(DEFAULT_TEMPLATE))
-    assert not matches
-    assert decoded is not None
+    decoded = load_template(TEMPLATE)  # the one loader; raises on what cfn-lint flags
     return {lid: str(r["Type"]) for lid, r in decoded["Resources"].items()}
 
 
 async def deploy_stack(aws: AwsClients) -> Deployment:
     return await deploy(aws, DeploySettings(
-        stack_name="fl-test", parameters=local_parameters(zone="eu"),
+        stack_name="fl-test", template=TEMPLATE, parameters=local_parameters(zone="eu"),
         artifact_bucket="fl-test-artifacts", timeout=60.0, emulator=True,
     ))
 

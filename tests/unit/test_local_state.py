@@ -62,19 +62,18 @@ def test_missing_moto_is_a_one_line_instruction(monkeypatch: pytest.MonkeyPatch)
         Emulator().spawn()
 
 
-def test_local_processes_drop_the_unrun_sidecars_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_local_processes_drop_the_unrun_sidecars_endpoint() -> None:
     from shared.local._supply import _command_modules, _without_sidecar_endpoints
 
-    monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
     env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318", "OTEL_SERVICE_NAME": "x"}
-    _without_sidecar_endpoints(env)
+    _without_sidecar_endpoints(env, {})  # the caller exported no endpoint
     assert env == {"OTEL_SERVICE_NAME": "x"}
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318")
+    callers = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}
     env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://localhost:4318"}
-    _without_sidecar_endpoints(env)
+    _without_sidecar_endpoints(env, callers)
     assert env == {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}
     remote = {"OTEL_EXPORTER_OTLP_ENDPOINT": "https://otlp.example:4318"}
-    _without_sidecar_endpoints(remote)
+    _without_sidecar_endpoints(remote, callers)
     assert remote == {"OTEL_EXPORTER_OTLP_ENDPOINT": "https://otlp.example:4318"}
     assert _command_modules(("python", "-m", "shared.hosts.worker", "services.x.y:worker")) == [
         "shared.hosts.worker",

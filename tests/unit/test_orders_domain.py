@@ -203,31 +203,6 @@ def test_render_substitutes_and_scales() -> None:
         SagaTimings(heartbeat_seconds=10, timeout_seconds=5)
 
 
-async def test_keyed_locks_serialize_one_key_only() -> None:
-    import anyio
-
-    from services.orders._store import KeyedLocks, lock_for
-
-    locks = KeyedLocks()
-    inside: list[str] = []
-    overlaps: list[tuple[str, ...]] = []
-
-    async def hold(key: str, name: str) -> None:
-        async with lock_for(locks, key):
-            inside.append(name)
-            overlaps.append(tuple(inside))
-            await anyio.sleep(0.01)
-            inside.remove(name)
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(hold, "sku-a", "a1")
-        tg.start_soon(hold, "sku-a", "a2")
-        tg.start_soon(hold, "sku-b", "b1")
-    assert not any({"a1", "a2"} <= set(seen) for seen in overlaps)
-    assert any(len(seen) == 2 for seen in overlaps)  # different keys did run together
-    assert locks._locks == {}
-
-
 def _envelope(data: dict[str, object], type_: str, seq: int) -> object:
     from services.orders._envelopes import decode_order_event
     from shared.consumers import Message, SourceKind

@@ -1,4 +1,5 @@
-"""The template's own invariants (deploy/template.yaml), read with cfn-lint's decoder.
+"""The template's own invariants (deploy/template.yaml), read with the one template loader
+(`shared.cloudformation`: short-form tags in their long form, a key twice refused).
 
 These are the rules docs/deploy.md promises: every queue has a DLQ, every rule target a retry
 policy and a DLQ, every table streams/TTL/PITR/SSE, encryption everywhere, no wildcard
@@ -14,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cfnlint.decode import decode
 
+from shared.cloudformation import load_template
 from shared.config import ENV_PREFIX, resource_env_name
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,10 +61,7 @@ SAGA_TASK_QUEUES = {"InventoryTasksQueue", "PaymentTasksQueue", "ShippingTasksQu
 
 @pytest.fixture(scope="module")
 def template() -> dict[str, Any]:
-    decoded, matches = decode(str(TEMPLATE_PATH))
-    assert not matches, [str(m) for m in matches]
-    assert decoded is not None
-    return dict(decoded)
+    return load_template(TEMPLATE_PATH)  # raises TemplateError on what cfn-lint's decoder flags
 
 
 def of_type(template: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
