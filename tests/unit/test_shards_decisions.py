@@ -9,7 +9,7 @@ import random
 import pytest
 
 from shared.consumers._message import BatchResult, Message, Outcome, SourceKind
-from shared.consumers._stream_decisions import (
+from shared.consumers.streams._decisions import (
     backoff_delay,
     fit_failure_message,
     is_shard_end,

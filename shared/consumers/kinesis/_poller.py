@@ -1,36 +1,28 @@
-"""Kinesis Data Streams consumer without a JVM: `KinesisConsumer` = the shared shard consumer
-core (`_stream.StreamConsumer`: leases, rebalancing, checkpoints, failure queue) over
-`KinesisSource` (ListShards, GetShardIterator, GetRecords).
-
-Each record becomes a `Message`: id and sequence = sequence number, group_id = partition key,
-body = the data as UTF-8 text (data that is not UTF-8 arrives base64-encoded with the
-attribute `content-transfer-encoding: base64`), approximate_arrival = arrival time (epoch s).
-Lag is Kinesis' MillisBehindLatest.
+"""Kinesis Data Streams consumer without a JVM: `KinesisConsumer` = the shard consumer core
+(`shared.consumers.streams.StreamConsumer`: leases, rebalancing, checkpoints, failure queue)
+over `KinesisSource` (ListShards, GetShardIterator, GetRecords). Records become `Message`s in
+`_wire`; lag is Kinesis' MillisBehindLatest.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 from shared.aws import AwsClients, aws_errors, call_decoded
-from shared.consumers._message import BatchHandler, Message, SourceKind
-from shared.consumers._stream import (
-    ExpiredIteratorError,
+from shared.consumers._message import BatchHandler, SourceKind
+from shared.consumers.kinesis._wire import message_from_kinesis
+from shared.consumers.streams._config import StreamConsumerConfig
+from shared.consumers.streams._consumer import StreamConsumer
+from shared.consumers.streams._source import (
     InitialPosition,
     RecordsPage,
     ShardInfo,
-    StreamConsumer,
-    StreamConsumerConfig,
+    read_errors,
 )
-from shared.errors import AwsRequestError
 from shared.metrics import ConsumerMetrics
 
 __all__ = ["KinesisConsumer", "KinesisSource"]
-
-_KINESIS_MAX_LIMIT = 10_000
 
 
 def _stream_kwargs(stream: str) -> dict[str, str]:
@@ -38,7 +30,13 @@ def _stream_kwargs(stream: str) -> dict[str, str]:
 
 
 class KinesisSource:
-    """The Kinesis side of the shard consumer seam. `stream` is a stream name or ARN."""
+    """The Kinesis side of the shard consumer seam. `stream` is a stream name or ARN.
+
+    Raises ValueError when `stream` is empty.
+    """
+
+    kind: Final = SourceKind.KINESIS
+    default_limit: Final = 10_000  # records per GetRecords: the service maximum
 
     def __init__(self, aws: AwsClients, stream: str) -> None:
         if not stream:
@@ -47,16 +45,8 @@ class KinesisSource:
         self._stream = stream
 
     @property
-    def kind(self) -> SourceKind:
-        return SourceKind.KINESIS
-
-    @property
     def name(self) -> str:
         return self._stream
-
-    @property
-    def default_limit(self) -> int:
-        return _KINESIS_MAX_LIMIT
 
     async def list_shards(self) -> Sequence[ShardInfo]:
         """Every shard the stream retains, open and closed, with parents."""
@@ -102,45 +92,20 @@ class KinesisSource:
             AwsUnavailableError: throttled (ProvisionedThroughputExceeded) or unavailable.
         """
         client = await self._aws.client("kinesis")
-        try:
-            with aws_errors():
-                # The page as wire JSON (Data base64, arrival in epoch seconds): botocore's
-                # parser would walk 5 members of up to 10,000 records (see shared._wire).
-                response = await call_decoded(client, "GetRecords", ShardIterator=iterator,
-                                              Limit=limit)
-        except AwsRequestError as exc:
-            if exc.code == "ExpiredIteratorException":
-                raise ExpiredIteratorError(str(exc)) from exc
-            raise
-        messages = [self._message(shard_id, record) for record in response.get("Records", [])]
+        with read_errors():
+            # The page as wire JSON (Data base64, arrival in epoch seconds): botocore's
+            # parser would walk 5 members of up to 10,000 records (see shared._wire).
+            response = await call_decoded(client, "GetRecords", ShardIterator=iterator,
+                                          Limit=limit)
+        messages = [
+            message_from_kinesis(record, stream=self._stream, shard_id=shard_id)
+            for record in response.get("Records", [])
+        ]
         behind = response.get("MillisBehindLatest")
         return RecordsPage(
             messages=messages,
             next_iterator=response.get("NextShardIterator"),
             millis_behind=int(behind) if behind is not None else None,
-        )
-
-    def _message(self, shard_id: str, record: dict[str, Any]) -> Message:
-        data = binascii.a2b_base64(record["Data"])
-        sequence = str(record["SequenceNumber"])
-        partition_key = str(record["PartitionKey"])
-        attributes: dict[str, str] = {}
-        try:
-            body = data.decode("utf-8")
-        except UnicodeDecodeError:
-            body = base64.b64encode(data).decode("ascii")
-            attributes["content-transfer-encoding"] = "base64"
-        return Message(
-            id=sequence,
-            body=body,
-            source=SourceKind.KINESIS,
-            source_name=shard_id,
-            attributes=attributes,
-            group_id=partition_key,
-            sequence=sequence,
-            approximate_arrival=record.get("ApproximateArrivalTimestamp"),
-            raw={"stream": self._stream, "shard_id": shard_id, "partition_key": partition_key,
-                 "sequence_number": sequence},
         )
 
 
