@@ -41,10 +41,12 @@ from shared.config import Resources
 from shared.consumers import (
     BatchHandler,
     ConsumerError,
-    DynamoDBStreamsConsumer,
-    KinesisConsumer,
+    DynamoDBStreamSource,
+    KinesisSource,
+    ShardSource,
     SqsConsumer,
     SqsSettings,
+    StreamConsumer,
     StreamConsumerConfig,
     latest_stream_arn,
 )
@@ -145,8 +147,9 @@ class SqsQueue:
 
 @dataclass(frozen=True, kw_only=True)
 class _LeasedStream:
-    """What both stream sources share: the lease table, the consumer group, the failure
-    queue (output keys, or literal names / ARN / URL) and `StreamConsumerConfig` options."""
+    """What both stream sources share: a `StreamConsumer` over the source's `ShardSource`,
+    with the lease table, the consumer group, the failure queue (output keys, or literal
+    names / ARN / URL) and `StreamConsumerConfig` options."""
 
     lease_table: str = "LeasesTable"
     application: str | None = None
@@ -163,12 +166,10 @@ class _LeasedStream:
             # Resolved to its URL once, here (a failure queue given by name or ARN).
             config = _replace(config, failure_queue_url=await _queue_url(
                 aws, config.failure_queue_url))
-        return await self._consumer(aws, resources, handler, config)
+        return StreamConsumer(aws, handler, await self._shard_source(aws, resources), config)
 
-    async def _consumer(
-        self, aws: AwsClients, resources: Resources, handler: BatchHandler,
-        config: StreamConsumerConfig,
-    ) -> Consumer:
+    async def _shard_source(self, aws: AwsClients, resources: Resources) -> ShardSource:
+        """The stream this spec names, as the consumer reads it."""
         raise NotImplementedError
 
 
@@ -180,12 +181,8 @@ class KinesisStream(_LeasedStream):
 
     stream: str
 
-    async def _consumer(
-        self, aws: AwsClients, resources: Resources, handler: BatchHandler,
-        config: StreamConsumerConfig,
-    ) -> Consumer:
-        stream = _resolve(resources, self.stream)
-        return KinesisConsumer(aws, handler, stream=stream, config=config)
+    async def _shard_source(self, aws: AwsClients, resources: Resources) -> ShardSource:
+        return KinesisSource(aws, _resolve(resources, self.stream))
 
 
 @dataclass(frozen=True)
@@ -195,14 +192,11 @@ class DynamoDBStream(_LeasedStream):
 
     table: str
 
-    async def _consumer(
-        self, aws: AwsClients, resources: Resources, handler: BatchHandler,
-        config: StreamConsumerConfig,
-    ) -> Consumer:
+    async def _shard_source(self, aws: AwsClients, resources: Resources) -> ShardSource:
         target = _resolve(resources, self.table)
-        arn = target if ":stream/" in target or "/stream/" in target else (
-            await latest_stream_arn(aws, target.rsplit("/", 1)[-1]))
-        return DynamoDBStreamsConsumer(aws, handler, stream_arn=arn, config=config)
+        if ":stream/" not in target and "/stream/" not in target:
+            target = await latest_stream_arn(aws, target.rsplit("/", 1)[-1])
+        return DynamoDBStreamSource(aws, target)
 
 
 def _stream_config(

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Final
 
-from shared.aws import AwsClients, aws_errors, call_decoded
+from shared.aws import AwsClients, aws_errors
 from shared.consumers._message import BatchHandler, SourceKind
 from shared.consumers.dynamodb_streams._wire import message_from_dynamodb
 from shared.consumers.streams._config import StreamConsumerConfig
@@ -19,7 +19,8 @@ from shared.consumers.streams._source import (
     InitialPosition,
     RecordsPage,
     ShardInfo,
-    read_errors,
+    read_page,
+    shard_iterator,
 )
 from shared.errors import ConfigurationError
 from shared.metrics import ConsumerMetrics
@@ -93,14 +94,8 @@ class DynamoDBStreamSource:
         self, shard_id: str, *, after: str | None, initial: InitialPosition
     ) -> str:
         client = await self._aws.client("dynamodbstreams")
-        kwargs: dict[str, Any] = {"StreamArn": self._arn, "ShardId": shard_id}
-        if after is not None:
-            kwargs.update(ShardIteratorType="AFTER_SEQUENCE_NUMBER", SequenceNumber=after)
-        else:
-            kwargs.update(ShardIteratorType=str(initial))
-        with read_errors():
-            response = await client.get_shard_iterator(**kwargs)
-        return str(response["ShardIterator"])
+        return await shard_iterator(client, {"StreamArn": self._arn}, shard_id, after=after,
+                                    initial=initial, sequence_parameter="SequenceNumber")
 
     async def get_records(self, shard_id: str, iterator: str, *, limit: int) -> RecordsPage:
         """One GetRecords call.
@@ -111,18 +106,11 @@ class DynamoDBStreamSource:
             AwsUnavailableError: throttled or unavailable.
         """
         client = await self._aws.client("dynamodbstreams")
-        with read_errors():
-            # The page as wire JSON, which is already the shape Lambda delivers (images
-            # in DynamoDB JSON, times in epoch seconds): botocore's parser would walk
-            # every attribute of every image (see shared._wire).
-            response = await call_decoded(client, "GetRecords", ShardIterator=iterator,
-                                          Limit=limit)
-        messages = [
-            message_from_dynamodb(record, stream_arn=self._arn, shard_id=shard_id,
-                                  hash_key=self._hash_key)
-            for record in response.get("Records", [])
-        ]
-        return RecordsPage(messages=messages, next_iterator=response.get("NextShardIterator"))
+        return await read_page(
+            client, iterator, limit=limit,
+            to_message=lambda record: message_from_dynamodb(
+                record, stream_arn=self._arn, shard_id=shard_id, hash_key=self._hash_key),
+        )
 
 
 class DynamoDBStreamsConsumer(StreamConsumer):

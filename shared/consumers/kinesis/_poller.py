@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Final
 
-from shared.aws import AwsClients, aws_errors, call_decoded
+from shared.aws import AwsClients, aws_errors
 from shared.consumers._message import BatchHandler, SourceKind
 from shared.consumers.kinesis._wire import message_from_kinesis
 from shared.consumers.streams._config import StreamConsumerConfig
@@ -18,7 +18,8 @@ from shared.consumers.streams._source import (
     InitialPosition,
     RecordsPage,
     ShardInfo,
-    read_errors,
+    read_page,
+    shard_iterator,
 )
 from shared.metrics import ConsumerMetrics
 
@@ -75,14 +76,8 @@ class KinesisSource:
         self, shard_id: str, *, after: str | None, initial: InitialPosition
     ) -> str:
         client = await self._aws.client("kinesis")
-        kwargs: dict[str, Any] = {**_stream_kwargs(self._stream), "ShardId": shard_id}
-        if after is not None:
-            kwargs.update(ShardIteratorType="AFTER_SEQUENCE_NUMBER", StartingSequenceNumber=after)
-        else:
-            kwargs.update(ShardIteratorType=str(initial))
-        with aws_errors():
-            response = await client.get_shard_iterator(**kwargs)
-        return str(response["ShardIterator"])
+        return await shard_iterator(client, _stream_kwargs(self._stream), shard_id, after=after,
+                                    initial=initial, sequence_parameter="StartingSequenceNumber")
 
     async def get_records(self, shard_id: str, iterator: str, *, limit: int) -> RecordsPage:
         """One GetRecords call.
@@ -92,20 +87,10 @@ class KinesisSource:
             AwsUnavailableError: throttled (ProvisionedThroughputExceeded) or unavailable.
         """
         client = await self._aws.client("kinesis")
-        with read_errors():
-            # The page as wire JSON (Data base64, arrival in epoch seconds): botocore's
-            # parser would walk 5 members of up to 10,000 records (see shared._wire).
-            response = await call_decoded(client, "GetRecords", ShardIterator=iterator,
-                                          Limit=limit)
-        messages = [
-            message_from_kinesis(record, stream=self._stream, shard_id=shard_id)
-            for record in response.get("Records", [])
-        ]
-        behind = response.get("MillisBehindLatest")
-        return RecordsPage(
-            messages=messages,
-            next_iterator=response.get("NextShardIterator"),
-            millis_behind=int(behind) if behind is not None else None,
+        return await read_page(
+            client, iterator, limit=limit,
+            to_message=lambda record: message_from_kinesis(
+                record, stream=self._stream, shard_id=shard_id),
         )
 
 

@@ -34,6 +34,8 @@ from shared.consumers.streams._source import (
     ShardSource,
     TrimmedDataError,
     read_errors,
+    read_page,
+    shard_iterator,
 )
 
 __all__ = [
@@ -54,6 +56,8 @@ __all__ = [
     "create_lease_table",
     "failure_message",
     "read_errors",
+    "read_page",
     "send_failure_messages",
+    "shard_iterator",
     "stream_batch_item_failures",
 ]

@@ -1,18 +1,19 @@
 """The seam between the shard consumer core and one streaming service (Kinesis, DynamoDB
 Streams): a `ShardSource` lists shards, gets an iterator and reads a page of records. Its
-values (`ShardInfo`, `RecordsPage`, `InitialPosition`) and the two read errors every source
-raises (`ExpiredIteratorError`, `TrimmedDataError`, via `read_errors()`) live here too.
+values (`ShardInfo`, `RecordsPage`, `InitialPosition`), the two read errors every source raises
+(`ExpiredIteratorError`, `TrimmedDataError`, via `read_errors()`) and the two read calls,
+the same on both services but for names (`shard_iterator`, `read_page`), live here too.
 """
 
 from __future__ import annotations
 
 import contextlib
 import enum
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
-from shared.aws import aws_errors
+from shared.aws import AwsClient, aws_errors, call_decoded
 from shared.consumers._message import Message, SourceKind
 from shared.errors import AwsRequestError, RetryableError
 
@@ -24,6 +25,8 @@ __all__ = [
     "ShardSource",
     "TrimmedDataError",
     "read_errors",
+    "read_page",
+    "shard_iterator",
 ]
 
 
@@ -110,3 +113,57 @@ def read_errors() -> Iterator[None]:
         if exc.code == "TrimmedDataAccessException":
             raise TrimmedDataError(str(exc)) from exc
         raise
+
+
+async def read_page(
+    client: AwsClient, iterator: str, *, limit: int,
+    to_message: Callable[[dict[str, Any]], Message],
+) -> RecordsPage:
+    """One GetRecords call on `client` (Kinesis or DynamoDB Streams: the same request and
+    answer), each record made a `Message` by `to_message`. `millis_behind` is Kinesis'
+    MillisBehindLatest (None on DynamoDB Streams, which has none).
+
+    The page is read as wire JSON (`shared.aws.call_decoded`: Kinesis `Data` in base64,
+    times in epoch seconds, DynamoDB images already in the DynamoDB JSON Lambda delivers):
+    botocore's parser would walk every member of up to 10,000 records (see shared._wire).
+
+    Raises:
+        ExpiredIteratorError, TrimmedDataError, AwsRequestError, AwsUnavailableError: as
+            `read_errors()`.
+    """
+    with read_errors():
+        response = await call_decoded(client, "GetRecords", ShardIterator=iterator, Limit=limit)
+    behind = response.get("MillisBehindLatest")
+    return RecordsPage(
+        messages=[to_message(record) for record in response.get("Records", [])],
+        next_iterator=response.get("NextShardIterator"),
+        millis_behind=int(behind) if behind is not None else None,
+    )
+
+
+async def shard_iterator(
+    client: AwsClient,
+    stream: Mapping[str, str],
+    shard_id: str,
+    *,
+    after: str | None,
+    initial: InitialPosition,
+    sequence_parameter: str,
+) -> str:
+    """GetShardIterator on `client` for shard `shard_id` of `stream` (the parameters naming
+    the stream: Kinesis `StreamName` / `StreamARN`, DynamoDB Streams `StreamArn`): just after
+    sequence number `after` (passed as `sequence_parameter`: Kinesis
+    `StartingSequenceNumber`, DynamoDB Streams `SequenceNumber`), or at `initial` when None.
+
+    Raises:
+        TrimmedDataError: `after` is older than the stream's retention (DynamoDB Streams).
+        AwsRequestError, AwsUnavailableError: as `read_errors()`.
+    """
+    kwargs: dict[str, Any] = {**stream, "ShardId": shard_id}
+    if after is not None:
+        kwargs.update({"ShardIteratorType": "AFTER_SEQUENCE_NUMBER", sequence_parameter: after})
+    else:
+        kwargs.update(ShardIteratorType=str(initial))
+    with read_errors():
+        response = await client.get_shard_iterator(**kwargs)
+    return str(response["ShardIterator"])

@@ -38,12 +38,13 @@ from shared.metrics import consumer as consumer_metrics
 from shared.metrics import get_metrics
 
 __all__ = [
+    "BatchFailures",
     "LambdaHandler",
     "LambdaRuntime",
+    "batch_trigger",
     "check_sources",
     "default_runtime",
     "entry_point",
-    "handle_records",
     "handler_of",
     "run_batch",
     "source_label",
@@ -257,23 +258,39 @@ def _log_failures(messages: Sequence[Message], result: BatchResult) -> None:
                      error=result.reasons.get(m.id), source=m.source.value)
 
 
-async def handle_records(
-    runtime: LambdaRuntime,
-    aws: AwsClients,
-    event: Mapping[str, Any],
-    context: Any,
-    *,
+BatchFailures = Callable[
+    [LambdaRuntime, AwsClients, list[Message], BatchResult], Awaitable[list[dict[str, str]]]
+]
+"""A trigger's own settling: what it does after the batch ran (backoff, DLQ, failure queue)
+and the `batchItemFailures` it reports."""
+
+
+def batch_trigger(
     to_message: Callable[[Mapping[str, Any]], Message],
+    *,
     handler: BatchHandler | None,
     setup: HandlerFactory | None,
-) -> tuple[list[Message], BatchResult] | None:
-    """The steps of every batch trigger: the event's `Records` as `Message`s (None when
-    there are none), the handler built once, the batch run (`run_batch`) and each failure
-    logged. Returns the messages and their result for the trigger's own settling."""
-    messages = [to_message(r) for r in event.get("Records") or []]
-    if not messages:
-        return None
-    batch = await handler_of(runtime, aws, handler, setup)
-    result = await run_batch(batch, messages, context)
-    _log_failures(messages, result)
-    return messages, result
+    runtime: LambdaRuntime | None,
+    failures: BatchFailures,
+) -> LambdaHandler:
+    """The entry point of an event source mapping with ReportBatchItemFailures: the event's
+    `Records` made `Message`s by `to_message`, the handler built once per container, the
+    batch run within the deadline (`run_batch`), each failure logged, then
+    `{"batchItemFailures": await failures(runtime, aws, messages, result)}`. An event
+    without records answers an empty list.
+
+    Raises ValueError unless exactly one of handler and setup is given.
+    """
+    check_sources(handler, setup)
+    rt = default_runtime(runtime)
+
+    async def invoke(aws: AwsClients, event: Mapping[str, Any], context: Any) -> dict[str, Any]:
+        messages = [to_message(r) for r in event.get("Records") or []]
+        if not messages:
+            return {"batchItemFailures": []}
+        batch = await handler_of(rt, aws, handler, setup)
+        result = await run_batch(batch, messages, context)
+        _log_failures(messages, result)
+        return {"batchItemFailures": await failures(rt, aws, messages, result)}
+
+    return entry_point(rt, invoke)

@@ -7,13 +7,12 @@ itself: backoff delays and DLQ copies with reasons.
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
-from typing import Any, Final
+from typing import Final
 
 import structlog
 
 from shared.aws import AwsClients
-from shared.consumers import Backoff, BatchHandler, Outcome
+from shared.consumers import Backoff, BatchHandler, BatchResult, Message, Outcome
 from shared.consumers.sqs import (
     Action,
     QueueDescription,
@@ -30,10 +29,7 @@ from shared.hosts._worker import HandlerFactory
 from shared.hosts.lambda_._runtime import (
     LambdaHandler,
     LambdaRuntime,
-    check_sources,
-    default_runtime,
-    entry_point,
-    handle_records,
+    batch_trigger,
     source_label,
 )
 from shared.metrics import Counter as Metric
@@ -87,23 +83,18 @@ def sqs_handler(
 
     Raises ValueError unless exactly one of handler and setup is given.
     """
-    check_sources(handler, setup)
-    rt = default_runtime(runtime)
     chosen_backoff = backoff if backoff is not None else _DEFAULT_BACKOFF
     use_backoff = backoff is not None
     jitter = rng or random.Random()
 
-    async def invoke(aws: AwsClients, event: Mapping[str, Any], context: Any) -> dict[str, Any]:
-        handled = await handle_records(rt, aws, event, context, to_message=message_from_sqs_record,
-                                       handler=handler, setup=setup)
-        if handled is None:
-            return {"batchItemFailures": []}
-        messages, result = handled
+    async def failures(
+        rt: LambdaRuntime, aws: AwsClients, messages: list[Message], result: BatchResult
+    ) -> list[dict[str, str]]:
         if not (use_backoff or dead_letter) or all(
             result.outcomes.get(m.id) in (Outcome.SUCCEEDED, Outcome.DUPLICATE)
             for m in messages
         ):
-            return {"batchItemFailures": sqs_batch_item_failures(messages, result)}
+            return sqs_batch_item_failures(messages, result)
         queue = await _queue(rt, aws, messages[0].source_name)
         # Only with its DLQ known is the redrive's maxReceiveCount of use here: without one,
         # what fails on its last receive is reported and the redrive moves it.
@@ -132,7 +123,7 @@ def sqs_handler(
                        if d.action in (Action.RETRY, Action.RELEASE)]
             if changes:
                 await change_visibility(sqs, queue.url, changes, purpose="retry", log=_log)
-        return {"batchItemFailures": sqs_batch_item_failures(messages, result,
-                                                             handled=sent_ids)}
+        return sqs_batch_item_failures(messages, result, handled=sent_ids)
 
-    return entry_point(rt, invoke)
+    return batch_trigger(message_from_sqs_record, handler=handler, setup=setup,
+                         runtime=runtime, failures=failures)

@@ -29,10 +29,7 @@ from shared.hosts._worker import HandlerFactory
 from shared.hosts.lambda_._runtime import (
     LambdaHandler,
     LambdaRuntime,
-    check_sources,
-    default_runtime,
-    entry_point,
-    handle_records,
+    batch_trigger,
     source_label,
 )
 from shared.metrics import Counter as Metric
@@ -75,15 +72,9 @@ def _stream_handler(
     failure_queue: str | None,
     runtime: LambdaRuntime | None,
 ) -> LambdaHandler:
-    check_sources(handler, setup)
-    rt = default_runtime(runtime)
-
-    async def invoke(aws: AwsClients, event: Mapping[str, Any], context: Any) -> dict[str, Any]:
-        handled = await handle_records(rt, aws, event, context, to_message=to_message,
-                                       handler=handler, setup=setup)
-        if handled is None:
-            return {"batchItemFailures": []}
-        messages, result = handled
+    async def failures(
+        rt: LambdaRuntime, aws: AwsClients, messages: list[Message], result: BatchResult
+    ) -> list[dict[str, str]]:
         sent: list[str] = []
         dead = [m for m in messages if result.outcomes.get(m.id) is Outcome.DEAD_LETTER]
         if dead and failure_queue:
@@ -92,10 +83,10 @@ def _stream_handler(
                 url = rt.resources.get(failure_queue) if failure_queue[:1].isupper() else url
             sent = await _send_failures(aws, url, dead, result)
             consumer_metrics(source_label(dead[0])).count(Metric.DEAD_LETTERED, len(sent))
-        return {"batchItemFailures": stream_batch_item_failures(messages, result,
-                                                                handled=sent)}
+        return stream_batch_item_failures(messages, result, handled=sent)
 
-    return entry_point(rt, invoke)
+    return batch_trigger(to_message, handler=handler, setup=setup, runtime=runtime,
+                         failures=failures)
 
 
 def kinesis_handler(
