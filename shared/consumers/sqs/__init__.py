@@ -12,6 +12,11 @@
 The Lambda adapter (`shared.hosts.lambda_.sqs_handler`) uses `message_from_sqs_record`,
 `describe_queue`, `settle` and the calls above; the ECS worker (`shared.hosts.SqsQueue`) and
 the local runner's event source mappings use `queue_url` and `SqsConsumer`.
+
+The SQS trace carriers (`sqs_trace_attributes`, `carrier_from_sqs`) stay in
+`shared.tracing`: producers that never consume (the outbox, services sending to a queue)
+use them, `tracing` imports nothing of `shared`, and `batch_handler` (consumers' core) imports
+`tracing`; moving them here would make `tracing` import `consumers` and close a cycle.
 """
 
 from shared.consumers.sqs._poller import SqsConsumer
