@@ -206,8 +206,7 @@ async def _replay(args: argparse.Namespace) -> dict[str, Any]:
         TelemetryStatistics,
     )
     from shared.aws import AwsClients
-    from shared.consumers import KinesisSource
-    from shared.consumers._stream import InitialPosition
+    from shared.consumers import InitialPosition, KinesisSource
     from shared.hosts import configure_gc
 
     configure_gc()  # as the worker host does after loading (FLEETLINE_GC_THRESHOLDS)

@@ -37,8 +37,7 @@ from services.orders.saga import SagaTimings, render_definition
 from services.orders.saga_starter import SagaStarter
 from shared.aws import AwsClients, aws_errors
 from shared.config import Resources
-from shared.consumers import BatchHandler, SqsConsumer, SqsSettings
-from shared.consumers._stream import StreamConsumerConfig
+from shared.consumers import BatchHandler, SqsConsumer, SqsSettings, StreamConsumerConfig
 from shared.consumers.dynamodb_streams import DynamoDBStreamsConsumer, latest_stream_arn
 from shared.outbox import PublisherConfig, Relay
 

@@ -1,6 +1,14 @@
 """Consuming messages: one `Message` shape from every source, one `BatchHandler` contract,
 and the consumers that feed it.
 
+Layout: the core every source shares is here (`_message`, `_errors`, `_backoff`, `_batch`:
+lanes, `_delivery`: `DeliveryControl` and its one implementation `BatchProgress`,
+`_handlers`: `batch_handler`); each source has a folder of the same shape (`sqs/`,
+`kinesis/`, `dynamodb_streams/`, `eventbridge/`: `_wire` for its `Message` builders from the
+poller's and from Lambda's shapes, `_poller` for its ECS consumer); the shard consumer core
+of the two stream sources is `streams/`. Names new to this layout are exported by those
+subpackages; the names below stay for existing importers.
+
     handler = batch_handler(handle, decode=registry.decode)   # plain async handler -> batch
     consumer = SqsConsumer(aws, queue_url, handler)            # or run it in a Lambda
     async with anyio.create_task_group() as tg:
@@ -10,40 +18,43 @@ See docs/consumers.md for defaults and a message's life.
 """
 
 from shared.consumers._backoff import Backoff
-from shared.consumers._batch import (
-    Action,
-    Disposition,
-    Settlement,
-    plan_groups,
-    released_after,
-    settle,
-    sqs_batch_item_failures,
-    stream_batch_item_failures,
-)
+from shared.consumers._batch import plan_groups, released_after
+from shared.consumers._delivery import BatchProgress, DeliveryControl, delivery_control
 from shared.consumers._errors import ConsumerError, DeadLetter, DuplicateEvent, RetryLater
 from shared.consumers._handlers import (
-    DeliveryControl,
     EventHandler,
     HandlerContext,
     batch_handler,
     classify,
-    delivery_control,
     json_body,
 )
-from shared.consumers._lease_decisions import SHARD_END, Lease
-from shared.consumers._leases import LeaseLostError, LeaseTable, create_lease_table
 from shared.consumers._message import BatchHandler, BatchResult, Message, Outcome, SourceKind
-from shared.consumers._sqs import (
+from shared.consumers.dynamodb_streams import (
+    DynamoDBStreamsConsumer,
+    DynamoDBStreamSource,
+    latest_stream_arn,
+)
+from shared.consumers.kinesis import KinesisConsumer, KinesisSource
+from shared.consumers.sqs import (
     DEAD_LETTER_ATTRIBUTE,
+    Action,
     ConsumerStatistics,
     DeadLetterMode,
+    Disposition,
+    Settlement,
     SqsConsumer,
     SqsSettings,
     message_from_sqs,
+    settle,
+    sqs_batch_item_failures,
 )
-from shared.consumers._stream import (
+from shared.consumers.streams import (
+    SHARD_END,
     ExpiredIteratorError,
     InitialPosition,
+    Lease,
+    LeaseLostError,
+    LeaseTable,
     RecordsPage,
     ShardInfo,
     ShardSource,
@@ -51,13 +62,9 @@ from shared.consumers._stream import (
     StreamConsumerConfig,
     StreamConsumerStatistics,
     TrimmedDataError,
+    create_lease_table,
+    stream_batch_item_failures,
 )
-from shared.consumers.dynamodb_streams import (
-    DynamoDBStreamsConsumer,
-    DynamoDBStreamSource,
-    latest_stream_arn,
-)
-from shared.consumers.kinesis import KinesisConsumer, KinesisSource
 
 __all__ = [
     "DEAD_LETTER_ATTRIBUTE",
@@ -65,6 +72,7 @@ __all__ = [
     "Action",
     "Backoff",
     "BatchHandler",
+    "BatchProgress",
     "BatchResult",
     "ConsumerError",
     "ConsumerStatistics",

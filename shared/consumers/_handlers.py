@@ -23,33 +23,25 @@ message does, the batch returns a result.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import functools
 import inspect
 import json
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import anyio
 import structlog
 
 from shared.consumers._batch import plan_groups
+from shared.consumers._delivery import DeliveryControl, current_control
 from shared.consumers._errors import DuplicateEvent, RetryLater
 from shared.consumers._message import BatchHandler, BatchResult, Message, Outcome
 from shared.errors import InvalidMessageError, is_retryable
 from shared.events import ClaimCheckReader, EventRegistry
 from shared.tracing import BatchTrace, consumer_span
 
-__all__ = [
-    "DeliveryControl",
-    "EventHandler",
-    "HandlerContext",
-    "batch_handler",
-    "classify",
-    "delivery_control",
-    "json_body",
-]
+__all__ = ["EventHandler", "HandlerContext", "batch_handler", "classify", "json_body"]
 
 E = TypeVar("E")
 
@@ -64,37 +56,6 @@ def _message_log(message: Message, event_id: str | None) -> Any:
         message_id=message.id, source=message.source.value, receive_count=message.receive_count
     )
     return log if event_id is None else log.bind(event_id=event_id)
-
-
-class DeliveryControl(Protocol):
-    """What a host lets a running handler do with its delivery (`HandlerContext.heartbeat`)."""
-
-    async def extend(self, message: Message, seconds: float | None = None) -> None:
-        """Keep `message` invisible for `seconds` more (None: the host's visibility timeout)."""
-        ...
-
-    def completed(
-        self, message: Message, outcome: Outcome, reason: str | None, delay: float | None
-    ) -> None:
-        """`message` is finished with `outcome`, before the batch is. A host uses this only
-        if the batch is cancelled (a drain deadline): finished messages are settled by their
-        own outcome instead of being released and handled twice."""
-        ...
-
-
-_CONTROL: contextvars.ContextVar[DeliveryControl | None] = contextvars.ContextVar(
-    "fleetline_delivery_control", default=None
-)
-
-
-@contextlib.contextmanager
-def delivery_control(control: DeliveryControl | None) -> Iterator[None]:
-    """Hosts wrap their call of a `BatchHandler` in this so handlers can heartbeat."""
-    token = _CONTROL.set(control)
-    try:
-        yield
-    finally:
-        _CONTROL.reset(token)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -279,7 +240,7 @@ def batch_handler(
             ctx = HandlerContext(
                 message=message,
                 event_id=None if event_id is None else str(event_id),
-                _control=_CONTROL.get(),
+                _control=current_control(),
             )
             try:
                 returned = await handler(event, ctx)
@@ -327,7 +288,7 @@ def batch_handler(
     async def run(messages: Sequence[Message]) -> BatchResult:
         # Single-message batches cannot mix traces: no BatchTrace, nothing noted.
         batch = BatchTrace() if tracing and len(messages) > 1 else None
-        into = _Collector(_CONTROL.get(), batch)
+        into = _Collector(current_control(), batch)
         try:
             lanes = plan_groups(messages)
             if len(lanes) == 1:

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["BatchHandler", "BatchResult", "Message", "Outcome", "SourceKind"]
+__all__ = ["DONE", "BatchHandler", "BatchResult", "Message", "Outcome", "SourceKind"]
 
 
 class SourceKind(enum.StrEnum):
@@ -45,6 +45,10 @@ class Outcome(enum.StrEnum):
     DUPLICATE = "duplicate"  # already applied before: delete, count the skip
     RETRY = "retry"  # transient failure: make visible later with backoff
     DEAD_LETTER = "dead-letter"  # permanent failure: to the DLQ / failure queue with reason
+
+
+DONE: frozenset[Outcome] = frozenset({Outcome.SUCCEEDED, Outcome.DUPLICATE})
+"""The outcomes after which a message is finished: deleted, checkpointed past, not reported."""
 
 
 @dataclass(frozen=True)

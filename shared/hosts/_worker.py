@@ -36,18 +36,21 @@ import anyio
 import anyio.abc
 import structlog
 
-from shared.aws import AwsClients, aws_errors
+from shared.aws import AwsClients
 from shared.config import Resources
 from shared.consumers import (
     BatchHandler,
     ConsumerError,
-    DynamoDBStreamsConsumer,
-    KinesisConsumer,
+    DynamoDBStreamSource,
+    KinesisSource,
+    ShardSource,
     SqsConsumer,
     SqsSettings,
+    StreamConsumer,
     StreamConsumerConfig,
     latest_stream_arn,
 )
+from shared.consumers.sqs import queue_url
 from shared.errors import ConfigurationError, FleetlineError
 from shared.hosts._gc import configure_gc
 from shared.logging import configure_logging
@@ -118,19 +121,11 @@ def _resolve(resources: Resources, value: str) -> str:
 
 
 async def _queue_url(aws: AwsClients, value: str) -> str:
-    if "://" in value:
-        return value
-    sqs = await aws.client("sqs")
-    params: dict[str, str] = {"QueueName": value}
-    if value.startswith("arn:"):
-        parts = value.split(":")
-        params = {"QueueName": parts[5], "QueueOwnerAWSAccountId": parts[4]}
+    """`value` (URL, ARN or name) as a URL. Raises ConfigurationError naming the queue."""
     try:
-        with aws_errors():
-            response = await sqs.get_queue_url(**params)
+        return await queue_url(aws, value)
     except FleetlineError as exc:
         raise ConfigurationError(f"queue {value!r} not found: {exc}") from exc
-    return str(response["QueueUrl"])
 
 
 @dataclass(frozen=True)
@@ -150,63 +145,58 @@ class SqsQueue:
         return SqsConsumer(aws, url, handler, settings=settings)
 
 
+@dataclass(frozen=True, kw_only=True)
+class _LeasedStream:
+    """What both stream sources share: a `StreamConsumer` over the source's `ShardSource`,
+    with the lease table, the consumer group, the failure queue (output keys, or literal
+    names / ARN / URL) and `StreamConsumerConfig` options."""
+
+    lease_table: str = "LeasesTable"
+    application: str | None = None
+    failure_queue: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    async def open(
+        self, aws: AwsClients, resources: Resources, handler: BatchHandler, *,
+        name: str, drain_seconds: float,
+    ) -> Consumer:
+        config = _stream_config(resources, self.lease_table, self.application or name,
+                                self.failure_queue, self.options, drain_seconds)
+        if config.failure_queue_url and "://" not in config.failure_queue_url:
+            # Resolved to its URL once, here (a failure queue given by name or ARN).
+            config = _replace(config, failure_queue_url=await _queue_url(
+                aws, config.failure_queue_url))
+        return StreamConsumer(aws, handler, await self._shard_source(aws, resources), config)
+
+    async def _shard_source(self, aws: AwsClients, resources: Resources) -> ShardSource:
+        """The stream this spec names, as the consumer reads it."""
+        raise NotImplementedError
+
+
 @dataclass(frozen=True)
-class KinesisStream:
+class KinesisStream(_LeasedStream):
     """Consume a Kinesis stream with shard leases. `stream`, `lease_table` and
     `failure_queue` are output keys (or literal names / ARN / URL). `application` names the
     consumer group (default: the worker's name). `options` go to `StreamConsumerConfig`."""
 
     stream: str
-    lease_table: str = "LeasesTable"
-    application: str | None = None
-    failure_queue: str | None = None
-    options: Mapping[str, Any] = field(default_factory=dict)
 
-    async def open(
-        self, aws: AwsClients, resources: Resources, handler: BatchHandler, *,
-        name: str, drain_seconds: float,
-    ) -> Consumer:
-        config = await _leased_config(aws, resources, self, name=name,
-                                      drain_seconds=drain_seconds)
-        stream = _resolve(resources, self.stream)
-        return KinesisConsumer(aws, handler, stream=stream, config=config)
+    async def _shard_source(self, aws: AwsClients, resources: Resources) -> ShardSource:
+        return KinesisSource(aws, _resolve(resources, self.stream))
 
 
 @dataclass(frozen=True)
-class DynamoDBStream:
+class DynamoDBStream(_LeasedStream):
     """Consume a DynamoDB table's stream with shard leases. `table` is an output key or a
     table name (its latest stream is used) or a stream ARN. Other fields as `KinesisStream`."""
 
     table: str
-    lease_table: str = "LeasesTable"
-    application: str | None = None
-    failure_queue: str | None = None
-    options: Mapping[str, Any] = field(default_factory=dict)
 
-    async def open(
-        self, aws: AwsClients, resources: Resources, handler: BatchHandler, *,
-        name: str, drain_seconds: float,
-    ) -> Consumer:
-        config = await _leased_config(aws, resources, self, name=name,
-                                      drain_seconds=drain_seconds)
+    async def _shard_source(self, aws: AwsClients, resources: Resources) -> ShardSource:
         target = _resolve(resources, self.table)
-        arn = target if ":stream/" in target or "/stream/" in target else (
-            await latest_stream_arn(aws, target.rsplit("/", 1)[-1]))
-        return DynamoDBStreamsConsumer(aws, handler, stream_arn=arn, config=config)
-
-
-async def _leased_config(
-    aws: AwsClients, resources: Resources, source: KinesisStream | DynamoDBStream, *,
-    name: str, drain_seconds: float,
-) -> StreamConsumerConfig:
-    """The lease/checkpoint settings shared by both stream sources; a failure queue given
-    as an output key or name is resolved to its URL once, here."""
-    config = _stream_config(resources, source.lease_table, source.application or name,
-                            source.failure_queue, source.options, drain_seconds)
-    if config.failure_queue_url and "://" not in config.failure_queue_url:
-        config = _replace(config, failure_queue_url=await _queue_url(
-            aws, config.failure_queue_url))
-    return config
+        if ":stream/" not in target and "/stream/" not in target:
+            target = await latest_stream_arn(aws, target.rsplit("/", 1)[-1])
+        return DynamoDBStreamSource(aws, target)
 
 
 def _stream_config(

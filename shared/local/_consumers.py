@@ -1,14 +1,17 @@
 """The seam between the local hosts and the runtime's own consumers and relay.
 
 Lambda event source mappings and pipes are not re-implemented here: a mapping is polled by
-the same consumer an ECS worker uses (`shared.consumers`), and a pipe is the outbox relay
-(`shared.outbox`). This module only adapts a mapping's settings to those classes.
+the same consumer an ECS worker uses (`shared.consumers.sqs` / `.kinesis` /
+`.dynamodb_streams`, its queue ARNs resolved by the same `shared.consumers.sqs.queue_url`),
+and a pipe is the outbox relay (`shared.outbox`). This module only adapts a mapping's
+settings to those classes.
 `missing(kind)` says why a kind cannot run yet (its consumer is not importable), so `up`
 skips it with that reason instead of crash-looping a process.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 from collections.abc import Awaitable, Callable, Sequence
@@ -30,7 +33,7 @@ RELAY_PAGE = 1_000  # records per read of the outbox stream (see `relay`)
 
 # kind -> (module, attribute) that must exist for the kind to run locally
 _REQUIRED = {
-    "sqs": ("shared.consumers", "SqsConsumer"),
+    "sqs": ("shared.consumers.sqs", "SqsConsumer"),
     "kinesis": ("shared.consumers.kinesis", "KinesisConsumer"),
     "dynamodb-stream": ("shared.consumers.dynamodb_streams", "DynamoDBStreamsConsumer"),
     "pipe": ("shared.outbox", "Relay"),
@@ -93,41 +96,45 @@ async def consume(
     source_arn = str(mapping["source_arn"])
     async with AwsClients() as aws, anyio.create_task_group() as tg:
         if kind == "sqs":
-            consumers = importlib.import_module("shared.consumers")
-            queue_url = await _queue_url(aws, source_arn)
-            settings = consumers.SqsSettings(
+            from shared.consumers.sqs import DeadLetterMode, SqsSettings, queue_url
+
+            settings = SqsSettings(
                 max_messages=min(10, int(mapping.get("batch_size", 10))),
                 max_in_flight=min(10, int(mapping.get("batch_size", 10))),
                 # Lambda leaves failed messages to the queue's redrive policy.
-                dead_letter=consumers.DeadLetterMode.REDRIVE,
+                dead_letter=DeadLetterMode.REDRIVE,
                 wait_time_seconds=int(mapping.get("wait_time_seconds", 20)),
                 drain_seconds=float(mapping.get("drain_seconds", 10)),
             )
-            consumer = consumer_type(aws, queue_url, handler, settings=settings)
+            queue = await queue_url(aws, source_arn)
+            consumer = consumer_type(aws, queue, handler, settings=settings)
             await tg.start(consumer.run)
             await stop.wait()
             consumer.stop()
             return
-        stream = importlib.import_module("shared.consumers._stream")
-        leases = importlib.import_module("shared.consumers._leases")
+        from shared.consumers.sqs import queue_url
+        from shared.consumers.streams import (
+            InitialPosition,
+            StreamConsumerConfig,
+            create_lease_table,
+        )
+
         table = str(mapping["lease_table"])
-        await leases.create_lease_table(aws, table)
-        config = stream.StreamConsumerConfig(
+        await create_lease_table(aws, table)
+        config = StreamConsumerConfig(
             lease_table=table,
             application=str(mapping["logical_id"]),
-            initial_position=stream.InitialPosition(
-                str(mapping.get("starting_position", "TRIM_HORIZON"))
-            ),
+            initial_position=InitialPosition(str(mapping.get("starting_position", "TRIM_HORIZON"))),
             limit=int(mapping.get("batch_size", 100)),
             failure_queue_url=(
-                await _queue_url(aws, str(mapping["failure_arn"]))
+                await queue_url(aws, str(mapping["failure_arn"]))
                 if mapping.get("failure_arn")
                 else None
             ),
             shutdown_grace=float(mapping.get("drain_seconds", 10)),
-            **({"idle_backoff": float(mapping["idle_backoff"])}
-               if "idle_backoff" in mapping else {}),
         )
+        if "idle_backoff" in mapping:
+            config = dataclasses.replace(config, idle_backoff=float(mapping["idle_backoff"]))
         if kind == "kinesis":
             # By name: the emulator's GetRecords does not resolve a stream ARN.
             name = source_arn.rsplit("/", 1)[-1]
@@ -137,16 +144,6 @@ async def consume(
         await tg.start(consumer.run)
         await stop.wait()
         consumer.shutdown()
-
-
-async def _queue_url(aws: Any, arn: str) -> str:
-    from shared.aws import aws_errors
-
-    parts = arn.split(":")
-    sqs = await aws.client("sqs")
-    with aws_errors():
-        found = await sqs.get_queue_url(QueueName=parts[5], QueueOwnerAWSAccountId=parts[4])
-    return str(found["QueueUrl"])
 
 
 async def relay(spec: dict[str, Any], stop: anyio.Event) -> None:

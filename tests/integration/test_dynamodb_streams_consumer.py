@@ -11,19 +11,20 @@ import anyio
 import pytest
 
 from shared.aws import AwsClients
-from shared.consumers._leases import LeaseTable, create_lease_table
 from shared.consumers._message import BatchResult, Message, Outcome, SourceKind
-from shared.consumers._stream import (
-    InitialPosition,
-    RecordsPage,
-    StreamConsumer,
-    StreamConsumerConfig,
-    TrimmedDataError,
-)
 from shared.consumers.dynamodb_streams import (
     DynamoDBStreamsConsumer,
     DynamoDBStreamSource,
     latest_stream_arn,
+)
+from shared.consumers.streams import (
+    InitialPosition,
+    LeaseTable,
+    RecordsPage,
+    StreamConsumer,
+    StreamConsumerConfig,
+    TrimmedDataError,
+    create_lease_table,
 )
 
 pytestmark = pytest.mark.emulator

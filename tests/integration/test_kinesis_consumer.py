@@ -22,17 +22,19 @@ import structlog.testing
 
 from shared.aws import AwsClients
 from shared.consumers._errors import ConsumerError
-from shared.consumers._lease_decisions import SHARD_END
-from shared.consumers._leases import LeaseLostError, LeaseTable, create_lease_table
 from shared.consumers._message import BatchResult, Message, Outcome, SourceKind
-from shared.consumers._stream import (
+from shared.consumers.kinesis import KinesisConsumer, KinesisSource
+from shared.consumers.streams import (
+    SHARD_END,
     ExpiredIteratorError,
+    LeaseLostError,
+    LeaseTable,
     RecordsPage,
     ShardInfo,
     StreamConsumer,
     StreamConsumerConfig,
+    create_lease_table,
 )
-from shared.consumers.kinesis import KinesisConsumer, KinesisSource
 from shared.errors import AwsUnavailableError
 from shared.metrics import Metrics
 
@@ -306,8 +308,8 @@ WORKER = textwrap.dedent(
     import sys, anyio
     from shared.aws import AwsClients
     from shared.consumers._message import BatchResult, Outcome
-    from shared.consumers._stream import StreamConsumerConfig
     from shared.consumers.kinesis import KinesisConsumer
+    from shared.consumers.streams import StreamConsumerConfig
 
     stream, worker, out = sys.argv[1:4]
 

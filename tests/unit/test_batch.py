@@ -17,7 +17,8 @@ from shared.consumers import (
     sqs_batch_item_failures,
     stream_batch_item_failures,
 )
-from shared.consumers._batch import chunks, due_for_extension
+from shared.consumers._batch import chunks
+from shared.consumers.sqs import due_for_extension
 
 
 def msg(id: str, group: str | None = None, *, receive_count: int = 1,

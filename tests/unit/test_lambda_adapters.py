@@ -20,6 +20,9 @@ from shared.consumers import (
     SourceKind,
     batch_handler,
 )
+from shared.consumers.dynamodb_streams import message_from_dynamodb_record
+from shared.consumers.kinesis import message_from_kinesis_record
+from shared.consumers.sqs import message_from_sqs_record
 from shared.errors import RetryableError
 from shared.hosts.lambda_ import (
     HttpError,
@@ -31,9 +34,6 @@ from shared.hosts.lambda_ import (
     eventbridge_handler,
     http_api_handler,
     kinesis_handler,
-    message_from_dynamodb_record,
-    message_from_kinesis_record,
-    message_from_sqs_record,
     sqs_handler,
 )
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.consumers._lease_decisions import (
+from shared.consumers.streams._lease_decisions import (
     SHARD_END,
     Lease,
     fair_share,

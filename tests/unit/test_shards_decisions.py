@@ -9,7 +9,7 @@ import random
 import pytest
 
 from shared.consumers._message import BatchResult, Message, Outcome, SourceKind
-from shared.consumers._stream_decisions import (
+from shared.consumers.streams._decisions import (
     backoff_delay,
     fit_failure_message,
     is_shard_end,
@@ -152,3 +152,28 @@ def test_failure_message_fits_the_sqs_batch_budget(body: str) -> None:
 def test_failure_message_refuses_metadata_that_cannot_fit() -> None:
     with pytest.raises(ValueError, match="without its body"):
         fit_failure_message({"reason": "r" * 100, "body": "b"}, max_bytes=50)
+
+
+def test_one_failure_message_for_both_hosts() -> None:
+    from shared.consumers.streams import FAILURE_MESSAGE_BYTES, failure_message
+
+    record = Message(id="9", body="x" * 40_000, source=SourceKind.KINESIS,
+                     source_name="shardId-1", sequence="9", group_id="dev-1",
+                     approximate_arrival=1.5)
+    ecs = json.loads(failure_message(record, stream="telemetry", shard_id="shardId-1",
+                                     reason="r" * 3_000, attempts=3, worker="w-1",
+                                     application="telemetry"))
+    lambda_ = json.loads(failure_message(record, stream="arn:aws:kinesis:...", shard_id="shardId-1",
+                                         reason=None, attempts=1, worker="lambda:fn"))
+    assert list(ecs) == ["source", "stream", "application", "shard_id", "sequence_number",
+                         "partition_key", "reason", "attempts", "approximate_arrival",
+                         "worker", "body", "body_truncated"]
+    assert "application" not in lambda_
+    assert lambda_["reason"] is None
+    assert (ecs["source"], ecs["sequence_number"], ecs["partition_key"]) == (
+        "kinesis", "9", "dev-1")
+    assert len(ecs["reason"]) == 2_000
+    for document in (ecs, lambda_):
+        assert document["body_truncated"] is True
+        assert len(json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()) \
+            <= FAILURE_MESSAGE_BYTES

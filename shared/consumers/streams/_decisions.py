@@ -1,6 +1,8 @@
 """Pure decisions of the shard processing loop: what a handler's outcomes mean for the
 checkpoint, which records are retried or dead-lettered, when a shard has been read to its end,
-and how long to back off. No I/O; `_stream.py` acts on the answers.
+how long to back off, and how a failure-queue message is cut to size. No I/O; `_shard.py`
+acts on the answers. `stream_batch_item_failures` is the same accounting for a Lambda
+Kinesis / DynamoDB Streams event source mapping.
 """
 
 from __future__ import annotations
@@ -8,11 +10,11 @@ from __future__ import annotations
 import json
 import math
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from shared.consumers._message import BatchResult, Message, Outcome
+from shared.consumers._message import DONE, BatchResult, Message, Outcome
 
 __all__ = [
     "FailedRecord",
@@ -21,9 +23,8 @@ __all__ = [
     "fit_failure_message",
     "is_shard_end",
     "settle_batch",
+    "stream_batch_item_failures",
 ]
-
-_DONE = frozenset({Outcome.SUCCEEDED, Outcome.DUPLICATE})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -102,7 +103,7 @@ def settle_batch(
             failed_reason = handler_error
             break
         outcome = result.outcomes.get(message.id) if result is not None else None
-        if outcome in _DONE:
+        if outcome in DONE:
             completed += 1
             continue
         if outcome == Outcome.DEAD_LETTER:
@@ -212,3 +213,29 @@ def fit_failure_message(document: Mapping[str, Any], *, max_bytes: int) -> str:
         text = json.dumps(fitted, separators=(",", ":"), ensure_ascii=False)
         excess = len(text.encode()) - max_bytes
     return text
+
+
+def _sequence_key(message: Message) -> tuple[int, int | str]:
+    # Kinesis and DynamoDB Streams sequence numbers are decimal strings of growing length;
+    # compare them as integers, falling back to text for anything unexpected.
+    seq = message.sequence or message.id
+    return (0, int(seq)) if seq.isdigit() else (1, seq)
+
+
+def stream_batch_item_failures(
+    messages: Sequence[Message], result: BatchResult, *, handled: Iterable[str] = ()
+) -> list[dict[str, str]]:
+    """Lambda's partial batch response for a Kinesis / DynamoDB Streams mapping.
+
+    Lambda checkpoints before the *lowest* failed sequence number and retries from there,
+    so only that one is reported: a single item, or none when everything succeeded (ids in
+    `handled` count as done).
+    """
+    skip = set(handled)
+    failed = [
+        m for m in messages if result.outcomes.get(m.id) not in DONE and m.id not in skip
+    ]
+    if not failed:
+        return []
+    lowest = min(failed, key=_sequence_key)
+    return [{"itemIdentifier": lowest.sequence or lowest.id}]

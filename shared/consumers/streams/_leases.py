@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from shared.aws import AwsClients, aws_errors
-from shared.consumers._lease_decisions import SHARD_END, Lease
+from shared.consumers.streams._lease_decisions import SHARD_END, Lease
 from shared.errors import FleetlineError, PermanentError
 
 __all__ = ["LeaseError", "LeaseLostError", "LeaseTable", "create_lease_table"]

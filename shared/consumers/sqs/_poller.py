@@ -22,12 +22,11 @@ not finish (visibility 0), flushes pending deletes, and `run()` returns.
 from __future__ import annotations
 
 import enum
-import json
 import math
 import random
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -36,43 +35,30 @@ import anyio.abc
 import structlog
 
 from shared.aws import AwsClient, AwsClients, aws_errors
-from shared.consumers._backoff import MAX_VISIBILITY_SECONDS, Backoff, RandomSource
-from shared.consumers._batch import (
+from shared.consumers._backoff import MAX_VISIBILITY_SECONDS, RandomSource
+from shared.consumers._delivery import BatchProgress, delivery_control
+from shared.consumers._errors import ConsumerError
+from shared.consumers._message import BatchHandler, BatchResult, Message, Outcome
+from shared.consumers.sqs._deletes import DeleteBuffer
+from shared.consumers.sqs._queue import change_visibility, describe_queue, send_dead_letters
+from shared.consumers.sqs._settings import ConsumerStatistics, DeadLetterMode, SqsSettings
+from shared.consumers.sqs._settle import (
     Action,
     Disposition,
     Settlement,
-    chunks,
     due_for_extension,
     settle,
 )
-from shared.consumers._errors import ConsumerError
-from shared.consumers._handlers import delivery_control
-from shared.consumers._message import BatchHandler, BatchResult, Message, Outcome, SourceKind
-from shared.errors import AwsRequestError, AwsUnavailableError, FleetlineError
+from shared.consumers.sqs._wire import message_from_sqs
+from shared.errors import AwsRequestError, AwsUnavailableError
 from shared.metrics import ConsumerMetrics
 from shared.metrics import Counter as Metric
 from shared.metrics import consumer as consumer_metrics
 
-__all__ = [
-    "DEAD_LETTER_ATTRIBUTE",
-    "ConsumerStatistics",
-    "DeadLetterMode",
-    "SqsConsumer",
-    "SqsSettings",
-    "change_visibility",
-    "dead_letter_entry",
-    "message_from_sqs",
-    "send_dead_letters",
-]
+__all__ = ["SqsConsumer"]
 
 _log = structlog.get_logger("shared.consumers.sqs")
 
-DEAD_LETTER_ATTRIBUTE: Final = "fleetline.dead-letter"
-"""Message attribute the consumer adds to what it sends to a DLQ: JSON with reason, source
-queue, original message id, receive count and time."""
-
-_SQS_MAX_ATTRIBUTES: Final = 10
-_SQS_BATCH_BYTES: Final = 262_144  # a SendMessageBatch's total payload stays within 256 KiB
 _FATAL_RECEIVE_CODES: Final = frozenset(
     {
         "AWS.SimpleQueueService.NonExistentQueue",
@@ -85,143 +71,12 @@ _FATAL_RECEIVE_CODES: Final = frozenset(
 )
 
 
-class DeadLetterMode(enum.StrEnum):
-    """How a message the handler gave up on reaches the DLQ.
-
-    SEND (default): the consumer sends it to the DLQ named by the queue's RedrivePolicy
-    (or `SqsSettings.dead_letter_queue_url`) with the reason in the `fleetline.dead-letter`
-    message attribute, then deletes it: one receive, reason kept with the message.
-    REDRIVE: the consumer makes it visible again at once (visibility 0) and lets the
-    queue's redrive move it after maxReceiveCount receives; the reason is only in the logs.
-    Needs no sqs:SendMessage permission on the DLQ.
-    """
-
-    SEND = "send"
-    REDRIVE = "redrive"
-
-
-@dataclass(frozen=True, kw_only=True)
-class SqsSettings:
-    """How an `SqsConsumer` polls, bounds, extends and retries. Defaults and why:
-
-    - `wait_time_seconds` 20: the longest long poll; an idle queue costs 3 requests/minute.
-    - `max_messages` 10: the largest receive batch; one receive and one delete per 10.
-    - `max_in_flight` 20: two batches: one is handled while the next is received, and a
-      slow downstream sees at most this many concurrent messages (backpressure: no receive
-      while the bound is reached).
-    - `pollers` 1: raise for high-throughput queues where receive latency is the limit.
-    - `visibility_timeout` None: the queue's own; set it to receive with another one.
-    - `heartbeat_interval` 1 s and `extend_when_remaining` 5 s (AWS .NET Message Processing
-      Framework defaults): a running message is extended by a full visibility timeout when
-      fewer than 5 s are left (at most half the timeout, for very short timeouts).
-    - `delete_flush_delay` 0.05 s: deletes from concurrent batches share DeleteMessageBatch
-      calls; a full batch of 10 is flushed at once.
-    - `backoff`: RETRY delays, base 1 s, cap 900 s, full jitter, by receive count.
-    - `drain_seconds` 45: shorter than the ECS stopTimeout of 60 s used by our task
-      definitions, so releasing and flushing finish before SIGKILL.
-    - `dead_letter`: see `DeadLetterMode`; `dead_letter_queue_url` overrides the one from the
-      queue's RedrivePolicy.
-    - `receive_error_backoff`: delay between failed receives (throttling, outage).
-
-    Raises ValueError naming the setting when a value is out of range.
-    """
-
-    wait_time_seconds: int = 20
-    max_messages: int = 10
-    max_in_flight: int = 20
-    pollers: int = 1
-    visibility_timeout: int | None = None
-    heartbeat_interval: float = 1.0
-    extend_when_remaining: float = 5.0
-    delete_flush_delay: float = 0.05
-    backoff: Backoff = field(default_factory=Backoff)
-    drain_seconds: float = 45.0
-    dead_letter: DeadLetterMode = DeadLetterMode.SEND
-    dead_letter_queue_url: str | None = None
-    receive_error_backoff: Backoff = field(default_factory=lambda: Backoff(base=1.0, cap=30.0))
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.wait_time_seconds <= 20:
-            raise ValueError(f"wait_time_seconds must be 0..20, got {self.wait_time_seconds!r}")
-        if not 1 <= self.max_messages <= 10:
-            raise ValueError(f"max_messages must be 1..10, got {self.max_messages!r}")
-        if self.max_in_flight < 1:
-            raise ValueError(f"max_in_flight must be >= 1, got {self.max_in_flight!r}")
-        if self.pollers < 1:
-            raise ValueError(f"pollers must be >= 1, got {self.pollers!r}")
-        if self.visibility_timeout is not None and not (
-            1 <= self.visibility_timeout <= MAX_VISIBILITY_SECONDS
-        ):
-            raise ValueError(
-                f"visibility_timeout must be 1..{MAX_VISIBILITY_SECONDS}, "
-                f"got {self.visibility_timeout!r}"
-            )
-        for name in ("heartbeat_interval", "extend_when_remaining"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
-        for name in ("delete_flush_delay", "drain_seconds"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be non-negative, got {getattr(self, name)!r}")
-
-
-@dataclass(frozen=True, kw_only=True)
-class ConsumerStatistics:
-    """Counters since `run()` started (an immutable snapshot: `SqsConsumer.statistics()`)."""
-
-    received: int = 0
-    succeeded: int = 0
-    duplicates: int = 0
-    retried: int = 0
-    released: int = 0
-    dead_lettered: int = 0
-    deleted: int = 0
-    delete_failures: int = 0
-    visibility_extensions: int = 0
-    receive_requests: int = 0
-    empty_receives: int = 0
-    handler_errors: int = 0
-    in_flight: int = 0
-    batches: int = 0
-    handler_seconds: float = 0.0
-    max_lag_seconds: float = 0.0
-
-
 class _State(enum.Enum):
     NEW = "new"
     RUNNING = "running"
     STOPPING = "stopping"
     STOPPED = "stopped"
 
-
-def _string_attributes(raw: Mapping[str, Any]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for name, value in (raw.get("MessageAttributes") or {}).items():
-        text = value.get("StringValue")
-        if text is not None:  # String and Number types; binary values stay in `raw`
-            out[name] = str(text)
-    trace = (raw.get("Attributes") or {}).get("AWSTraceHeader")
-    if trace is not None:
-        out.setdefault("AWSTraceHeader", str(trace))
-    return out
-
-
-def message_from_sqs(raw: Mapping[str, Any], queue_url: str) -> Message:
-    """A `Message` from one entry of ReceiveMessage's `Messages`."""
-    system = raw.get("Attributes") or {}
-    sent = system.get("SentTimestamp")
-    return Message(
-        id=str(raw["MessageId"]),
-        body=str(raw.get("Body", "")),
-        source=SourceKind.SQS,
-        source_name=queue_url,
-        attributes=_string_attributes(raw),
-        receive_count=int(system.get("ApproximateReceiveCount", 1)),
-        group_id=system.get("MessageGroupId"),
-        sequence=system.get("SequenceNumber"),
-        receipt=str(raw["ReceiptHandle"]),
-        approximate_arrival=int(sent) / 1000.0 if sent is not None else None,
-        raw=raw,
-    )
 
 
 class _Slots:
@@ -256,32 +111,6 @@ class _Counters:
 
     def high(self, name: str, value: float) -> None:
         self.values[name] = max(self.values.get(name, 0.0), value)
-
-
-class _BatchProgress:
-    """The DeliveryControl a batch's handler sees: heartbeats go to the consumer, early
-    per-message outcomes are kept in case the batch is cancelled."""
-
-    def __init__(self, consumer: SqsConsumer) -> None:
-        self._consumer = consumer
-        self.outcomes: dict[str, Outcome] = {}
-        self.reasons: dict[str, str] = {}
-        self.delays: dict[str, float] = {}
-
-    async def extend(self, message: Message, seconds: float | None = None) -> None:
-        await self._consumer.extend(message, seconds)
-
-    def completed(
-        self, message: Message, outcome: Outcome, reason: str | None, delay: float | None
-    ) -> None:
-        self.outcomes[message.id] = outcome
-        if reason is not None:
-            self.reasons[message.id] = reason
-        if delay is not None:
-            self.delays[message.id] = delay
-
-    def result(self) -> BatchResult:
-        return BatchResult(dict(self.outcomes), dict(self.reasons), dict(self.delays))
 
 
 class SqsConsumer:
@@ -322,17 +151,18 @@ class SqsConsumer:
         self._counters = _Counters()
         # receipt -> (message, visibility deadline on the monotonic clock)
         self._tracked: dict[str, tuple[Message, float]] = {}
-        self._pending_deletes: list[Message] = []
         self._work_arrived = anyio.Event()
-        self._delete_wakeup = anyio.Event()
-        self._delete_full = anyio.Event()
-        self._deletes_closed = False
         self._sqs: AwsClient = None
         self.visibility_timeout = self.settings.visibility_timeout or 30
         self.fifo = queue_url.endswith(".fifo")
         self.dead_letter_queue_url: str | None = self.settings.dead_letter_queue_url
         self.max_receive_count: int | None = None
         self._log = _log.bind(queue=queue_url.rsplit("/", 1)[-1])
+        self._deletes = DeleteBuffer(
+            queue_url=queue_url, flush_delay=self.settings.delete_flush_delay,
+            retry_delay=lambda attempt: self.settings.backoff.delay(attempt, self._rng) / 4,
+            count=self._counters.add, log=self._log,
+        )
         # EMF metrics (shared.metrics) named after the queue: Received, Succeeded, Failed,
         # Retried, DeadLettered, DuplicatesSkipped, HandlerLatency, BatchSize, Lag.
         self._metrics = metrics or consumer_metrics(queue_url.rsplit("/", 1)[-1])
@@ -390,7 +220,7 @@ class SqsConsumer:
         await self._inspect_queue()
         try:
             async with anyio.create_task_group() as services:
-                services.start_soon(self._delete_loop)
+                services.start_soon(self._deletes.run, self._sqs)
                 heartbeat_scope = anyio.CancelScope()
                 services.start_soon(self._heartbeat_loop, heartbeat_scope)
                 try:
@@ -402,7 +232,7 @@ class SqsConsumer:
                         leftover = [m for m, _ in self._tracked.values()]
                         self._tracked.clear()
                         await self._release(leftover, reason="shutdown")
-                        await self._close_deletes()
+                        await self._deletes.close()
                     heartbeat_scope.cancel()
         except BaseExceptionGroup as group:
             # Surface a lone ConsumerError (queue gone, access denied) as itself.
@@ -441,40 +271,17 @@ class SqsConsumer:
             work.cancel_scope.deadline = anyio.current_time() + self._drain_seconds
 
     async def _inspect_queue(self) -> None:
-        names = ["VisibilityTimeout", "RedrivePolicy", "FifoQueue"]
         try:
-            with aws_errors():
-                response = await self._sqs.get_queue_attributes(
-                    QueueUrl=self.queue_url, AttributeNames=names
-                )
+            queue = await describe_queue(self._aws, self.queue_url,
+                                         dead_letter_queue_url=self.dead_letter_queue_url,
+                                         log=self._log)
         except AwsRequestError as exc:
             raise ConsumerError(f"cannot read queue {self.queue_url}: {exc}") from exc
-        attributes = response.get("Attributes", {})
         if self.settings.visibility_timeout is None:
-            self.visibility_timeout = int(attributes.get("VisibilityTimeout", 30))
-        self.fifo = attributes.get("FifoQueue", "false") == "true" or self.fifo
-        policy = attributes.get("RedrivePolicy")
-        if policy:
-            parsed = json.loads(policy)
-            self.max_receive_count = int(parsed.get("maxReceiveCount", 0)) or None
-            if self.dead_letter_queue_url is None and "deadLetterTargetArn" in parsed:
-                self.dead_letter_queue_url = await self._queue_url_of(
-                    str(parsed["deadLetterTargetArn"])
-                )
-
-    async def _queue_url_of(self, arn: str) -> str | None:
-        parts = arn.split(":")
-        if len(parts) < 6:
-            return None
-        try:
-            with aws_errors():
-                response = await self._sqs.get_queue_url(
-                    QueueName=parts[5], QueueOwnerAWSAccountId=parts[4]
-                )
-        except FleetlineError as exc:
-            self._log.warning("dead-letter queue not reachable; using redrive", error=str(exc))
-            return None
-        return str(response["QueueUrl"])
+            self.visibility_timeout = queue.visibility_timeout
+        self.fifo = queue.fifo or self.fifo
+        self.max_receive_count = queue.max_receive_count
+        self.dead_letter_queue_url = queue.dead_letter_queue_url
 
     # ------------------------------------------------------------------ receiving
 
@@ -550,7 +357,7 @@ class SqsConsumer:
         started = time.perf_counter()
         self._counters.add("batches")
         settled = False
-        progress = _BatchProgress(self)
+        progress = BatchProgress(self.extend)
         try:
             try:
                 with delivery_control(progress):
@@ -600,7 +407,7 @@ class SqsConsumer:
                     self._tracked.pop(message.receipt, None)
             self._slots.give_back(len(messages))
 
-    async def _settle_partial(self, messages: Sequence[Message], progress: _BatchProgress) -> None:
+    async def _settle_partial(self, messages: Sequence[Message], progress: BatchProgress) -> None:
         partial = progress.result()
         done = [m for m in messages if m.id in partial.outcomes]
         if not done:
@@ -643,7 +450,7 @@ class SqsConsumer:
             sent, failed = await self._send_to_dead_letter_queue(dead)
             deletes.extend(sent)
             changes.extend(failed)
-        self._queue_deletes(deletes)
+        self._deletes.add(deletes)
         if changes:
             await self._change_visibility(
                 [(d.message, d.visibility or 0) for d in changes], purpose="retry"
@@ -758,81 +565,6 @@ class SqsConsumer:
                         self._tracked[m.receipt] = (m, deadline)
                 self._counters.add("visibility_extensions", len(changed))
 
-    # ------------------------------------------------------------------ deletes
-
-    def _queue_deletes(self, messages: Sequence[Message]) -> None:
-        if not messages:
-            return
-        if self._deletes_closed:  # pragma: no cover - the drain closes deletes last
-            raise RuntimeError("deletes queued after the consumer closed its delete buffer")
-        self._pending_deletes.extend(messages)
-        self._delete_wakeup.set()
-        if len(self._pending_deletes) >= 10:
-            self._delete_full.set()
-
-    async def _delete_loop(self) -> None:
-        while not self._deletes_closed:
-            await self._delete_wakeup.wait()
-            if len(self._pending_deletes) < 10 and not self._deletes_closed:
-                with anyio.move_on_after(self.settings.delete_flush_delay):
-                    await self._delete_full.wait()
-            self._delete_wakeup = anyio.Event()
-            self._delete_full = anyio.Event()
-            await self._flush_deletes()
-
-    async def _close_deletes(self) -> None:
-        self._deletes_closed = True
-        self._delete_wakeup.set()
-        self._delete_full.set()
-        await self._flush_deletes()
-
-    async def _flush_deletes(self) -> None:
-        batch, self._pending_deletes = self._pending_deletes, []
-        if not batch:
-            return
-        async with anyio.create_task_group() as tg:
-            for chunk in chunks(batch):
-                tg.start_soon(self._delete_chunk, chunk)
-
-    async def _delete_chunk(self, chunk: Sequence[Message]) -> None:
-        remaining = list(chunk)
-        for attempt in range(1, 4):
-            by_id = {str(i): m for i, m in enumerate(remaining)}
-            try:
-                with aws_errors():
-                    response = await self._sqs.delete_message_batch(
-                        QueueUrl=self.queue_url,
-                        Entries=[{"Id": i, "ReceiptHandle": m.receipt} for i, m in by_id.items()],
-                    )
-            except AwsUnavailableError as exc:
-                if attempt == 3:
-                    self._give_up_deletes(remaining, str(exc))
-                    return
-                await anyio.sleep(self.settings.backoff.delay(attempt, self._rng) / 4)
-                continue
-            except FleetlineError as exc:
-                self._give_up_deletes(remaining, str(exc))
-                return
-            self._counters.add("deleted", len(response.get("Successful", [])))
-            retry: list[Message] = []
-            for f in response.get("Failed", []):
-                message = by_id[f["Id"]]
-                if f.get("SenderFault"):
-                    self._give_up_deletes([message], f"{f.get('Code')}: {f.get('Message')}")
-                else:
-                    retry.append(message)
-            if not retry:
-                return
-            remaining = retry
-        self._give_up_deletes(remaining, "server errors on every attempt")
-
-    def _give_up_deletes(self, messages: Sequence[Message], error: str) -> None:
-        # The effect was applied; the message will be delivered again and the inbox makes
-        # that delivery a DUPLICATE.
-        self._counters.add("delete_failures", len(messages))
-        self._log.warning("delete failed; the message will be redelivered", error=error,
-                          message_ids=[m.id for m in messages])
-
     def _summary(self) -> dict[str, Any]:
         stats = self.statistics()
         return {
@@ -844,127 +576,3 @@ class SqsConsumer:
             "dead_lettered": stats.dead_lettered,
             "deleted": stats.deleted,
         }
-
-
-# ---------------------------------------------------------------------- shared with Lambda
-
-
-def dead_letter_entry(
-    index: int, d: Disposition, *, queue_url: str, dead_letter_queue_url: str
-) -> dict[str, Any]:
-    """A SendMessageBatch entry that moves `d.message` to the DLQ: same body, attributes and
-    trace header, plus the `fleetline.dead-letter` attribute (reason, queue, id, receive count,
-    time) when the message leaves room for it (SQS allows 10 attributes)."""
-    m = d.message
-    raw = m.raw
-    attributes = dict(raw.get("MessageAttributes") or {})
-    note = json.dumps(
-        {
-            "reason": d.reason,
-            "queue": queue_url,
-            "message_id": m.id,
-            "receive_count": m.receive_count,
-            "at": round(time.time(), 3),
-        }
-    )
-    if len(attributes) < _SQS_MAX_ATTRIBUTES:
-        attributes[DEAD_LETTER_ATTRIBUTE] = {"DataType": "String", "StringValue": note}
-    # else: the message already carries the maximum of 10 attributes; its own attributes
-    # win, and the reason stays in the log line written for it.
-    entry: dict[str, Any] = {"Id": str(index), "MessageBody": m.body}
-    if attributes:
-        entry["MessageAttributes"] = attributes
-    trace = (raw.get("Attributes") or {}).get("AWSTraceHeader")
-    if trace:
-        entry["MessageSystemAttributes"] = {
-            "AWSTraceHeader": {"DataType": "String", "StringValue": trace}
-        }
-    if dead_letter_queue_url.endswith(".fifo"):
-        entry["MessageGroupId"] = m.group_id or "dead-letter"
-        entry["MessageDeduplicationId"] = m.id
-    return entry
-
-
-async def send_dead_letters(
-    sqs: AwsClient,
-    dead: Sequence[Disposition],
-    *,
-    queue_url: str,
-    dead_letter_queue_url: str,
-    log: Any,
-) -> tuple[list[Message], list[Disposition]]:
-    """SendMessageBatch to the DLQ in batches within 10 entries and 256 KiB.
-
-    Returns (messages now in the DLQ, which the caller deletes; dispositions that could not
-    be sent, which the caller retries later). Never raises for AWS errors: they are logged.
-    """
-    sent: list[Message] = []
-    failed: list[Disposition] = []
-    batch: list[tuple[dict[str, Any], Disposition]] = []
-    size = 0
-
-    async def flush() -> None:
-        nonlocal batch, size
-        if not batch:
-            return
-        entries = {e["Id"]: d for e, d in batch}
-        try:
-            with aws_errors():
-                response = await sqs.send_message_batch(
-                    QueueUrl=dead_letter_queue_url, Entries=[e for e, _ in batch]
-                )
-        except FleetlineError as exc:
-            log.error("sending to the DLQ failed", error=str(exc))
-            failed.extend(entries.values())
-        else:
-            sent.extend(entries[s["Id"]].message for s in response.get("Successful", []))
-            for f in response.get("Failed", []):
-                log.error("sending to the DLQ failed", code=f.get("Code"),
-                          message_id=entries[f["Id"]].message.id)
-                failed.append(entries[f["Id"]])
-        batch, size = [], 0
-
-    for index, d in enumerate(dead):
-        entry = dead_letter_entry(index, d, queue_url=queue_url,
-                                  dead_letter_queue_url=dead_letter_queue_url)
-        entry_size = len(d.message.body.encode()) + len(
-            json.dumps(entry.get("MessageAttributes", {})))
-        if batch and (len(batch) == 10 or size + entry_size > _SQS_BATCH_BYTES):
-            await flush()
-        batch.append((entry, d))
-        size += entry_size
-    await flush()
-    return sent, failed
-
-
-async def change_visibility(
-    sqs: AwsClient,
-    queue_url: str,
-    changes: Sequence[tuple[Message, int]],
-    *,
-    purpose: str,
-    log: Any,
-) -> list[Message]:
-    """ChangeMessageVisibilityBatch in chunks of 10; returns the messages changed. Failures
-    are logged, not raised: such a message reappears when its current timeout ends."""
-    changed: list[Message] = []
-    for chunk in chunks(list(changes)):
-        by_id = {str(i): m for i, (m, _) in enumerate(chunk)}
-        entries = [
-            {"Id": str(i), "ReceiptHandle": m.receipt, "VisibilityTimeout": seconds}
-            for i, (m, seconds) in enumerate(chunk)
-        ]
-        try:
-            with aws_errors():
-                response = await sqs.change_message_visibility_batch(
-                    QueueUrl=queue_url, Entries=entries
-                )
-        except FleetlineError as exc:
-            log.warning("visibility change failed", purpose=purpose, error=str(exc),
-                        messages=len(chunk))
-            continue
-        changed.extend(by_id[s["Id"]] for s in response.get("Successful", []))
-        for f in response.get("Failed", []):
-            log.warning("visibility change failed", purpose=purpose,
-                        message_id=by_id[f["Id"]].id, code=f.get("Code"))
-    return changed
