@@ -39,7 +39,6 @@ def apply() -> None:
     from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import (
         state_task_service_callback as callback,
     )
-    from moto.stepfunctions.parser.asl.eval.event.event_detail import EventDetails
 
     owner = callback.StateTaskServiceCallback
     original = unpatched(owner, "_get_callback_outcome_failure_event")
@@ -50,18 +49,19 @@ def apply() -> None:
         failure = ex.callback_outcome_failure
         if failure.error not in MAP_RUN_ERRORS:
             return original(self, env=env, ex=ex)
+        details: Any = {  # moto's EventDetails: a TypedDict of one key
+            "taskFailedEventDetails": TaskFailedEventDetails(
+                resourceType=self._get_sfn_resource_type(),
+                resource=self._get_sfn_resource(),
+                error=failure.error,
+                cause=failure.cause,
+            )
+        }
         return FailureEvent(
             env=env,
             error_name=StatesErrorName.from_name(failure.error),
             event_type=HistoryEventType.TaskFailed,
-            event_details=EventDetails(
-                taskFailedEventDetails=TaskFailedEventDetails(
-                    resourceType=self._get_sfn_resource_type(),
-                    resource=self._get_sfn_resource(),
-                    error=failure.error,
-                    cause=failure.cause,
-                )
-            ),
+            event_details=details,
         )
 
     replace(owner, "_get_callback_outcome_failure_event", failure_event)
