@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     )
 
 __all__ = [
+    "MAP_RUNS_VISIBILITY_SECONDS",
     "DefinitionError",
     "LocalDefinition",
     "MapRunError",
