@@ -279,7 +279,7 @@ def start_runner(endpoint: str, log: Path) -> subprocess.Popen[bytes]:
     spec = {"kind": "map-runs", "queue": map_runs_queue(STACK),
             "settings": {"poll_interval": 0.05, "parent_check_interval": 0.5}}
     env = {**os.environ, "AWS_ENDPOINT_URL": endpoint, SPEC_ENV: json.dumps(spec)}
-    return subprocess.Popen(  # noqa: ASYNC220 - a quick fork; the test owns it
+    return subprocess.Popen(
         [sys.executable, "-m", "shared.local._hosts"], cwd=ROOT, env=env,
         stdout=log.open("ab"), stderr=subprocess.STDOUT)
 
