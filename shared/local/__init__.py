@@ -8,7 +8,9 @@ AWS. See docs/local.md for what runs where. Public surface:
 - `plan_gaps` -> `GapPlan`: what the emulator skips, planned from the template (pure);
 - `DemoContext`, `DemoStep`, `demo_steps`, `run_demo`: the demo and its extension point
   (entry-point group `fleetline.demo`);
-- `UpState`, `read_state`: the state file `.fleetline/state.json`.
+- `UpState`, `read_state`: the state file `.fleetline/state.json`;
+- `state_transitions`: the state transitions of an execution and of its Distributed Map
+  states' child executions (what a benchmark reports).
 
 Names are imported on first use (PEP 562), not with the package: `fleetline up` spawns the
 emulator and `up --detach` / `down` do their work before the AWS SDK and the consumers are
@@ -23,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from shared.local._control import ensure_no_running, start_detached, stop_running
     from shared.local._demo import DemoContext, DemoStep, demo_steps, run_demo
+    from shared.local._distributed_map import state_transitions
     from shared.local._gaps import GapPlan, plan_gaps
     from shared.local._state import ChildRecord, Phase, UpError, UpState, read_state
     from shared.local._status import StackStatus, collect_status
@@ -51,6 +54,7 @@ _WHERE = {
     "run_demo": "_demo",
     "run_up": "_up",
     "start_detached": "_control",
+    "state_transitions": "_distributed_map",
     "stop_running": "_control",
 }
 
@@ -76,6 +80,7 @@ __all__ = [
     "run_demo",
     "run_up",
     "start_detached",
+    "state_transitions",
     "stop_running",
 ]
 

@@ -173,7 +173,10 @@ async def run_map_runs(spec: dict[str, Any], stop: anyio.Event) -> None:
         sqs = await aws.client("sqs")
         with aws_errors():
             queue_url = (await sqs.get_queue_url(QueueName=str(spec["queue"])))["QueueUrl"]
-        settings = RunnerSettings(**dict(spec.get("settings", {})))
+        try:
+            settings = RunnerSettings(**dict(spec.get("settings", {})))
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(f"{SPEC_ENV}: map-runs settings: {exc}") from None
         await serve_map_runs(aws, str(queue_url), stop, settings=settings)
 
 

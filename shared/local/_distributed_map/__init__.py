@@ -11,8 +11,9 @@ moto runs no Distributed Map (../../shared/notes/emulator.md, "More gaps"). Loca
               _results, _paths)              SendTaskFailure with the Map state's error
 
 Public to the rest of `shared.local`: `local_definition` (what `up` creates),
-`map_runs_queue` (the queue's name), `serve_map_runs` (the process), `state_transitions`
-(for benchmarks), and the errors. docs/local.md says what is covered and how.
+`map_runs_queue` (the queue's name), `serve_map_runs` and `RunnerSettings` (the process),
+`state_transitions` (for benchmarks; also `shared.local.state_transitions`), and the errors.
+docs/local.md says what is covered and how.
 
 Importing this package imports neither the AWS SDK nor jsonpath-ng: `up` rewrites
 definitions before it needs either.
@@ -32,7 +33,6 @@ from shared.local._distributed_map._errors import DefinitionError, MapRunError
 
 if TYPE_CHECKING:
     from shared.local._distributed_map._runner import (
-        MapRunner,
         RunnerSettings,
         serve_map_runs,
         state_transitions,
@@ -43,7 +43,6 @@ __all__ = [
     "DefinitionError",
     "LocalDefinition",
     "MapRunError",
-    "MapRunner",
     "ProcessorMachine",
     "RunnerSettings",
     "local_definition",
@@ -64,7 +63,7 @@ def map_runs_queue(stack_name: str) -> str:
 
 
 def __getattr__(name: str) -> Any:
-    if name in {"MapRunner", "RunnerSettings", "serve_map_runs", "state_transitions"}:
+    if name in {"RunnerSettings", "serve_map_runs", "state_transitions"}:
         from shared.local._distributed_map import _runner
 
         return getattr(_runner, name)

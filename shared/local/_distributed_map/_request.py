@@ -54,8 +54,10 @@ class MapRunRequest:
             context = dict(message["Context"])
             spec = json.loads(message["MapRun"])
             token = str(context["Task"]["Token"])
-            str(spec["Processor"]["Arn"])
-            str(context["StateMachine"]["Id"])
+            for required in (spec["Processor"]["Arn"], context["StateMachine"]["Id"],
+                             context["Execution"]["Id"], spec["StateName"]):
+                if not isinstance(required, str):
+                    raise TypeError(f"{required!r} is not a string")
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise InvalidMessageError(f"not a map-run request: {exc!r}") from None
         return cls(token=token, context=context, input=message.get("Input"), spec=spec)
