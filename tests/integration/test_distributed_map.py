@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[2]
 ACCOUNT = "123456789012"
 ROLE = f"arn:aws:iam::{ACCOUNT}:role/rollout"
 STACK = "dm"
-FAST = RunnerSettings(poll_interval=0.05, parent_check_interval=0.5)
+FAST = RunnerSettings(poll_interval=0.05, parent_check_interval=0.5, receive_wait_seconds=1)
 WITHIN_S = 30.0
 
 
@@ -274,10 +274,35 @@ async def test_max_concurrency_bounds_the_running_children(aws: AwsClients) -> N
     assert json.loads(described["output"]) == [{"done": d} for d in devices]  # in item order
 
 
+async def test_a_distributed_map_inside_an_item_processor_runs_too(aws: AwsClients) -> None:
+    """The processor's own Distributed Map becomes a machine of its own, and its map runs
+    are carried out while the outer run waits for them."""
+    inner = {"Type": "Map", "ItemsPath": "$.devices",
+             "ItemSelector": {"device.$": "$$.Map.Item.Value", "group.$": "$.name"},
+             "ItemProcessor": processor({"Tag": {"Type": "Pass", "End": True}}, "Tag"),
+             "End": True}
+    machine = await deploy(aws, "nested", {"StartAt": "Groups", "States": {"Groups": {
+        "Type": "Map", "ItemsPath": "$.groups",
+        "ItemProcessor": processor({"Devices": inner}, "Devices"), "End": True}}})
+    groups = [{"name": "g1", "devices": ["a", "b"]}, {"name": "g2", "devices": ["c"]}]
+    async with map_runs(aws):
+        execution = await start(aws, machine, "w", {"groups": groups})
+        described = await finished(aws, execution)
+    assert described["status"] == "SUCCEEDED", described
+    assert json.loads(described["output"]) == [
+        [{"device": "a", "group": "g1"}, {"device": "b", "group": "g1"}],
+        [{"device": "c", "group": "g2"}]]
+    assert len(await children(aws, "nested-Groups")) == 2
+    assert len(await children(aws, "nested-Groups-Devices")) == 3
+    # 1 (Groups) + 2 outer children x 1 (Devices) + 3 inner children x 1 (Tag)
+    assert await state_transitions(aws, execution) == 1 + 2 + 3
+
+
 def start_runner(endpoint: str, log: Path) -> subprocess.Popen[bytes]:
     """The map-runs process as `fleetline up` starts it."""
     spec = {"kind": "map-runs", "queue": map_runs_queue(STACK),
-            "settings": {"poll_interval": 0.05, "parent_check_interval": 0.5}}
+            "settings": {"poll_interval": 0.05, "parent_check_interval": 0.5,
+                         "receive_wait_seconds": 1}}
     env = {**os.environ, "AWS_ENDPOINT_URL": endpoint, SPEC_ENV: json.dumps(spec)}
     return subprocess.Popen(
         [sys.executable, "-m", "shared.local._hosts"], cwd=ROOT, env=env,

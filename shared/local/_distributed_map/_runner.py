@@ -95,7 +95,9 @@ class RunnerSettings:
     - `attempts` 5: deliveries of one request that end in an unexpected error (not a map
       run's own failure) before the Map state is failed with States.Runtime;
     - `drain_seconds` 1: on SIGTERM a running run is left at once; its request comes back
-      to the next process, which resumes it.
+      to the next process, which resumes it;
+    - `receive_wait_seconds` 5: the long poll of the map-runs queue (a request waits at most
+      this long for an idle process; an emulator stopping waits for an open poll).
     """
 
     max_concurrency: int = 40
@@ -104,6 +106,7 @@ class RunnerSettings:
     map_runs: int = 8
     attempts: int = 5
     drain_seconds: float = 1.0
+    receive_wait_seconds: int = 5
 
     def __post_init__(self) -> None:
         for name in ("max_concurrency", "map_runs", "attempts"):
@@ -446,7 +449,7 @@ async def serve_map_runs(
         settings=SqsSettings(
             max_messages=1,  # one run per batch: runs end independently
             max_in_flight=settings.map_runs,
-            wait_time_seconds=5,
+            wait_time_seconds=settings.receive_wait_seconds,
             dead_letter=DeadLetterMode.REDRIVE,
             drain_seconds=settings.drain_seconds,
         ),
