@@ -9,6 +9,8 @@ moto runs no Distributed Map (../../shared/notes/emulator.md, "More gaps"). Loca
               (_runner; pure parts:          -> child executions (MaxConcurrency, tolerated
               _request, _items, _progress,   failures) -> ResultWriter -> SendTaskSuccess /
               _results, _paths)              SendTaskFailure with the Map state's error
+    count     state_transitions              an execution's and its map runs' children's
+              (_transitions)                 states entered, from their histories
 
 Public to the rest of `shared.local`: `local_definition` (what `up` creates),
 `map_runs_queue` (the queue's name), `serve_map_runs` and `RunnerSettings` (the process),
@@ -32,11 +34,8 @@ from shared.local._distributed_map._definition import (
 from shared.local._distributed_map._errors import DefinitionError, MapRunError
 
 if TYPE_CHECKING:
-    from shared.local._distributed_map._runner import (
-        RunnerSettings,
-        serve_map_runs,
-        state_transitions,
-    )
+    from shared.local._distributed_map._runner import RunnerSettings, serve_map_runs
+    from shared.local._distributed_map._transitions import state_transitions
 
 __all__ = [
     "MAP_RUNS_VISIBILITY_SECONDS",
@@ -63,8 +62,12 @@ def map_runs_queue(stack_name: str) -> str:
 
 
 def __getattr__(name: str) -> Any:
-    if name in {"RunnerSettings", "serve_map_runs", "state_transitions"}:
+    if name in {"RunnerSettings", "serve_map_runs"}:
         from shared.local._distributed_map import _runner
 
         return getattr(_runner, name)
+    if name == "state_transitions":
+        from shared.local._distributed_map import _transitions
+
+        return _transitions.state_transitions
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -49,7 +49,6 @@ from shared.consumers import (
     SqsSettings,
 )
 from shared.errors import AwsRequestError, InvalidMessageError
-from shared.local._distributed_map._definition import MAP_RUN_REQUEST
 from shared.local._distributed_map._errors import MapRunError
 from shared.local._distributed_map._items import (
     Batch,
@@ -72,7 +71,7 @@ from shared.local._distributed_map._results import (
     writer_output,
 )
 
-__all__ = ["MapRunner", "RunnerSettings", "serve_map_runs", "state_transitions"]
+__all__ = ["MapRunner", "RunnerSettings", "executions", "serve_map_runs"]
 
 log = structlog.get_logger("fleetline.local.map_runs")
 
@@ -253,7 +252,7 @@ class MapRunner:
         """Take over the children an earlier delivery of this request started."""
         prefix = f"{request.map_run_id}-"
         existing: dict[int, str] = {}
-        async for execution in _executions(self._aws, request.processor_arn):
+        async for execution in executions(self._aws, request.processor_arn):
             name = str(execution["name"])
             if name.startswith(prefix) and name[len(prefix):].isdigit():
                 existing[int(name[len(prefix):])] = str(execution["status"])
@@ -315,7 +314,7 @@ class MapRunner:
                 await self._record(request, index, progress, described)
 
     async def _running_names(self, request: MapRunRequest) -> set[str]:
-        return {str(e["name"]) async for e in _executions(
+        return {str(e["name"]) async for e in executions(
             self._aws, request.processor_arn, status=ChildStatus.RUNNING)}
 
     async def _record(
@@ -461,41 +460,7 @@ async def serve_map_runs(
         consumer.stop()
 
 
-async def state_transitions(aws: AwsClients, execution_arn: str) -> int:
-    """The state transitions of an execution, counting those of the child executions of
-    every Distributed Map state it ran (recursively): the states entered, as in its
-    history. A benchmark reports this as what AWS would bill a STANDARD workflow (EXPRESS
-    children are billed by duration instead, but are counted here too).
-
-    Raises AwsRequestError when the execution does not exist.
-    """
-    sfn = await aws.client("stepfunctions")
-    events: list[dict[str, Any]] = []
-    token: str | None = None
-    while True:
-        with aws_errors():
-            page = await sfn.get_execution_history(
-                executionArn=execution_arn, maxResults=1000,
-                **({"nextToken": token} if token else {}))
-        events.extend(page.get("events", []))
-        token = page.get("nextToken")
-        if not token:
-            break
-    count = sum(1 for e in events if str(e.get("type", "")).endswith("StateEntered"))
-    for event in events:
-        if event.get("type") != "TaskScheduled":
-            continue
-        request = _request_of(event.get("taskScheduledEventDetails", {}))
-        if request is None:
-            continue
-        prefix = f"{request.map_run_id}-"
-        async for child in _executions(aws, request.processor_arn):
-            if str(child["name"]).startswith(prefix):
-                count += await state_transitions(aws, str(child["executionArn"]))
-    return count
-
-
-async def _executions(
+async def executions(
     aws: AwsClients, machine_arn: str, *, status: str | None = None
 ) -> AsyncIterator[dict[str, Any]]:
     """Every execution of `machine_arn` (with `status`, when given), page after page."""
@@ -512,16 +477,3 @@ async def _executions(
         token = page.get("nextToken")
         if not token:
             return
-
-
-def _request_of(details: dict[str, Any]) -> MapRunRequest | None:
-    try:
-        body = json.loads(details.get("parameters", "{}")).get("MessageBody")
-    except (ValueError, AttributeError):
-        return None
-    if not isinstance(body, dict) or body.get("Kind") != MAP_RUN_REQUEST:
-        return None
-    try:
-        return MapRunRequest.from_body(json.dumps(body))
-    except InvalidMessageError:
-        return None
