@@ -248,6 +248,33 @@ async def test_failures_under_the_threshold_succeed_and_over_it_reach_the_catch(
     assert [(f["Error"], f["Cause"]) for f in failed] == [("Firmware.Rejected", "bad image")]
 
 
+async def test_past_the_threshold_the_running_children_are_stopped(aws: AwsClients) -> None:
+    sqs, sfn = await aws.client("sqs"), await aws.client("stepfunctions")
+    asks = (await sqs.create_queue(QueueName="asks"))["QueueUrl"]
+    machine = await deploy(aws, "stopping", {"StartAt": "Wave", "States": {
+        "Wave": {"Type": "Map", "ItemsPath": "$.devices", "MaxConcurrency": 3,
+                 "ItemProcessor": asking(asks),
+                 "Catch": [{"ErrorEquals": ["States.ALL"], "Next": "Halted"}], "End": True},
+        "Halted": {"Type": "Pass", "End": True}}})
+    devices = [f"d-{n}" for n in range(5)]
+    async with map_runs(aws):
+        execution = await start(aws, machine, "w", {"devices": devices})
+        waiting: list[dict[str, Any]] = []
+        with anyio.fail_after(WITHIN_S):
+            while len(waiting) < 3:
+                waiting.extend(await tasks(aws, asks))
+        rejected = next(t for t in waiting if t["item"] == "d-1")
+        await sfn.send_task_failure(taskToken=rejected["token"], error="Firmware.Rejected",
+                                    cause="bad image")
+        described = await finished(aws, execution)
+    assert described["status"] == "SUCCEEDED", described
+    assert json.loads(described["output"])["Error"] == "States.ExceedToleratedFailureThreshold"
+    statuses = {c["name"].rsplit("-", 1)[1]: c["status"]
+                for c in await children(aws, "stopping-Wave")}
+    assert statuses == {"0": "ABORTED", "1": "FAILED", "2": "ABORTED"}  # d-3, d-4 never ran
+    assert await tasks(aws, asks, wait=0) == []
+
+
 async def test_max_concurrency_bounds_the_running_children(aws: AwsClients) -> None:
     sqs = await aws.client("sqs")
     asks = (await sqs.create_queue(QueueName="asks"))["QueueUrl"]

@@ -345,11 +345,12 @@ class MapRunner:
             except AwsRequestError as exc:
                 if exc.code != "ExecutionDoesNotExist":
                     raise
-            for _ in range(50):  # moto stops an execution on another thread
-                await self._record(request, index, progress, described)
-                if progress.status(index).finished:
-                    break
-                await anyio.sleep(0.05)
+            with anyio.move_on_after(10):  # moto stops an execution on another thread
+                while not progress.status(index).finished:
+                    await self._record(request, index, progress, described)
+                    await anyio.sleep(0.05)
+            if not progress.status(index).finished:
+                raise RuntimeError(f"{request.child_arn(index)} did not stop in 10 s")
 
     async def _parent_gone(self, request: MapRunRequest, deadline: float | None) -> str | None:
         if deadline is not None and time.time() > deadline:
