@@ -158,6 +158,23 @@ def test_maps_inside_branches_inline_maps_and_processors_are_rewritten() -> None
         "m-Outer", "Inner Map"))
 
 
+def test_jsonata_is_refused_only_in_a_distributed_map() -> None:
+    plain = {"QueryLanguage": "JSONata", "StartAt": "P",
+             "States": {"P": {"Type": "Pass", "Output": "{% 1 %}", "End": True}}}
+    assert rewrite(plain).definition == json.dumps(plain)  # moto's business, as before
+    definition = rollout()
+    definition["QueryLanguage"] = "JSONata"
+    with pytest.raises(DefinitionError, match="'Wave' is JSONata"):
+        rewrite(definition)
+    state = rollout()
+    state["States"]["Wave"]["QueryLanguage"] = "JSONata"  # the state's own language
+    with pytest.raises(DefinitionError, match="'Wave' is JSONata"):
+        rewrite(state)
+    state["States"]["Wave"]["QueryLanguage"] = "JSONPath"  # kept on the task
+    local = rewrite(state)
+    assert json.loads(local.definition)["States"]["Wave"]["QueryLanguage"] == "JSONPath"
+
+
 def test_processor_names_are_valid_and_distinct() -> None:
     assert processor_name("rollout", "Wave") == "rollout-Wave"
     odd = processor_name("rollout", "Wave 1/2")

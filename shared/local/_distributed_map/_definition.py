@@ -19,9 +19,9 @@ rewrites the template's definition, and nothing else, so the same workflow runs 
   Distributed Map. The map-runs process starts one execution of it per item or batch.
 
 INLINE Map states, Parallel branches and everything else are kept as written (Map states
-nested in them are rewritten too). A definition in JSONata, or with an item source or result
-writer the local runner cannot carry out, raises DefinitionError when the machine is
-created, not when it first runs.
+nested in them are rewritten too). A Distributed Map state in JSONata, or with an item
+source or result writer the local runner cannot carry out, raises DefinitionError when the
+machine is created, not when it first runs.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ WRITERS: Final = frozenset({"arn:aws:states:::s3:putObject"})
 # What the task keeps of the Map state: input, result and error handling.
 _TASK_FIELDS: Final = (
     "Comment", "InputPath", "ResultSelector", "ResultPath", "OutputPath", "Retry", "Catch",
-    "Next", "End", "TimeoutSeconds", "TimeoutSecondsPath", "Assign",
+    "Next", "End", "TimeoutSeconds", "TimeoutSecondsPath", "Assign", "QueryLanguage",
 )
 # What the map-runs process carries out.
 _MAP_RUN_FIELDS: Final = (
@@ -134,8 +134,8 @@ def local_definition(
     and `account` name the processors' ARNs. A definition without Distributed Map states
     comes back unchanged (same text).
 
-    Raises DefinitionError naming the state, for JSONata, a Map state without a processor, or
-    an item reader / result writer the local runner cannot carry out.
+    Raises DefinitionError naming the state, for a Distributed Map state in JSONata, without a
+    processor, or with an item reader / result writer the local runner cannot carry out.
     """
     if isinstance(definition, str):
         try:
@@ -165,29 +165,29 @@ class _Rewriter:
 
     def machine(self, definition: dict[str, Any], name: str) -> bool:
         """Rewrite `definition` in place; True when it held a Distributed Map state."""
-        if definition.get("QueryLanguage") == "JSONata":
-            raise DefinitionError(f"{name}: JSONata is not supported by the emulator")
-        return self._states(definition.get("States", {}), name)
+        language = str(definition.get("QueryLanguage", "JSONPath"))
+        return self._states(definition.get("States", {}), name, language)
 
-    def _states(self, states: dict[str, Any], machine: str) -> bool:
+    def _states(self, states: dict[str, Any], machine: str, language: str) -> bool:
         changed = False
         for state_name, state in list(states.items()):
             if not isinstance(state, dict):
                 continue
-            if state.get("QueryLanguage") == "JSONata":
-                raise DefinitionError(
-                    f"{machine}: state {state_name!r}: JSONata is not supported by the emulator")
             if state.get("Type") == "Parallel":
                 for branch in state.get("Branches", []):
-                    changed |= self._states(branch.get("States", {}), machine)
+                    changed |= self._states(branch.get("States", {}), machine, language)
             elif state.get("Type") == "Map":
                 processor = state.get("ItemProcessor") or state.get("Iterator") or {}
                 mode = processor.get("ProcessorConfig", {}).get("Mode", "INLINE")
                 if mode == "DISTRIBUTED":
+                    if state.get("QueryLanguage", language) == "JSONata":
+                        raise DefinitionError(
+                            f"{machine}: Distributed Map state {state_name!r} is JSONata: "
+                            "the local runner runs JSONPath ones")
                     states[state_name] = self._distributed(state, state_name, machine)
                     changed = True
                 else:
-                    changed |= self._states(processor.get("States", {}), machine)
+                    changed |= self._states(processor.get("States", {}), machine, language)
         return changed
 
     def _distributed(self, state: dict[str, Any], name: str, machine: str) -> dict[str, Any]:
