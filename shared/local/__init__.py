@@ -10,7 +10,9 @@ AWS. See docs/local.md for what runs where. Public surface:
   (entry-point group `fleetline.demo`);
 - `UpState`, `read_state`: the state file `.fleetline/state.json`;
 - `endpoint_clients`: clients on the stack's endpoint (the emulator the state file names),
-  for commands that talk to a running stack, without writing `os.environ`.
+  for commands that talk to a running stack, without writing `os.environ`;
+- `state_transitions`: the state transitions of an execution and of its Distributed Map
+  states' child executions (what a benchmark reports).
 
 Names are imported on first use (PEP 562), not with the package: `fleetline up` spawns the
 emulator and `up --detach` / `down` do their work before the AWS SDK and the consumers are
@@ -25,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from shared.local._control import ensure_no_running, start_detached, stop_running
     from shared.local._demo import DemoContext, DemoStep, demo_steps, run_demo
+    from shared.local._distributed_map import state_transitions
     from shared.local._endpoint import endpoint_clients
     from shared.local._gaps import GapPlan, plan_gaps
     from shared.local._state import ChildRecord, Phase, UpError, UpState, read_state
@@ -53,6 +56,7 @@ _WHERE = {
     "run_demo": "_demo",
     "run_up": "_up",
     "start_detached": "_control",
+    "state_transitions": "_distributed_map",
     "stop_running": "_control",
 }
 
@@ -77,6 +81,7 @@ __all__ = [
     "run_demo",
     "run_up",
     "start_detached",
+    "state_transitions",
     "stop_running",
 ]
 

@@ -5,10 +5,13 @@ not carry out (see ../shared/notes/emulator.md "Gaps") and returns what the loca
 must supply, every name and ARN resolved from the deployed stack:
 
 - created through the API: SNS subscriptions (with filter policies), SQS queue policies,
-  DynamoDB TTL settings, state machines (CloudFormation-created ones cannot execute);
+  DynamoDB TTL settings, state machines (CloudFormation-created ones cannot execute), their
+  Distributed Map states rewritten and their item processors as machines of their own
+  (`shared.local._distributed_map`), and the local map-runs queue those send requests to;
 - run as local processes: EventBridge Pipes (the outbox relay), Lambda event source
   mappings (the runtime's consumers + the Lambda adapter), HTTP APIs (a local server that
-  builds API Gateway v2 events), ECS services (the task definition's command).
+  builds API Gateway v2 events), ECS services (the task definition's command), and the
+  map runs of Distributed Map states.
 
 (A rule target that is an SNS topic is not a gap here: moto has none, the embedded
 emulator fills it, `shared.emulator`.)
@@ -25,6 +28,7 @@ from typing import Any
 
 from shared.cloudformation import DEFAULT_TEMPLATE, Template, TemplateError
 from shared.cloudformation import statemachines_dir as statemachines_of
+from shared.local._distributed_map import DefinitionError, local_definition, map_runs_queue
 from shared.local._template import StackFacts, resolve
 
 __all__ = [
@@ -100,12 +104,17 @@ class TimeToLiveSpec:
 
 @dataclass(frozen=True, kw_only=True)
 class StateMachineSpec:
+    """A state machine to create on the emulator. `definition` is the template's, with its
+    Distributed Map states rewritten; `processors` are their item processors' machines
+    (logical id `<machine's logical id>/<state>`), created before it."""
+
     logical_id: str
     name: str
     arn: str | None
     definition: str
     role_arn: str
     type: str = "STANDARD"
+    processors: tuple[StateMachineSpec, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -173,6 +182,7 @@ class GapPlan:
     event_source_mappings: tuple[EventSourceMappingSpec, ...] = ()
     http_apis: tuple[HttpApiSpec, ...] = ()
     services: tuple[ServiceSpec, ...] = ()
+    map_runs_queue: str | None = None  # the local queue, when a machine has Distributed Maps
     problems: dict[str, str] = field(default_factory=dict)  # logical id -> why not supplied
 
     def functions(self) -> dict[str, FunctionSpec]:
@@ -351,13 +361,35 @@ def _bucket_policy(logical: str, props: dict[str, Any], ctx: _Ctx) -> BucketPoli
 
 def _state_machine(logical: str, props: dict[str, Any], ctx: _Ctx) -> StateMachineSpec:
     arn = ctx.facts.physical.get(logical)
+    name = str(props.get("StateMachineName") or (arn.split(":")[-1] if arn else logical))
+    facts = ctx.facts
+    local = local_definition(
+        _definition(logical, props, ctx.statemachines_dir),
+        machine=name,
+        region=facts.region,
+        account=facts.account,
+        queue_url=f"https://sqs.{facts.region}.amazonaws.com/{facts.account}/"
+        f"{map_runs_queue(facts.stack_name)}",
+    )
+    role = str(props["RoleArn"])
     return StateMachineSpec(
         logical_id=logical,
-        name=str(props.get("StateMachineName") or (arn.split(":")[-1] if arn else logical)),
+        name=name,
         arn=arn,
-        definition=_definition(logical, props, ctx.statemachines_dir),
-        role_arn=str(props["RoleArn"]),
+        definition=local.definition,
+        role_arn=role,
         type=str(props.get("StateMachineType", "STANDARD")),
+        processors=tuple(
+            StateMachineSpec(
+                logical_id=f"{logical}/{p.state}",
+                name=p.name,
+                arn=f"arn:aws:states:{facts.region}:{facts.account}:stateMachine:{p.name}",
+                definition=p.definition,
+                role_arn=role,
+                type=p.type,
+            )
+            for p in local.processors
+        ),
     )
 
 
@@ -414,7 +446,7 @@ def _build_all(ctx: _Ctx, kind: str, build: Any, problems: dict[str, str]) -> tu
     for logical, resource in _of_type(ctx.template, kind):
         try:
             built.append(build(logical, _props(resource, ctx.template, ctx.facts), ctx))
-        except (TemplateError, KeyError, TypeError, ValueError) as exc:
+        except (TemplateError, DefinitionError, KeyError, TypeError, ValueError) as exc:
             problems[logical] = f"not supplied: {exc}"
     return tuple(built)
 
@@ -459,19 +491,25 @@ def plan_gaps(
         http_apis = ()
         problems["HttpApi"] = f"not supplied: {exc}"
 
+    state_machines: tuple[StateMachineSpec, ...] = _build_all(
+        ctx, "AWS::StepFunctions::StateMachine", _state_machine, problems
+    )
     return GapPlan(
         subscriptions=_build_all(ctx, "AWS::SNS::Subscription", _subscription, problems),
         queue_policies=_build_all(ctx, "AWS::SQS::QueuePolicy", _queue_policy, problems),
         bucket_policies=_build_all(ctx, "AWS::S3::BucketPolicy", _bucket_policy, problems),
         time_to_live=tuple(time_to_live),
-        state_machines=_build_all(
-            ctx, "AWS::StepFunctions::StateMachine", _state_machine, problems
-        ),
+        state_machines=state_machines,
         pipes=_build_all(ctx, "AWS::Pipes::Pipe", _pipe, problems),
         event_source_mappings=_build_all(
             ctx, "AWS::Lambda::EventSourceMapping", _mapping, problems
         ),
         http_apis=http_apis,
         services=_build_all(ctx, "AWS::ECS::Service", _service, problems),
+        map_runs_queue=(
+            map_runs_queue(facts.stack_name)
+            if any(m.processors for m in state_machines)
+            else None
+        ),
         problems=problems,
     )

@@ -1,12 +1,15 @@
-"""`python -m shared.local._hosts`: the local process behind a Lambda trigger, an HTTP API or
-a pipe. Its spec comes as JSON in FLEETLINE_LOCAL_SPEC (written by `_supply.plan_processes`
-from the template); its environment is the function's, as deployed.
+"""`python -m shared.local._hosts`: the local process behind a Lambda trigger, an HTTP API, a
+pipe, or the map runs of Distributed Map states. Its spec comes as JSON in
+FLEETLINE_LOCAL_SPEC (written by `_supply.plan_processes` from the template); its environment
+is the function's, as deployed.
 
 - `http-api`: an aiohttp server that turns requests into API Gateway v2 events.
 - `triggers`: the function's event source mappings, each polled by the runtime's own
   consumer (SQS, Kinesis, DynamoDB Streams) whose batch handler builds the Lambda event and
   calls the function's handler unchanged: one polling loop in the codebase, not two.
 - `pipe`: the outbox relay (`shared.outbox`), standing in for an EventBridge Pipe.
+- `map-runs`: runs the map runs rewritten Distributed Map states ask for
+  (`shared.local._distributed_map`), from the local map-runs queue.
 
 SIGTERM stops polling, lets in-flight work finish, and exits (the supervisor kills after the
 stop timeout).
@@ -161,10 +164,27 @@ async def run_pipe(spec: dict[str, Any], stop: anyio.Event) -> None:
     await _consumers.relay(spec, stop)
 
 
+async def run_map_runs(spec: dict[str, Any], stop: anyio.Event) -> None:
+    """Run Distributed Map runs from the queue named `spec["queue"]` until `stop`."""
+    from shared.aws import AwsClients, aws_errors
+    from shared.local._distributed_map import RunnerSettings, serve_map_runs
+
+    async with AwsClients() as aws:
+        sqs = await aws.client("sqs")
+        with aws_errors():
+            queue_url = (await sqs.get_queue_url(QueueName=str(spec["queue"])))["QueueUrl"]
+        try:
+            settings = RunnerSettings(**dict(spec.get("settings", {})))
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(f"{SPEC_ENV}: map-runs settings: {exc}") from None
+        await serve_map_runs(aws, str(queue_url), stop, settings=settings)
+
+
 _RUNNERS: dict[str, Callable[[dict[str, Any], anyio.Event], Awaitable[None]]] = {
     "http-api": serve_http_api,
     "triggers": run_triggers,
     "pipe": run_pipe,
+    "map-runs": run_map_runs,
 }
 
 

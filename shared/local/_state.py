@@ -46,10 +46,11 @@ class Phase(StrEnum):
 
 @dataclass(frozen=True, kw_only=True)
 class ChildRecord:
-    """One process the supervisor runs: the emulator, a worker, a Lambda host, a pipe."""
+    """One process the supervisor runs: the emulator, a worker, a Lambda host, a pipe, the
+    map runs."""
 
     name: str
-    kind: str  # "emulator" | "service" | "lambda" | "pipe" | "api"
+    kind: str  # "emulator" | "service" | "lambda" | "pipe" | "api" | "map-runs"
     pid: int
     restarts: int = 0
     log: str | None = None

@@ -38,7 +38,7 @@ class ProcessSpec:
     """One supervised child."""
 
     name: str
-    kind: str  # "service" | "lambda" | "pipe" | "api"
+    kind: str  # "service" | "lambda" | "pipe" | "api" | "map-runs"
     argv: tuple[str, ...]
     env: Mapping[str, str] = field(default_factory=dict)  # the complete environment
     stop_timeout: float = 10.0

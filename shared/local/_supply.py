@@ -1,5 +1,6 @@
 """Carrying out a `GapPlan`: API calls for what the emulator skips, and the specs of the local
-processes that stand in for ECS services, Lambda triggers, HTTP APIs and pipes."""
+processes that stand in for ECS services, Lambda triggers, HTTP APIs, pipes and the map runs
+of Distributed Map states."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import structlog
 from shared.aws import AwsClients, aws_errors
 from shared.errors import AwsRequestError
 from shared.local import _consumers
+from shared.local._distributed_map import MAP_RUNS_VISIBILITY_SECONDS
 from shared.local._gaps import (
     BucketPolicySpec,
     FunctionSpec,
@@ -107,7 +109,18 @@ async def _time_to_live(aws: AwsClients, ttl: TimeToLiveSpec) -> None:
             raise
 
 
+async def _map_runs_queue(aws: AwsClients, name: str) -> None:
+    sqs = await aws.client("sqs")
+    with aws_errors():
+        await sqs.create_queue(
+            QueueName=name,
+            Attributes={"VisibilityTimeout": str(MAP_RUNS_VISIBILITY_SECONDS)},
+        )
+
+
 async def _state_machine(aws: AwsClients, machine: StateMachineSpec) -> None:
+    for processor in machine.processors:  # the machines its Distributed Maps start
+        await _state_machine(aws, processor)
     sfn = await aws.client("stepfunctions")
     # Same name -> same ARN as the stack created, so outputs and environments stay valid.
     if machine.arn:
@@ -140,6 +153,8 @@ async def apply_api_gaps(aws: AwsClients, plan: GapPlan) -> tuple[list[str], dic
         *((t.logical_id, partial(_time_to_live, aws, t)) for t in plan.time_to_live),
         *((m.logical_id, partial(_state_machine, aws, m)) for m in plan.state_machines),
     ]
+    if plan.map_runs_queue is not None:
+        steps.append((plan.map_runs_queue, partial(_map_runs_queue, aws, plan.map_runs_queue)))
 
     async def run(logical: str, step: Callable[[], Awaitable[None]]) -> None:
         try:
@@ -369,6 +384,20 @@ async def plan_processes(
                 env=api_env,
                 stop_timeout=10.0,
                 url=f"http://127.0.0.1:{port}",
+            )
+        )
+
+    if plan.map_runs_queue is not None:
+        specs.append(
+            ProcessSpec(
+                name="map-runs",
+                kind="map-runs",
+                argv=host,
+                env={
+                    **base_env,
+                    SPEC_ENV: json.dumps({"kind": "map-runs", "queue": plan.map_runs_queue}),
+                },
+                stop_timeout=10.0,
             )
         )
 

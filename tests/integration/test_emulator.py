@@ -2,6 +2,7 @@ import json
 import re
 from typing import Any
 
+import anyio
 import pytest
 
 from shared.aws import AwsClients, aws_errors
@@ -173,3 +174,94 @@ async def test_concurrent_writes_to_one_item_lose_nothing(aws: AwsClients) -> No
     item = (await dynamodb.get_item(TableName="counter", Key={"pk": {"S": "c"}},
                                     ConsistentRead=True))["Item"]
     assert item["n"] == {"N": "400"}
+
+
+async def test_a_callback_task_fails_with_a_map_runs_states_error(aws: AwsClients) -> None:
+    """moto ends an execution with States.Runtime when a task token is failed with an error
+    named `States.*`; the local Distributed Map reports its map run's errors that way, so the
+    embedded emulator (shared.emulator.fixes.map_run_errors) lets those four reach the state's
+    Retry and Catch (and keeps the cause, which moto's SendTaskFailure dropped:
+    shared.emulator.fixes.task_failure_cause). Custom errors and other `States.*` names keep
+    moto's behaviour."""
+    sqs, sfn = await aws.client("sqs"), await aws.client("stepfunctions")
+    queue = (await sqs.create_queue(QueueName="tokens"))["QueueUrl"]
+    definition = {"StartAt": "Wait", "States": {
+        "Wait": {"Type": "Task", "Resource": "arn:aws:states:::sqs:sendMessage.waitForTaskToken",
+                 "Parameters": {"QueueUrl": queue, "MessageBody": {"Token.$": "$$.Task.Token"}},
+                 "Catch": [
+                     {"ErrorEquals": ["States.TaskFailed"], "ResultPath": "$.caught",
+                      "Next": "ByTaskFailed"},
+                     {"ErrorEquals": ["States.ExceedToleratedFailureThreshold"],
+                      "ResultPath": "$.caught", "Next": "ByName"}],
+                 "End": True},
+        "ByTaskFailed": {"Type": "Pass", "Result": "TaskFailed", "ResultPath": "$.by",
+                         "End": True},
+        "ByName": {"Type": "Pass", "Result": "name", "ResultPath": "$.by", "End": True}}}
+    machine = (await sfn.create_state_machine(
+        name="tokens", definition=json.dumps(definition),
+        roleArn="arn:aws:iam::123456789012:role/r"))["stateMachineArn"]
+
+    async def fail_with(error: str) -> dict[str, Any]:
+        execution = (await sfn.start_execution(
+            stateMachineArn=machine, name=re.sub(r"\W", "-", error), input="{}"))["executionArn"]
+        received: dict[str, Any] = {}
+        while not received.get("Messages"):
+            received = await sqs.receive_message(QueueUrl=queue, WaitTimeSeconds=1)
+        message = received["Messages"][0]
+        await sqs.delete_message(QueueUrl=queue, ReceiptHandle=message["ReceiptHandle"])
+        token = json.loads(message["Body"])["Token"]
+        await sfn.send_task_failure(taskToken=token, error=error, cause="why")
+        while True:
+            described = await sfn.describe_execution(executionArn=execution)
+            if described["status"] != "RUNNING":
+                return dict(described)
+
+    caught = await fail_with("States.ExceedToleratedFailureThreshold")
+    assert caught["status"] == "SUCCEEDED"
+    assert json.loads(caught["output"]) == {
+        "caught": {"Error": "States.ExceedToleratedFailureThreshold", "Cause": "why"},
+        "by": "name"}
+    custom = await fail_with("Firmware.Rejected")
+    assert json.loads(custom["output"]) == {
+        "caught": {"Error": "Firmware.Rejected", "Cause": "why"}, "by": "TaskFailed"}
+    other = await fail_with("States.Permissions")  # not a map run's error: moto's refusal
+    assert (other["status"], other["error"]) == ("FAILED", "States.Runtime")
+
+
+async def test_stopping_an_execution_that_waits_for_a_task_token_aborts_it(
+    aws: AwsClients,
+) -> None:
+    """moto left an execution whose task waits for its token RUNNING after StopExecution;
+    the embedded emulator (shared.emulator.fixes.stop_callbacks) wakes the task, and the
+    execution ends ABORTED as on AWS. The token cannot be answered afterwards."""
+    sqs, sfn = await aws.client("sqs"), await aws.client("stepfunctions")
+    queue = (await sqs.create_queue(QueueName="waits"))["QueueUrl"]
+    definition = {"StartAt": "Wait", "States": {"Wait": {
+        "Type": "Task", "Resource": "arn:aws:states:::sqs:sendMessage.waitForTaskToken",
+        "Parameters": {"QueueUrl": queue, "MessageBody": {"Token.$": "$$.Task.Token"}},
+        "Catch": [{"ErrorEquals": ["States.ALL"], "Next": "Caught"}], "End": True},
+        "Caught": {"Type": "Pass", "End": True}}}
+    machine = (await sfn.create_state_machine(
+        name="waits", definition=json.dumps(definition),
+        roleArn="arn:aws:iam::123456789012:role/r"))["stateMachineArn"]
+    execution = (await sfn.start_execution(
+        stateMachineArn=machine, name="e", input="{}"))["executionArn"]
+    received: dict[str, Any] = {}
+    while not received.get("Messages"):
+        received = await sqs.receive_message(QueueUrl=queue, WaitTimeSeconds=1)
+    token = json.loads(received["Messages"][0]["Body"])["Token"]
+    await sfn.stop_execution(executionArn=execution)
+    with anyio.fail_after(10):
+        while True:
+            described = await sfn.describe_execution(executionArn=execution)
+            if described["status"] != "RUNNING":
+                break
+            await anyio.sleep(0.05)
+    assert described["status"] == "ABORTED"
+    history = await sfn.get_execution_history(executionArn=execution)
+    types = [e["type"] for e in history["events"]]
+    assert types[-1] == "ExecutionAborted"
+    assert "PassStateEntered" not in types  # a stopped execution runs no Catch
+    with pytest.raises(AwsRequestError) as late, aws_errors():
+        await sfn.send_task_success(taskToken=token, output="{}")
+    assert late.value.code == "InvalidToken"

@@ -307,6 +307,29 @@ async def test_state_machine_is_recreated_and_executes(aws: AwsClients) -> None:
     assert str(described["output"]).strip('"').endswith("/123456789012/uptest-work")
 
 
+async def test_a_distributed_map_runs_through_the_map_runs_process(aws: AwsClients, up: Up) -> None:
+    """The template's Distributed Map: rewritten at deploy, its processor created as a
+    machine of its own, its map run carried out by the supervised map-runs process."""
+    sfn = await aws.client("stepfunctions")
+    arn = "arn:aws:states:us-east-1:123456789012:stateMachine:uptest-rollout"
+    started = await sfn.start_execution(
+        stateMachineArn=arn, name="wave-1",
+        input=json.dumps({"wave": "w1", "devices": ["d1", "d2", "d3"]}))
+
+    async def finished() -> dict[str, object] | None:
+        described = await sfn.describe_execution(executionArn=started["executionArn"])
+        return described if described["status"] != "RUNNING" else None
+
+    described = await _poll(finished, within=30)
+    assert isinstance(described, dict)
+    assert described["status"] == "SUCCEEDED", described
+    assert json.loads(str(described["output"])) == [
+        {"devices": ["d1", "d2"], "wave": "w1"}, {"devices": ["d3"], "wave": "w1"}]
+    state = read_state(up.state_dir)
+    assert state is not None
+    assert [c.name for c in state.children if c.kind == "map-runs"] == ["map-runs"]
+
+
 async def test_demo_bus_step_routes_through_a_temporary_tap(aws: AwsClients, up: Up) -> None:
     state = read_state(up.state_dir)
     assert state is not None

@@ -30,6 +30,7 @@ def facts() -> StackFacts:
         "ApiFunction": "s-api",
         "WorkFunction": "s-work",
         "Saga": f"arn:aws:states:us-east-1:{ACCOUNT}:stateMachine:s-saga",
+        "Rollout": f"arn:aws:states:us-east-1:{ACCOUNT}:stateMachine:s-rollout",
         "Cluster": "s",
         "SleeperTask": f"arn:aws:ecs:us-east-1:{ACCOUNT}:task-definition/s-sleeper:1",
         "SleeperService": f"arn:aws:ecs:us-east-1:{ACCOUNT}:service/s/s-SleeperService-Y",
@@ -56,11 +57,46 @@ def test_subscriptions_carry_filter_policy_and_raw_delivery(
 def test_state_machine_definition_has_substitutions_resolved(
     template: dict, facts: StackFacts
 ) -> None:
-    (machine,) = plan_gaps(template, facts).state_machines
+    machines = {m.logical_id: m for m in plan_gaps(template, facts).state_machines}
+    machine = machines["Saga"]
     assert machine.name == "s-saga"
     assert machine.arn == facts.physical["Saga"]
     assert machine.role_arn == f"arn:aws:iam::{ACCOUNT}:role/s-Role-X"
     assert json.loads(machine.definition)["States"]["Done"]["Result"] == facts.physical["WorkQueue"]
+
+
+def test_a_distributed_map_is_rewritten_with_its_processor_and_the_map_runs_queue(
+    template: dict, facts: StackFacts
+) -> None:
+    plan = plan_gaps(template, facts)
+    machines = {m.logical_id: m for m in plan.state_machines}
+    assert machines["Saga"].processors == ()  # nothing to rewrite
+    rollout = machines["Rollout"]
+    wave = json.loads(rollout.definition)["States"]["Wave"]
+    assert wave["Type"] == "Task"
+    assert wave["Parameters"]["QueueUrl"] == (
+        f"https://sqs.us-east-1.amazonaws.com/{ACCOUNT}/s-local-map-runs")
+    run = json.loads(wave["Parameters"]["MessageBody"]["MapRun"])
+    assert run["ItemSelector"]["queue"] == facts.physical["WorkQueue"]  # substituted
+    (processor,) = rollout.processors
+    assert (processor.logical_id, processor.name, processor.type) == (
+        "Rollout/Wave", "s-rollout-Wave", "EXPRESS")
+    assert processor.arn == f"arn:aws:states:us-east-1:{ACCOUNT}:stateMachine:s-rollout-Wave"
+    assert processor.role_arn == rollout.role_arn
+    assert plan.map_runs_queue == "s-local-map-runs"
+    without = dict(template, Resources={
+        k: v for k, v in template["Resources"].items() if k != "Rollout"})
+    assert plan_gaps(without, facts).map_runs_queue is None
+
+
+def test_a_definition_the_local_runner_cannot_run_is_a_problem_not_a_crash(
+    template: dict, facts: StackFacts
+) -> None:
+    broken = json.loads(json.dumps(template))
+    broken["Resources"]["Rollout"]["Properties"]["Definition"]["QueryLanguage"] = "JSONata"
+    plan = plan_gaps(broken, facts)
+    assert "JSONata" in plan.problems["Rollout"]
+    assert [m.logical_id for m in plan.state_machines] == ["Saga"]
 
 
 def test_triggers_apis_pipes_services_and_ttl(template: dict, facts: StackFacts) -> None:
