@@ -80,10 +80,12 @@ def stage(
     handled) as their cause unless a draft names its own.
 
     Raises TypeError when an event's model is not declared with `@event_type`."""
-    carrier = dict(trace) if trace is not None else tracing.current_carrier()
+    carrier: dict[str, str] | None = dict(trace) if trace is not None else None
     envelopes: list[Envelope] = []
     for position, emitted in enumerate(events):
         draft = emitted if isinstance(emitted, EventDraft) else EventDraft(event=emitted)
+        if draft.trace is None and carrier is None:
+            carrier = tracing.current_carrier()  # only when a draft has no context of its own
         # An empty carrier (no span now) lets Envelope.new fall back to the cause's context.
         envelopes.append(Envelope.new(
             draft.event,
