@@ -317,5 +317,3 @@ async def call_decoded(client: AwsClient, operation: str, **params: Any) -> dict
     """
     with aws_errors():
         return await _wire.call_decoded(client, operation, **params)
-
-
