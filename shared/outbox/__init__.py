@@ -68,6 +68,7 @@ from shared.outbox._unit_of_work import (
     cancellation_verdicts,
     plan_transaction,
     stage,
+    statement_verdicts,
 )
 
 __all__ = [
@@ -113,5 +114,6 @@ __all__ = [
     "plan_transaction",
     "record_created_at",
     "stage",
+    "statement_verdicts",
     "write_statement",
 ]

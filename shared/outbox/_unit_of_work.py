@@ -26,7 +26,7 @@ import anyio
 
 from shared import tracing
 from shared.aws import AwsClients, aws_errors, call_decoded
-from shared.dynamodb import Statement, execute_statements, from_attr
+from shared.dynamodb import Statement, StatementResult, execute_statements, from_attr
 from shared.errors import ConditionFailedError, TransactionCanceledError
 from shared.events import ClaimCheck, Envelope
 from shared.outbox._errors import (
@@ -61,6 +61,7 @@ __all__ = [
     "load_aggregates",
     "plan_transaction",
     "stage",
+    "statement_verdicts",
 ]
 
 _BATCH_GET_LIMIT: Final = 100
@@ -308,8 +309,18 @@ async def commit_statements(
     Raises ValueError over 25 writes (nothing sent); AwsUnavailableError / AwsRequestError
     when the request as a whole failed (then none of them was written)."""
     results = await execute_statements(aws, [statement for _, statement in writes])
+    return statement_verdicts([write for write, _ in writes], results, config)
+
+
+def statement_verdicts(
+    writes: Sequence[StagedWrite], results: Sequence[StatementResult], config: OutboxConfig
+) -> dict[int, WriteVerdict]:
+    """Per staged write, what its statement's result says: applied -> clean; its condition
+    failed -> as a cancelled transaction's ConditionalCheckFailed on it (a duplicate when the
+    returned item lists the event id, else a conflict, with the item when returned); any
+    other error -> transient (sent again)."""
     verdicts: dict[int, WriteVerdict] = {}
-    for index, ((write, _), result) in enumerate(zip(writes, results, strict=True)):
+    for index, (write, result) in enumerate(zip(writes, results, strict=True)):
         if result.applied:
             verdicts[index] = WriteVerdict()
         elif result.condition_failed:

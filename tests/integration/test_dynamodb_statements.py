@@ -5,7 +5,9 @@ its Put writes; the batch committer's default path sends one BatchExecuteStateme
 from __future__ import annotations
 
 import json
+import threading
 
+import anyio
 import pytest
 
 from shared.aws import AwsClients
@@ -142,3 +144,54 @@ async def test_the_default_batch_path_is_one_statement_batch(aws: AwsClients) ->
     published = [e for r in records for e in added_events(r)]
     assert sorted((e["aggregate_id"], e["data"]["total"]) for e in published) == sorted(
         (f"c{i}", total) for i in range(10) for total in (1, 2))
+
+
+async def test_a_write_that_finds_a_newer_version_decides_again_without_a_read(
+    aws: AwsClients,
+) -> None:
+    """Another writer moves every counter between the committer's read and its write: each
+    UPDATE fails its version condition and returns the item as it is now; the committer
+    decides again on that item and writes again. No second read; every event applied once,
+    on top of the other writer's change."""
+    await create_table(aws, "counters")
+    dynamodb = await aws.client("dynamodb")
+    for i in range(5):
+        await dynamodb.put_item(TableName="counters",
+                                Item=to_item({"pk": f"c{i}", "total": 1, "version": 1}))
+    moved: set[str] = set()
+
+    def other_writer_moves(name: str) -> None:
+        """Another worker's write, made while `decide` runs (it cannot await): its own
+        clients, on a thread with its own event loop."""
+        async def write() -> None:
+            async with AwsClients() as other:
+                await (await other.client("dynamodb")).put_item(
+                    TableName="counters", Item=to_item({"pk": name, "total": 10, "version": 2}))
+
+        thread = threading.Thread(target=anyio.run, args=(write,))
+        thread.start()
+        thread.join()
+
+    def locate(envelope: Envelope) -> ItemRef:
+        return ItemRef(table="counters", key={"pk": str(envelope.data["counter"])})  # type: ignore[index]
+
+    def decide(envelope: Envelope, counter: Aggregate) -> Decision:
+        name = str(counter.ref.key["pk"])
+        if name not in moved:  # the first decision on each counter is made on a stale read
+            moved.add(name)
+            other_writer_moves(name)
+        return Decision(state={"total": int(counter.state.get("total", 0)) + 1})
+
+    committer = BatchCommitter(aws, locate=locate, decide=decide)
+    messages = [Message(id=f"m{i}", source=SourceKind.SQS, source_name="q",
+                        body=Envelope.new(CounterBumped(counter=f"c{i}"), aggregate_id=f"c{i}",
+                                          sequence=1).to_json())
+                for i in range(5)]
+    aws.counter.reset()
+    result = await committer(messages)
+    assert set(result.outcomes.values()) == {Outcome.SUCCEEDED}
+    assert aws.counter.snapshot() == {"dynamodb.BatchGetItem": 1,
+                                      "dynamodb.BatchExecuteStatement": 2}
+    for i in range(5):
+        item = await _item(aws, "counters", f"c{i}") or {}
+        assert (item["total"], item["version"]) == (11, 3)

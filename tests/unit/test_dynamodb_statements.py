@@ -19,9 +19,11 @@ from shared.outbox import (
     ItemRef,
     ItemWrite,
     OutboxConfig,
+    StagedWrite,
     item_put,
     item_statement,
     stage,
+    statement_verdicts,
     write_statement,
 )
 
@@ -131,3 +133,31 @@ def test_the_emulator_reads_both_statement_shapes() -> None:
     for other in ('SELECT * FROM "t" WHERE "pk" = ?', 'UPDATE "t" SET "a" = 1 WHERE "pk" = ?',
                   'DELETE FROM "t" WHERE "pk" = ?', 'UPDATE "t" WHERE "pk" = ?', ""):
         assert parse(other) is None, other
+
+
+def test_statement_results_become_write_verdicts() -> None:
+    config = OutboxConfig()
+
+    def staged(pk: str, processed: str) -> StagedWrite:
+        aggregate = Aggregate(ref=ItemRef(table="t", key={"pk": pk}), state={}, version=1)
+        return stage(aggregate, {"n": 1}, processed_ids=[processed], trace={})
+
+    writes = [staged("a", "e-a"), staged("b", "e-b"), staged("c", "e-c"), staged("d", "e-d"),
+              staged("e", "e-e")]
+    seen_b = {"pk": {"S": "b"}, "version": {"N": "2"}, "inbox": {"L": [{"S": "e-b"}]}}
+    moved_c = {"pk": {"S": "c"}, "version": {"N": "3"}, "n": {"N": "7"}}
+    verdicts = statement_verdicts(writes, [
+        StatementResult(),
+        StatementResult(error="ConditionalCheckFailed", item=seen_b),
+        StatementResult(error="ConditionalCheckFailed", item=moved_c),
+        StatementResult(error="DuplicateItem"),
+        StatementResult(error="ThrottlingError"),
+    ], config)
+    assert verdicts[0].clean
+    assert verdicts[1].duplicates == {"e-b"}  # the item lists the event: applied before
+    assert verdicts[2].conflict
+    assert verdicts[2].current is not None
+    assert (verdicts[2].current.version, verdicts[2].current.state) == (3, {"n": 7})
+    assert verdicts[3].conflict  # no item returned: read it again
+    assert verdicts[3].current is None
+    assert verdicts[4].transient == "ThrottlingError"
