@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
 from pydantic import BaseModel
 
 from shared.events import EventRegistry, event_type
@@ -50,6 +51,17 @@ class Tally:
     def on_send(self, event_name: str, **_: Any) -> None:
         _, _, key = event_name.partition(".")
         self.requests[key] += 1
+
+    def on_statements(self, request: Any, **_: Any) -> None:
+        """BatchExecuteStatement: its body is encoded by the caller
+        (`AwsClients.send_encoded`), so the statements are counted from the request as sent;
+        each write is a standard write."""
+        body = orjson.loads(request.body or b"{}")
+        for statement in body.get("Statements", ()):
+            if str(statement.get("Statement", "")).lstrip().upper().startswith("SELECT"):
+                self.read_units += 1.0 if statement.get("ConsistentRead") else 0.5
+            else:
+                self.standard_writes += 1
 
     def on_params(self, params: Mapping[str, Any], model: Any, **_: Any) -> None:
         operation = model.name

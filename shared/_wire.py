@@ -14,7 +14,8 @@ most of the process's CPU (bench/devices_bench.py, docs/benchmarks.md):
 `call_decoded` returns the response as JSON decoded by orjson, without the shape walk.
 Everything else is the client's own path: endpoint resolution, signing, retries, the
 request counter, tracing instrumentation, error parsing (an error response is parsed by
-botocore as usual and raises `ClientError`).
+botocore as usual and raises `ClientError`). Services use these through `shared.aws`, which
+translates those errors.
 
 How: two handlers on botocore's documented events, registered on the session by
 `AwsClients` (so on every client it makes), act only for the call made inside
@@ -22,16 +23,31 @@ How: two handlers on botocore's documented events, registered on the session by
 even on the same client, are untouched):
 
 - `before-call` replaces the serialized body (botocore's own S3 handlers change the body
-  here too). The call itself is made with NO parameters, so botocore serializes `{}`; had
-  the swap not happened, the service would refuse the empty request: it fails loudly and
-  writes nothing.
+  here too) with the caller's bytes.
 - `before-parse` takes a successful response's body (decoded by orjson) and leaves
   botocore an empty object to parse; botocore merges the handler's result into its own
   (`customized_response_dict`, the hook botocore's S3 `Expires` handling uses).
 
+What `send_encoded` gives botocore to validate and serialize depends on whether the client
+validates parameters, which the caller states (`validates`): `shared.aws.AwsClients` made
+the client from its `ClientSettings`, so it knows (the client's own `meta.config` does not
+say: botocore leaves `parameter_validation` out of it). Nothing is left to a default:
+
+- not validating (`ClientSettings`' default): NO parameters; botocore serializes `{}`,
+  which the body then replaces. Had the swap not happened, the service would refuse the
+  empty request: it fails loudly and writes nothing.
+- validating: the body itself, decoded, so botocore checks it as it checks any call (a
+  request its model refuses raises `ParamValidationError` before anything is sent); the copy
+  it serializes is then replaced by the caller's bytes, which are what is sent (botocore
+  would encode a blob a second time: the body already holds it as base64 text).
+
 Only for JSON protocols (DynamoDB, Kinesis, SQS JSON, ...): the caller writes the wire form
 itself, so it must know it (DynamoDB JSON attribute values, base64 for Kinesis blobs, epoch
-seconds for timestamps).
+seconds for timestamps). And only for operations whose endpoint rules can do without the
+request: botocore resolves the endpoint from the parameters it is given, `{}` when not
+validating, which is fine for TransactWriteItems and BatchExecuteStatement but makes
+BatchGetItem's and BatchWriteItem's rules (`keys(RequestItems)`) fail before anything is
+sent; those take `call_decoded`.
 """
 
 from __future__ import annotations
@@ -64,14 +80,20 @@ def register(session: Any) -> None:
     session.register("before-parse", _before_parse, unique_id="fleetline-wire-before-parse")
 
 
-async def send_encoded(client: Any, operation: str, body: bytes) -> dict[str, Any]:
+async def send_encoded(
+    client: Any, operation: str, body: bytes, *, validates: bool, decoded: bool = False
+) -> dict[str, Any]:
     """Call `operation` ("TransactWriteItems") with `body` as the request's JSON body,
-    exactly as given; the response is parsed by botocore.
+    exactly as given; `validates` says whether `client` validates parameters (see the module
+    docstring). The response is parsed by botocore, or with `decoded` returned as
+    `call_decoded` returns it (wire JSON decoded by orjson, plus `ResponseMetadata`).
 
     Raises:
-        ClientError: as the client's own method would (wrap the call in `aws_errors()`).
+        ClientError: as the client's own method would (`AwsClients.send_encoded` translates).
+        ParamValidationError: the client validates parameters and its model refuses `body`.
     """
-    return await _call(client, _Override(operation, body, decode=False), {})
+    params: dict[str, Any] = orjson.loads(body) if validates else {}
+    return await _call(client, _Override(operation, body, decode=decoded), params)
 
 
 async def call_decoded(client: Any, operation: str, **params: Any) -> dict[str, Any]:
@@ -80,7 +102,7 @@ async def call_decoded(client: Any, operation: str, **params: Any) -> dict[str, 
     epoch seconds), plus botocore's `ResponseMetadata`.
 
     Raises:
-        ClientError: as the client's own method would (wrap the call in `aws_errors()`).
+        ClientError: as the client's own method would (`shared.aws.call_decoded` translates).
     """
     return await _call(client, _Override(operation, None, decode=True), params)
 

@@ -8,9 +8,16 @@ elsewhere (the state file of `fleetline up`) passes it in the settings instead o
 into `os.environ`: the same code talks to the embedded emulator, a LocalStack container or
 AWS.
 
-Two hot-path escapes from botocore's per-value shape walk, on the same clients: `send_encoded`
-(a request body encoded by the caller) and `call_decoded` (a response decoded by orjson); see
-`shared._wire`.
+Two hot-path escapes from botocore's per-value shape walk, on the same clients:
+`AwsClients.send_encoded` (a request body encoded by the caller, sent as given whether the
+clients validate parameters or not: the seam knows which, from its settings) and
+`call_decoded` (a response decoded by orjson); see `shared._wire`. Both raise translated
+errors.
+
+SDK errors become `shared.errors` types here and nowhere else (`translate_error`,
+`aws_errors`): a failed DynamoDB condition is a `ConditionFailedError` (with the item as it
+was, when asked for), a cancelled transaction a `TransactionCanceledError` (with its
+reasons), throttling and 5xx an `AwsUnavailableError`, other refusals an `AwsRequestError`.
 
 Every HTTP request a client sends is counted (`RequestCounter`), retries included, because on
 AWS requests are the bill; the benchmarks and `fleetline status` read these counts.
@@ -38,8 +45,14 @@ from botocore.exceptions import (
 )
 from botocore.utils import parse_timestamp
 
-from shared._wire import call_decoded, register, send_encoded
-from shared.errors import AwsRequestError, AwsUnavailableError, FleetlineError
+from shared import _wire
+from shared.errors import (
+    AwsRequestError,
+    AwsUnavailableError,
+    ConditionFailedError,
+    FleetlineError,
+    TransactionCanceledError,
+)
 
 __all__ = [
     "AwsClient",
@@ -49,7 +62,6 @@ __all__ = [
     "aws_errors",
     "call_decoded",
     "error_code",
-    "send_encoded",
     "translate_error",
 ]
 
@@ -77,6 +89,9 @@ _THROTTLE_CODES: Final = frozenset(
         "KMSThrottlingException",
     }
 )
+# DynamoDB's two refusals that carry data the caller decides on (typed in `translate_error`).
+_CONDITION_FAILED: Final = "ConditionalCheckFailedException"
+_TRANSACTION_CANCELED: Final = "TransactionCanceledException"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -97,7 +112,8 @@ class ClientSettings:
     read_timeout: float = 30.0
     max_attempts: int = 4
     # Our requests are built by typed code; skipping botocore's validation saves ~20% client
-    # CPU per call (../notes/cost.md). Turn it on when writing new call sites.
+    # CPU per call (../notes/cost.md). Turn it on when writing new call sites. Encoded bodies
+    # (`AwsClients.send_encoded`) are validated too when it is on.
     parameter_validation: bool = False
 
     def __post_init__(self) -> None:
@@ -180,7 +196,7 @@ class AwsClients:
         self._session.get_component("response_parser_factory").set_parser_defaults(
             timestamp_parser=_fast_timestamp
         )
-        register(self._session)  # `send_encoded` / `call_decoded` (shared._wire)
+        _wire.register(self._session)  # `send_encoded` / `call_decoded`
         self._clients: dict[str, AwsClient] = {}
         self._stack: contextlib.AsyncExitStack | None = None
         self._closed = False
@@ -220,6 +236,28 @@ class AwsClients:
         self._clients[service] = made
         return made
 
+    async def send_encoded(
+        self, service: str, operation: str, body: bytes, *, decoded: bool = False
+    ) -> dict[str, Any]:
+        """Call `operation` of `service` with `body` (JSON, in the wire form) as the request,
+        exactly as given: botocore does not serialize it again, and whether it validates
+        it follows this instance's `ClientSettings.parameter_validation` (see
+        `shared._wire`). The response is parsed by botocore, or with `decoded` returned as
+        wire JSON decoded by orjson.
+
+        Raises:
+            ConditionFailedError, TransactionCanceledError, AwsUnavailableError,
+                AwsRequestError: the service refused or could not be reached
+                (`translate_error`).
+            botocore's ParamValidationError: only with `parameter_validation=True`, for a
+                body the service model refuses (a bug in the caller).
+        """
+        client = await self.client(service)
+        with aws_errors():
+            return await _wire.send_encoded(
+                client, operation, body, validates=self.settings.parameter_validation,
+                decoded=decoded)
+
     @property
     def region(self) -> str:
         region = self.settings.region or self._session.get_config_variable("region")
@@ -234,13 +272,20 @@ def error_code(exc: BaseException) -> str | None:
 
 
 def translate_error(exc: BaseException) -> FleetlineError | None:
-    """Our error for an SDK error, or None when `exc` is not an SDK error."""
+    """Our error for an SDK error, or None when `exc` is not an SDK error: the most specific
+    of `ConditionFailedError`, `TransactionCanceledError`, `AwsUnavailableError` (throttled,
+    5xx, connection trouble) and `AwsRequestError`."""
     if isinstance(exc, ClientError):
         code = error_code(exc) or "Unknown"
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
         message = str(exc)
         if code in _THROTTLE_CODES or status >= 500:
             return AwsUnavailableError(message, code=code)
+        if code == _CONDITION_FAILED:
+            return ConditionFailedError(message, code=code, item=exc.response.get("Item"))
+        if code == _TRANSACTION_CANCELED:
+            return TransactionCanceledError(
+                message, code=code, reasons=exc.response.get("CancellationReasons") or ())
         return AwsRequestError(message, code=code)
     if isinstance(
         exc, (EndpointConnectionError, ConnectionClosedError, ConnectTimeoutError, ReadTimeoutError)
@@ -262,3 +307,13 @@ def aws_errors() -> Iterator[None]:
         raise translated from exc
 
 
+async def call_decoded(client: AwsClient, operation: str, **params: Any) -> dict[str, Any]:
+    """Call `operation` with `params` serialized by botocore; return the successful
+    response's JSON as decoded by orjson (wire form: blobs base64, timestamps epoch seconds),
+    plus botocore's `ResponseMetadata` (see `shared._wire`).
+
+    Raises:
+        AwsUnavailableError, AwsRequestError (or a subtype): as `translate_error`.
+    """
+    with aws_errors():
+        return await _wire.call_decoded(client, operation, **params)

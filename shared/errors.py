@@ -7,6 +7,8 @@
     └── PermanentError              retrying cannot help: dead-letter with the reason
         ├── InvalidMessageError     malformed JSON, unknown event type, schema-invalid payload
         ├── AwsRequestError         a 4xx the SDK returned that is not a throttle
+        │   ├── ConditionFailedError        a conditional write's condition was false
+        │   └── TransactionCanceledError    a DynamoDB transaction was cancelled (reasons)
         └── (package trees: outbox, idempotency, consumers, leases ... derive from these)
 
 Retry semantics live on the type (`retryable`), never in string matching: a consumer asks
@@ -15,16 +17,19 @@ Retry semantics live on the type (`retryable`), never in string matching: a cons
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 __all__ = [
     "AwsRequestError",
     "AwsUnavailableError",
+    "ConditionFailedError",
     "ConfigurationError",
     "FleetlineError",
     "InvalidMessageError",
     "PermanentError",
     "RetryableError",
+    "TransactionCanceledError",
     "is_retryable",
 ]
 
@@ -72,6 +77,37 @@ class AwsRequestError(PermanentError):
     def __init__(self, message: str, *, code: str | None = None) -> None:
         super().__init__(message)
         self.code = code
+
+
+class ConditionFailedError(AwsRequestError):
+    """A conditional DynamoDB write found its condition false; nothing was written.
+
+    `item` is the item as it was (attribute values, as the client returned them) when the
+    request asked for it (`ReturnValuesOnConditionCheckFailure="ALL_OLD"`) and it exists;
+    otherwise None. Decode it with `shared.dynamodb.from_item`."""
+
+    def __init__(
+        self, message: str, *, code: str | None = None,
+        item: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
+        super().__init__(message, code=code)
+        self.item = item
+
+
+class TransactionCanceledError(AwsRequestError):
+    """A DynamoDB transaction was cancelled; none of its operations was written.
+
+    `reasons` holds one entry per operation, in request order, as DynamoDB returned them
+    (`{"Code": "None" | "ConditionalCheckFailed" | "TransactionConflict" | ..., "Message":
+    ..., "Item": <the item, with ReturnValuesOnConditionCheckFailure>}`); empty when the
+    service sent none."""
+
+    def __init__(
+        self, message: str, *, code: str | None = None,
+        reasons: Sequence[Mapping[str, Any]] = (),
+    ) -> None:
+        super().__init__(message, code=code)
+        self.reasons = tuple(reasons)
 
 
 def is_retryable(exc: BaseException) -> bool:

@@ -23,19 +23,22 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import orjson
-from botocore.exceptions import ClientError
 
 from services.devices.domain import DeviceState
 from services.devices.events import DeviceEvent
-from shared.aws import AwsClients, aws_errors, call_decoded, error_code, send_encoded
+from shared.aws import AwsClients, aws_errors, call_decoded
+from shared.dynamodb import wire_json
+from shared.errors import ConditionFailedError, TransactionCanceledError
 from shared.outbox import (
     Aggregate,
     EventDraft,
     ItemRef,
+    ItemWrite,
     OutboxConfig,
     StagedWrite,
     UnitOfWork,
     cancellation_verdicts,
+    item_put,
     plan_transaction,
     stage,
 )
@@ -176,9 +179,10 @@ class DynamoDeviceStore:
         conflicted; the rest were only cancelled along with them).
 
         The hot path is built by hand, because at thousands of device writes a second the
-        generic pieces cost more than the rest of the worker: the item is written directly
-        in DynamoDB JSON (`device_put`, equal to what the unit of work's `build_write` makes
-        for this fixed shape; tested), only writes with events go through the unit of work's
+        generic pieces cost more than the rest of the worker: the state's attributes are
+        encoded directly in DynamoDB JSON and the item written by the outbox's one item
+        writer (`device_put` -> `shared.outbox.item_put`, the request `build_write` makes
+        from the same state; tested), only writes with events go through the unit of work's
         `stage` (envelope ids, sequences, trace context), and the transaction's JSON body is
         encoded once by orjson instead of botocore's shape-walking serializer (see
         `_send_transaction`). The unit of work's `save` is not used: the worker never
@@ -202,20 +206,17 @@ class DynamoDeviceStore:
                                    return_old=len(writes) > 1))
         dynamodb = await self._aws.client("dynamodb")
         conflicts: set[str] = set()
+        ids = [w.state.device_id for w in writes]
         try:
             if len(puts) == 1:
-                await dynamodb.put_item(**puts[0])
-            else:
-                await self._send_transaction(dynamodb, puts)
-        except ClientError as exc:
-            code = error_code(exc)
-            ids = [w.state.device_id for w in writes]
-            if code == "ConditionalCheckFailedException":
-                return CommitResult(conflicts=frozenset(ids))
-            if code != "TransactionCanceledException":
                 with aws_errors():
-                    raise
-            reasons = exc.response.get("CancellationReasons") or []
+                    await dynamodb.put_item(**puts[0])
+            else:
+                await self._send_transaction(puts)
+        except ConditionFailedError:
+            return CommitResult(conflicts=frozenset(ids))
+        except TransactionCanceledError as exc:
+            reasons = exc.reasons
             if not reasons or len(reasons) != len(writes):
                 return CommitResult(transient=frozenset(ids))
             # Rare: build the unit of work's view of every write to read the reasons with
@@ -238,12 +239,12 @@ class DynamoDeviceStore:
         return Aggregate(ref=self._ref(write.state.device_id), state={}, version=write.version,
                          last_sequence=write.state.event_seq - len(write.events))
 
-    async def _send_transaction(self, dynamodb: Any, puts: Sequence[Mapping[str, Any]]) -> None:
+    async def _send_transaction(self, puts: Sequence[Mapping[str, Any]]) -> None:
         """TransactWriteItems of `puts`, its body encoded by orjson: the puts are already in
         DynamoDB JSON, and botocore's serializer would walk every attribute value again
         (about a third of the worker's CPU at 100 devices a call; see `shared._wire`)."""
-        body = orjson.dumps({"TransactItems": [{"Put": put} for put in puts]})
-        await send_encoded(dynamodb, "TransactWriteItems", body)
+        body = wire_json({"TransactItems": [{"Put": put} for put in puts]})
+        await self._aws.send_encoded("dynamodb", "TransactWriteItems", body)
 
     async def scan_online(
         self, *, page_size: int | None = None
@@ -299,35 +300,20 @@ def device_put(
     table: str, state: DeviceState, version: int, envelopes: Sequence[str],
     config: OutboxConfig, *, return_old: bool = False,
 ) -> dict[str, Any]:
-    """The conditional PutItem of one device, in DynamoDB JSON, written directly: the same
-    request the unit of work's `build_write` makes for a device (key, `tenant_id`, `status`,
-    `doc`, the next `version`, `event_seq`, the envelopes in the outbox attribute; conditional
-    on the version read, or on the item not existing for version 0), without its generic
-    per-value conversion. `envelopes` are the envelopes' JSON texts. `return_old` asks for
-    the item as it is when the condition fails (in a transaction: its cancellation reasons
-    then carry it)."""
+    """The conditional PutItem of one device: the outbox's item write (`item_put`) of its
+    key, its state attributes (`tenant_id`, `status`, `doc`, encoded here without the
+    codec's generic per-value walk: three strings), the next `version` and `event_seq`, and
+    the envelopes (JSON texts) in the outbox attribute; conditional on the version read, or
+    on the item not existing for version 0. `return_old` asks for the item as it is when the
+    condition fails (in a transaction: its cancellation reasons then carry it)."""
     attributes = state_attributes(state)
-    item: dict[str, Any] = {
-        "device_id": {"S": state.device_id},
-        "tenant_id": {"S": attributes["tenant_id"]},
-        "status": {"S": attributes["status"]},
-        "doc": {"S": attributes["doc"]},
-        config.version_attribute: {"N": str(version + 1)},
-        config.sequence_attribute: {"N": str(state.event_seq)},
-    }
-    if envelopes:
-        item[config.outbox_attribute] = {"L": [{"S": text} for text in envelopes]}
-    put: dict[str, Any] = {"TableName": table, "Item": item}
-    if version > 0:
-        put["ConditionExpression"] = "#v = :v"
-        put["ExpressionAttributeNames"] = {"#v": config.version_attribute}
-        put["ExpressionAttributeValues"] = {":v": {"N": str(version)}}
-    else:
-        put["ConditionExpression"] = "attribute_not_exists(#k)"
-        put["ExpressionAttributeNames"] = {"#k": "device_id"}
-    if return_old:
-        put["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
-    return put
+    write = ItemWrite(
+        table=table, key={"device_id": {"S": state.device_id}},
+        state={"tenant_id": {"S": attributes["tenant_id"]},
+               "status": {"S": attributes["status"]}, "doc": {"S": attributes["doc"]}},
+        version=version, event_seq=state.event_seq, envelopes=envelopes,
+    )
+    return item_put(write, config, return_old=return_old)
 
 
 class MemoryDeviceStore:

@@ -21,11 +21,10 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 import structlog
-from botocore.exceptions import ClientError
 from pydantic import BaseModel
 
 from services.devices.events import DeviceEvent
-from shared.aws import AwsClients, aws_errors, error_code
+from shared.aws import AwsClients, aws_errors
 from shared.config import Resources
 from shared.consumers import (
     BatchHandler,
@@ -34,9 +33,10 @@ from shared.consumers import (
     SqsSettings,
     batch_handler,
 )
+from shared.dynamodb import to_item
+from shared.errors import ConditionFailedError
 from shared.events import TypedEvent, load_registered_events, registry
 from shared.hosts import SqsQueue, Worker
-from shared.outbox import to_item
 
 __all__ = ["ReadModel", "projection_handler", "read_model_item", "worker"]
 
@@ -88,17 +88,15 @@ class ReadModel:
         """
         dynamodb = await self._aws.client("dynamodb")
         try:
-            await dynamodb.put_item(
-                TableName=self.table,
-                Item=to_item(item),
-                ConditionExpression="attribute_not_exists(device_id) OR event_seq < :seq",
-                ExpressionAttributeValues={":seq": {"N": str(item["event_seq"])}},
-            )
-        except ClientError as exc:
-            if error_code(exc) == "ConditionalCheckFailedException":
-                return False
             with aws_errors():
-                raise
+                await dynamodb.put_item(
+                    TableName=self.table,
+                    Item=to_item(item),
+                    ConditionExpression="attribute_not_exists(device_id) OR event_seq < :seq",
+                    ExpressionAttributeValues={":seq": {"N": str(item["event_seq"])}},
+                )
+        except ConditionFailedError:
+            return False
         return True
 
 

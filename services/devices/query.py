@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from services.devices.events import Status
 from shared.aws import AwsClients, aws_errors
 from shared.config import Resources
-from shared.outbox import from_item, to_item
+from shared.dynamodb import from_item, to_item
 
 __all__ = ["DevicePage", "DeviceQueries", "DeviceRecord", "FleetCounts", "InvalidQueryError"]
 

@@ -50,7 +50,7 @@ from services.orders.events import OrderLine
 from services.orders.tasks import CallbackTasks, TaskRequest
 from shared.aws import AwsClients, aws_errors
 from shared.config import Resources
-from shared.errors import AwsRequestError, RetryableError
+from shared.errors import ConditionFailedError, RetryableError
 from shared.hosts import SqsQueue, Worker
 
 __all__ = ["Inventory", "tasks", "worker"]
@@ -101,11 +101,8 @@ class Inventory:
                     ExpressionAttributeValues=_store.to_item({":q": quantity}),
                     ReturnValuesOnConditionCheckFailure="ALL_OLD",
                 )
-        except AwsRequestError as exc:
-            if exc.code != "ConditionalCheckFailedException":
-                raise
-            old = getattr(exc.__cause__, "response", {}).get("Item")
-            return False, (_store.plain(old) if old else None)
+        except ConditionFailedError as exc:
+            return False, _store.old_item(exc)
         return True, None
 
     async def _hold(self, order_id: str, line: OrderLine) -> bool:
@@ -177,7 +174,7 @@ class Inventory:
                         "status": ReservationStatus.RESERVING.value,
                         "lines": [line.model_dump() for line in lines],
                     })
-                except _store.ConditionFailed:
+                except ConditionFailedError:
                     continue  # a twin claimed it: decide again
                 wanted = list(lines)
             else:
@@ -231,7 +228,7 @@ class Inventory:
                         "status": ReservationStatus.RELEASED.value, "lines": [],
                         "tombstone": True,
                     })
-                except _store.ConditionFailed:
+                except ConditionFailedError:
                     continue
                 return {"status": ReservationStatus.RELEASED, "tombstone": True}
             if decision is ReleaseDecision.FLIP:

@@ -36,7 +36,7 @@ from services.orders.errors import PaymentClosed, PaymentDeclined, PaymentNotAut
 from services.orders.provider import PaymentProvider, ProviderSettings
 from services.orders.tasks import CallbackTasks, TaskOrder, TaskRequest
 from shared.aws import AwsClients
-from shared.errors import RetryableError
+from shared.errors import ConditionFailedError, RetryableError
 from shared.hosts import SqsQueue, Worker
 
 __all__ = ["Payments", "tasks", "worker"]
@@ -68,7 +68,7 @@ class Payments:
                     "pk": f"PAY#{order_id}", "sk": "PAYMENT", "status": to.value,
                     **(extra or {}),
                 })
-            except _store.ConditionFailed:
+            except ConditionFailedError:
                 return False
             return True
         return await _store.set_status_if(

@@ -55,7 +55,7 @@ from shared.consumers import (
     Message,
     batch_handler,
 )
-from shared.errors import AwsRequestError
+from shared.errors import ConditionFailedError
 from shared.hosts import Consumer, SqsQueue, Worker
 from shared.tracing import consumer_span
 
@@ -108,10 +108,8 @@ class OrderHistory:
                     ConditionExpression="attribute_not_exists(order_id) OR seq < :seq",
                     ExpressionAttributeValues=_store.to_item({":seq": row["seq"]}),
                 )
-        except AwsRequestError as exc:
-            if exc.code == "ConditionalCheckFailedException":
-                return False
-            raise
+        except ConditionFailedError:
+            return False
         return True
 
     async def handle(self, envelope: OrderEnvelope, ctx: HandlerContext) -> None:
@@ -161,9 +159,7 @@ class SalesProjection:
                             ":ids": {"SS": [envelope.id]},
                         },
                     )
-            except AwsRequestError as exc:
-                if exc.code != "ConditionalCheckFailedException":
-                    raise
+            except ConditionFailedError:
                 continue  # this sku counted it before (a redelivery after a partial crash)
             counted = True
         return counted

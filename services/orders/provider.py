@@ -36,7 +36,7 @@ import anyio
 from services.orders import _store
 from services.orders.errors import PaymentDeclined, PaymentProviderUnavailable
 from shared.aws import AwsClients, aws_errors
-from shared.errors import AwsRequestError, PermanentError
+from shared.errors import ConditionFailedError, PermanentError
 
 __all__ = ["Charge", "ChargeStatus", "PaymentProvider", "ProviderError", "ProviderSettings"]
 
@@ -147,9 +147,10 @@ class PaymentProvider:
                 "amount": amount, "currency": currency, "idempotency_key": key,
                 "captures": 0, "refunds": 0,
             })
-        except _store.ConditionFailed as exc:
-            if exc.existing is not None:  # a repeat of the key: the first answer
-                status = ChargeStatus(exc.existing["status"])
+        except ConditionFailedError as exc:
+            existing = _store.old_item(exc)
+            if existing is not None:  # a repeat of the key: the first answer
+                status = ChargeStatus(existing["status"])
         await self._answer()
         if status is ChargeStatus.DECLINED:
             raise PaymentDeclined(f"card declined (charge {charge_id})")
@@ -177,11 +178,8 @@ class PaymentProvider:
                     ReturnValuesOnConditionCheckFailure="ALL_OLD",
                 )
             item = _store.plain(answer["Attributes"])
-        except AwsRequestError as exc:
-            if exc.code != "ConditionalCheckFailedException":
-                raise
-            old = getattr(exc.__cause__, "response", {}).get("Item")
-            item = _store.plain(old) if old else {}
+        except ConditionFailedError as exc:
+            item = _store.old_item(exc) or {}
             if item.get("status") != to.value:  # a repeat finds `to`: already done
                 raise ProviderError(
                     f"charge {charge_id} is {item.get('status', 'unknown')}, cannot become "

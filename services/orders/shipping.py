@@ -19,7 +19,7 @@ from services.orders import _store
 from services.orders.errors import ShipmentClosed, ShippingUnavailable
 from services.orders.tasks import CallbackTasks, TaskOrder, TaskRequest
 from shared.aws import AwsClients
-from shared.errors import RetryableError
+from shared.errors import ConditionFailedError, RetryableError
 from shared.hosts import SqsQueue, Worker
 
 __all__ = ["UNSERVED_COUNTRIES", "Shipping", "tasks", "worker"]
@@ -65,7 +65,7 @@ class Shipping:
                     "shipment_id": shipment_id, "country": country,
                     "lines": [line.model_dump() for line in order.items],
                 })
-            except _store.ConditionFailed:
+            except ConditionFailedError:
                 continue
             return {"shipment_id": shipment_id}
         raise _Race(f"shipment of {order.order_id} kept racing")
@@ -81,7 +81,7 @@ class Shipping:
                         "pk": f"SHIP#{order.order_id}", "sk": "SHIPMENT",
                         "status": "CANCELLED", "tombstone": True,
                     })
-                except _store.ConditionFailed:
+                except ConditionFailedError:
                     continue
                 return {"status": "CANCELLED", "tombstone": True}
             if item["status"] == "CANCELLED":

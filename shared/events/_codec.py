@@ -20,11 +20,11 @@ import base64
 import binascii
 import json
 from collections.abc import Mapping
-from decimal import Decimal
 from typing import Any, Final
 
 from pydantic import ValidationError
 
+from shared.dynamodb import from_item
 from shared.events._envelope import Envelope
 from shared.events._errors import InvalidEventDataError, MalformedMessageError
 
@@ -51,37 +51,18 @@ def parse_json(body: str | bytes | bytearray) -> Any:
         raise MalformedMessageError(f"not valid JSON ({exc})", field="body") from None
 
 
-def _attribute_value(value: Mapping[str, Any]) -> Any:
-    if len(value) != 1:
-        raise MalformedMessageError("not a DynamoDB attribute value", field="dynamodb.NewImage")
-    tag, inner = next(iter(value.items()))
-    match tag:
-        case "S" | "B" | "BOOL":
-            return inner
-        case "NULL":
-            return None
-        case "N":
-            number = Decimal(inner)
-            return int(number) if number == number.to_integral_value() else float(number)
-        case "M":
-            return {k: _attribute_value(v) for k, v in inner.items()}
-        case "L":
-            return [_attribute_value(v) for v in inner]
-        case "SS" | "BS":
-            return list(inner)
-        case "NS":
-            return [_attribute_value({"N": v}) for v in inner]
-    raise MalformedMessageError(f"unknown DynamoDB type {tag!r}", field="dynamodb.NewImage")
-
-
 def deserialize_dynamodb_image(image: Mapping[str, Any]) -> dict[str, Any]:
-    """A DynamoDB Streams image (typed attribute values) as plain JSON values; whole numbers
-    become int, others float.
+    """A DynamoDB Streams image (typed attribute values, as the record's JSON has them) as
+    Python values, with the project's one codec (`shared.dynamodb.from_item`): whole numbers
+    become int, others float; binary values bytes; sets frozensets.
 
     Raises:
         MalformedMessageError: an attribute value is not in DynamoDB's typed form.
     """
-    return {name: _attribute_value(value) for name, value in image.items()}
+    try:
+        return from_item(image)
+    except (ValueError, AttributeError, TypeError) as exc:
+        raise MalformedMessageError(str(exc), field="dynamodb.NewImage") from None
 
 
 def _looks_like_envelope(obj: Mapping[str, Any]) -> bool:

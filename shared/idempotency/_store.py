@@ -9,15 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from botocore.exceptions import ClientError
-
-from shared.aws import AwsClients, aws_errors, error_code
+from shared.aws import AwsClients, aws_errors
+from shared.errors import ConditionFailedError
 from shared.idempotency._config import IdempotencyConfig
 from shared.idempotency._state import Record, Status
 
 __all__ = ["IdempotencyStore"]
-
-_CCF = "ConditionalCheckFailedException"
 
 
 class IdempotencyStore:
@@ -47,26 +44,24 @@ class IdempotencyStore:
             config.ttl_attribute: {"N": str(int(now + config.expires_after))},
         }
         try:
-            await dynamodb.put_item(
-                TableName=config.table,
-                Item=item,
-                ConditionExpression=(
-                    "attribute_not_exists(#k) OR #exp <= :now OR "
-                    "(#st = :inprogress AND lease_until <= :now AND payload_hash = :h)"
-                ),
-                ExpressionAttributeNames={**self._names(), "#st": "status"},
-                ExpressionAttributeValues={
-                    ":now": {"N": repr(now)},
-                    ":inprogress": {"S": Status.IN_PROGRESS.value},
-                    ":h": {"S": payload_hash},
-                },
-                ReturnValuesOnConditionCheckFailure="ALL_OLD",
-            )
-        except ClientError as exc:
-            if error_code(exc) != _CCF:
-                with aws_errors():
-                    raise
-            existing = exc.response.get("Item")
+            with aws_errors():
+                await dynamodb.put_item(
+                    TableName=config.table,
+                    Item=item,
+                    ConditionExpression=(
+                        "attribute_not_exists(#k) OR #exp <= :now OR "
+                        "(#st = :inprogress AND lease_until <= :now AND payload_hash = :h)"
+                    ),
+                    ExpressionAttributeNames={**self._names(), "#st": "status"},
+                    ExpressionAttributeValues={
+                        ":now": {"N": repr(now)},
+                        ":inprogress": {"S": Status.IN_PROGRESS.value},
+                        ":h": {"S": payload_hash},
+                    },
+                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                )
+        except ConditionFailedError as exc:
+            existing = exc.item
             if not existing:  # deleted in between: let the caller try again
                 return Record(key=key, status=Status.IN_PROGRESS, owner="", payload_hash="",
                               expires_at=0.0)
@@ -89,24 +84,22 @@ class IdempotencyStore:
         """`call` (UpdateItem or DeleteItem) on `key`, conditional on `owner` holding it
         INPROGRESS. False when the condition fails (no longer ours)."""
         try:
-            await call(
-                TableName=self.config.table,
-                Key={self.config.key_attribute: {"S": key}},
-                ConditionExpression="#owner = :owner AND #st = :inprogress",
-                ExpressionAttributeNames={"#owner": "owner", "#st": "status",
-                                          **(extra_names or {})},
-                ExpressionAttributeValues={
-                    ":owner": {"S": owner},
-                    ":inprogress": {"S": Status.IN_PROGRESS.value},
-                    **(extra_values or {}),
-                },
-                **params,
-            )
-        except ClientError as exc:
-            if error_code(exc) == _CCF:
-                return False
             with aws_errors():
-                raise
+                await call(
+                    TableName=self.config.table,
+                    Key={self.config.key_attribute: {"S": key}},
+                    ConditionExpression="#owner = :owner AND #st = :inprogress",
+                    ExpressionAttributeNames={"#owner": "owner", "#st": "status",
+                                              **(extra_names or {})},
+                    ExpressionAttributeValues={
+                        ":owner": {"S": owner},
+                        ":inprogress": {"S": Status.IN_PROGRESS.value},
+                        **(extra_values or {}),
+                    },
+                    **params,
+                )
+        except ConditionFailedError:
+            return False
         return True
 
     async def renew(self, key: str, *, owner: str, now: float) -> bool:

@@ -4,7 +4,11 @@ committer that applies a whole batch of messages with one commit.
 
     UnitOfWork        load aggregates, stage state + events, commit (one conditional write or
                       one TransactWriteItems <= 100 operations)
-    BatchCommitter    a BatchHandler: decide per message (pure), commit per batch, map to Outcomes
+    BatchCommitter    a BatchHandler: decide per message (pure), commit per batch (one
+                      conditional write per aggregate, 25 to a request), map to Outcomes
+    item_put / item_statement
+                      the aggregate item's write, the one writer of the item format
+                      (also used by stores that encode their state themselves)
     Relay             a BatchHandler over DynamoDB stream records: PutEvents, order per
                       aggregate, partial-failure retry, original ids
     added_events      the events one stream record's write added (also used by `pipe.handler`)
@@ -12,7 +16,6 @@ committer that applies a whole batch of messages with one commit.
 See docs/outbox.md. Errors: see `shared.outbox._errors` (the tree is in its docstring).
 """
 
-from shared.outbox._attrs import from_item, to_item
 from shared.outbox._batch import (
     BatchCommitter,
     BatchConfig,
@@ -30,6 +33,14 @@ from shared.outbox._errors import (
     TransactionTooLargeError,
     UnpublishableEventError,
 )
+from shared.outbox._item import (
+    ItemWrite,
+    aggregate_from_item,
+    build_write,
+    item_put,
+    item_statement,
+    write_statement,
+)
 from shared.outbox._model import (
     Aggregate,
     Decision,
@@ -38,8 +49,6 @@ from shared.outbox._model import (
     ItemRef,
     OutboxConfig,
     StagedWrite,
-    aggregate_from_item,
-    build_write,
 )
 from shared.outbox._publisher import (
     EventPublisher,
@@ -59,6 +68,7 @@ from shared.outbox._unit_of_work import (
     cancellation_verdicts,
     plan_transaction,
     stage,
+    statement_verdicts,
 )
 
 __all__ = [
@@ -72,6 +82,7 @@ __all__ = [
     "EventDraft",
     "EventPublisher",
     "ItemRef",
+    "ItemWrite",
     "OutboxConfig",
     "OutboxError",
     "PublishError",
@@ -95,12 +106,14 @@ __all__ = [
     "entry_size",
     "failed_entries",
     "follower_outcome",
-    "from_item",
+    "item_put",
+    "item_statement",
     "pack_transactions",
     "plan_batches",
     "plan_claim_checks",
     "plan_transaction",
     "record_created_at",
     "stage",
-    "to_item",
+    "statement_verdicts",
+    "write_statement",
 ]

@@ -9,26 +9,35 @@ DUPLICATE); read every aggregate the batch touches with one BatchGetItem; skip e
 aggregate's inbox holds (DUPLICATE); run the pure `decide` per event in batch order,
 folding several events of one aggregate into ONE write; then write:
 
-- `WriteMode.TRANSACTION` (default: fewest requests): one TransactWriteItems per 100
-  operations (one PutItem when a single aggregate is touched). A cancellation names the
-  items that failed: those whose returned item already lists the event id are duplicates; the
-  others are decided again on the returned item (no extra read); the rest is resent as is.
+- `WriteMode.STATEMENTS` (default): every aggregate is one conditional write (its state,
+  events and processed ids ride in the item), up to 25 of them in one BatchExecuteStatement:
+  a request per 25 aggregates, 1 write unit per KB. Each write lands or fails alone: one
+  whose condition failed is a duplicate when the item it returns lists the event id, and is
+  otherwise decided again on that item (no extra read); the others are done. One aggregate
+  alone is one conditional PutItem; writes with inbox-table records (`InboxMode.TABLE`)
+  need a transaction with those records and go as in TRANSACTION.
+- `WriteMode.TRANSACTION`: one TransactWriteItems per 100 operations (one PutItem when a
+  single aggregate is touched), 2 write units per KB. A cancellation names the items that
+  failed: those whose returned item already lists the event id are duplicates; the others
+  are decided again on the returned item (no extra read); the rest is resent as is.
   Retries go item by item (conditional PutItems), so one hot item cannot cancel the others
   again and two batches on the same items cannot keep colliding.
-- `WriteMode.ITEMS` (fewest write units): one conditional PutItem per aggregate, sent
-  concurrently: 1 write unit per KB instead of a transaction's 2, at one request each.
+- `WriteMode.ITEMS`: one conditional PutItem per aggregate, sent concurrently: 1 write unit
+  per KB, at one request each.
 
-Each event is applied at most once in either mode: every write is conditional on the version
+Each event is applied at most once in every mode: every write is conditional on the version
 that was read, and the version moves with every write.
 """
 
 from __future__ import annotations
 
 import enum
+import functools
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import anyio
 import structlog
@@ -36,8 +45,10 @@ import structlog
 from shared import tracing
 from shared.aws import AwsClients
 from shared.consumers._message import BatchResult, Message, Outcome
+from shared.dynamodb import MAX_STATEMENTS, Statement
 from shared.errors import is_retryable
 from shared.events import Envelope, parse_envelope
+from shared.outbox._item import write_operations, write_statement
 from shared.outbox._model import (
     Aggregate,
     Decision,
@@ -46,11 +57,11 @@ from shared.outbox._model import (
     ItemRef,
     OutboxConfig,
     StagedWrite,
-    write_operations,
 )
 from shared.outbox._unit_of_work import (
     WriteVerdict,
     commit_single,
+    commit_statements,
     commit_transaction,
     load_aggregates,
     stage,
@@ -74,14 +85,17 @@ DuplicateObserver = Callable[[int], None]
 
 
 class WriteMode(enum.StrEnum):
-    TRANSACTION = "transaction"
-    ITEMS = "items"
+    """How a batch's writes are sent (see the module docstring)."""
+
+    STATEMENTS = "statements"  # one conditional write per aggregate, 25 to a request
+    TRANSACTION = "transaction"  # one TransactWriteItems per 100 operations
+    ITEMS = "items"  # one conditional PutItem per aggregate
 
 
 @dataclass(frozen=True, kw_only=True)
 class BatchConfig:
     outbox: OutboxConfig = field(default_factory=OutboxConfig)
-    write_mode: WriteMode = WriteMode.TRANSACTION
+    write_mode: WriteMode = WriteMode.STATEMENTS
     max_attempts: int = 4
     consistent_reads: bool = False  # the conditional write catches a stale read
 
@@ -232,7 +246,10 @@ class BatchCommitter:
                 return
             # A retry goes item by item: in one transaction, one conflicting item would cancel
             # the others again, and two batches on the same hot items could keep colliding.
-            mode = config.write_mode if attempt == 0 else WriteMode.ITEMS
+            # (Statements are item by item already.)
+            mode = config.write_mode
+            if attempt > 0 and mode is WriteMode.TRANSACTION:
+                mode = WriteMode.ITEMS
             verdicts, committed = await self._commit(writes, mode)
             reload: list[ItemRef] = []
             for index, verdict in verdicts.items():
@@ -335,32 +352,69 @@ class BatchCommitter:
     async def _commit(
         self, writes: Sequence[StagedWrite], mode: WriteMode
     ) -> tuple[dict[int, WriteVerdict], set[int]]:
-        """Send the writes; returns the verdict per write and the writes that landed (in
-        transaction mode a write lands only when its whole transaction committed)."""
-        config = self.config
+        """Send the writes; returns the verdict per write and the writes that landed (in a
+        transaction a write lands only when its whole transaction committed; a statement or a
+        PutItem lands alone)."""
+        outbox = self.config.outbox
         now = time.time()
         verdicts: dict[int, WriteVerdict] = {}
         committed: set[int] = set()
 
-        async def send(indexes: list[int]) -> None:
-            chosen = [writes[i] for i in indexes]
-            if len(chosen) == 1 and write_operations(chosen[0], config.outbox) == 1:
-                result = {0: await commit_single(self._aws, chosen[0], config.outbox, now=now)}
-            else:
-                result = await commit_transaction(self._aws, chosen, config.outbox, now=now)
+        def settle(indexes: Sequence[int], result: Mapping[int, WriteVerdict], *,
+                   atomic: bool) -> None:
             for position, index in enumerate(indexes):
                 verdicts[index] = result[position]
-            if all(v.clean for v in result.values()):
-                committed.update(indexes)
+            if atomic and not all(v.clean for v in result.values()):
+                return
+            committed.update(i for p, i in enumerate(indexes) if result[p].clean)
 
-        if mode is WriteMode.ITEMS:
-            groups = [[i] for i in range(len(writes))]
+        async def single(index: int) -> None:
+            settle([index], {0: await commit_single(self._aws, writes[index], outbox, now=now)},
+                   atomic=False)
+
+        async def transaction(indexes: list[int]) -> None:
+            if len(indexes) == 1 and write_operations(writes[indexes[0]], outbox) == 1:
+                await single(indexes[0])
+                return
+            chosen = [writes[i] for i in indexes]
+            settle(indexes, await commit_transaction(self._aws, chosen, outbox, now=now),
+                   atomic=True)
+
+        async def statements(chunk: list[tuple[int, Statement]]) -> None:
+            result = await commit_statements(
+                self._aws, [(writes[i], statement) for i, statement in chunk], outbox)
+            settle([i for i, _ in chunk], result, atomic=False)
+
+        jobs: list[Callable[[], Coroutine[Any, Any, None]]] = []
+        if mode is WriteMode.STATEMENTS:
+            batched: list[tuple[int, Statement]] = []
+            needs_transaction: list[int] = []
+            for index, write in enumerate(writes):
+                if write_operations(write, outbox) != 1:
+                    needs_transaction.append(index)  # inbox-table records: atomic with it
+                    continue
+                statement = write_statement(write, outbox) if len(writes) > 1 else None
+                if statement is None:
+                    jobs.append(functools.partial(single, index))
+                else:
+                    batched.append((index, statement))
+            if len(batched) == 1:  # a PutItem is the same write, and every emulator has it
+                jobs.append(functools.partial(single, batched[0][0]))
+            elif batched:
+                jobs.extend(functools.partial(statements, batched[start:start + MAX_STATEMENTS])
+                            for start in range(0, len(batched), MAX_STATEMENTS))
+            chosen = [writes[i] for i in needs_transaction]
+            jobs.extend(functools.partial(transaction, [needs_transaction[i] for i in group])
+                        for group in pack_transactions(chosen, outbox))
+        elif mode is WriteMode.ITEMS:
+            jobs.extend(functools.partial(transaction, [i]) for i in range(len(writes)))
         else:
-            groups = pack_transactions(writes, config.outbox)
-        if len(groups) == 1:
-            await send(groups[0])
+            jobs.extend(functools.partial(transaction, group)
+                        for group in pack_transactions(writes, outbox))
+        if len(jobs) == 1:
+            await jobs[0]()
         else:
             async with anyio.create_task_group() as tg:
-                for indexes in groups:
-                    tg.start_soon(send, indexes)
+                for job in jobs:
+                    tg.start_soon(job)
         return verdicts, committed

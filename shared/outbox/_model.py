@@ -1,18 +1,10 @@
-"""The data of a unit of work, and the pure functions that turn it into DynamoDB requests.
-
-Item layout (one aggregate = one item):
-
-    <key attributes>         as the table defines them
-    <domain attributes>      the state the service decides
-    version    N             optimistic concurrency: every write is conditional on it
-    event_seq  N             sequence number of the aggregate's last event
-    outbox     L of S        the events THIS write added (envelopes as JSON); the next write
-                             replaces it, so the item never grows: the stream is the outbox
-    inbox      L of S        ids of the last `window` events applied to this item (inbox)
+"""The data of a unit of work: where an aggregate lives, what was read, what a handler
+decided, what is staged. The item these become (and are read from) is `shared.outbox._item`.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,9 +13,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from shared.events import Envelope
-from shared.inbox import InboxConfig, InboxMode, inbox_put, remember
-from shared.outbox._attrs import from_item, to_attr, to_item
-from shared.outbox._errors import OutboxError
+from shared.inbox import InboxConfig
 
 __all__ = [
     "Aggregate",
@@ -33,9 +23,6 @@ __all__ = [
     "ItemRef",
     "OutboxConfig",
     "StagedWrite",
-    "aggregate_from_item",
-    "build_write",
-    "write_operations",
 ]
 
 
@@ -49,7 +36,7 @@ class OutboxConfig:
     inbox: InboxConfig = field(default_factory=InboxConfig)
     max_operations: int = 100  # DynamoDB's TransactWriteItems limit
 
-    @property
+    @functools.cached_property
     def reserved(self) -> frozenset[str]:
         return frozenset(
             {self.version_attribute, self.sequence_attribute, self.outbox_attribute,
@@ -70,6 +57,9 @@ class ItemRef:
             raise ValueError("table must not be empty")
         if not self.key:
             raise ValueError("key must name at least the partition key")
+        # Worked out once: every map of a batch is keyed by it (the key is not to change).
+        object.__setattr__(self, "_token", self.table + "|" + json.dumps(
+            dict(self.key), sort_keys=True, default=str))
 
     @property
     def id(self) -> str:
@@ -80,7 +70,8 @@ class ItemRef:
     @property
     def token(self) -> str:
         """A stable string for maps and logs: table plus key."""
-        return self.table + "|" + json.dumps(dict(self.key), sort_keys=True, default=str)
+        token: str = self.__dict__["_token"]
+        return token
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -141,83 +132,3 @@ class StagedWrite:
     state: Mapping[str, Any]
     envelopes: tuple[Envelope, ...] = ()
     processed_ids: tuple[str, ...] = ()
-
-
-def aggregate_from_item(
-    ref: ItemRef, item: Mapping[str, Mapping[str, Any]] | None, config: OutboxConfig
-) -> Aggregate:
-    """The Aggregate for a raw DynamoDB item (None: not there)."""
-    if not item:
-        return Aggregate(ref=ref, state={})
-    values = from_item(item)
-    version = int(values.pop(config.version_attribute, 0) or 0)
-    last_sequence = int(values.pop(config.sequence_attribute, 0) or 0)
-    values.pop(config.outbox_attribute, None)
-    processed = values.pop(config.inbox.attribute, None) or []
-    for name in ref.key:
-        values.pop(name, None)
-    return Aggregate(
-        ref=ref, state=values, version=version, last_sequence=last_sequence,
-        processed=tuple(str(p) for p in processed),
-    )
-
-
-def _check_state(write: StagedWrite, config: OutboxConfig) -> None:
-    for name in write.state:
-        if name in config.reserved:
-            raise OutboxError(f"state attribute {name!r} is reserved for the unit of work")
-        if name in write.aggregate.ref.key:
-            raise OutboxError(f"state attribute {name!r} is part of the key; it cannot change")
-
-
-def write_operations(write: StagedWrite, config: OutboxConfig) -> int:
-    """How many transaction operations this write takes (1, plus one per inbox record)."""
-    if config.inbox.mode is InboxMode.TABLE:
-        return 1 + len(write.processed_ids)
-    return 1
-
-
-def build_write(write: StagedWrite, config: OutboxConfig, *, now: float) -> list[dict[str, Any]]:
-    """TransactWriteItems entries for one staged write: the aggregate `Put` first (conditional
-    on the version read), then the inbox-table `Put`s when the inbox is a table.
-
-    Raises OutboxError when the state uses a reserved or key attribute name, or a value
-    DynamoDB cannot store (the message names the attribute)."""
-    _check_state(write, config)
-    aggregate = write.aggregate
-    values: dict[str, Any] = dict(aggregate.ref.key)
-    values.update(write.state)
-    values[config.version_attribute] = aggregate.version + 1
-    values[config.sequence_attribute] = aggregate.last_sequence + len(write.envelopes)
-    item: dict[str, Any] = {}
-    for name, value in values.items():
-        try:
-            item[name] = to_attr(value)
-        except ValueError as exc:
-            raise OutboxError(f"state attribute {name!r}: {exc}") from None
-    if write.envelopes:
-        item[config.outbox_attribute] = {
-            "L": [{"S": e.to_json()} for e in write.envelopes]
-        }
-    inbox = config.inbox
-    if inbox.mode is InboxMode.IN_ITEM:
-        ids = remember(aggregate.processed, write.processed_ids, inbox.window)
-        if ids:
-            item[inbox.attribute] = to_attr(ids)
-    put: dict[str, Any] = {"TableName": aggregate.ref.table, "Item": item}
-    if aggregate.exists:
-        put["ConditionExpression"] = "#v = :v"
-        put["ExpressionAttributeNames"] = {"#v": config.version_attribute}
-        put["ExpressionAttributeValues"] = {":v": {"N": str(aggregate.version)}}
-    else:
-        first_key = next(iter(aggregate.ref.key))
-        put["ConditionExpression"] = "attribute_not_exists(#k)"
-        put["ExpressionAttributeNames"] = {"#k": first_key}
-    entries = [put]
-    if inbox.mode is InboxMode.TABLE:
-        entries.extend(inbox_put(inbox, event_id, now=now) for event_id in write.processed_ids)
-    return entries
-
-
-def key_of(ref: ItemRef) -> dict[str, dict[str, Any]]:
-    return to_item(ref.key)

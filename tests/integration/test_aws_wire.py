@@ -1,6 +1,7 @@
-"""shared._wire against the emulator: a caller-encoded body is what the service receives, a
-caller-decoded response is the wire JSON, errors still raise, and other calls on the same
-client are untouched."""
+"""shared._wire against the emulator: a caller-encoded body is what the service receives
+(whether the client validates parameters or not), a caller-decoded response is the wire JSON,
+errors still raise (typed: a failed condition, a cancelled transaction), and other calls on
+the same client are untouched."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ import base64
 import anyio
 import orjson
 import pytest
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, ParamValidationError
 
-from shared.aws import AwsClients, aws_errors, call_decoded, send_encoded
-from shared.errors import AwsRequestError
+from shared.aws import AwsClients, ClientSettings, aws_errors, call_decoded
+from shared.errors import AwsRequestError, ConditionFailedError, TransactionCanceledError
 
 pytestmark = pytest.mark.emulator
 
@@ -36,7 +37,7 @@ async def test_send_encoded_writes_exactly_the_body_given(aws: AwsClients) -> No
     body = orjson.dumps({"TransactItems": [_put("wire", f"k{i}", f"v{i}") for i in range(3)]})
     before = aws.counter.snapshot().get("dynamodb.TransactWriteItems", 0)
 
-    await send_encoded(dynamodb, "TransactWriteItems", body)
+    await aws.send_encoded("dynamodb", "TransactWriteItems", body)
 
     items = (await dynamodb.scan(TableName="wire"))["Items"]
     assert sorted((i["pk"]["S"], i["v"]["S"]) for i in items) == [
@@ -53,7 +54,7 @@ async def test_a_refused_encoded_body_raises_like_the_client(aws: AwsClients) ->
         "ConditionExpression": "attribute_not_exists(pk)"}}]}
 
     with pytest.raises(AwsRequestError) as caught, aws_errors():
-        await send_encoded(dynamodb, "TransactWriteItems", orjson.dumps(conditional))
+        await aws.send_encoded("dynamodb", "TransactWriteItems", orjson.dumps(conditional))
 
     assert caught.value.code == "TransactionCanceledException"
     item = (await dynamodb.get_item(TableName="wire", Key={"pk": {"S": "k"}}))["Item"]
@@ -120,3 +121,48 @@ async def test_call_decoded_error_responses_raise(aws: AwsClients) -> None:
     kinesis = await aws.client("kinesis")
     with pytest.raises(AwsRequestError), aws_errors():
         await call_decoded(kinesis, "DescribeStreamSummary", StreamName="no-such-stream")
+
+
+async def test_send_encoded_does_not_depend_on_parameter_validation_being_off(
+    emulator: object,
+) -> None:
+    """With botocore's parameter validation ON, the encoded body is checked like any call
+    and sent as given: a binary value is written once, not base64-encoded a second time;
+    a body the model refuses raises before anything is sent."""
+    async with AwsClients(ClientSettings(parameter_validation=True)) as aws:
+        await _table(aws, "wire")
+        dynamodb = await aws.client("dynamodb")
+        item = {"pk": {"S": "k"}, "blob": {"B": base64.b64encode(b"\x00\xff").decode()}}
+        await aws.send_encoded("dynamodb", "TransactWriteItems", orjson.dumps(
+            {"TransactItems": [{"Put": {"TableName": "wire", "Item": item}}]}))
+        stored = (await dynamodb.get_item(TableName="wire", Key={"pk": {"S": "k"}}))["Item"]
+        assert stored["blob"]["B"] == b"\x00\xff"
+
+        before = aws.counter.snapshot().get("dynamodb.TransactWriteItems", 0)
+        with pytest.raises(ParamValidationError):
+            await aws.send_encoded("dynamodb", "TransactWriteItems", orjson.dumps(
+                {"TransactItems": [{"Put": {"Item": item}}]}))  # no TableName
+        assert aws.counter.snapshot().get("dynamodb.TransactWriteItems", 0) == before
+
+
+async def test_a_failed_condition_and_a_cancelled_transaction_are_typed(aws: AwsClients) -> None:
+    await _table(aws, "wire")
+    dynamodb = await aws.client("dynamodb")
+    await dynamodb.put_item(TableName="wire", Item={"pk": {"S": "k"}, "v": {"S": "old"}})
+    with pytest.raises(ConditionFailedError) as failed, aws_errors():
+        await dynamodb.put_item(TableName="wire", Item={"pk": {"S": "k"}, "v": {"S": "new"}},
+                                ConditionExpression="attribute_not_exists(pk)",
+                                ReturnValuesOnConditionCheckFailure="ALL_OLD")
+    assert failed.value.item == {"pk": {"S": "k"}, "v": {"S": "old"}}
+    assert isinstance(failed.value, AwsRequestError)
+    assert not failed.value.retryable
+
+    conditional = {"TransactItems": [
+        {"Put": {"TableName": "wire", "Item": {"pk": {"S": "fresh"}}}},
+        {"Put": {"TableName": "wire", "Item": {"pk": {"S": "k"}},
+                 "ConditionExpression": "attribute_not_exists(pk)",
+                 "ReturnValuesOnConditionCheckFailure": "ALL_OLD"}}]}
+    with pytest.raises(TransactionCanceledError) as cancelled:
+        await aws.send_encoded("dynamodb", "TransactWriteItems", orjson.dumps(conditional))
+    assert [r["Code"] for r in cancelled.value.reasons] == ["None", "ConditionalCheckFailed"]
+    assert cancelled.value.reasons[1]["Item"]["v"] == {"S": "old"}

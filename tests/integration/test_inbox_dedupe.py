@@ -76,14 +76,16 @@ async def test_both_copies_in_one_batch_apply_once(aws: AwsClients) -> None:
     assert await _total(aws, "counters", "a") == 2  # two distinct events, one write
 
 
-async def test_concurrent_workers_on_one_event_apply_it_once(aws: AwsClients) -> None:
+@pytest.mark.parametrize("mode", list(WriteMode))
+async def test_concurrent_workers_on_one_event_apply_it_once(aws: AwsClients,
+                                                             mode: WriteMode) -> None:
     await create_table(aws, "counters")
     events = [_bump(f"k{i}") for i in range(5)]
     outcomes: list[dict[str, Outcome]] = []
 
     async def worker(name: str) -> None:
         async with AwsClients() as own:
-            handle = _committer(own, "counters")  # transactions, the default
+            handle = _committer(own, "counters", write_mode=mode)
             result = await handle([_message(e, f"{name}{i}") for i, e in enumerate(events)])
             outcomes.append({k[1:]: v for k, v in result.outcomes.items()})
 
@@ -98,7 +100,7 @@ async def test_concurrent_workers_on_one_event_apply_it_once(aws: AwsClients) ->
         assert await _total(aws, "counters", f"k{i}") == 1
 
 
-@pytest.mark.parametrize("mode", [WriteMode.TRANSACTION, WriteMode.ITEMS])
+@pytest.mark.parametrize("mode", [WriteMode.STATEMENTS, WriteMode.TRANSACTION, WriteMode.ITEMS])
 async def test_write_modes_and_inbox_table(aws: AwsClients, mode: WriteMode) -> None:
     await create_table(aws, "counters")
     await create_table(aws, "inbox", key="id", stream=None)

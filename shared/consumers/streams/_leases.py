@@ -26,7 +26,7 @@ from typing import Any
 
 from shared.aws import AwsClients, aws_errors
 from shared.consumers.streams._lease_decisions import SHARD_END, Lease
-from shared.errors import FleetlineError, PermanentError
+from shared.errors import ConditionFailedError, FleetlineError, PermanentError
 
 __all__ = ["LeaseError", "LeaseLostError", "LeaseTable", "create_lease_table"]
 
@@ -140,9 +140,8 @@ class LeaseTable:
                         ConditionExpression="attribute_not_exists(lease_key)",
                     )
                 created += 1
-            except FleetlineError as exc:
-                if getattr(exc, "code", None) != "ConditionalCheckFailedException":
-                    raise
+            except ConditionFailedError:
+                continue
         return created
 
     async def take(self, lease: Lease, *, owner: str, expires_at_ms: int) -> Lease | None:
@@ -170,10 +169,8 @@ class LeaseTable:
                     },
                     ReturnValues="ALL_NEW",
                 )
-        except FleetlineError as exc:
-            if getattr(exc, "code", None) == "ConditionalCheckFailedException":
-                return None
-            raise
+        except ConditionFailedError:
+            return None
         return _lease_from_item(response["Attributes"])
 
     async def renew(self, lease: Lease, *, expires_at_ms: int) -> Lease:
@@ -230,10 +227,8 @@ class LeaseTable:
                     ConditionExpression="checkpoint = :end",
                     ExpressionAttributeValues={":end": {"S": SHARD_END}},
                 )
-        except FleetlineError as exc:
-            if getattr(exc, "code", None) == "ConditionalCheckFailedException":
-                return False
-            raise
+        except ConditionFailedError:
+            return False
         return True
 
     async def delete_all(self) -> None:
@@ -267,10 +262,8 @@ class LeaseTable:
                         ":owner": {"S": lease.owner or ""},
                     },
                 )
-        except FleetlineError as exc:
-            if getattr(exc, "code", None) == "ConditionalCheckFailedException":
-                return False
-            raise
+        except ConditionFailedError:
+            return False
         return True
 
     async def _owner_update(
@@ -294,8 +287,6 @@ class LeaseTable:
                     },
                     ReturnValues="ALL_NEW",
                 )
-        except FleetlineError as exc:
-            if getattr(exc, "code", None) == "ConditionalCheckFailedException":
-                raise LeaseLostError(lease.shard_id) from exc
-            raise
+        except ConditionFailedError as exc:
+            raise LeaseLostError(lease.shard_id) from exc
         return _lease_from_item(response["Attributes"])
