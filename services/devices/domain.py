@@ -44,6 +44,7 @@ from services.devices.events import (
     DeviceEvent,
     DeviceStateChanged,
     DeviceView,
+    FirmwareUpdateFailed,
     FirmwareVersionReported,
     Severity,
     ShadowDeltaChanged,
@@ -116,6 +117,8 @@ class Telemetry:
     readings: Mapping[str, float]
     firmware: str | None = None
     reported: Mapping[str, Any] | None = None
+    # A failed install the device reports: {"version", "reason", "job"} (job: the command).
+    update_failure: Mapping[str, str] | None = None
 
     def to_json(self) -> str:
         body: dict[str, Any] = {
@@ -131,6 +134,8 @@ class Telemetry:
             body["firmware"] = self.firmware
         if self.reported is not None:
             body["reported"] = dict(self.reported)
+        if self.update_failure is not None:
+            body["firmware_update"] = {"status": "failed", **self.update_failure}
         return json.dumps(body, separators=(",", ":"))
 
 
@@ -214,6 +219,29 @@ def _readings(body: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
+def _update_failure(body: Mapping[str, Any]) -> dict[str, str] | None:
+    """`firmware_update: {"status": "failed", "version", "reason", "job"}`, or None (absent,
+    or another status: only failures are facts the cloud does not learn otherwise)."""
+    value = body.get("firmware_update")
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise InvalidTelemetry("must be an object", field="firmware_update")
+    if value.get("status") != "failed":
+        return None
+    out: dict[str, str] = {}
+    for key in ("version", "reason", "job"):
+        item = value.get(key)
+        if item is not None and not isinstance(item, str):
+            raise InvalidTelemetry("must be a string", field=f"firmware_update.{key}")
+        if item:
+            out[key] = item[:300]
+    if "version" not in out:
+        raise InvalidTelemetry("must name the version that failed",
+                               field="firmware_update.version")
+    return out
+
+
 def parse_record(data: bytes | str) -> Telemetry | DesiredUpdate:
     """Decode one stream record.
 
@@ -249,6 +277,7 @@ def parse_record(data: bytes | str) -> Telemetry | DesiredUpdate:
             readings=_readings(body),
             firmware=firmware,
             reported=_object_field(body, "reported"),
+            update_failure=_update_failure(body),
         )
     if kind == "desired":
         desired = _object_field(body, "desired")
@@ -401,6 +430,8 @@ class DeviceState:
     desired_version: int = 0
     delta: dict[str, Any] = field(default_factory=dict)
     alarms: dict[str, Severity] = field(default_factory=dict)
+    # The last failed install reported (its job, else its version): reported once.
+    update_failure: str | None = None
     event_seq: int = 0
     version: int = 0
 
@@ -441,6 +472,7 @@ class DeviceState:
             "desired_version": self.desired_version,
             "delta": dict(self.delta),
             "alarms": {k: str(v) for k, v in self.alarms.items()},
+            "update_failure": self.update_failure,
         }
 
     def to_doc(self) -> dict[str, Any]:
@@ -472,6 +504,7 @@ class DeviceState:
             desired_version=int(doc.get("desired_version", 0)),
             delta=dict(doc.get("delta", {})),
             alarms={k: Severity(v) for k, v in dict(doc.get("alarms", {})).items()},
+            update_failure=doc.get("update_failure"),
             event_seq=int(doc.get("event_seq", 0)),
             version=int(doc.get("version", 0)),
         )
@@ -532,6 +565,12 @@ def apply_telemetry(
     if record.firmware is not None and record.firmware != state.firmware:
         pending.append(("firmware", state.firmware))
         state.firmware = record.firmware
+    failure = record.update_failure
+    if failure is not None:
+        key = failure.get("job") or failure["version"]
+        if key != state.update_failure:
+            state.update_failure = key
+            pending.append(("update_failed", failure))
     if record.reported is not None and record.reported != state.reported:
         changed = {
             k: v for k, v in record.reported.items() if state.reported.get(k, _MISSING) != v
@@ -575,6 +614,9 @@ def _build_events(
             event = DeviceDisconnected(device=view, silent_for=silent_for)
         elif kind == "firmware":
             event = FirmwareVersionReported(device=view, version=state.firmware, previous=arg)
+        elif kind == "update_failed":
+            event = FirmwareUpdateFailed(device=view, version=arg["version"],
+                                         reason=arg.get("reason", "failed"), job=arg.get("job"))
         elif kind == "state":
             event = DeviceStateChanged(device=view, changed=arg)
         elif kind == "delta":
