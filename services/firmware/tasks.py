@@ -84,7 +84,7 @@ class TaskRequest(BaseModel):
     wave: int = 0
     items: tuple[dict[str, Any], ...] = ()
     outcome: str = ""
-    heartbeat_seconds: float = Field(default=60.0, gt=0)
+    beat_seconds: float = Field(default=20.0, gt=0)  # how often to heartbeat a token
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -179,7 +179,7 @@ class FirmwareTasks:
         spec = record.spec
         source = read_model_source(self._aws, self.settings.read_model_table, spec)
         async with heartbeating(self.answers, task.task_token,
-                                every=task.heartbeat_seconds / 3):
+                                every=task.beat_seconds):
             waves = await plan_rollout(
                 spec, task.rollout_id, source,
                 lambda n: ManifestWriter(self._aws, self.settings.bucket, task.rollout_id, n))
@@ -229,7 +229,7 @@ class FirmwareTasks:
         batch = await self.store.open_batch(task.rollout_id, key, size=len(devices),
                                             deadline=time.time() + spec.device_timeout)
         async with heartbeating(self.answers, task.task_token,
-                                every=task.heartbeat_seconds / 3):
+                                every=task.beat_seconds):
             if not batch.commanded:
                 claimed = await self._claim(task, key, rollback=rollback)
                 await self._command(task, key, claimed, rollback=rollback)
