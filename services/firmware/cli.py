@@ -35,13 +35,12 @@ _console = Console()
 
 
 def _run(ask: Callable[[FirmwareService], Awaitable[Any]]) -> Any:
-    from services.devices._local import stack_resources
-    from shared.aws import AwsClients
+    from shared.local import command_clients, command_resources
 
     async def main() -> Any:
-        resources = await stack_resources("FirmwareTable")
+        resources = await command_resources("FirmwareTable")
         zone = os.environ.get("FLEETLINE_RESIDENCY_ZONE") or _zone_output(resources)
-        async with AwsClients() as aws:
+        async with command_clients("FirmwareTable") as aws:
             service = FirmwareService(aws, ServiceSettings.from_resources(resources, zone))
             return await ask(service)
 

@@ -168,11 +168,15 @@ def device(**changes: object) -> DeviceRecord:
 def test_an_answer_moves_a_device_once() -> None:
     ok = Answer("m1", "dev-1", REPORTED, "2.0.0")
     after, deltas, scope = decide(device(), ok)
-    assert after is not None and after.outcome == "succeeded"
-    assert deltas == {"in_progress": -1, "succeeded": 1} and scope == "batch"
+    assert after is not None
+    assert after.outcome == "succeeded"
+    assert deltas == {"in_progress": -1, "succeeded": 1}
+    assert scope == "batch"
     assert decide(after, ok) == (None, {}, None)  # a duplicate
     failed, deltas, _ = decide(device(), Answer("m2", "dev-1", FAILED, "2.0.0", "no space"))
-    assert failed is not None and failed.outcome == "failed" and failed.reason == "no space"
+    assert failed is not None
+    assert failed.outcome == "failed"
+    assert failed.reason == "no space"
     assert deltas == {"in_progress": -1, "failed": 1}
     late = device(outcome="timed_out")
     assert decide(late, ok) == (None, {}, None)  # late after the time-out: counted once
@@ -183,8 +187,10 @@ def test_an_answer_moves_a_device_once() -> None:
 def test_a_rollback_answer_is_the_old_version() -> None:
     rolling = device(outcome="succeeded", phase="rollback", rollback_batch="ROLLBACK#9999#dev-1")
     back, deltas, scope = decide(rolling, Answer("m", "dev-1", REPORTED, "1.0.0"))
-    assert back is not None and back.outcome == "rolled_back"
-    assert deltas == {"succeeded": -1, "rolled_back": 1} and scope == "rollback"
+    assert back is not None
+    assert back.outcome == "rolled_back"
+    assert deltas == {"succeeded": -1, "rolled_back": 1}
+    assert scope == "rollback"
     assert decide(back, Answer("m", "dev-1", REPORTED, "1.0.0")) == (None, {}, None)
     assert decide(rolling, Answer("m", "dev-1", REPORTED, "2.0.0")) == (None, {}, None)
 
@@ -201,7 +207,8 @@ def test_the_deployed_workflow_is_the_one_the_code_builds() -> None:
                                          WorkflowTimings(beat_seconds=1, heartbeat_seconds=4)))
     batch = short["States"]["Waves"]["ItemProcessor"]["States"]["RunWave"]["ItemProcessor"]
     task = batch["States"]["UpdateBatch"]
-    assert task["HeartbeatSeconds"] == 4 and task["Parameters"]["QueueUrl"] == "http://q"
+    assert task["HeartbeatSeconds"] == 4
+    assert task["Parameters"]["QueueUrl"] == "http://q"
     assert task["Parameters"]["MessageBody"]["beat_seconds"] == 1
     assert batch["ProcessorConfig"] == {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"}
     assert "${" not in json.dumps(short)

@@ -479,7 +479,8 @@ def test_alarms_cover_dlqs_queue_age_iterator_age_and_failed_executions(
     sinks = {"TelemetryFailureQueue", "FirmwareAcksFailureQueue"}  # depth alarms instead
     assert sinks <= depth
     assert work_queues - sinks <= watched("ApproximateAgeOfOldestMessage")
-    assert {"TelemetryStream", "FirmwareAcksStream"} <= watched("GetRecords.IteratorAgeMilliseconds")
+    streams = {"TelemetryStream", "FirmwareAcksStream"}
+    assert streams <= watched("GetRecords.IteratorAgeMilliseconds")
     assert {"OrderSagaStateMachine", "FirmwareRolloutStateMachine"} <= watched("ExecutionsFailed")
     for a in alarms:
         assert a["AlarmActions"] == [{"Ref": "OpsAlertsTopic"}]
