@@ -287,7 +287,7 @@ class Fleet:
                 await anyio.sleep(0.05)
 
     async def _answer(self, kinesis: Any, due: Sequence[DeviceAnswer]) -> None:
-        records = []
+        records: list[dict[str, Any]] = []
         for answer in due:
             device = self.ids[answer.device]
             self.answers.append(answer)

@@ -16,19 +16,19 @@ from shared.emulator.fixes import (
     locked_writes,
     map_run_errors,
     partiql_writes,
+    rule_targets,
     sqs_clock,
     sqs_retention,
     stop_callbacks,
     stream_pages,
     task_failure_cause,
-    topic_targets,
     transaction_backups,
 )
 
 __all__ = ["ALL"]
 
 ALL: tuple[Fix, ...] = (
-    topic_targets.FIX,
+    rule_targets.FIX,
     transaction_backups.FIX,
     locked_writes.FIX,
     map_run_errors.FIX,
