@@ -11,7 +11,8 @@ Each targeted device of this fleet then answers as a device would, on the device
 downloading (`size` at `bandwidth` bytes/s) and installing (`install_seconds`), it sends a
 telemetry record right away with its new `firmware` (the devices context emits
 FirmwareVersionReported), or with `firmware_update: {"status": "failed", ...}` (the devices
-context emits FirmwareUpdateFailed). Faults, decided per device and job from the seed:
+context emits FirmwareUpdateFailed). Faults, decided per device and version from the seed (the same fleet fails the same way
+however often a version is rolled out):
 
     fail      the install fails (the device stays on its version)
     late      the device answers after `late_seconds` (past a short device timeout)
@@ -103,7 +104,9 @@ class UpdatePlan:
         size = float(document.get("size", 0) or 0)
         answering = 0
         for device in devices:
-            rnd = random.Random(f"{self.seed}:{device}:{job_id}")
+            # Per device and version, not per job: the same fleet fails the same way
+            # whatever the rollout's ids (tests and demos repeat).
+            rnd = random.Random(f"{self.seed}:{device}:{version}:{rollback}")
             base = now + size / self.faults.bandwidth + self.faults.install_seconds \
                 + rnd.random()
             failed = False

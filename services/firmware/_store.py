@@ -359,8 +359,8 @@ class FirmwareStore:
                      events: Sequence[Any] = ()) -> list[dict[str, Any]]:
         """Transaction entries writing `record` over `aggregate` (conditional on the version
         read, as every write of an outbox item), with `events` in its outbox."""
-        return build_write(stage(aggregate, record.state(), events=events), _OUTBOX,
-                           now=time.time())
+        return [{"Put": put} for put in build_write(
+            stage(aggregate, record.state(), events=events), _OUTBOX, now=time.time())]
 
     async def transact(self, entries: Sequence[Mapping[str, Any]]) -> set[int]:
         """Write `entries` in transactions of 100. Returns the indexes of entries whose

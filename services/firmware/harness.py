@@ -93,9 +93,8 @@ async def create_stack(aws: AwsClients, *, prefix: str | None = None,
                        timings: WorkflowTimings = TEST_TIMINGS, zone: str = "eu",
                        task_visibility_seconds: int = 10) -> FirmwareStack:
     """Every firmware resource through the API (names start with `prefix`)."""
-    from shared.local._distributed_map import map_runs_queue
-
     from shared.local import StackFacts, plan_gaps
+    from shared.local._distributed_map import map_runs_queue
     from shared.local._supply import apply_api_gaps
 
     p = prefix or f"fw{uuid.uuid4().hex[:6]}"
@@ -145,8 +144,10 @@ async def create_stack(aws: AwsClients, *, prefix: str | None = None,
         raise RuntimeError(f"creating the rollout workflow failed: {refused}")
     with aws_errors():
         runs = (await sqs.get_queue_url(QueueName=map_runs_queue(p)))["QueueUrl"]
-        while (await kinesis.describe_stream_summary(StreamName=f"{p}-firmware-acks"))[
-                "StreamDescriptionSummary"]["StreamStatus"] != "ACTIVE":
+        for _ in range(200):  # moto makes a stream ACTIVE at once; AWS takes seconds
+            summary = await kinesis.describe_stream_summary(StreamName=f"{p}-firmware-acks")
+            if summary["StreamDescriptionSummary"]["StreamStatus"] == "ACTIVE":
+                break
             await anyio.sleep(0.05)
     return FirmwareStack(
         name=p, table=f"{p}-firmware", bucket=f"{p}-firmware",

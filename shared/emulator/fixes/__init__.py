@@ -10,6 +10,7 @@ from __future__ import annotations
 from shared.emulator._fixes import Fix
 from shared.emulator.fixes import (
     alias_search,
+    heartbeat_timeouts,
     host_routing,
     jsonpath_cache,
     kinesis_reads,
@@ -35,6 +36,7 @@ ALL: tuple[Fix, ...] = (
     task_failure_cause.FIX,
     stop_callbacks.FIX,
     partiql_writes.FIX,
+    heartbeat_timeouts.FIX,
     jsonpath_cache.FIX,
     host_routing.FIX,
     kinesis_reads.FIX,

@@ -74,7 +74,8 @@ def apply() -> None:
             path = (target.get("KinesisParameters") or {}).get("PartitionKeyPath")
             key = _select(original_event, path) if path else original_event.get("id")
             body = json.dumps(event).encode()
-            kinesis_backends[arn.account][arn.region].put_record(
+            streams: Any = kinesis_backends[arn.account][arn.region]
+            streams.put_record(
                 stream_arn=target["Arn"], stream_name=None,
                 partition_key=str(key or original_event.get("id") or "none"),
                 explicit_hash_key=None,
