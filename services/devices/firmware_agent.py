@@ -9,10 +9,11 @@ a handful of requests per batch of devices, not per device.
 
 Each targeted device of this fleet then answers as a device would, on the device path: after
 downloading (`size` at `bandwidth` bytes/s) and installing (`install_seconds`), it sends a
-telemetry record right away with its new `firmware` (the devices context emits
-FirmwareVersionReported), or with `firmware_update: {"status": "failed", ...}` (the devices
-context emits FirmwareUpdateFailed). Faults, decided per device and version from the seed (the same fleet fails the same way
-however often a version is rolled out):
+telemetry record right away with its `firmware` and the job's outcome,
+`firmware_update: {"status": "succeeded" | "failed", "version", "job", "reason"}` (the
+devices context emits FirmwareVersionReported or FirmwareUpdateFailed). Faults, decided per
+device and version from the seed (the same fleet fails the same way however often a version
+is rolled out):
 
     fail      the install fails (the device stays on its version)
     late      the device answers after `late_seconds` (past a short device timeout)
@@ -145,23 +146,25 @@ class UpdatePlan:
 
 
 async def watch_jobs(aws: AwsClients, plan: UpdatePlan, device_index: Mapping[str, int],
-                     *, clock: Any = None, poll: float = JOB_POLL_SECONDS) -> None:
+                     *, clock: Any = None, poll: float = JOB_POLL_SECONDS,
+                     since: float | None = None) -> None:
     """Poll IoT Jobs until cancelled and schedule this fleet's answers (`device_index`: the
-    fleet's device ids, as thing names, to their index)."""
+    fleet's device ids, as thing names, to their index). Jobs created before `since` (epoch
+    seconds) are left alone: an earlier run of the fleet answered them."""
     import time
 
     now = clock or time.time
     iot = await aws.client("iot")
     while True:
         try:
-            await _poll_once(iot, plan, device_index, now())
+            await _poll_once(iot, plan, device_index, now(), since)
         except Exception as exc:  # the simulator keeps playing; the next poll may pass
             log.warning("listing jobs failed", error=str(exc))
         await anyio.sleep(poll)
 
 
 async def _poll_once(iot: Any, plan: UpdatePlan, device_index: Mapping[str, int],
-                     now: float) -> None:
+                     now: float, since: float | None) -> None:
     params: dict[str, Any] = {"maxResults": 250}
     while True:
         with aws_errors():
@@ -169,6 +172,10 @@ async def _poll_once(iot: Any, plan: UpdatePlan, device_index: Mapping[str, int]
         for job in page.get("jobs", []):
             job_id = str(job["jobId"])
             if plan.knows(job_id):
+                continue
+            created = job.get("createdAt")
+            if since is not None and created is not None and created.timestamp() < since:
+                plan.add_job(job_id, {}, (), now)  # remembered as seen, nobody answers
                 continue
             with aws_errors():
                 document = json.loads((await iot.get_job_document(jobId=job_id))["document"])

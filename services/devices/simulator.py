@@ -23,6 +23,7 @@ same fleet without I/O.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import random
@@ -74,6 +75,10 @@ class FleetConfig:
     misrouted: float = 0.0
     alarm_rate: float = 0.001  # probability a temperature reading spikes above 80
     seed: int = 1
+    # The first record of each device carries seq_base + 1. The CLI starts from the clock
+    # (milliseconds), so a second run against the same stack is newer than the first: the
+    # telemetry worker drops records whose seq is not newer than the one it stored.
+    seq_base: int = 0
 
     def __post_init__(self) -> None:
         if self.devices < 1:
@@ -137,7 +142,7 @@ class FleetPlan:
         self.ids = [f"dev-{i + 1:06d}" for i in range(n)]
         versions = config.firmware_versions
         self.firmware = [versions[i % len(versions)] for i in range(n)]
-        self.seq = [0] * n
+        self.seq = [config.seq_base] * n
         self.temperature = [20.0 + (i % 15) for i in range(n)]
         self.battery = [100.0 - (i % 50) for i in range(n)]
         self.local = [i for i in range(n) if self.zones[i] == config.zone]
@@ -159,10 +164,10 @@ class FleetPlan:
         if not answer.failed:
             self.firmware[i] = answer.version
         key, body = self._record(i, now)
+        body["firmware_update"] = {"status": "failed" if answer.failed else "succeeded",
+                                   "version": answer.version, "job": answer.job or ""}
         if answer.failed:
-            body["firmware_update"] = {"status": "failed", "version": answer.version,
-                                       "reason": answer.reason or "failed",
-                                       "job": answer.job or ""}
+            body["firmware_update"]["reason"] = answer.reason or "failed"
         return OutRecord(key, json.dumps(body, separators=(",", ":")).encode(),
                          "firmware-failed" if answer.failed else "firmware-installed", i,
                          self.seq[i])
@@ -368,8 +373,9 @@ async def simulate(
             senders.start_soon(_send_presence, events_client, bus, presence_out, report)
         else:
             presence_out.close()
-        if updates is not None:
-            senders.start_soon(watch_jobs, aws, updates, plan.local_index())
+        if updates is not None:  # jobs from before this run were answered by an earlier one
+            senders.start_soon(functools.partial(watch_jobs, aws, updates, plan.local_index(),
+                                                 since=time.time() - 1.0))
         async with presence_in:
             await _play(plan, kinesis, stream,
                         presence_in if events_client is not None and bus else None,
@@ -513,6 +519,7 @@ def _simulate_command(
         firmware_versions=tuple(v.strip() for v in firmware.split(",") if v.strip()),
         duplicates=duplicates, out_of_order=out_of_order, malformed=malformed, silent=silent,
         silent_after=silent_after, misrouted=misrouted, seed=seed,
+        seq_base=int(time.time() * 1000),
     )
 
     updates = UpdatePlan(UpdateFaults(
