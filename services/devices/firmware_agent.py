@@ -193,7 +193,7 @@ async def _poll_once(iot: Any, plan: UpdatePlan, device_index: Mapping[str, int]
                 exec_params["nextToken"] = executions["nextToken"]
             answering = plan.add_job(job_id, document, targets, now)
             if targets:
-                log.info("job received", job=job_id, devices=len(targets), answering=answering,
+                log.debug("job received", job=job_id, devices=len(targets), answering=answering,
                          version=document.get("version"), operation=document.get("operation"))
         if not page.get("nextToken"):
             return
