@@ -30,6 +30,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -47,8 +48,8 @@ from shared.consumers.streams import StreamConsumerConfig
 from shared.outbox import to_item
 
 __all__ = [
-    "STACK_ENV", "TEST_TIMINGS", "FirmwareRuntime", "FirmwareStack", "Fleet", "create_stack",
-    "runtime",
+    "REPORT_ENV", "STACK_ENV", "TEST_TIMINGS", "FirmwareRuntime", "FirmwareStack", "Fleet",
+    "create_stack", "runtime",
 ]
 
 STACK_ENV = "FLEETLINE_FIRMWARE_STACK"
@@ -71,6 +72,7 @@ class FirmwareStack:
     state_machine_arn: str
     map_runs_queue: str
     zone: str = "eu"
+    poll_seconds: float = 0.2  # a batch holder's look at its counters (tests: short)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -86,7 +88,7 @@ class FirmwareStack:
     def task_settings(self, region: str) -> TaskSettings:
         return TaskSettings(table=self.table, bucket=self.bucket,
                             read_model_table=self.read_model_table, account_id=ACCOUNT,
-                            region=region, poll_seconds=0.2)
+                            region=region, poll_seconds=self.poll_seconds)
 
 
 async def create_stack(aws: AwsClients, *, prefix: str | None = None,
@@ -325,19 +327,34 @@ async def service(aws: AwsClients, stack: FirmwareStack) -> FirmwareService:
     return FirmwareService(aws, stack.service_settings())
 
 
+REPORT_ENV = "FLEETLINE_HARNESS_REPORT"
+
+
 def main(argv: list[str]) -> None:
     """`python -m services.firmware.harness tasks|acks|map-runs`: one process of the stack
-    in `$FLEETLINE_FIRMWARE_STACK` until SIGTERM / SIGINT."""
+    in `$FLEETLINE_FIRMWARE_STACK` until SIGTERM / SIGINT. With `$FLEETLINE_HARNESS_REPORT`
+    (a path), it writes there, on its way out, the CPU seconds it used and the AWS requests
+    it sent (the benchmark's figures)."""
     if len(argv) != 2 or argv[1] not in FirmwareRuntime.PROCESSES:
         sys.exit(f"usage: python -m services.firmware.harness "
                  f"{{{'|'.join(FirmwareRuntime.PROCESSES)}}}")
     stack = FirmwareStack.from_json(os.environ[STACK_ENV])
 
     async def run() -> None:
-        async with AwsClients() as aws, runtime(aws, stack, argv[1]):
-            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async for _ in signals:
-                    break
+        async with AwsClients() as aws:
+            async with runtime(aws, stack, argv[1]):
+                with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    async for _ in signals:
+                        break
+            report = os.environ.get(REPORT_ENV)
+            if report:
+                import resource
+
+                usage = resource.getrusage(resource.RUSAGE_SELF)
+                await anyio.Path(report).write_text(json.dumps({
+                    "cpu_seconds": usage.ru_utime + usage.ru_stime,
+                    "max_rss_kb": usage.ru_maxrss,
+                    "requests": aws.counter.snapshot()}))
 
     anyio.run(run)
 
