@@ -35,15 +35,16 @@ from typing import Any, Final
 from services.firmware.domain import DeviceStatus, RolloutCounts, RolloutSpec, RolloutState
 from services.firmware.errors import RolloutNotFound
 from shared.aws import AwsClients, aws_errors
+from shared.dynamodb import from_item, to_item, wire_json
+from shared.errors import ConditionFailedError, TransactionCanceledError
 from shared.outbox import (
     Aggregate,
     ItemRef,
     OutboxConfig,
     UnitOfWork,
+    aggregate_from_item,
     build_write,
-    from_item,
     stage,
-    to_item,
 )
 
 __all__ = [
@@ -226,8 +227,6 @@ class FirmwareStore:
 
     def _record_from_item(self, item: Mapping[str, Any]) -> RolloutRecord:
         rollout_id = str(from_item({"pk": item["pk"]})["pk"]).removeprefix("ROLLOUT#")
-        from shared.outbox import aggregate_from_item
-
         return self.rollout_from(aggregate_from_item(
             rollout_ref(self.table, rollout_id), item, _OUTBOX))
 
@@ -284,10 +283,8 @@ class FirmwareStore:
                     ConditionExpression="attribute_exists(pk) AND attribute_not_exists(#f)",
                     ExpressionAttributeNames={"#f": flag},
                     ExpressionAttributeValues={":t": {"BOOL": True}})
-        except Exception as exc:
-            if _condition_failed(exc):
-                return False
-            raise
+        except ConditionFailedError:
+            return False
         return True
 
     # -- batches ----------------------------------------------------------------------------
@@ -319,9 +316,8 @@ class FirmwareStore:
                     Item=to_item({"pk": f"ROLLOUT#{rollout_id}", "sk": key, "size": size,
                                   "deadline": deadline}),
                     ConditionExpression="attribute_not_exists(pk)")
-        except Exception as exc:
-            if not _condition_failed(exc):
-                raise
+        except ConditionFailedError:
+            pass  # opened by an earlier holder: its deadline stands
         found = await self.batch(rollout_id, key)
         assert found is not None
         return found
@@ -363,23 +359,18 @@ class FirmwareStore:
             stage(aggregate, record.state(), events=events), _OUTBOX, now=time.time())]
 
     async def transact(self, entries: Sequence[Mapping[str, Any]]) -> set[int]:
-        """Write `entries` in transactions of 100. Returns the indexes of entries whose
-        condition failed (their whole transaction was cancelled and nothing of it written):
-        the caller re-reads and decides again. Other failures raise."""
+        """Write `entries` in transactions of 100, each body encoded here in the wire form
+        (`AwsClients.send_encoded`: no second walk of every attribute by botocore). Returns
+        the indexes of the entries of a transaction cancelled by a failed condition (none of
+        it was written): the caller reads and decides again. Other failures raise."""
         failed: set[int] = set()
-        dynamodb = await self.aws.client("dynamodb")
         for start in range(0, len(entries), _TRANSACT_MAX):
             chunk = list(entries[start:start + _TRANSACT_MAX])
             try:
-                with aws_errors():
-                    await dynamodb.transact_write_items(TransactItems=chunk)
-            except Exception as exc:
-                reasons = _cancellation_reasons(exc)
-                if reasons is None:
-                    raise
-                hit = {start + i for i, r in enumerate(reasons)
-                       if r.get("Code") == "ConditionalCheckFailed"}
-                if not hit:
+                await self.aws.send_encoded("dynamodb", "TransactWriteItems",
+                                            wire_json({"TransactItems": chunk}))
+            except TransactionCanceledError as exc:
+                if not any(r.get("Code") == "ConditionalCheckFailed" for r in exc.reasons):
                     raise
                 failed |= {start + i for i in range(len(chunk))}  # the whole chunk
         return failed
@@ -423,10 +414,8 @@ class FirmwareStore:
                                   "gsi1sk": f"{artifact['uploaded_at']}#{version}",
                                   **artifact}),
                     ConditionExpression="attribute_not_exists(pk)")
-        except Exception as exc:
-            if _condition_failed(exc):
-                return False
-            raise
+        except ConditionFailedError:
+            return False
         return True
 
     async def token_owner(self, token: str) -> tuple[str, str] | None:
@@ -444,18 +433,3 @@ class FirmwareStore:
 
     def token_ref(self, token: str) -> ItemRef:
         return ItemRef(table=self.table, key={"pk": f"TOKEN#{token}", "sk": "TOKEN"})
-
-
-def _cancellation_reasons(exc: BaseException) -> list[dict[str, Any]] | None:
-    cause = exc.__cause__ or exc
-    response = getattr(cause, "response", None)
-    if not isinstance(response, dict):
-        return None
-    if response.get("Error", {}).get("Code") != "TransactionCanceledException":
-        return None
-    return list(response.get("CancellationReasons") or [])
-
-
-def _condition_failed(exc: BaseException) -> bool:
-    code = getattr(exc, "code", None)
-    return code == "ConditionalCheckFailedException"

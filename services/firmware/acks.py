@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+import orjson
 import structlog
 
 from services.firmware._store import DeviceRecord, FirmwareStore, counter_update
@@ -61,18 +62,31 @@ class Answer:
 
 def answer_of(message: Message) -> Answer | None:
     """The answer a message carries, or None for another event (not an error: the rule
-    may grow). Raises ValueError for a body that is not an event envelope."""
-    envelope = parse_envelope(message.body)
-    if envelope.type not in (REPORTED, FAILED):
+    may grow). Raises ValueError for a body that is not an event envelope.
+
+    An EventBridge event (what the rule puts on the stream) is read with orjson and only the
+    envelope's documented fields are looked at: this runs once per device of the fleet.
+    Any other shape goes through `shared.events.parse_envelope`."""
+    try:
+        body = orjson.loads(message.body)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+    detail = body.get("detail") if isinstance(body, dict) else None
+    if isinstance(detail, dict) and isinstance(detail.get("type"), str):
+        kind, data = detail["type"], detail.get("data")
+    else:
+        envelope = parse_envelope(message.body)
+        kind, data = envelope.type, envelope.data
+    if kind not in (REPORTED, FAILED):
         return None
-    data = envelope.data or {}
+    data = data if isinstance(data, dict) else {}
     device = data.get("device") or {}
     device_id = device.get("device_id") or data.get("device_id")
     version = data.get("version")
     if not isinstance(device_id, str) or not isinstance(version, str):
         raise ValueError(f"{envelope.type} {envelope.id} has no device id or version")
     reason = data.get("reason")
-    return Answer(message.id, device_id, envelope.type, version,
+    return Answer(message.id, device_id, kind, version,
                   reason if isinstance(reason, str) else None)
 
 

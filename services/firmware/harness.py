@@ -30,7 +30,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -45,7 +44,7 @@ from shared.aws import AwsClients, aws_errors
 from shared.consumers import SqsConsumer, SqsSettings, create_lease_table
 from shared.consumers.kinesis import KinesisConsumer
 from shared.consumers.streams import StreamConsumerConfig
-from shared.outbox import to_item
+from shared.dynamodb import to_item
 
 __all__ = [
     "REPORT_ENV", "STACK_ENV", "TEST_TIMINGS", "FirmwareRuntime", "FirmwareStack", "Fleet",

@@ -30,13 +30,14 @@ import orjson
 
 from services.firmware.domain import RolloutSpec, wave_sizes
 from shared.aws import AwsClients, aws_errors
-from shared.outbox import from_item
+from shared.dynamodb import from_item
 
 __all__ = [
     "ManifestWriter",
     "PlannedWave",
     "TargetDevice",
     "WaveSampler",
+    "manifest_items",
     "manifest_key",
     "plan_rollout",
     "read_model_source",
@@ -70,6 +71,26 @@ class PlannedWave:
 
 def manifest_key(rollout_id: str, wave: int) -> str:
     return f"rollouts/{rollout_id}/waves/{wave:04d}.json"
+
+
+async def manifest_items(aws: AwsClients, bucket: str, key: str,
+                         chunk: int = 100) -> AsyncIterator[list[dict[str, Any]]]:
+    """The items of a manifest `ManifestWriter` wrote, `chunk` at a time, streamed from S3
+    line by line (a wave of half a million devices is never held whole)."""
+    s3 = await aws.client("s3")
+    with aws_errors():
+        response = await s3.get_object(Bucket=bucket, Key=key)
+    out: list[dict[str, Any]] = []
+    async for line in response["Body"].iter_lines():
+        text = bytes(line).strip().rstrip(b",")
+        if not text or text in (b"[", b"]"):
+            continue
+        out.append(orjson.loads(text))
+        if len(out) >= chunk:
+            yield out
+            out = []
+    if out:
+        yield out
 
 
 @dataclass
@@ -106,10 +127,12 @@ class WaveSampler:
 class ManifestWriter:
     """One JSON array per wave in S3, written as devices arrive (multipart past one part)."""
 
-    def __init__(self, aws: AwsClients, bucket: str, rollout_id: str, waves: int) -> None:
+    def __init__(self, aws: AwsClients, bucket: str, rollout_id: str, waves: int, *,
+                 key_of: Callable[[int], str] | None = None) -> None:
         self._aws = aws
         self.bucket = bucket
         self.rollout_id = rollout_id
+        self.key_of = key_of or (lambda wave: manifest_key(rollout_id, wave))
         self._buffers = [bytearray(b"[") for _ in range(waves)]
         self._counts = [0] * waves
         self._uploads: dict[int, tuple[str, list[dict[str, Any]]]] = {}
@@ -117,8 +140,9 @@ class ManifestWriter:
 
     async def add(self, wave: int, item: Mapping[str, Any]) -> None:
         buffer = self._buffers[wave]
-        if self._counts[wave]:
-            buffer += b","
+        # One item a line: still the JSON array ItemReader reads, and a reader can stream it
+        # line by line (`manifest_items`) without holding the wave in memory.
+        buffer += b",\n" if self._counts[wave] else b"\n"
         buffer += orjson.dumps(item)
         self._counts[wave] += 1
         if len(buffer) >= PART_BYTES:
@@ -126,7 +150,7 @@ class ManifestWriter:
 
     async def _upload_part(self, wave: int) -> None:
         s3 = await self._aws.client("s3")
-        key = manifest_key(self.rollout_id, wave)
+        key = self.key_of(wave)
         if wave not in self._uploads:
             with aws_errors():
                 created = await s3.create_multipart_upload(
@@ -147,8 +171,8 @@ class ManifestWriter:
         s3 = await self._aws.client("s3")
         planned: list[PlannedWave] = []
         for wave, buffer in enumerate(self._buffers):
-            buffer += b"]"
-            key = manifest_key(self.rollout_id, wave)
+            buffer += b"\n]"
+            key = self.key_of(wave)
             if wave in self._uploads:
                 upload_id, parts = self._uploads[wave]
                 await self._upload_part(wave)

@@ -37,7 +37,6 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import anyio
-import orjson
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -59,8 +58,13 @@ from services.firmware.domain import (
 from services.firmware.errors import ABORTED_ERROR, WorkflowError
 from services.firmware.events import WaveCompleted
 from services.firmware.lifecycle import Change, Lifecycle, view_of, with_pending
-from services.firmware.planner import ManifestWriter, plan_rollout, read_model_source
-from shared.aws import AwsClients, aws_errors
+from services.firmware.planner import (
+    ManifestWriter,
+    manifest_items,
+    plan_rollout,
+    read_model_source,
+)
+from shared.aws import AwsClients
 from shared.callbacks import TaskAnswers, heartbeating
 from shared.consumers import BatchHandler, HandlerContext, Message, RetryLater, batch_handler
 from shared.errors import InvalidMessageError, is_retryable
@@ -72,7 +76,6 @@ log = structlog.get_logger("services.firmware.tasks")
 
 PAUSED_RETRY_SECONDS: Final = 5.0
 _DEVICES_PER_TRANSACTION: Final = 98  # + the batch's and the wave's counters = 100
-OUTCOMES_PREFIX: Final = "rollouts/{rollout_id}/outcomes/"
 
 
 class TaskRequest(BaseModel):
@@ -238,7 +241,6 @@ class FirmwareTasks:
             if time.time() >= batch.deadline:
                 await self._time_out(task, key, rollback=rollback)
                 counts = await self._batch_counts(task.rollout_id, key)
-            await self._write_outcomes(task, key)
         result = {"batch": key, "devices": len(devices), "counts": counts.as_dict()}
         if rollback:
             return result
@@ -408,26 +410,6 @@ class FirmwareTasks:
         if silent:
             log.info("devices timed out", rollout_id=task.rollout_id, batch=key, devices=silent)
 
-    async def _write_outcomes(self, task: TaskRequest, key: str) -> None:
-        """Each device of the batch and its outcome, for a rollback to read (S3)."""
-        uow = UnitOfWork(self._aws)
-        ids = [str(i["device_id"]) for i in task.items]
-        current = await self.store.devices(uow, ids)
-        lines = []
-        for device_id in ids:
-            device = self.store.device_from(current[device_id])
-            if device is None or device.rollout_id != task.rollout_id:
-                continue
-            lines.append(orjson.dumps({"device_id": device_id, "tenant": device.tenant,
-                                       "from_version": device.from_version,
-                                       "outcome": device.outcome, "phase": device.phase}))
-        s3 = await self._aws.client("s3")
-        prefix = OUTCOMES_PREFIX.format(rollout_id=task.rollout_id)
-        with aws_errors():
-            await s3.put_object(Bucket=self.settings.bucket,
-                                Key=f"{prefix}{key.replace('#', '-')}.jsonl",
-                                Body=b"\n".join(lines))
-
     # -- waves and the end --------------------------------------------------------------------
 
     async def complete_wave(self, task: TaskRequest, ctx: HandlerContext) -> dict[str, Any]:
@@ -456,41 +438,33 @@ class FirmwareTasks:
         return {"decision": "continue"}
 
     async def plan_rollback(self, task: TaskRequest, ctx: HandlerContext) -> dict[str, Any]:
-        """Every device whose update may have happened (succeeded, timed out, or still in
-        progress when the rollout stopped) and that has a version to go back to."""
-        s3 = await self._aws.client("s3")
-        bucket = self.settings.bucket
-        prefix = OUTCOMES_PREFIX.format(rollout_id=task.rollout_id)
-        key = f"rollouts/{task.rollout_id}/rollback.json"
-        body = bytearray(b"[")
-        size = 0
-        params: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
-        while True:
-            with aws_errors():
-                listing = await s3.list_objects_v2(**params)
-            for entry in listing.get("Contents", []):
-                with aws_errors():
-                    obj = await s3.get_object(Bucket=bucket, Key=entry["Key"])
-                    text = await obj["Body"].read()
-                for line in bytes(text).splitlines():
-                    if not line.strip():
-                        continue
-                    device = orjson.loads(line)
-                    if device.get("outcome") == DeviceStatus.FAILED.value or \
-                            not device.get("from_version"):
-                        continue
-                    body += (b"," if size else b"") + orjson.dumps(
-                        {"device_id": device["device_id"], "tenant": device.get("tenant", ""),
-                         "from_version": device["from_version"]})
-                    size += 1
-            if not listing.get("IsTruncated"):
-                break
-            params["ContinuationToken"] = listing["NextContinuationToken"]
-        body += b"]"
-        with aws_errors():
-            await s3.put_object(Bucket=bucket, Key=key, Body=bytes(body),
-                                ContentType="application/json")
-        return {"bucket": bucket, "key": key, "size": size}
+        """Every device of the waves that started whose update may have happened (succeeded,
+        timed out, or still in progress when the rollout stopped) and that has a version to
+        go back to, into one manifest. Only an aborted rollout pays for this: the started
+        waves' manifests streamed from S3, one BatchGetItem per 100 of their devices."""
+        record = await self.store.rollout(UnitOfWork(self._aws), task.rollout_id)
+        started = {w.wave for w in await self.store.waves(task.rollout_id)
+                   if w.started or w.counts.in_progress or w.counts.executed}
+        writer = ManifestWriter(self._aws, self.settings.bucket, task.rollout_id, 1,
+                                key_of=lambda _wave: f"rollouts/{task.rollout_id}/rollback.json")
+        async with heartbeating(self.answers, task.task_token, every=task.beat_seconds):
+            for planned in record.waves:
+                if int(planned["wave"]) not in started:
+                    continue
+                async for chunk in manifest_items(self._aws, str(planned["bucket"]),
+                                                  str(planned["key"])):
+                    current = await self.store.devices(UnitOfWork(self._aws),
+                                                       [str(i["device_id"]) for i in chunk])
+                    for device_id, aggregate in current.items():
+                        device = self.store.device_from(aggregate)
+                        if device is None or device.rollout_id != task.rollout_id or \
+                                device.outcome == DeviceStatus.FAILED.value or \
+                                not device.from_version:
+                            continue
+                        await writer.add(0, {"device_id": device_id, "tenant": device.tenant,
+                                             "from_version": device.from_version})
+            written = (await writer.close())[0]
+        return {"bucket": written.bucket, "key": written.key, "size": written.size}
 
     async def finish(self, task: TaskRequest, ctx: HandlerContext) -> dict[str, Any]:
         command = {"succeeded": RolloutCommand.SUCCEED, "rolled_back":
