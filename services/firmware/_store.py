@@ -28,9 +28,11 @@ Listing: the META and ARTIFACT items carry `gsi1pk` ("ROLLOUT" / "ARTIFACT") and
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
+
+import anyio
 
 from services.firmware.domain import DeviceStatus, RolloutCounts, RolloutSpec, RolloutState
 from services.firmware.errors import RolloutNotFound
@@ -71,9 +73,12 @@ def rollout_ref(table: str, rollout_id: str) -> ItemRef:
                    aggregate_id=rollout_id)
 
 
-def device_ref(table: str, device_id: str) -> ItemRef:
+def device_ref(table: str, device_id: str, rollout_id: str | None = None) -> ItemRef:
+    """A device's item. Its events (DeviceRollbackCompleted) are numbered per device and
+    rollout (`aggregate_id` `<device>@<rollout>`): a rollout claims a device by replacing the
+    item, so each rollout starts the count again."""
     return ItemRef(table=table, key={"pk": f"DEVICE#{device_id}", "sk": DEVICE_SK},
-                   aggregate_id=device_id)
+                   aggregate_id=f"{device_id}@{rollout_id}" if rollout_id else device_id)
 
 
 def batch_key(wave: int, first_device: str, *, rollback: bool = False) -> str:
@@ -138,6 +143,8 @@ class DeviceRecord:
     reason: str | None = None
     rollback_batch: str | None = None
     aggregate: Aggregate | None = field(default=None, compare=False)
+    version: int = 0  # the item's optimistic-concurrency counter as read (0: not stored)
+    event_seq: int = 0
 
     def but(self, **changes: Any) -> DeviceRecord:
         """A copy with `changes` (and no aggregate: it is a new state to write)."""
@@ -157,6 +164,47 @@ class DeviceRecord:
         if self.rollback_batch is not None:
             state["rollback_batch"] = self.rollback_batch
         return state
+
+
+_OPTIONAL: Final = ("from_version", "reason", "rollback_batch")
+
+
+def device_item(record: DeviceRecord, *, table_version: int) -> dict[str, Any]:
+    """The device's item in the wire form, its version `table_version` (the state a write
+    stores; events ride only on `FirmwareStore.device_write`). Built by hand: this runs twice
+    per device of a rollout (claimed, answered)."""
+    item: dict[str, Any] = {
+        "pk": {"S": f"DEVICE#{record.device_id}"}, "sk": {"S": DEVICE_SK},
+        "rollout_id": {"S": record.rollout_id}, "wave": {"N": str(record.wave)},
+        "batch": {"S": record.batch}, "tenant": {"S": record.tenant},
+        "target_version": {"S": record.target_version}, "outcome": {"S": record.outcome},
+        "phase": {"S": record.phase},
+        "expires_at": {"N": str(int(time.time()) + DEVICE_TTL_SECONDS)},
+        "version": {"N": str(table_version)}, "event_seq": {"N": str(record.event_seq)},
+    }
+    for name in _OPTIONAL:
+        value = getattr(record, name)
+        if value is not None:
+            item[name] = {"S": value[:300] if name == "reason" else value}
+    return item
+
+
+def device_from_wire(item: Mapping[str, Any]) -> DeviceRecord:
+    """A device record from its item in the wire form (a BatchGetItem answer decoded by
+    orjson): the inverse of `device_item`."""
+    def text(name: str) -> str | None:
+        value = item.get(name)
+        return None if value is None else str(value["S"])
+
+    return DeviceRecord(
+        device_id=str(item["pk"]["S"]).removeprefix("DEVICE#"),
+        rollout_id=str(item["rollout_id"]["S"]), wave=int(item["wave"]["N"]),
+        batch=str(item["batch"]["S"]), tenant=str(item["tenant"]["S"]),
+        from_version=text("from_version"), target_version=str(item["target_version"]["S"]),
+        outcome=str(item["outcome"]["S"]), phase=str(item.get("phase", {"S": "update"})["S"]),
+        reason=text("reason"), rollback_batch=text("rollback_batch"),
+        version=int(item.get("version", {"N": "0"})["N"]),
+        event_seq=int(item.get("event_seq", {"N": "0"})["N"]))
 
 
 def _counts(values: Mapping[str, Any]) -> RolloutCounts:
@@ -333,28 +381,56 @@ class FirmwareStore:
 
     # -- devices ----------------------------------------------------------------------------
 
-    async def devices(self, uow: UnitOfWork, device_ids: Iterable[str]) -> dict[str, Aggregate]:
-        """The device items by device id (version 0 where a device has none)."""
-        refs = {d: device_ref(self.table, d) for d in device_ids}
-        loaded = await uow.load_many(refs.values())
-        return {d: loaded[ref.token] for d, ref in refs.items()}
+    async def device_records(self, device_ids: Sequence[str]) -> dict[str, DeviceRecord]:
+        """The stored devices among `device_ids` (absent ones are left out), read with
+        BatchGetItem (100 a request, eventually consistent: a write conditional on the
+        version catches a stale read) and decoded by hand (`device_from_wire`)."""
+        from shared.aws import call_decoded
 
-    def device_from(self, aggregate: Aggregate) -> DeviceRecord | None:
-        state = aggregate.state
-        if not aggregate.exists:
-            return None
-        return DeviceRecord(
-            device_id=str(aggregate.ref.id), rollout_id=str(state["rollout_id"]),
-            wave=int(state["wave"]), batch=str(state["batch"]), tenant=str(state["tenant"]),
-            from_version=state.get("from_version"), target_version=str(state["target_version"]),
-            outcome=str(state["outcome"]), phase=str(state.get("phase", "update")),
-            reason=state.get("reason"), rollback_batch=state.get("rollback_batch"),
-            aggregate=aggregate)
+        dynamodb = await self.aws.client("dynamodb")
+        found: dict[str, DeviceRecord] = {}
+        for start in range(0, len(device_ids), 100):
+            keys = [{"pk": {"S": f"DEVICE#{d}"}, "sk": {"S": DEVICE_SK}}
+                    for d in device_ids[start:start + 100]]
+            for attempt in range(8):
+                response = await call_decoded(dynamodb, "BatchGetItem",
+                                              RequestItems={self.table: {"Keys": keys}})
+                for item in response.get("Responses", {}).get(self.table, ()):
+                    record = device_from_wire(item)
+                    found[record.device_id] = record
+                keys = list((response.get("UnprocessedKeys") or {}).get(
+                    self.table, {}).get("Keys", ()))
+                if not keys:
+                    break
+                await anyio.sleep(min(1.0, 0.05 * 2**attempt))
+        return found
 
-    def device_write(self, aggregate: Aggregate, record: DeviceRecord,
-                     events: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        """Transaction entries writing `record` over `aggregate` (conditional on the version
-        read, as every write of an outbox item), with `events` in its outbox."""
+    def device_put(self, record: DeviceRecord, *, claim_for: str | None = None
+                   ) -> dict[str, Any]:
+        """A transaction `Put` of `record` (no events): conditional on the version read, or,
+        with `claim_for` (a rollout id), a claim without a read: the device has no item, or
+        its item belongs to another rollout that is not updating it now."""
+        put: dict[str, Any] = {"TableName": self.table, "Item": device_item(
+            record, table_version=1 if claim_for else record.version + 1)}
+        if claim_for is not None:
+            put["ConditionExpression"] = ("attribute_not_exists(pk) OR "
+                                          "(rollout_id <> :me AND outcome <> :busy)")
+            put["ExpressionAttributeValues"] = {":me": {"S": claim_for},
+                                                ":busy": {"S": "in_progress"}}
+        elif record.version:
+            put["ConditionExpression"] = "version = :v"
+            put["ExpressionAttributeValues"] = {":v": {"N": str(record.version)}}
+        else:
+            put["ConditionExpression"] = "attribute_not_exists(pk)"
+        return {"Put": put}
+
+    def device_write(self, record: DeviceRecord, events: Sequence[Any]) -> list[dict[str, Any]]:
+        """Transaction entries writing `record` with `events` in its outbox (the outbox item
+        format, `shared.outbox.build_write`), conditional on the version read. Only a device
+        rolled back carries an event; every other write is `device_put`."""
+        aggregate = Aggregate(ref=device_ref(self.table, record.device_id, record.rollout_id),
+                              state={}, version=record.version,
+                              last_sequence=record.event_seq)
         return [{"Put": put} for put in build_write(
             stage(aggregate, record.state(), events=events), _OUTBOX, now=time.time())]
 

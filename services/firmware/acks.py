@@ -39,7 +39,6 @@ from services.firmware.events import DeviceRollbackCompleted
 from shared.aws import AwsClients
 from shared.consumers import BatchResult, Message, Outcome
 from shared.events import parse_envelope
-from shared.outbox import UnitOfWork
 
 __all__ = ["AckApplier", "Answer", "answer_of", "decide"]
 
@@ -154,12 +153,10 @@ class AckApplier:
                      outcomes: dict[str, Outcome]) -> list[str]:
         """Decide and write the answers of `devices`; returns the devices whose transaction
         was cancelled (a device item changed since read), to decide again."""
-        uow = UnitOfWork(self._aws)
-        current = await self.store.devices(uow, devices)
+        current = await self.store.device_records(devices)
         packs: list[_Pack] = []
         for device_id in devices:
-            aggregate = current[device_id]
-            device = self.store.device_from(aggregate)
+            device = current.get(device_id)
             new: DeviceRecord | None = None
             events: list[Any] = []
             deltas_by_item: dict[tuple[str, str], dict[str, int]] = {}
@@ -185,7 +182,8 @@ class AckApplier:
                         target[name] = target.get(name, 0) + n
             if new is None:
                 continue
-            entries = self.store.device_write(aggregate, new, events)
+            entries = (self.store.device_write(new, events) if events
+                       else [self.store.device_put(new)])
             if not packs or not packs[-1].fits(len(entries), deltas_by_item):
                 packs.append(_Pack())
             packs[-1].add(device_id, entries, deltas_by_item)

@@ -260,10 +260,23 @@ class FirmwareTasks:
         """Take the batch's devices: write each device's item for this rollout (conditional:
         not while another rollout is updating it), counting them in progress. Returns the
         devices this rollout holds (a second holder finds the first one's). For a rollback
-        batch: mark this rollout's devices that may have updated as rolling back."""
+        batch: mark this rollout's devices that may have updated as rolling back.
+
+        A claim first goes out without reading anything (a conditional Put per device: no
+        item, or one of another rollout not updating it now); only a transaction that one of
+        its conditions cancelled (a retried batch, a device another rollout holds) is read
+        and decided device by device."""
         items = {str(i["device_id"]): i for i in task.items}
         record = await self.store.rollout(UnitOfWork(self._aws), task.rollout_id)
         held: set[str] = set()  # a retried chunk decides again: a set counts each once
+
+        def claimed(device_id: str, version: int = 0) -> DeviceRecord:
+            item = items[device_id]
+            return DeviceRecord(
+                device_id=device_id, rollout_id=task.rollout_id, wave=task.wave, batch=key,
+                tenant=str(item.get("tenant", "")), from_version=item.get("from_version"),
+                target_version=record.spec.version, outcome=DeviceStatus.IN_PROGRESS.value,
+                version=version)
 
         def decide(device_id: str, existing: DeviceRecord | None
                    ) -> tuple[DeviceRecord | None, dict[str, int]]:
@@ -283,15 +296,24 @@ class FirmwareTasks:
                             device_id=device_id, other=existing.rollout_id)
                 return None, {}
             held.add(device_id)
-            item = items[device_id]
-            return DeviceRecord(
-                device_id=device_id, rollout_id=task.rollout_id, wave=task.wave, batch=key,
-                tenant=str(item.get("tenant", "")), from_version=item.get("from_version"),
-                target_version=record.spec.version, outcome=DeviceStatus.IN_PROGRESS.value,
-            ), {DeviceStatus.IN_PROGRESS.value: 1}
+            return claimed(device_id, existing.version if existing else 0), {
+                DeviceStatus.IN_PROGRESS.value: 1}
 
-        await self._transition(task, key, list(items), decide)
-        return [d for d in items if d in held]
+        ids = list(items)
+        if rollback:
+            await self._transition(task, key, ids, decide)
+            return [d for d in ids if d in held]
+        for start in range(0, len(ids), _DEVICES_PER_TRANSACTION):
+            chunk = ids[start:start + _DEVICES_PER_TRANSACTION]
+            entries = [self.store.device_put(claimed(d), claim_for=task.rollout_id)
+                       for d in chunk]
+            entries.extend(self._counters(task.rollout_id, task.wave, key,
+                                          {DeviceStatus.IN_PROGRESS.value: len(chunk)}))
+            if not await self.store.transact(entries):
+                held.update(chunk)
+            else:  # a device of the chunk was not free: read and decide one by one
+                await self._transition(task, key, chunk, decide)
+        return [d for d in ids if d in held]
 
     async def _transition(self, task: TaskRequest, key: str, ids: Sequence[str],
                           decide: Any) -> int:
@@ -304,17 +326,15 @@ class FirmwareTasks:
         for start in range(0, len(ids), _DEVICES_PER_TRANSACTION):
             chunk = list(ids[start:start + _DEVICES_PER_TRANSACTION])
             for _attempt in range(5):
-                uow = UnitOfWork(self._aws)
-                current = await self.store.devices(uow, chunk)
+                current = await self.store.device_records(chunk)
                 entries: list[dict[str, Any]] = []
                 deltas: dict[str, int] = {}
                 count = 0
                 for device_id in chunk:
-                    aggregate = current[device_id]
-                    new, delta = decide(device_id, self.store.device_from(aggregate))
+                    new, delta = decide(device_id, current.get(device_id))
                     if new is None:
                         continue
-                    entries.extend(self.store.device_write(aggregate, new))
+                    entries.append(self.store.device_put(new))
                     count += 1
                     for name, n in delta.items():
                         deltas[name] = deltas.get(name, 0) + n
@@ -376,6 +396,7 @@ class FirmwareTasks:
                     rollback: bool) -> RolloutCounts:
         """Until every device of the batch has an outcome, the deadline passes, or (an update
         batch) the rollout is aborted."""
+        began = time.monotonic()
         while True:
             batch = await self.store.batch(task.rollout_id, key)
             assert batch is not None
@@ -388,7 +409,12 @@ class FirmwareTasks:
                 record = await self.store.rollout(UnitOfWork(self._aws), task.rollout_id)
                 if record.state is RolloutState.ABORTED:
                     return batch.counts
-            await anyio.sleep(min(self.settings.poll_seconds, max(0.05, deadline - time.time())))
+            # Every poll_seconds at first (most devices answer within seconds), then up to
+            # five times as long: a batch waiting on a long device timeout costs a GetItem
+            # every few seconds, not every second.
+            poll = self.settings.poll_seconds
+            interval = min(poll * (1 + (time.monotonic() - began) / 10), poll * 5)
+            await anyio.sleep(min(interval, max(0.05, deadline - time.time())))
 
     async def _time_out(self, task: TaskRequest, key: str, *, rollback: bool) -> None:
         """At the deadline: every device of the batch still in progress is timed out, once
@@ -453,11 +479,10 @@ class FirmwareTasks:
                     continue
                 async for chunk in manifest_items(self._aws, str(planned["bucket"]),
                                                   str(planned["key"])):
-                    current = await self.store.devices(UnitOfWork(self._aws),
-                                                       [str(i["device_id"]) for i in chunk])
-                    for device_id, aggregate in current.items():
-                        device = self.store.device_from(aggregate)
-                        if device is None or device.rollout_id != task.rollout_id or \
+                    current = await self.store.device_records(
+                        [str(i["device_id"]) for i in chunk])
+                    for device_id, device in current.items():
+                        if device.rollout_id != task.rollout_id or \
                                 device.outcome == DeviceStatus.FAILED.value or \
                                 not device.from_version:
                             continue
