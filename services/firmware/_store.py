@@ -253,6 +253,21 @@ class FirmwareStore:
             raise RolloutNotFound(rollout_id)
         return self.rollout_from(aggregate)
 
+    async def current_state(self, rollout_id: str) -> RolloutState:
+        """Only the rollout's state (a GetItem of one attribute, decoded with orjson): what a
+        batch holder checks while it waits. Raises RolloutNotFound."""
+        from shared.aws import call_decoded
+
+        dynamodb = await self.aws.client("dynamodb")
+        response = await call_decoded(
+            dynamodb, "GetItem", TableName=self.table, ConsistentRead=True,
+            Key={"pk": {"S": f"ROLLOUT#{rollout_id}"}, "sk": {"S": META}},
+            ProjectionExpression="#s", ExpressionAttributeNames={"#s": "state"})
+        item = response.get("Item")
+        if not item:
+            raise RolloutNotFound(rollout_id)
+        return RolloutState(item["state"]["S"])
+
     @staticmethod
     def rollout_state(record: RolloutRecord, **changes: Any) -> dict[str, Any]:
         """The META item's state after `changes` (state, reason, waves, gate_token, ...)."""

@@ -29,8 +29,7 @@ from typing import Any, Final
 import orjson
 
 from services.firmware.domain import RolloutSpec, wave_sizes
-from shared.aws import AwsClients, aws_errors
-from shared.dynamodb import from_item
+from shared.aws import AwsClients, aws_errors, call_decoded
 
 __all__ = [
     "ManifestWriter",
@@ -239,16 +238,16 @@ def read_model_source(aws: AwsClients, table: str, spec: RolloutSpec, *,
             values[":t"] = {"S": spec.tenant}
         params["FilterExpression"] = " AND ".join(filters)
         params["ExpressionAttributeValues"] = values
-        call = dynamodb.query if spec.tenant is not None else dynamodb.scan
+        operation = "Query" if spec.tenant is not None else "Scan"
         while True:
-            with aws_errors():
-                page = await call(**params)
+            # orjson, not botocore's shape walk: planning reads the whole target twice
+            page = await call_decoded(dynamodb, operation, **params)
             devices = []
             for item in page.get("Items", []):
-                values_ = from_item(item)
+                firmware = item.get("firmware", {}).get("S")
                 devices.append(TargetDevice(
-                    device_id=str(values_["device_id"]), tenant=str(values_["tenant_id"]),
-                    zone=str(values_.get("zone", "")), firmware=values_.get("firmware")))
+                    device_id=str(item["device_id"]["S"]), tenant=str(item["tenant_id"]["S"]),
+                    zone=str(item.get("zone", {}).get("S", "")), firmware=firmware))
             if devices:
                 yield devices
             if "LastEvaluatedKey" not in page:

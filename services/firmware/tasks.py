@@ -43,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from services.firmware._store import (
     DeviceRecord,
     FirmwareStore,
+    RolloutRecord,
     batch_key,
     counter_update,
 )
@@ -75,6 +76,7 @@ __all__ = ["FirmwareTasks", "TaskRequest", "TaskSettings"]
 log = structlog.get_logger("services.firmware.tasks")
 
 PAUSED_RETRY_SECONDS: Final = 5.0
+ABORT_CHECK_SECONDS: Final = 3.0  # how often a waiting batch looks for an abort
 _DEVICES_PER_TRANSACTION: Final = 98  # + the batch's and the wave's counters = 100
 
 
@@ -234,8 +236,8 @@ class FirmwareTasks:
         async with heartbeating(self.answers, task.task_token,
                                 every=task.beat_seconds):
             if not batch.commanded:
-                claimed = await self._claim(task, key, rollback=rollback)
-                await self._command(task, key, claimed, rollback=rollback)
+                claimed = await self._claim(task, key, record, rollback=rollback)
+                await self._command(task, key, record, claimed, rollback=rollback)
                 await self.store.mark_commanded(task.rollout_id, key, held=len(claimed))
             counts = await self._wait(task, key, batch.deadline, rollback=rollback)
             if time.time() >= batch.deadline:
@@ -251,12 +253,12 @@ class FirmwareTasks:
                 task.rollout_id,
                 f"{total.failure_share:.1f} % of {total.executed} devices failed or timed out "
                 f"(abort threshold {spec.abort_threshold:g} %)")
-        record = await self.store.rollout(UnitOfWork(self._aws), task.rollout_id)
-        if record.state is RolloutState.ABORTED:
+        if await self.store.current_state(task.rollout_id) is RolloutState.ABORTED:
             raise WorkflowError(json.dumps(result), error_name=ABORTED_ERROR)
         return result
 
-    async def _claim(self, task: TaskRequest, key: str, *, rollback: bool) -> list[str]:
+    async def _claim(self, task: TaskRequest, key: str, record: RolloutRecord, *,
+                     rollback: bool) -> list[str]:
         """Take the batch's devices: write each device's item for this rollout (conditional:
         not while another rollout is updating it), counting them in progress. Returns the
         devices this rollout holds (a second holder finds the first one's). For a rollback
@@ -267,7 +269,6 @@ class FirmwareTasks:
         its conditions cancelled (a retried batch, a device another rollout holds) is read
         and decided device by device."""
         items = {str(i["device_id"]): i for i in task.items}
-        record = await self.store.rollout(UnitOfWork(self._aws), task.rollout_id)
         held: set[str] = set()  # a retried chunk decides again: a set counts each once
 
         def claimed(device_id: str, version: int = 0) -> DeviceRecord:
@@ -357,11 +358,10 @@ class FirmwareTasks:
                 counter_update(self.settings.table, {"pk": pk, "sk": f"WAVE#{wave:04d}"},
                                deltas)]
 
-    async def _command(self, task: TaskRequest, key: str, devices: Sequence[str], *,
-                       rollback: bool) -> None:
+    async def _command(self, task: TaskRequest, key: str, record: RolloutRecord,
+                       devices: Sequence[str], *, rollback: bool) -> None:
         if not devices:
             return
-        record = await self.store.rollout(UnitOfWork(self._aws), task.rollout_id)
         spec = record.spec
         if not rollback:
             artifact = await self.store.artifact(spec.version)
@@ -397,6 +397,7 @@ class FirmwareTasks:
         """Until every device of the batch has an outcome, the deadline passes, or (an update
         batch) the rollout is aborted."""
         began = time.monotonic()
+        checked = began
         while True:
             batch = await self.store.batch(task.rollout_id, key)
             assert batch is not None
@@ -405,9 +406,9 @@ class FirmwareTasks:
                 return batch.counts
             if time.time() >= deadline:
                 return batch.counts
-            if not rollback:
-                record = await self.store.rollout(UnitOfWork(self._aws), task.rollout_id)
-                if record.state is RolloutState.ABORTED:
+            if not rollback and time.monotonic() - checked >= ABORT_CHECK_SECONDS:
+                checked = time.monotonic()  # an abort stops the wait within a few seconds
+                if await self.store.current_state(task.rollout_id) is RolloutState.ABORTED:
                     return batch.counts
             # Every poll_seconds at first (most devices answer within seconds), then up to
             # five times as long: a batch waiting on a long device timeout costs a GetItem
