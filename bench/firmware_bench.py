@@ -83,7 +83,7 @@ console = Console(stderr=True)
 async def our_design(aws: AwsClients, endpoint: str, devices: int) -> dict[str, Any]:
     stack = dataclasses.replace(
         await create_stack(aws, timings=TIMINGS, task_visibility_seconds=60),
-        poll_seconds=1.0)  # the worker's default
+        poll_seconds=1.0, acks_idle_backoff=1.0, lease_duration=10.0)  # the workers' defaults
     service = FirmwareService(aws, stack.service_settings())
     image = Path(tempfile.mkdtemp()) / "fw.bin"
     image.write_bytes(b"firmware" * 1000)
@@ -152,8 +152,10 @@ def _uow(aws: AwsClients) -> Any:
 def _spawn(name: str, stack: FirmwareStack, endpoint: str, report: Path) -> Any:
     env = {**os.environ, STACK_ENV: stack.to_json(), "AWS_ENDPOINT_URL": endpoint,
            REPORT_ENV: str(report)}
-    process = subprocess.Popen([sys.executable, "-m", "services.firmware.harness", name],
-                               cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+    command = [sys.executable, "-m", "services.firmware.harness", name]
+    if os.environ.get("FIRMWARE_BENCH_CPROFILE"):  # a cProfile of each worker, beside its report
+        command[1:1] = ["-m", "cProfile", "-o", str(report.with_suffix(".prof"))]
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     profile = os.environ.get("FIRMWARE_BENCH_PYSPY")  # a py-spy binary: profile the workers
     if profile:  # it stops when the worker does

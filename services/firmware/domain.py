@@ -23,6 +23,7 @@ Counting rules (written down because operators read the numbers):
 from __future__ import annotations
 
 import enum
+import functools
 import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -168,6 +169,7 @@ def wave_reached_success(counts: RolloutCounts, *, size: int, success_threshold:
     return size == 0 or 100.0 * counts.succeeded / size >= success_threshold
 
 
+@functools.lru_cache(maxsize=1024)  # a fleet runs a handful of versions; planning asks per device
 def parse_version(text: str) -> tuple[tuple[int, ...], str]:
     """`1.2.3` -> ((1, 2, 3), ""), `2.0.0-rc1` -> ((2, 0, 0), "-rc1"). Raises ValueError."""
     if not _VERSION.match(text):

@@ -71,7 +71,12 @@ class FirmwareStack:
     state_machine_arn: str
     map_runs_queue: str
     zone: str = "eu"
-    poll_seconds: float = 0.2  # a batch holder's look at its counters (tests: short)
+    # How often a batch holder looks at its counters, how soon an idle acks shard is read
+    # again, how long a lease lives: short for tests; the benchmark sets the workers'
+    # production defaults (1 s, 1 s, 10 s).
+    poll_seconds: float = 0.2
+    acks_idle_backoff: float = 0.1
+    lease_duration: float = 3.0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -198,8 +203,8 @@ class FirmwareRuntime:
                         self.aws, self.acks, stream=s.acks_stream,
                         config=StreamConsumerConfig(
                             lease_table=s.lease_table, application="firmware-acks",
-                            lease_duration=3.0, idle_backoff=0.1, shard_sync_interval=2.0,
-                            shutdown_grace=0.5))
+                            lease_duration=s.lease_duration, idle_backoff=s.acks_idle_backoff,
+                            shard_sync_interval=2.0, shutdown_grace=0.5))
                     await kinesis.run(task_status=task_status)
                 else:
                     stop = anyio.Event()
