@@ -373,15 +373,15 @@ async def simulate(
             senders.start_soon(_send_presence, events_client, bus, presence_out, report)
         else:
             presence_out.close()
-        if updates is not None:  # jobs from before this run were answered by an earlier one
-            senders.start_soon(functools.partial(watch_jobs, aws, updates, plan.local_index(),
-                                                 since=time.time() - 1.0))
-        async with presence_in:
+        async with presence_in, anyio.create_task_group() as watching:
+            if updates is not None:  # jobs from before this run were answered by an earlier one
+                watching.start_soon(functools.partial(
+                    watch_jobs, aws, updates, plan.local_index(), since=time.time() - 1.0))
             await _play(plan, kinesis, stream,
                         presence_in if events_client is not None and bus else None,
                         report, rate=rate, count=count, duration=duration,
                         batch_size=batch_size, on_batch=on_batch, updates=updates)
-        senders.cancel_scope.cancel()
+            watching.cancel_scope.cancel()  # the presence sender still drains its buffer
     # Until the last presence event is out too: a slow bus holds the fleet back (the bounded
     # buffer), so a rate over the telemetry alone would claim more than was reached.
     report.elapsed = time.monotonic() - started
