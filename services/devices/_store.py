@@ -118,6 +118,7 @@ def state_attributes(state: DeviceState) -> dict[str, Any]:
         "desired_version": state.desired_version,
         "delta": state.delta,
         "alarms": state.alarms,
+        "update_report": state.update_report,
         "received": state.received,
         "last_arrival": state.last_arrival,
     }

@@ -74,6 +74,7 @@ __all__ = [
     "Hub",
     "TaskQueue",
     "dashboard_handler",
+    "rollout_for_tenant",
     "stale_feeds",
     "task_queue",
     "worker",
@@ -83,6 +84,7 @@ log = structlog.get_logger("services.devices.dashboard")
 
 STATIC: Final = Path(__file__).parent / "static"
 SNAPSHOT_DEVICES: Final = 500
+FIRMWARE_SOURCE: Final = "fleetline.firmware"  # rollout events on the feed (DashboardFirmwareRule)
 SUBSCRIBER_BUFFER: Final = 1_000
 KEEPALIVE_SECONDS: Final = 15.0
 
@@ -117,6 +119,14 @@ class FleetView:
                 out["with_alarms"] += 1
         return out
 
+    def firmware(self) -> dict[str, int]:
+        """Devices per firmware version (the dashboard's chart)."""
+        versions: dict[str, int] = {}
+        for device in self.devices.values():
+            version = str(device.get("firmware") or "unknown")
+            versions[version] = versions.get(version, 0) + 1
+        return dict(sorted(versions.items()))
+
     def alarms(self) -> list[dict[str, Any]]:
         return [
             {"device_id": d["device_id"], "metric": metric, "severity": severity}
@@ -124,10 +134,26 @@ class FleetView:
             for metric, severity in sorted((d.get("alarms") or {}).items())
         ]
 
-    def snapshot(self, *, limit: int = SNAPSHOT_DEVICES) -> dict[str, Any]:
+    def snapshot(self, *, limit: int = SNAPSHOT_DEVICES,
+                 rollouts: Iterable[Mapping[str, Any]] = ()) -> dict[str, Any]:
         recent = sorted(self.devices.values(), key=lambda d: -float(d.get("last_seen") or 0))
         return {"tenant_id": self.tenant_id, "counts": self.counts(),
-                "devices": recent[:limit], "alarms": self.alarms()}
+                "devices": recent[:limit], "alarms": self.alarms(),
+                "firmware": self.firmware(), "rollouts": list(rollouts)}
+
+
+def rollout_for_tenant(rollout: Mapping[str, Any], tenant_id: str) -> dict[str, Any] | None:
+    """What a tenant's viewers may see of a rollout (pure): all of a rollout of their own
+    tenant; of a fleet-wide rollout (no tenant) its version and state but not its counts,
+    which are other tenants' devices too; nothing of another tenant's rollout."""
+    owner = rollout.get("tenant")
+    if owner is not None and owner != tenant_id:
+        return None
+    shown = dict(rollout)
+    if owner is None:
+        shown["counts"] = None
+        shown["fleet_wide"] = True
+    return shown
 
 
 class Hub:
@@ -140,6 +166,9 @@ class Hub:
         self.applied = 0
         self.ignored = 0
         self.dropped_viewers = 0
+        # Rollouts from the firmware bus (a rollout's newest event wins), by id.
+        self.rollouts: dict[str, dict[str, Any]] = {}
+        self._rollout_sequences: dict[str, int] = {}
 
     def view(self, tenant_id: str) -> FleetView:
         found = self.views.get(tenant_id)
@@ -171,9 +200,31 @@ class Hub:
             "counts": view.counts(),
             "alarms": view.alarms() if event_type in ("ThresholdBreached",
                                                       "ThresholdCleared") else None,
+            "firmware": view.firmware() if event_type == "FirmwareVersionReported" else None,
         }
         self.publish(event.device.tenant_id, "update", update)
         return update
+
+    def rollouts_for(self, tenant_id: str) -> list[dict[str, Any]]:
+        shown = (rollout_for_tenant(r, tenant_id) for r in self.rollouts.values())
+        return sorted((r for r in shown if r is not None),
+                      key=lambda r: str(r.get("updated_at", "")), reverse=True)[:20]
+
+    def apply_rollout(self, rollout: Mapping[str, Any], *, event_type: str, sequence: int,
+                      event_time: float) -> bool:
+        """Keep a rollout's newest view and send it to the viewers allowed to see it."""
+        rollout_id = str(rollout["rollout_id"])
+        if sequence <= self._rollout_sequences.get(rollout_id, -1):
+            return False
+        self._rollout_sequences[rollout_id] = sequence
+        view = {**rollout, "last_event": event_type, "updated_at": event_time}
+        self.rollouts[rollout_id] = view
+        tenants = [view["tenant"]] if view.get("tenant") else list(self._subscribers)
+        for tenant_id in tenants:
+            shown = rollout_for_tenant(view, tenant_id)
+            if shown is not None:
+                self.publish(tenant_id, "rollout", shown)
+        return True
 
     def publish(self, tenant_id: str, kind: str, payload: Mapping[str, Any]) -> None:
         subscribers = self._subscribers.get(tenant_id)
@@ -210,9 +261,16 @@ def dashboard_handler(hub: Hub) -> BatchHandler:
 
     async def handle(event: TypedEvent[BaseModel], ctx: HandlerContext) -> None:
         data = event.data
+        envelope = event.envelope
+        rollout = getattr(data, "rollout", None)
+        if envelope.source == FIRMWARE_SOURCE and isinstance(rollout, BaseModel):
+            # The firmware context's contract: every rollout event carries `rollout`.
+            hub.apply_rollout(rollout.model_dump(mode="json"), event_type=envelope.type,
+                              sequence=envelope.sequence,
+                              event_time=envelope.time.timestamp())
+            return
         if not isinstance(data, DeviceEvent):
             return
-        envelope = event.envelope
         hub.apply_event(data, event_type=envelope.type, sequence=envelope.sequence,
                         event_time=envelope.time.timestamp(), event_id=envelope.id)
 
@@ -315,7 +373,8 @@ class DashboardServer:
         await response.prepare(request)
         send, receive = self.hub.subscribe(tenant_id)
         try:
-            snapshot = self.hub.view(tenant_id).snapshot()
+            snapshot = self.hub.view(tenant_id).snapshot(
+                rollouts=self.hub.rollouts_for(tenant_id))
             frame = f"event: snapshot\ndata: {json.dumps(snapshot, separators=(',', ':'))}\n\n"
             await response.write(frame.encode())
             async with receive:

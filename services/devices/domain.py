@@ -44,6 +44,7 @@ from services.devices.events import (
     DeviceEvent,
     DeviceStateChanged,
     DeviceView,
+    FirmwareUpdateFailed,
     FirmwareVersionReported,
     Severity,
     ShadowDeltaChanged,
@@ -116,6 +117,9 @@ class Telemetry:
     readings: Mapping[str, float]
     firmware: str | None = None
     reported: Mapping[str, Any] | None = None
+    # A firmware job's outcome the device reports: {"status": "succeeded" | "failed",
+    # "version", "reason", "job"} (job: the command it answers).
+    update_report: Mapping[str, str] | None = None
 
     def to_json(self) -> str:
         body: dict[str, Any] = {
@@ -131,6 +135,8 @@ class Telemetry:
             body["firmware"] = self.firmware
         if self.reported is not None:
             body["reported"] = dict(self.reported)
+        if self.update_report is not None:
+            body["firmware_update"] = dict(self.update_report)
         return json.dumps(body, separators=(",", ":"))
 
 
@@ -214,6 +220,30 @@ def _readings(body: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
+def _update_report(body: Mapping[str, Any]) -> dict[str, str] | None:
+    """`firmware_update: {"status": "succeeded" | "failed", "version", "reason", "job"}`: a
+    device's answer to a firmware job, or None when absent."""
+    value = body.get("firmware_update")
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise InvalidTelemetry("must be an object", field="firmware_update")
+    if value.get("status") not in ("succeeded", "failed"):
+        raise InvalidTelemetry("must be 'succeeded' or 'failed'",
+                               field="firmware_update.status")
+    out: dict[str, str] = {"status": str(value["status"])}
+    for key in ("version", "reason", "job"):
+        item = value.get(key)
+        if item is not None and not isinstance(item, str):
+            raise InvalidTelemetry("must be a string", field=f"firmware_update.{key}")
+        if item:
+            out[key] = item[:300]
+    if "version" not in out:
+        raise InvalidTelemetry("must name the version that failed",
+                               field="firmware_update.version")
+    return out
+
+
 def parse_record(data: bytes | str) -> Telemetry | DesiredUpdate:
     """Decode one stream record.
 
@@ -249,6 +279,7 @@ def parse_record(data: bytes | str) -> Telemetry | DesiredUpdate:
             readings=_readings(body),
             firmware=firmware,
             reported=_object_field(body, "reported"),
+            update_report=_update_report(body),
         )
     if kind == "desired":
         desired = _object_field(body, "desired")
@@ -401,6 +432,8 @@ class DeviceState:
     desired_version: int = 0
     delta: dict[str, Any] = field(default_factory=dict)
     alarms: dict[str, Severity] = field(default_factory=dict)
+    # The last firmware job answered (its job id, else status and version): reported once.
+    update_report: str | None = None
     event_seq: int = 0
     version: int = 0
 
@@ -441,6 +474,7 @@ class DeviceState:
             "desired_version": self.desired_version,
             "delta": dict(self.delta),
             "alarms": {k: str(v) for k, v in self.alarms.items()},
+            "update_report": self.update_report,
         }
 
     def to_doc(self) -> dict[str, Any]:
@@ -472,6 +506,7 @@ class DeviceState:
             desired_version=int(doc.get("desired_version", 0)),
             delta=dict(doc.get("delta", {})),
             alarms={k: Severity(v) for k, v in dict(doc.get("alarms", {})).items()},
+            update_report=doc.get("update_report"),
             event_seq=int(doc.get("event_seq", 0)),
             version=int(doc.get("version", 0)),
         )
@@ -532,6 +567,17 @@ def apply_telemetry(
     if record.firmware is not None and record.firmware != state.firmware:
         pending.append(("firmware", state.firmware))
         state.firmware = record.firmware
+    report = record.update_report
+    if report is not None:
+        key = report.get("job") or f"{report['status']}:{report['version']}"
+        if key != state.update_report:
+            state.update_report = key
+            if report["status"] == "failed":
+                pending.append(("update_failed", report))
+            elif not any(kind == "firmware" for kind, _ in pending):
+                # The job succeeded without a change of version (a device asked to go back
+                # to the version it runs): still an answer, reported as the version it runs.
+                pending.append(("firmware", state.firmware))
     if record.reported is not None and record.reported != state.reported:
         changed = {
             k: v for k, v in record.reported.items() if state.reported.get(k, _MISSING) != v
@@ -575,6 +621,9 @@ def _build_events(
             event = DeviceDisconnected(device=view, silent_for=silent_for)
         elif kind == "firmware":
             event = FirmwareVersionReported(device=view, version=state.firmware, previous=arg)
+        elif kind == "update_failed":
+            event = FirmwareUpdateFailed(device=view, version=arg["version"],
+                                         reason=arg.get("reason", "failed"), job=arg.get("job"))
         elif kind == "state":
             event = DeviceStateChanged(device=view, changed=arg)
         elif kind == "delta":

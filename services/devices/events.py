@@ -30,6 +30,7 @@ __all__ = [
     "DeviceStateChanged",
     "DeviceStateReported",
     "DeviceView",
+    "FirmwareUpdateFailed",
     "FirmwareVersionReported",
     "Severity",
     "ShadowDeltaChanged",
@@ -122,6 +123,19 @@ class FirmwareVersionReported(DeviceEvent):
     previous: str | None = None
 
 
+@event_type("FirmwareUpdateFailed", source=SOURCE, version=1)
+class FirmwareUpdateFailed(DeviceEvent):
+    """The device reported that installing `version` failed (`reason` as it said it);
+    it stays on the version it had. `job` names the command it answers, so a device
+    repeating one failure is reported once."""
+
+    type_name: ClassVar[str] = "FirmwareUpdateFailed"
+
+    version: str
+    reason: str
+    job: str | None = None
+
+
 @event_type("ShadowDeltaChanged", source=SOURCE, version=1)
 class ShadowDeltaChanged(DeviceEvent):
     """The shadow's delta (desired keys the device has not reported yet) changed.
@@ -184,6 +198,7 @@ EVENT_TYPES: Final[tuple[type[DeviceEvent], ...]] = (
     DeviceDisconnected,
     DeviceStateChanged,
     FirmwareVersionReported,
+    FirmwareUpdateFailed,
     ShadowDeltaChanged,
     ThresholdBreached,
     ThresholdCleared,

@@ -23,6 +23,7 @@ same fleet without I/O.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import random
@@ -35,6 +36,7 @@ import anyio
 import anyio.abc
 import typer
 
+from services.devices.firmware_agent import DeviceAnswer, UpdateFaults, UpdatePlan, watch_jobs
 from shared.aws import AwsClients, aws_errors
 from shared.config import Resources
 
@@ -73,6 +75,10 @@ class FleetConfig:
     misrouted: float = 0.0
     alarm_rate: float = 0.001  # probability a temperature reading spikes above 80
     seed: int = 1
+    # The first record of each device carries seq_base + 1. The CLI starts from the clock
+    # (milliseconds), so a second run against the same stack is newer than the first: the
+    # telemetry worker drops records whose seq is not newer than the one it stored.
+    seq_base: int = 0
 
     def __post_init__(self) -> None:
         if self.devices < 1:
@@ -136,7 +142,7 @@ class FleetPlan:
         self.ids = [f"dev-{i + 1:06d}" for i in range(n)]
         versions = config.firmware_versions
         self.firmware = [versions[i % len(versions)] for i in range(n)]
-        self.seq = [0] * n
+        self.seq = [config.seq_base] * n
         self.temperature = [20.0 + (i % 15) for i in range(n)]
         self.battery = [100.0 - (i % 50) for i in range(n)]
         self.local = [i for i in range(n) if self.zones[i] == config.zone]
@@ -149,6 +155,28 @@ class FleetPlan:
 
     def device_record(self, i: int, now: float) -> tuple[str, dict[str, Any]]:
         """The next telemetry record of device `i` (advances its seq)."""
+        return self._record(i, now)
+
+    def answer_record(self, answer: DeviceAnswer, now: float) -> OutRecord:
+        """The record a device sends right after a firmware job: its new version, or the
+        failed install (it stays on its version)."""
+        i = answer.device
+        if not answer.failed:
+            self.firmware[i] = answer.version
+        key, body = self._record(i, now)
+        body["firmware_update"] = {"status": "failed" if answer.failed else "succeeded",
+                                   "version": answer.version, "job": answer.job or ""}
+        if answer.failed:
+            body["firmware_update"]["reason"] = answer.reason or "failed"
+        return OutRecord(key, json.dumps(body, separators=(",", ":")).encode(),
+                         "firmware-failed" if answer.failed else "firmware-installed", i,
+                         self.seq[i])
+
+    def local_index(self) -> dict[str, int]:
+        """This zone's device ids (IoT thing names) to their index."""
+        return {self.ids[i]: i for i in self.local}
+
+    def _record(self, i: int, now: float) -> tuple[str, dict[str, Any]]:
         self.seq[i] += 1
         rnd = self._rnd
         temp = self.temperature[i] + rnd.uniform(-0.5, 0.5)
@@ -318,12 +346,14 @@ async def simulate(
     batch_size: int = PUT_RECORDS_MAX,
     on_batch: Any = None,
     plan: FleetPlan | None = None,
+    updates: UpdatePlan | None = None,
 ) -> SimulationReport:
     """Play the fleet at `rate` records/s until `count` records or `duration` seconds.
 
     `bus` None sends no presence events. `on_batch(records)` (optional) sees each batch
     after it was written. Pass `plan` to continue a fleet across calls (its devices keep
-    their sequence numbers); by default a new plan is made from `config`."""
+    their sequence numbers); by default a new plan is made from `config`. With `updates` the
+    devices take firmware jobs (services.devices.firmware_agent) while the fleet plays."""
     if rate <= 0:
         raise ValueError("rate must be > 0")
     if count is None and duration is None:
@@ -343,11 +373,15 @@ async def simulate(
             senders.start_soon(_send_presence, events_client, bus, presence_out, report)
         else:
             presence_out.close()
-        async with presence_in:
+        async with presence_in, anyio.create_task_group() as watching:
+            if updates is not None:  # jobs from before this run were answered by an earlier one
+                watching.start_soon(functools.partial(
+                    watch_jobs, aws, updates, plan.local_index(), since=time.time() - 1.0))
             await _play(plan, kinesis, stream,
                         presence_in if events_client is not None and bus else None,
                         report, rate=rate, count=count, duration=duration,
-                        batch_size=batch_size, on_batch=on_batch)
+                        batch_size=batch_size, on_batch=on_batch, updates=updates)
+            watching.cancel_scope.cancel()  # the presence sender still drains its buffer
     # Until the last presence event is out too: a slow bus holds the fleet back (the bounded
     # buffer), so a rate over the telemetry alone would claim more than was reached.
     report.elapsed = time.monotonic() - started
@@ -377,7 +411,7 @@ async def _play(
     plan: FleetPlan, kinesis: Any, stream: str,
     presence: anyio.abc.ObjectSendStream[list[dict[str, Any]]] | None,
     report: SimulationReport, *, rate: float, count: int | None, duration: float | None,
-    batch_size: int, on_batch: Any,
+    batch_size: int, on_batch: Any, updates: UpdatePlan | None = None,
 ) -> None:
     started = time.monotonic()
     silent_announced: set[int] = set()
@@ -397,6 +431,8 @@ async def _play(
         now = time.time()
         before = set(plan.started)
         batch = plan.next_batch(want, now)
+        if updates is not None:  # answers go out at once, beside the round-robin
+            batch.extend(plan.answer_record(a, now) for a in updates.due(now))
         if not batch:
             await anyio.sleep(0.05)
             continue
@@ -457,6 +493,16 @@ def _simulate_command(
     bus: Annotated[str | None, typer.Option(
         help="default: $FLEETLINE_DEVICE_EVENTS_BUS_NAME")] = None,
     seed: Annotated[int, typer.Option()] = 1,
+    commands: Annotated[bool, typer.Option(
+        help="devices take firmware jobs (IoT Jobs) and answer")] = True,
+    update_fail: Annotated[float, typer.Option(
+        help="share of devices whose install fails")] = 0.0,
+    update_late: Annotated[float, typer.Option(
+        help="share that answer after --update-late-seconds")] = 0.0,
+    update_silent: Annotated[float, typer.Option(help="share that never answer")] = 0.0,
+    update_late_seconds: Annotated[float, typer.Option()] = 120.0,
+    bad_firmware: Annotated[str, typer.Option(
+        help="comma-separated versions that fail on most devices")] = "",
 ) -> None:
     from rich.console import Console
 
@@ -473,13 +519,20 @@ def _simulate_command(
         firmware_versions=tuple(v.strip() for v in firmware.split(",") if v.strip()),
         duplicates=duplicates, out_of_order=out_of_order, malformed=malformed, silent=silent,
         silent_after=silent_after, misrouted=misrouted, seed=seed,
+        seq_base=int(time.time() * 1000),
     )
+
+    updates = UpdatePlan(UpdateFaults(
+        fail=update_fail, late=update_late, silent=update_silent,
+        late_seconds=update_late_seconds,
+        bad_versions=frozenset(v.strip() for v in bad_firmware.split(",") if v.strip()),
+    ), seed=seed) if commands else None
 
     async def main() -> SimulationReport:
         # An explicit --stream is the environment's stack; else the one `stack_resources` read.
         async with (AwsClients() if stream else stack_clients()) as aws:
             return await simulate(aws, config, stream=stream_name, bus=bus_name, rate=rate,
-                                  count=count, duration=duration)
+                                  count=count, duration=duration, updates=updates)
 
     console.print(f"simulating {devices} devices ({zone} zone) at {rate:g} records/s "
                   f"-> {stream_name}" + (f", presence -> {bus_name}" if bus_name else ""))
@@ -489,6 +542,8 @@ def _simulate_command(
         f"{report.elapsed:.1f}s ({report.rate:.0f} records/s of {rate:g} asked), "
         f"{report.put_records_calls} PutRecords, {report.put_events_calls} PutEvents; "
         f"faults: {report.by_fault or 'none'}"
+        + (f"; firmware jobs: {updates.scheduled} answers scheduled, {updates.silent} silent"
+           if updates is not None else "")
     )
 
 

@@ -9,6 +9,8 @@ AWS. See docs/local.md for what runs where. Public surface:
 - `DemoContext`, `DemoStep`, `demo_steps`, `run_demo`: the demo and its extension point
   (entry-point group `fleetline.demo`);
 - `UpState`, `read_state`: the state file `.fleetline/state.json`;
+- `command_resources`, `command_clients`: the stack a shell command works on (the
+  environment's, else the running `up`'s);
 - `endpoint_clients`: clients on the stack's endpoint (the emulator the state file names),
   for commands that talk to a running stack, without writing `os.environ`;
 - `state_transitions`: the state transitions of an execution and of its Distributed Map
@@ -25,6 +27,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from shared.local._command import command_clients, command_resources
     from shared.local._control import ensure_no_running, start_detached, stop_running
     from shared.local._demo import DemoContext, DemoStep, demo_steps, run_demo
     from shared.local._distributed_map import state_transitions
@@ -48,6 +51,8 @@ _WHERE = {
     "UpState": "_state",
     "collect_status": "_status",
     "demo_steps": "_demo",
+    "command_clients": "_command",
+    "command_resources": "_command",
     "endpoint_clients": "_endpoint",
     "ensure_no_running": "_control",
     "plan_gaps": "_gaps",
@@ -72,6 +77,8 @@ __all__ = [
     "UpError",
     "UpState",
     "collect_status",
+    "command_clients",
+    "command_resources",
     "demo_steps",
     "endpoint_clients",
     "ensure_no_running",

@@ -355,8 +355,26 @@ def _bucket_policy(logical: str, props: dict[str, Any], ctx: _Ctx) -> BucketPoli
     return BucketPolicySpec(
         logical_id=logical,
         bucket=str(props["Bucket"]),
-        policy=_as_json(props.get("PolicyDocument", {})),
+        policy=_as_json(without_plain_http_denials(props.get("PolicyDocument", {}))),
     )
+
+
+def without_plain_http_denials(document: Any) -> Any:
+    """`document` without its statements that deny requests made over plain HTTP
+    (`Bool: {aws:SecureTransport: "false"}`). The emulator serves plain HTTP only, so such a
+    statement denies every request there (moto evaluates bucket policies); on AWS, where
+    clients use HTTPS, the template's policy applies as written. Pure."""
+    if not isinstance(document, dict) or not isinstance(document.get("Statement"), list):
+        return document
+
+    def plain_http_denial(statement: Any) -> bool:
+        if not isinstance(statement, dict) or statement.get("Effect") != "Deny":
+            return False
+        condition = (statement.get("Condition") or {}).get("Bool") or {}
+        return str(condition.get("aws:SecureTransport", "")).lower() == "false"
+
+    kept = [s for s in document["Statement"] if not plain_http_denial(s)]
+    return {**document, "Statement": kept}
 
 
 def _state_machine(logical: str, props: dict[str, Any], ctx: _Ctx) -> StateMachineSpec:

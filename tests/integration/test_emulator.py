@@ -42,7 +42,7 @@ async def test_sdk_errors_are_translated(aws: AwsClients) -> None:
 
 async def test_a_rule_delivers_to_a_topic_target_beside_a_queue_target(aws: AwsClients) -> None:
     """moto as shipped fails PutEvents (HTTP 500) when a matching rule targets an SNS topic;
-    the embedded emulator (shared.emulator.fixes.topic_targets) publishes the event to the topic as
+    the embedded emulator (shared.emulator.fixes.rule_targets) publishes the event to the topic as
     EventBridge does, and moto's own delivery to the rule's other targets is unchanged."""
     events, sns, sqs = await aws.client("events"), await aws.client("sns"), await aws.client("sqs")
     topic = (await sns.create_topic(Name="feed"))["TopicArn"]

@@ -376,7 +376,7 @@ def test_up_refuses_a_moto_its_fixes_were_not_verified_with(tmp_path: Path) -> N
     assert done.returncode != 0
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
-    assert lines[0].startswith("error: the emulator cannot start: its fix 'topic-targets'")
+    assert lines[0].startswith("error: the emulator cannot start: its fix 'rule-targets'")
     assert "moto 9.9.9 is not a version it was verified with (5.2.5, 5.2.6)" in lines[0]
     assert "make install" in lines[0]
     assert "requirements.lock" in lines[0]

@@ -152,3 +152,20 @@ def test_invalid_template_is_refused_with_the_file(tmp_path: Path) -> None:
         load_template(bad)
     with pytest.raises(TemplateError, match="not found"):
         load_template(tmp_path / "missing.yaml")
+
+
+def test_plain_http_denials_are_left_out_of_local_bucket_policies() -> None:
+    from shared.local._gaps import without_plain_http_denials
+
+    deny_http = {"Sid": "DenyPlainHttp", "Effect": "Deny", "Principal": {"AWS": "1"},
+                 "Action": ["s3:GetObject"], "Resource": "arn:aws:s3:::b/*",
+                 "Condition": {"Bool": {"aws:SecureTransport": "false"}}}
+    allow = {"Sid": "Read", "Effect": "Allow", "Principal": {"AWS": "1"},
+             "Action": "s3:GetObject", "Resource": "arn:aws:s3:::b/*"}
+    document = {"Version": "2012-10-17", "Statement": [deny_http, allow]}
+    assert without_plain_http_denials(document) == {"Version": "2012-10-17",
+                                                    "Statement": [allow]}
+    other_deny = {**deny_http, "Condition": {"Bool": {"aws:SecureTransport": "true"}}}
+    assert without_plain_http_denials({"Statement": [other_deny]}) == {
+        "Statement": [other_deny]}
+    assert without_plain_http_denials("{}") == "{}"

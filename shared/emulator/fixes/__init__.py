@@ -10,31 +10,33 @@ from __future__ import annotations
 from shared.emulator._fixes import Fix
 from shared.emulator.fixes import (
     alias_search,
+    heartbeat_timeouts,
     host_routing,
     jsonpath_cache,
     kinesis_reads,
     locked_writes,
     map_run_errors,
     partiql_writes,
+    rule_targets,
     sqs_clock,
     sqs_retention,
     stop_callbacks,
     stream_pages,
     task_failure_cause,
-    topic_targets,
     transaction_backups,
 )
 
 __all__ = ["ALL"]
 
 ALL: tuple[Fix, ...] = (
-    topic_targets.FIX,
+    rule_targets.FIX,
     transaction_backups.FIX,
     locked_writes.FIX,
     map_run_errors.FIX,
     task_failure_cause.FIX,
     stop_callbacks.FIX,
     partiql_writes.FIX,
+    heartbeat_timeouts.FIX,
     jsonpath_cache.FIX,
     host_routing.FIX,
     kinesis_reads.FIX,
