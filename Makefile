@@ -14,6 +14,9 @@ UV_COMPILE := $(BIN)/uv pip compile pyproject.toml --extra dev --universal \
 $(BIN)/fleetline: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --require-hashes -r $(LOCK)
+	# A *.egg-info left in the tree by an older install shadows the installed metadata (the
+	# entry points: commands, event types, demo steps) for anything run from here.
+	rm -rf *.egg-info
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
