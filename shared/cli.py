@@ -272,6 +272,12 @@ def demo(
 ) -> None:
     """`up` in the background, then scripted steps that show the system working."""
     from shared.local import run_demo
+    from shared.logging import configure_logging
+
+    # The steps print what they show; the libraries they drive log only what is wrong, on
+    # stderr (LOG_LEVEL overrides).
+    configure_logging(service="fleetline-demo", level=os.environ.get("LOG_LEVEL", "WARNING"),
+                      stream=sys.stderr)
 
     try:
         ok = run_demo(
