@@ -335,12 +335,13 @@ class TelemetryProcessor:
                 continue
             if device is None:
                 device = devices[rec.device_id] = _Device(DeviceState.new(rec), 0)
-            is_reading = isinstance(rec, Telemetry)
-            if is_reading:
+            if isinstance(rec, Telemetry):
+                is_reading = True
                 arrival = message.approximate_arrival or now
                 applied = apply_telemetry(device.state, rec, thresholds=thresholds,
                                           arrival=arrival)
             else:
+                is_reading = False
                 applied = apply_desired(device.state, rec)
             if applied.outcome is Outcome.APPLIED:
                 stats.applied += 1
@@ -353,7 +354,7 @@ class TelemetryProcessor:
                         device.pending.extend(applied.events)
                 elif not device.dirty:
                     unwritten[rec.device_id] = device  # last-seen only: written packed
-                if is_reading:
+                if isinstance(rec, Telemetry):
                     self._track(rec.device_id)
                     if lake is not None:
                         rows.extend(reading_rows(rec, arrival=arrival))

@@ -68,14 +68,15 @@ async def test_state_changes_are_written_with_their_events_once() -> None:
     store = MemoryDeviceStore()
     proc = worker(store)
     await proc([msg(tel("d1", 1)), msg(tel("d1", 2)), msg(tel("d1", 3, temp=95.0)),
-                msg(tel("d1", 4, temp=95.0)), msg(tel("d1", 5, firmware="1.1"))])
+                msg(tel("d1", 4, temp=95.0)), msg(tel("d1", 5, temp=95.0, firmware="1.1"))])
     assert stored_seq(store, "d1") == 5  # the batch's transitions: the device is written once
     assert proc.stats.device_writes == 1
     await proc([msg(tel("d1", 6, firmware="1.1", temp=96.0)),
                 msg(tel("d1", 7, firmware="1.1", temp=97.0))])  # still breached: no change
     assert proc.stats.device_writes == 1
     await proc([msg(tel("d1", 8, firmware="1.1", temp=20.0))])  # alarm cleared
-    assert proc.stats.device_writes == 2 and stored_seq(store, "d1") == 8
+    assert proc.stats.device_writes == 2
+    assert stored_seq(store, "d1") == 8
     types = [e["type"] for e in store.envelopes]
     assert types == ["DeviceConnected", "FirmwareVersionReported", "ThresholdBreached",
                      "FirmwareVersionReported", "ThresholdCleared"]
@@ -177,7 +178,8 @@ def test_pack_records_keeps_rows_whole_and_in_order() -> None:
     assert [r.count(b"\n") for r in records] == [500, 500, 203]
     assert b"".join(records) == b"".join(rows)
     by_size = pack_records(rows[:10], max_bytes=30)
-    assert all(len(r) <= 30 for r in by_size) and b"".join(by_size) == b"".join(rows[:10])
+    assert all(len(r) <= 30 for r in by_size)
+    assert b"".join(by_size) == b"".join(rows[:10])
     with pytest.raises(ValueError, match="max_bytes"):
         pack_records([b"x" * 40], max_bytes=30)
 
