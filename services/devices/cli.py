@@ -168,5 +168,6 @@ def monthly_command(
 
 
 def _stack_zone(resources: Any) -> str:
-    """The zone the stack serves (its ResidencyZone output)."""
-    return str(resources.get("ResidencyZone"))
+    """The zone of the stack the command found: FLEETLINE_RESIDENCY_ZONE (inside the stack,
+    or exported), else eu, the zone `fleetline up` deploys by default."""
+    return os.environ.get("FLEETLINE_RESIDENCY_ZONE", "eu")
