@@ -3,6 +3,19 @@ dashboard hears about it.
 
     .venv/bin/python -m bench.devices_bench                # defaults: 100,000 devices
     .venv/bin/python -m bench.devices_bench --devices 20000 --events 60000 --no-latency
+    .venv/bin/python -m bench.devices_bench --workload seed --json seed.json   # issue 14
+
+`--workload seed` plays the reference scenario's shape: every device reports every
+`--report-every` seconds (200; arrival times advance with the fleet, so the last-seen
+interval passes as it would), about 1 % of readings change a device's state (a temperature
+spike breaches, the next reading clears it), and compares the worker as designed (device
+table written on state changes, last-seen packed every `--last-seen-interval` s, every
+reading to the lake through Firehose, which the sink answers and bills) with today's write
+per reading and the Lambda way. It prints, and writes to `--json FILE`,
+`cpu_us_per_event`, `device_writes_per_1k_events` (device items and packed last-seen items),
+`aws_requests_per_1k_events` and `usd_per_million_events` (DynamoDB, Kinesis, Firehose
+ingestion per 5 KB-rounded record + format conversion + dynamic partitioning, S3 PUTs,
+EventBridge, compute) against the issue's goals.
 
 What is measured, exactly (see docs/benchmarks.md for the figures):
 
@@ -87,7 +100,9 @@ def _shard_records(args: argparse.Namespace) -> dict[str, list[list[dict[str, An
 
     from services.devices.simulator import FleetConfig, FleetPlan
 
-    plan = FleetPlan(FleetConfig(devices=args.devices, eu_share=1.0, seed=args.seed))
+    seed = args.workload == "seed"
+    plan = FleetPlan(FleetConfig(devices=args.devices, eu_share=1.0, seed=args.seed,
+                                 alarm_rate=0.005 if seed else 0.001))
     streams: dict[str, list[list[dict[str, Any]]]] = {
         "warmup": [[] for _ in range(SHARDS)], "measure": [[] for _ in range(SHARDS)]}
     width = 2**128 // SHARDS
@@ -100,11 +115,13 @@ def _shard_records(args: argparse.Namespace) -> dict[str, list[list[dict[str, An
         for record in plan.next_batch(chunk, now=now):
             shard = min(SHARDS - 1, int(hashlib.md5(record.partition_key.encode()).hexdigest(),
                                         16) // width)
+            # seed: each device's next reading arrives `report_every` seconds after its last
+            arrival = now + sent / args.devices * args.report_every if seed else now
             shards[shard].append({
                 "Data": base64.b64encode(record.data).decode(),
                 "PartitionKey": record.partition_key,
                 "SequenceNumber": f"{len(shards[shard]) + 1:056d}",
-                "ApproximateArrivalTimestamp": now,
+                "ApproximateArrivalTimestamp": arrival,
             })
             sent += 1
     return streams
@@ -145,6 +162,17 @@ def run_sink(args: argparse.Namespace) -> None:
         if service.startswith("Kinesis"):
             return web.json_response(kinesis(target, body),
                                      content_type="application/x-amz-json-1.1")
+        if service.startswith("Firehose"):
+            records = [base64.b64decode(r["Data"]) for r in body.get("Records", [])]
+            stats["firehose_records"] += len(records)
+            stats["firehose_bytes"] += sum(len(r) for r in records)
+            # Firehose bills ingestion per record rounded up to 5 KB
+            stats["firehose_billed_bytes"] += sum(math.ceil(len(r) / 5120) * 5120
+                                                  for r in records)
+            return web.json_response(
+                {"FailedPutCount": 0, "Encrypted": False,
+                 "RequestResponses": [{"RecordId": str(i)} for i in range(len(records))]},
+                content_type="application/x-amz-json-1.1")
         if target == "TransactWriteItems":
             for op in body.get("TransactItems", []):
                 for kind in ("Put", "Update", "Delete", "ConditionCheck"):
@@ -200,6 +228,7 @@ def _rusage() -> float:
 
 async def _replay(args: argparse.Namespace) -> dict[str, Any]:
     from services.devices._store import DynamoDeviceStore
+    from services.devices.lake import FirehoseLake
     from services.devices.telemetry import (
         TelemetryConfig,
         TelemetryProcessor,
@@ -211,11 +240,16 @@ async def _replay(args: argparse.Namespace) -> dict[str, Any]:
 
     configure_gc()  # as the worker host does after loading (FLEETLINE_GC_THRESHOLDS)
     async with AwsClients() as aws:
+        clock = [time.time()]  # seed: the stream's time (arrival of the page just read)
         processor = TelemetryProcessor(
             DynamoDeviceStore(aws, DEVICES_TABLE),
-            TelemetryConfig(zone="eu", write_mode=args.mode),
+            TelemetryConfig(zone="eu", write_mode=args.mode,
+                            last_seen_interval=args.last_seen_interval),
+            lake=FirehoseLake(aws, "bench-readings") if args.lake else None,
+            clock=lambda: clock[0],
         )
         dynamodb = await aws.client("dynamodb")
+        last_seen_at = [0.0]
 
         async def read_all(stream: str) -> int:
             source = KinesisSource(aws, stream)
@@ -231,12 +265,21 @@ async def _replay(args: argparse.Namespace) -> dict[str, Any]:
                         del iterators[shard]
                         continue
                     iterators[shard] = page.next_iterator or ""
+                    clock[0] = page.messages[-1].approximate_arrival or clock[0]
                     await processor(page.messages)
                     await _checkpoint(dynamodb, shard, page.messages[-1].sequence)
                     count += len(page.messages)
+                    interval = args.last_seen_interval
+                    if interval and clock[0] - last_seen_at[0] >= interval:
+                        # what the worker's sweeper does once per interval
+                        last_seen_at[0] = clock[0]
+                        await processor.flush_last_seen(clock[0])
             return count
 
         await read_all("warmup")  # first contact of every device: not measured
+        if args.last_seen_interval:
+            await processor.flush_last_seen(clock[0])
+            last_seen_at[0] = clock[0]
         aws.counter.reset()
         _sink_call(args.sink_port, "/reset", "POST")
         processor.stats = TelemetryStatistics()
@@ -258,6 +301,7 @@ async def _replay(args: argparse.Namespace) -> dict[str, Any]:
             "events": events, "cpu_s": cpu, "wall_s": wall,
             "requests": aws.counter.snapshot(), "sink": _sink_call(args.sink_port, "/stats"),
             "device_writes": stats.device_writes, "domain_events": stats.events,
+            "last_seen_items": stats.last_seen_items, "lake_rows": stats.lake_rows,
             "events_by_type": dict(stats.events_by_type), "devices": processor.device_count,
             "duplicates": stats.duplicates + stats.stale,
         }
@@ -525,7 +569,9 @@ def _child(role: str, args: argparse.Namespace, env: dict[str, str],
     command = [sys.executable, "-m", "bench.devices_bench", "--role", role,
                "--devices", str(args.devices), "--warmup", str(args.warmup),
                "--events", str(args.events), "--baseline-events", str(args.baseline_events),
-               "--sink-port", str(args.sink_port), "--seed", str(args.seed), *(extra or [])]
+               "--sink-port", str(args.sink_port), "--seed", str(args.seed),
+               "--workload", args.workload, "--report-every", str(args.report_every),
+               *(extra or [])]
     done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True,
                           check=False)
     if done.returncode != 0:
@@ -580,6 +626,21 @@ def _cost_ours(r: dict[str, Any]) -> dict[str, float]:
     dollars = _storage_and_stream(r)
     dollars["compute"] = r["cpu_s"] / events * 1e6 / 3600 * PRICE["fargate_vcpu_hour"]
     dollars["bus"] = r["domain_events"] / events * 1e6 * PRICE["eventbridge_event"]
+    sink = r["sink"]
+    if sink.get("firehose_records"):
+        gib = 1024**3
+        per_million = 1e6 / events
+        # Ingestion per 5 KB-rounded record; conversion and dynamic partitioning per GB of
+        # the bytes put; JQ processing hours and S3 objects for one stream delivering every
+        # 15 minutes per partition (2 partitions a day at a time), at SUSTAINED_RATE.
+        hours_per_million = 1e6 / SUSTAINED_RATE / 3600
+        dollars["lake"] = (
+            sink["firehose_billed_bytes"] / gib * PRICE["firehose_ingest_gb"] * per_million
+            + sink["firehose_bytes"] / gib * (PRICE["firehose_conversion_gb"]
+                                              + PRICE["firehose_partitioning_gb"]) * per_million
+            + hours_per_million * PRICE["firehose_jq_hour"]
+            + hours_per_million * 4 * 2 * (PRICE["firehose_partitioning_object"]
+                                           + PRICE["s3_put"]))
     dollars["total"] = sum(dollars.values())
     return dollars
 
@@ -612,6 +673,13 @@ def main() -> None:
                         help="also replay with CPython's default garbage collector settings")
     parser.add_argument("--profile", default="",
                         help="write a cProfile of the worker's measured replay to this file")
+    parser.add_argument("--workload", default="default", choices=["default", "seed"])
+    parser.add_argument("--report-every", type=float, default=200.0,
+                        help="seed: seconds between two readings of a device")
+    parser.add_argument("--last-seen-interval", type=float, default=0.0,
+                        help="the worker's last-seen interval (0: write per reading)")
+    parser.add_argument("--lake", action="store_true", help="send readings to Firehose")
+    parser.add_argument("--json", default="", help="seed: write the figures to this file")
     parser.add_argument("--latency", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--latency-devices", type=int, default=300)
     parser.add_argument("--latency-rate", type=float, default=60.0)
@@ -648,7 +716,8 @@ def _orchestrate(args: argparse.Namespace) -> None:
     sink = subprocess.Popen([sys.executable, "-m", "bench.devices_bench", "--role", "sink",
                              "--sink-port", str(args.sink_port), "--devices", str(args.devices),
                              "--warmup", str(args.warmup), "--events", str(args.events),
-                             "--seed", str(args.seed)], cwd=ROOT)
+                             "--seed", str(args.seed), "--workload", args.workload,
+                             "--report-every", str(args.report_every)], cwd=ROOT)
     results: dict[str, dict[str, Any]] = {}
     latency: dict[str, Any] | None = None
     try:
@@ -668,8 +737,11 @@ def _orchestrate(args: argparse.Namespace) -> None:
             sink_url = f"http://127.0.0.1:{args.sink_port}"
             child_env = dict(os.environ, AWS_ENDPOINT_URL=emulator.endpoint_url,
                              AWS_ENDPOINT_URL_DYNAMODB=sink_url,
-                             AWS_ENDPOINT_URL_KINESIS=sink_url, LOG_LEVEL="WARNING")
+                             AWS_ENDPOINT_URL_KINESIS=sink_url,
+                             AWS_ENDPOINT_URL_FIREHOSE=sink_url, LOG_LEVEL="WARNING")
             runs = [(m, m, child_env) for m in args.modes.split(",") if m]
+            if args.workload == "seed":
+                runs = [("today", "transaction", child_env), ("seed", "transaction", child_env)]
             if args.gc_compare:  # the first mode again with CPython's default collector
                 runs.append((f"{runs[0][0]}-default-gc", runs[0][1],
                              dict(child_env, FLEETLINE_GC_THRESHOLDS="off")))
@@ -677,6 +749,9 @@ def _orchestrate(args: argparse.Namespace) -> None:
                 _sink_call(args.sink_port, "/reset", "POST")
                 console.print(f"replaying through the worker ({key}) ...")
                 extra = ["--mode", mode] + (["--profile", args.profile] if args.profile else [])
+                if key == "seed":
+                    extra += ["--last-seen-interval", str(args.last_seen_interval or 300.0),
+                              "--lake"]
                 results[key] = _child("replay", args, env, extra)
             _sink_call(args.sink_port, "/reset", "POST")
             if args.baseline_events > 0:
@@ -697,7 +772,9 @@ def _orchestrate(args: argparse.Namespace) -> None:
                  "DynamoDB WRU /1k events", "device writes /1k events", "$ / million events",
                  "events/s (one process)"):
         table.add_column(name, justify="right")
-    labels = {"transaction": "telemetry worker (TransactWriteItems <= 100 devices)",
+    labels = {"today": "today: the device written per reading (TransactWriteItems)",
+              "seed": "as designed: state changes, packed last-seen, readings to the lake",
+              "transaction": "telemetry worker (TransactWriteItems <= 100 devices)",
               "items": "telemetry worker (conditional PutItem per device)",
               "transaction-default-gc": "telemetry worker (TransactWriteItems), CPython's "
                                         "default GC settings",
@@ -706,7 +783,7 @@ def _orchestrate(args: argparse.Namespace) -> None:
         events = r["events"]
         requests = sum(r["requests"].values())
         cost = _cost_baseline(r) if key == "baseline" else _cost_ours(r)
-        writes = r.get("device_writes", events)
+        writes = r.get("device_writes", events) + r.get("last_seen_items", 0)
         table.add_row(labels.get(key, key), f"{events:,}", f"{r['cpu_s'] / events * 1e6:,.0f}",
                       f"{_per_k(requests, events):,.1f}",
                       f"{_per_k(r['sink'].get('wru', 0), events):,.0f}",
@@ -731,7 +808,53 @@ def _orchestrate(args: argparse.Namespace) -> None:
                       "the outbox commit; relay+bus+feed = commit to the dashboard's hub "
                       "(rule, feed topic, the task's queue); "
                       "push = hub to the browser's SSE client)")
+    if args.workload == "seed":
+        _seed_figures(args, results, console)
     console.print(json.dumps({"results": results, "latency": latency}, default=str)[:4000])
+
+
+GOALS = {"usd_per_million_events": 0.15, "device_writes_per_1k_events": 20.0,
+         "cpu_us_per_event": 40.0}
+
+
+def _seed_figures(args: argparse.Namespace, results: dict[str, dict[str, Any]],
+                  console: Any) -> None:
+    """The issue's figures per approach, the goals, and `--json FILE`."""
+    from rich.table import Table
+
+    figures: dict[str, dict[str, Any]] = {}
+    for key, r in results.items():
+        events = r["events"]
+        cost = _cost_baseline(r) if key == "baseline" else _cost_ours(r)
+        figures[key] = {
+            "events": events,
+            "cpu_us_per_event": round(r["cpu_s"] / events * 1e6, 1),
+            "device_writes_per_1k_events": round(_per_k(
+                r.get("device_writes", events) + r.get("last_seen_items", 0), events), 2),
+            "aws_requests_per_1k_events": round(_per_k(sum(r["requests"].values()), events), 2),
+            "usd_per_million_events": round(cost["total"], 4),
+            "usd_split": {k: round(v, 5) for k, v in cost.items()},
+        }
+    table = Table(title=f"seed workload: {args.devices:,} devices reporting every "
+                        f"{args.report_every:g} s (goals: the issue's)")
+    table.add_column("figure")
+    for key in figures:
+        table.add_column(key, justify="right")
+    table.add_column("goal", justify="right")
+    for name in ("cpu_us_per_event", "device_writes_per_1k_events",
+                 "aws_requests_per_1k_events", "usd_per_million_events"):
+        goal = GOALS.get(name)
+        row = [name, *(f"{f[name]:g}" for f in figures.values())]
+        met = "" if goal is None else (
+            f"<= {goal:g} " + ("met" if figures.get("seed", {}).get(name, 1e9) <= goal
+                                else "NOT met"))
+        table.add_row(*row, met)
+    console.print(table)
+    if args.json:
+        Path(args.json).write_text(json.dumps(
+            {"workload": "seed", "devices": args.devices, "report_every": args.report_every,
+             "goals": GOALS, "figures": figures}, indent=2))
+        console.print(f"figures written to {args.json}")
 
 
 if __name__ == "__main__":

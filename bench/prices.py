@@ -27,6 +27,15 @@ PRICES: Final[dict[str, float]] = {
     "stepfunctions_transition": 0.025 / 1_000,
     "lambda_request": 0.20 / 1_000_000,
     "lambda_gb_second": 0.0000166667,
+    # Firehose (2025 list prices, verify): ingestion per GB in 5 KB increments per record,
+    # format conversion and dynamic partitioning per GB, partitioning per 1,000 S3 objects
+    # and per JQ processing hour; S3 PUT per request.
+    "firehose_ingest_gb": 0.029,
+    "firehose_conversion_gb": 0.018,
+    "firehose_partitioning_gb": 0.020,
+    "firehose_partitioning_object": 0.005 / 1_000,
+    "firehose_jq_hour": 0.07,
+    "s3_put": 0.005 / 1_000,
     "fargate_vcpu_hour": 0.04048,
     "fargate_gb_hour": 0.004445,
 }

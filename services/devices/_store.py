@@ -12,6 +12,16 @@ attributes (readable in the console, usable by indexes), and `doc`, the whole st
 compact JSON (every attribute costs serialisation time on each of thousands of writes a
 second, so the rest stays inside `doc`); plus the unit of work's `version`, `event_seq`,
 `outbox`.
+
+Last-seen items. A device item is written when the device's state changes; the last-seen of
+devices whose newer readings changed nothing is written packed, many devices to an item
+(`put_last_seen`): key `~last-seen#<writer>#<epoch second>#<n>` (device ids never start
+with `~`: `domain.parse_record` refuses them), `kind` = `last-seen`, `seen` = compact JSON
+`{device_id: [last_seen, last_arrival, seq]}` of up to `LAST_SEEN_PER_ITEM` devices, and
+`expires_at` (the table's TTL attribute). Each is written once and never updated, so two
+workers never contend for one; readers take the newest arrival per device
+(`scan_last_seen`). The stream's records of these items carry no `outbox`: the relay
+publishes nothing for them.
 """
 
 from __future__ import annotations
@@ -22,13 +32,14 @@ from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import anyio
 import orjson
 
 from services.devices.domain import DeviceState
 from services.devices.events import DeviceEvent
 from shared.aws import AwsClients, aws_errors, call_decoded
 from shared.dynamodb import wire_json
-from shared.errors import ConditionFailedError, TransactionCanceledError
+from shared.errors import ConditionFailedError, RetryableError, TransactionCanceledError
 from shared.outbox import (
     Aggregate,
     EventDraft,
@@ -48,11 +59,31 @@ __all__ = [
     "DeviceStore",
     "DeviceWrite",
     "DynamoDeviceStore",
+    "LastSeen",
     "MemoryDeviceStore",
     "StoredDevice",
 ]
 
 TRANSACTION_LIMIT = 100
+# Devices per last-seen item: about 70 bytes each, so an item stays near 280 KB, under
+# DynamoDB's 400 KB item limit with room for long device ids.
+LAST_SEEN_PER_ITEM = 4000
+LAST_SEEN_PREFIX = "~last-seen#"
+_BATCH_WRITE_LIMIT = 25
+
+
+@dataclass(frozen=True, slots=True)
+class LastSeen:
+    """A device's newest applied reading that its item does not carry yet."""
+
+    device_id: str
+    last_seen: float  # the device's own clock (`ts`)
+    last_arrival: float  # the stream's arrival time: silence is measured from it
+    seq: int
+
+
+class TransientStoreError(RetryableError):
+    """A write the store kept refusing for a transient reason (unprocessed items)."""
 
 
 @dataclass(slots=True)
@@ -95,6 +126,17 @@ class DeviceStore(Protocol):
         """Every device stored ONLINE, a page at a time (the whole table is read: see
         docs/devices.md for what that costs). `page_size` caps the items read per request
         (None: the service's page, 1 MB in DynamoDB)."""
+        ...
+
+    async def put_last_seen(
+        self, entries: Sequence[LastSeen], *, writer: str, now: float, expires_at: float
+    ) -> int:
+        """Write `entries` packed into last-seen items (module docstring); returns how many
+        items were written."""
+        ...
+
+    async def scan_last_seen(self) -> dict[str, float]:
+        """The newest last-seen arrival per device over every last-seen item."""
         ...
 
 
@@ -236,6 +278,61 @@ class DynamoDeviceStore:
             committed[write.state.device_id] = [json.loads(t) for t in texts]
         return CommitResult(committed)
 
+    async def put_last_seen(
+        self, entries: Sequence[LastSeen], *, writer: str, now: float, expires_at: float
+    ) -> int:
+        """BatchWriteItem of the packed items (25 a call); unprocessed items are sent again.
+
+        Raises:
+            shared.errors types (`aws_errors`): throttling and other SDK errors; items
+                already written stay (they are only newer last-seen values).
+        """
+        items = last_seen_items(entries, writer=writer, now=now, expires_at=expires_at)
+        if not items:
+            return 0
+        dynamodb = await self._aws.client("dynamodb")
+        for start in range(0, len(items), _BATCH_WRITE_LIMIT):
+            requests = [{"PutRequest": {"Item": item}}
+                        for item in items[start:start + _BATCH_WRITE_LIMIT]]
+            for attempt in range(6):
+                with aws_errors():
+                    answer = await dynamodb.batch_write_item(
+                        RequestItems={self._table: requests})
+                requests = answer.get("UnprocessedItems", {}).get(self._table, [])
+                if not requests:
+                    break
+                await anyio.sleep(min(0.05 * 2**attempt, 1.0))
+            if requests:
+                raise TransientStoreError(
+                    f"{len(requests)} last-seen item(s) unprocessed after retries")
+        return len(items)
+
+    async def scan_last_seen(self) -> dict[str, float]:
+        """A Scan filtered on `kind` = `last-seen` (it reads, and is billed for, the whole
+        table like `scan_online`).
+
+        Raises:
+            shared.errors types (`aws_errors`): throttling and other SDK errors.
+        """
+        kwargs: dict[str, Any] = {
+            "TableName": self._table,
+            "FilterExpression": "#k = :kind",
+            "ProjectionExpression": "#s",
+            "ExpressionAttributeNames": {"#k": "kind", "#s": "seen"},
+            "ExpressionAttributeValues": {":kind": {"S": "last-seen"}},
+        }
+        dynamodb = await self._aws.client("dynamodb")
+        newest: dict[str, float] = {}
+        while True:
+            with aws_errors():
+                page = await call_decoded(dynamodb, "Scan", **kwargs)
+            for item in page.get("Items", []):
+                merge_last_seen(newest, item["seen"]["S"])
+            last = page.get("LastEvaluatedKey")
+            if not last:
+                return newest
+            kwargs["ExclusiveStartKey"] = last
+
     def _aggregate(self, write: DeviceWrite) -> Aggregate:
         return Aggregate(ref=self._ref(write.state.device_id), state={}, version=write.version,
                          last_sequence=write.state.event_seq - len(write.events))
@@ -297,6 +394,31 @@ class DynamoDeviceStore:
 
 
 
+def last_seen_items(
+    entries: Sequence[LastSeen], *, writer: str, now: float, expires_at: float
+) -> list[dict[str, Any]]:
+    """The packed last-seen items (DynamoDB JSON) of `entries`, `LAST_SEEN_PER_ITEM` devices
+    each (module docstring). Pure."""
+    items = []
+    for index, start in enumerate(range(0, len(entries), LAST_SEEN_PER_ITEM)):
+        seen = {e.device_id: [e.last_seen, e.last_arrival, e.seq]
+                for e in entries[start:start + LAST_SEEN_PER_ITEM]}
+        items.append({
+            "device_id": {"S": f"{LAST_SEEN_PREFIX}{writer}#{int(now)}#{index}"},
+            "kind": {"S": "last-seen"},
+            "seen": {"S": orjson.dumps(seen).decode()},
+            "expires_at": {"N": str(int(expires_at))},
+        })
+    return items
+
+
+def merge_last_seen(newest: dict[str, float], seen_text: str) -> None:
+    """Fold one item's `seen` into `newest` (device id -> newest arrival)."""
+    for device_id, (_, arrival, _) in orjson.loads(seen_text).items():
+        if arrival > newest.get(device_id, 0.0):
+            newest[device_id] = arrival
+
+
 def device_put(
     table: str, state: DeviceState, version: int, envelopes: Sequence[str],
     config: OutboxConfig, *, return_old: bool = False,
@@ -325,6 +447,7 @@ class MemoryDeviceStore:
         self.envelopes: list[dict[str, Any]] = []
         self.commits = 0
         self.loads = 0
+        self.last_seen: list[dict[str, Any]] = []  # the packed items, as written
 
     async def load(self, device_ids: Iterable[str]) -> dict[str, StoredDevice]:
         self.loads += 1
@@ -380,6 +503,20 @@ class MemoryDeviceStore:
                     ))
             if page:
                 yield page
+
+
+    async def put_last_seen(
+        self, entries: Sequence[LastSeen], *, writer: str, now: float, expires_at: float
+    ) -> int:
+        items = last_seen_items(entries, writer=writer, now=now, expires_at=expires_at)
+        self.last_seen.extend(items)
+        return len(items)
+
+    async def scan_last_seen(self) -> dict[str, float]:
+        newest: dict[str, float] = {}
+        for item in self.last_seen:
+            merge_last_seen(newest, item["seen"]["S"])
+        return newest
 
 
 # The `status` attribute of an ONLINE device (`str(Status.ONLINE)`), which the online scan

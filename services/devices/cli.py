@@ -97,3 +97,77 @@ def list_command(
         typer.echo(json.dumps(device.model_dump(mode="json")))
     if page.cursor:
         typer.echo(f"next page: --cursor {page.cursor}", err=True)
+
+
+# --------------------------------------------------------------------------- fleetline report
+
+report_app = typer.Typer(add_completion=False, no_args_is_help=True,
+                         help="Analytics over the readings lake.")
+
+# The Region each residency zone's stack runs in (its secondary Region is for failover only).
+ZONE_REGIONS = {"eu": "eu-west-1", "us": "us-east-1"}
+
+
+@report_app.command("monthly")
+def monthly_command(
+    month: Annotated[str, typer.Option(help="YYYY-MM")],
+    zone: Annotated[str | None, typer.Option(
+        help="the zone to report (default: the running stack's)")] = None,
+    all_zones: Annotated[bool, typer.Option(
+        "--all-zones", help="every zone, each computed in its own Region")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Per tenant, firmware version and day of MONTH: events, devices reporting, min / avg /
+    max per metric, uptime; then the bytes each zone's query scanned. Locally on DuckDB over
+    the lake's Parquet in the emulator's S3; on AWS on Athena (the stack's workgroup). Across
+    zones only each zone's aggregates leave its Region."""
+    from services.devices import report
+
+    if all_zones and zone:
+        raise typer.BadParameter("give --zone or --all-zones, not both")
+    zones = sorted(ZONE_REGIONS) if all_zones else [zone] if zone else [None]
+
+    async def one(name: str | None) -> report.Partial | None:
+        from services.devices._local import stack_clients, stack_resources
+
+        environ = dict(os.environ)
+        if name is not None:
+            if name not in ZONE_REGIONS:
+                raise typer.BadParameter(f"zone must be one of {sorted(ZONE_REGIONS)}")
+            environ["AWS_REGION"] = environ["AWS_DEFAULT_REGION"] = ZONE_REGIONS[name]
+        try:
+            resources = await stack_resources("LakeBucket", environ)
+            bucket = resources.get("LakeBucket")
+        except Exception as exc:  # no stack in that Region: said, and the others go on
+            if not all_zones:
+                raise
+            typer.echo(f"zone {name}: no stack with a lake in {ZONE_REGIONS[name or '']} "
+                       f"({exc})", err=True)
+            return None
+        async with stack_clients("LakeBucket", environ) as aws:
+            deployed = name or _stack_zone(resources)
+            if aws.settings.endpoint_url or os.environ.get("AWS_ENDPOINT_URL"):
+                return await report.run_duckdb(aws, bucket=bucket, zone=deployed, month=month)
+            return await report.run_athena(
+                aws, workgroup=resources.get("AnalyticsWorkGroup"),
+                database=resources.get("LakeDatabase"), zone=deployed, month=month)
+
+    async def main() -> list[report.Partial]:
+        found = [await one(name) for name in zones]
+        return [p for p in found if p is not None]
+
+    try:
+        partials = anyio.run(main)
+    except report.ReportError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    days = report.combine(partials)
+    if as_json:
+        typer.echo(json.dumps(report.as_json(days, partials), indent=2))
+    else:
+        typer.echo(report.render(days, partials))
+
+
+def _stack_zone(resources: Any) -> str:
+    """The zone of the stack the command found: FLEETLINE_RESIDENCY_ZONE (inside the stack,
+    or exported), else eu, the zone `fleetline up` deploys by default."""
+    return os.environ.get("FLEETLINE_RESIDENCY_ZONE", "eu")

@@ -259,6 +259,8 @@ def parse_record(data: bytes | str) -> Telemetry | DesiredUpdate:
         raise InvalidTelemetry("record must be a JSON object")
     kind = body.get("kind", "telemetry")
     device_id = _str_field(body, "device_id")
+    if device_id[0] == "~":  # the store's own items (packed last-seen) start with it
+        raise InvalidTelemetry("must not start with '~' (reserved)", field="device_id")
     tenant_id = _str_field(body, "tenant_id")
     zone = _str_field(body, "zone")
     if zone not in ZONES:

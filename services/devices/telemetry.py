@@ -1,4 +1,5 @@
-"""The telemetry worker: device state from the Kinesis stream, written behind, coalesced.
+"""The telemetry worker: device state from the Kinesis stream, written when it changes;
+every reading to the lake.
 
     handler = TelemetryProcessor(store, config)       # a shared.consumers BatchHandler
     consumer = KinesisConsumer(aws, handler, stream=..., config=...)
@@ -13,16 +14,33 @@ How a batch (the records of one shard, in order, from one GetRecords) is handled
    shard moves here); the worker then keeps every device of its shards in memory.
 3. Records are applied in order (`domain.apply_telemetry`); duplicates and stale records are
    dropped (outcome DUPLICATE) and counted.
-4. Flush: every device the batch changed is written ONCE, whatever the number of its records
-   in the batch, through the outbox unit of work: its state and the events of its
-   transitions in one item, conditional on the version read; up to 100 devices per
-   TransactWriteItems (`WriteMode.TRANSACTION`, fewest requests) or one conditional PutItem
-   per device (`WriteMode.ITEMS`, half the write units). The table's stream is the outbox.
-5. Only then does the handler return, so the consumer checkpoints the shard only after its
-   state is flushed. A device whose write failed is dropped from memory and the batch is
-   retried: the replay reloads it from the table and applies the records again, so nothing
-   is lost and nothing counted twice (records the table already has are duplicates).
-6. Alarms (ThresholdBreached / ThresholdCleared) are events like the others: they leave
+4. The lake: the rows of every applied reading go to the readings delivery stream
+   (`services.devices.lake`; Firehose -> Parquet in S3). If they cannot, every device of the
+   batch is dropped from memory and the batch is retried: the replay reloads the devices and
+   applies (and sends) the readings again.
+5. Flush: every device whose STATE the batch changed (a transition with its events:
+   connected, firmware, shadow reported / desired / delta, a threshold crossed or cleared;
+   a desired update) is written ONCE, whatever the number of its records in the batch,
+   through the outbox unit of work: its state and the events of its transitions in one
+   item, conditional on the version read; up to 100 devices per TransactWriteItems
+   (`WriteMode.TRANSACTION`, fewest requests) or one conditional PutItem per device
+   (`WriteMode.ITEMS`, half the write units). The table's stream is the outbox. A reading
+   that changes nothing but the readings and last-seen is not written with its device: its
+   device waits in `_unwritten` for the last-seen write (below).
+6. Only then does the handler return, so the consumer checkpoints the shard only after its
+   transitions are stored and its readings are in the lake. A device whose write failed is
+   dropped from memory and the batch is retried: the replay reloads it from the table and
+   applies the records again, so nothing is lost and no event is emitted twice (records the
+   table already has are duplicates).
+
+Last-seen: every `last_seen_interval` (default 300 s; `FLEETLINE_LAST_SEEN_INTERVAL`) the
+silence sweeper writes the last-seen (device clock, arrival, seq) of the devices read since
+their item was last written, packed thousands to an item (`DeviceStore.put_last_seen`): one
+last-seen write per device per interval at most, and a few items for all of them, so the
+table's last-seen of a device is at most one interval (plus a sweep) behind its last
+reading. A graceful stop writes them too. With `last_seen_interval` 0 every applied record
+writes its device, as before the lake (the benchmark's "write per reading" path).
+7. Alarms (ThresholdBreached / ThresholdCleared) are events like the others: they leave
    through the outbox, and the alarm publisher (`services.devices.alarms`) takes them from
    the bus to SNS. The worker makes no SNS call, and a crash after the commit loses nothing.
 
@@ -37,10 +55,13 @@ never loaded it, would stay ONLINE for ever. So `stored_sweep_after` (default:
 scans DevicesTable for ONLINE devices (`DeviceStore.scan_online`) and writes those silent
 longer than `silence_after + sweep_interval` that it does not hold OFFLINE with
 DeviceDisconnected (`stored_disconnects` decides; the write is the flush's, conditional on
-the version scanned). The extra `sweep_interval` leaves devices a live owner holds to the
-owner's own sweep. Several workers may run it at once: of the writes at one version only one
-succeeds, the others conflict and are dropped, so each device is reported once. Swept
-devices are not kept in memory (they belong to their shard's owner). A Scan reads the whole
+the version scanned; a device's arrival is the newer of its item's and of the packed
+last-seen items', read first with `DeviceStore.scan_last_seen`, and the threshold grows by
+`last_seen_interval`, how far behind the table's last-seen may be). The extra
+`sweep_interval` leaves devices a live owner holds to the owner's own sweep. Several
+workers may run it at once: of the writes at one version only one succeeds, the others
+conflict and are dropped, so each device is reported once. Swept devices are not kept in
+memory (they belong to their shard's owner). A Scan reads the whole
 table, hence the long interval (cost in docs/devices.md).
 """
 
@@ -50,6 +71,7 @@ import collections
 import contextlib
 import os
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
@@ -62,6 +84,7 @@ from services.devices._store import (
     DeviceStore,
     DeviceWrite,
     DynamoDeviceStore,
+    LastSeen,
     StoredDevice,
 )
 from services.devices.domain import (
@@ -80,8 +103,9 @@ from services.devices.domain import (
     parse_record,
 )
 from services.devices.events import DeviceEvent
+from services.devices.lake import FirehoseLake, LakeError, LakeSink, reading_rows
 from shared.aws import AwsClients
-from shared.config import Resources
+from shared.config import Resources, resource_env_name
 from shared.consumers import BatchHandler, BatchResult, Message
 from shared.consumers import Outcome as MessageOutcome
 from shared.errors import RetryableError
@@ -129,6 +153,9 @@ class TelemetryConfig:
     # every `stored_sweep_interval`.
     stored_sweep_interval: float = 3600.0
     stored_sweep_after: float | None = None
+    # Devices whose readings changed nothing get their last-seen written at most once per
+    # this many seconds, packed (module docstring); 0 writes the device on every reading.
+    last_seen_interval: float = 300.0
 
     def __post_init__(self) -> None:
         if self.zone not in ("eu", "us"):
@@ -149,12 +176,17 @@ class TelemetryConfig:
             raise ValueError(
                 f"stored_sweep_after must be >= 0, got {self.stored_sweep_after}"
             )
+        if self.last_seen_interval < 0:
+            raise ValueError(
+                f"last_seen_interval must be >= 0, got {self.last_seen_interval}"
+            )
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> TelemetryConfig:
         """FLEETLINE_RESIDENCY_ZONE, FLEETLINE_SILENCE_AFTER, FLEETLINE_SWEEP_INTERVAL,
         FLEETLINE_THRESHOLDS (JSON, see `Thresholds.from_json`), FLEETLINE_WRITE_MODE,
-        FLEETLINE_STORED_SWEEP_INTERVAL (seconds, default 3600)."""
+        FLEETLINE_STORED_SWEEP_INTERVAL (seconds, default 3600), FLEETLINE_LAST_SEEN_INTERVAL
+        (seconds, default 300; 0: write the device on every reading)."""
         env = os.environ if environ is None else environ
         thresholds = DEFAULT_THRESHOLDS
         if env.get("FLEETLINE_THRESHOLDS"):
@@ -168,6 +200,7 @@ class TelemetryConfig:
             # stream per TransactWriteItems; shared.emulator backs up items).
             write_mode=env.get("FLEETLINE_WRITE_MODE") or WriteMode.TRANSACTION,
             stored_sweep_interval=float(env.get("FLEETLINE_STORED_SWEEP_INTERVAL") or "3600"),
+            last_seen_interval=float(env.get("FLEETLINE_LAST_SEEN_INTERVAL") or "300"),
         )
 
 
@@ -184,6 +217,9 @@ class TelemetryStatistics:
     loads: int = 0
     events: int = 0
     evicted: int = 0
+    lake_rows: int = 0
+    last_seen_items: int = 0
+    last_seen_devices: int = 0
     events_by_type: collections.Counter[str] = field(default_factory=collections.Counter)
 
 
@@ -197,19 +233,26 @@ class _Device:
 
 def stored_disconnects(
     scanned: Iterable[StoredDevice], *, now: float, silence_after: float,
-    held: Mapping[str, object],
+    held: Mapping[str, object], seen: Mapping[str, float] | None = None,
 ) -> list[DeviceWrite]:
     """The stored sweep's decision, without I/O: of devices read from the table, the writes
     that report them disconnected. A device is due when it is stored ONLINE, its last record
-    arrived more than `silence_after` seconds before `now` (`domain.check_silence`), and it
-    is not in `held` (the devices this worker holds: its own sweep reports those). Each
-    write carries the state OFFLINE with its DeviceDisconnected, at the version read, so it
-    is conditional on nobody having written the device since. `scanned` is not changed."""
+    arrived more than `silence_after` seconds before `now` (`domain.check_silence`; the
+    arrival is the newer of the item's and of `seen`, the packed last-seen items' newest
+    arrival per device), and it is not in `held` (the devices this worker holds: its own
+    sweep reports those). Each write carries the state OFFLINE with its DeviceDisconnected,
+    at the version read, so it is conditional on nobody having written the device since.
+    `scanned` is not changed."""
     writes: list[DeviceWrite] = []
+    seen = seen or {}
     for stored in scanned:
-        if stored.state.device_id in held:
+        device_id = stored.state.device_id
+        if device_id in held:
             continue
         state = replace(stored.state)  # check_silence changes the state it decides on
+        arrival = seen.get(device_id, 0.0)
+        if arrival > state.last_arrival:
+            state.last_arrival = arrival
         applied = check_silence(state, now=now, silence_after=silence_after)
         if applied is not None:
             writes.append(DeviceWrite(state, stored.version, tuple(applied.events)))
@@ -228,9 +271,11 @@ class TelemetryProcessor:
         store: DeviceStore,
         config: TelemetryConfig | None = None,
         *,
+        lake: LakeSink | None = None,
         clock: Any = time.time,
     ) -> None:
         self.store = store
+        self.lake = lake
         self.config = config or TelemetryConfig()
         self.stats = TelemetryStatistics()
         self._clock = clock
@@ -238,6 +283,10 @@ class TelemetryProcessor:
         # Devices ONLINE, oldest arrival first: the sweep stops at the first recent one.
         self._by_arrival: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._write_lock = anyio.Lock()
+        # Devices whose newest applied reading their item does not carry (last-seen pending).
+        self._unwritten: dict[str, _Device] = {}
+        self._writer = uuid.uuid4().hex[:12]
+        self._last_seen_at = clock()
 
     # -- the BatchHandler ------------------------------------------------------------------
 
@@ -266,6 +315,10 @@ class TelemetryProcessor:
                         self._track(device_id)
 
         touched: dict[str, _Device] = {}
+        unwritten = self._unwritten
+        rows: list[bytes] = []
+        lake = self.lake
+        write_every_record = not self.config.last_seen_interval
         now = self._clock()
         devices = self._devices
         thresholds = self.config.thresholds
@@ -283,26 +336,44 @@ class TelemetryProcessor:
             if device is None:
                 device = devices[rec.device_id] = _Device(DeviceState.new(rec), 0)
             if isinstance(rec, Telemetry):
+                is_reading = True
                 arrival = message.approximate_arrival or now
                 applied = apply_telemetry(device.state, rec, thresholds=thresholds,
                                           arrival=arrival)
             else:
+                is_reading = False
                 applied = apply_desired(device.state, rec)
             if applied.outcome is Outcome.APPLIED:
                 stats.applied += 1
                 outcomes[message.id] = MessageOutcome.SUCCEEDED
-                device.dirty = True
-                touched[rec.device_id] = device
-                if applied.events:
-                    device.pending.extend(applied.events)
+                if applied.events or not is_reading or write_every_record:
+                    # A state change (or a desired update): written with this batch.
+                    device.dirty = True
+                    touched[rec.device_id] = device
+                    if applied.events:
+                        device.pending.extend(applied.events)
+                elif not device.dirty:
+                    unwritten[rec.device_id] = device  # last-seen only: written packed
                 if isinstance(rec, Telemetry):
                     self._track(rec.device_id)
+                    if lake is not None:
+                        rows.extend(reading_rows(rec, arrival=arrival))
             else:
                 if applied.outcome is Outcome.DUPLICATE:
                     stats.duplicates += 1
                 else:
                     stats.stale += 1
                 outcomes[message.id] = MessageOutcome.DUPLICATE
+        if rows and lake is not None:
+            try:
+                await lake.put(rows)
+            except LakeError:
+                # The readings are applied in memory but not in the lake: forget every
+                # device of the batch, so the retried batch reloads them and sends again.
+                for _, rec in parsed:
+                    self._evict(rec.device_id)
+                raise
+            stats.lake_rows += len(rows)
         if touched:
             await self.flush(touched.values())
         return BatchResult(outcomes, reasons)
@@ -367,6 +438,7 @@ class TelemetryProcessor:
             self.stats.commits += 1
             for device_id, written in result.committed.items():
                 device = remaining.pop(device_id)
+                self._unwritten.pop(device_id, None)  # its item now carries its last-seen
                 device.version += 1
                 device.dirty = False
                 device.pending.clear()
@@ -392,6 +464,42 @@ class TelemetryProcessor:
         if self._devices.pop(device_id, None) is not None:
             self.stats.evicted += 1
         self._by_arrival.pop(device_id, None)
+
+    # -- last-seen -------------------------------------------------------------------------
+
+    async def flush_last_seen(self, now: float | None = None) -> int:
+        """Write the last-seen of every device whose item does not carry its newest applied
+        reading, packed (`DeviceStore.put_last_seen`). Returns how many devices were
+        written. On failure the devices stay pending for the next call.
+
+        Raises:
+            shared.errors types: the write failed (retryable ones: try again later).
+        """
+        at = self._clock() if now is None else now
+        pending, self._unwritten = self._unwritten, {}
+        self._last_seen_at = at
+        if not pending:
+            return 0
+        entries = [LastSeen(device_id, d.state.last_seen, d.state.last_arrival, d.state.seq)
+                   for device_id, d in pending.items()]
+        config = self.config
+        # Kept until two stored sweeps have read it (they take the newest arrival).
+        expires_at = at + 2 * config.stored_sweep_interval + config.last_seen_interval
+        try:
+            items = await self.store.put_last_seen(entries, writer=self._writer, now=at,
+                                                   expires_at=expires_at)
+        except BaseException:
+            for device_id, device in pending.items():
+                self._unwritten.setdefault(device_id, device)
+            raise
+        self.stats.last_seen_items += items
+        self.stats.last_seen_devices += len(entries)
+        return len(entries)
+
+    async def _last_seen_if_due(self) -> None:
+        interval = self.config.last_seen_interval
+        if interval and self._clock() - self._last_seen_at >= interval:
+            await self.flush_last_seen()
 
     # -- silence ---------------------------------------------------------------------------
 
@@ -440,13 +548,15 @@ class TelemetryProcessor:
                 next stored sweep sees the rest).
         """
         at = self._clock() if now is None else now
-        silence = self.config.silence_after + self.config.sweep_interval
+        config = self.config
+        silence = config.silence_after + config.sweep_interval + config.last_seen_interval
+        seen = await self.store.scan_last_seen() if config.last_seen_interval else {}
         scanned = reported = dropped = 0
         async for page in self.store.scan_online(page_size=STORED_SWEEP_PAGE):
             scanned += len(page)
             due = [_Device(w.state, w.version, list(w.events), dirty=True)
                    for w in stored_disconnects(page, now=at, silence_after=silence,
-                                               held=self._devices)]
+                                               held=self._devices, seen=seen)]
             if not due:
                 continue
             try:
@@ -482,8 +592,9 @@ class TelemetryProcessor:
     async def run_sweeper(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """Sweep every `sweep_interval` until cancelled. Failures are logged, not raised:
-        the next round tries again."""
+        """Sweep every `sweep_interval` until cancelled, and write the pending last-seen when
+        `last_seen_interval` has passed since the last time. Failures are logged, not
+        raised: the next round tries again."""
         task_status.started()
         while True:
             await anyio.sleep(self.config.sweep_interval)
@@ -491,6 +602,10 @@ class TelemetryProcessor:
                 await self.sweep()
             except RetryableError as exc:
                 log.warning("silence sweep failed; next round retries", error=str(exc))
+            try:
+                await self._last_seen_if_due()
+            except RetryableError as exc:
+                log.warning("last-seen write failed; next round retries", error=str(exc))
 
     # -- inspection ------------------------------------------------------------------------
 
@@ -529,19 +644,31 @@ def stream_options(environ: Mapping[str, str]) -> dict[str, Any]:
 
 @contextlib.asynccontextmanager
 async def telemetry_lifespan(aws: AwsClients, resources: Resources) -> AsyncIterator[BatchHandler]:
-    """The processor over DevicesTable, with its silence sweepers (memory and stored)
-    running alongside."""
+    """The processor over DevicesTable and the readings lake (`ReadingsDeliveryStream`; the
+    template always passes it, a test harness may not: then no lake), with its silence
+    sweepers (memory and stored) running alongside. On the way out the pending last-seen
+    is written (best effort: a failure is logged, the next worker's items are newer)."""
     config = TelemetryConfig.from_environ()
+    stream = resources.values.get(resource_env_name("ReadingsDeliveryStream"))
+    if not stream:
+        log.warning("no readings delivery stream: readings do not reach the lake")
     processor = TelemetryProcessor(
-        DynamoDeviceStore(aws, resources.get("DevicesTable")), config
+        DynamoDeviceStore(aws, resources.get("DevicesTable")), config,
+        lake=FirehoseLake(aws, stream) if stream else None,
     )
     log.info("telemetry processor ready", zone=config.zone, write_mode=config.write_mode,
-             silence_after=config.silence_after)
+             silence_after=config.silence_after, last_seen_interval=config.last_seen_interval,
+             lake=stream)
     async with anyio.create_task_group() as tg:
         await tg.start(processor.run_sweeper)
         await tg.start(processor.run_stored_sweeper)
         yield processor
         tg.cancel_scope.cancel()
+    try:
+        written = await processor.flush_last_seen()
+        log.info("last-seen written on stop", devices=written)
+    except Exception as exc:
+        log.warning("last-seen not written on stop", error=str(exc))
 
 
 def worker() -> Worker:

@@ -5,9 +5,12 @@ not carry out (see ../shared/notes/emulator.md "Gaps") and returns what the loca
 must supply, every name and ARN resolved from the deployed stack:
 
 - created through the API: SNS subscriptions (with filter policies), SQS queue policies,
-  DynamoDB TTL settings, state machines (CloudFormation-created ones cannot execute), their
-  Distributed Map states rewritten and their item processors as machines of their own
-  (`shared.local._distributed_map`), and the local map-runs queue those send requests to;
+  DynamoDB TTL settings, the resources moto's CloudFormation skips but its API serves (Glue
+  databases and tables, Firehose delivery streams: `API_CREATED`, created in that order,
+  the call's parameters being the resource's properties), state machines
+  (CloudFormation-created ones cannot execute), their Distributed Map states rewritten and
+  their item processors as machines of their own (`shared.local._distributed_map`), and the
+  local map-runs queue those send requests to;
 - run as local processes: EventBridge Pipes (the outbox relay), Lambda event source
   mappings (the runtime's consumers + the Lambda adapter), HTTP APIs (a local server that
   builds API Gateway v2 events), ECS services (the task definition's command), and the
@@ -32,6 +35,8 @@ from shared.local._distributed_map import DefinitionError, local_definition, map
 from shared.local._template import StackFacts, resolve
 
 __all__ = [
+    "API_CREATED",
+    "ApiResourceSpec",
     "BucketPolicySpec",
     "EventSourceMappingSpec",
     "FunctionSpec",
@@ -58,7 +63,17 @@ SUPPLIED = {
     "AWS::ApiGatewayV2::Api": "local HTTP server",
     "AWS::ECS::Service": "local process",
 }
+# Skipped by moto's CloudFormation, served by its API: (service, create call, the error codes
+# that mean "already there" on a second `up`). Created in this order (a delivery stream
+# reads its Glue table's schema when it writes).
+API_CREATED: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "AWS::Glue::Database": ("glue", "create_database", ("AlreadyExistsException",)),
+    "AWS::Glue::Table": ("glue", "create_table", ("AlreadyExistsException",)),
+    "AWS::KinesisFirehose::DeliveryStream": (
+        "firehose", "create_delivery_stream", ("ResourceInUseException",)),
+}
 NOT_EMULATED = {
+    "AWS::Athena::WorkGroup": "not needed locally (the monthly report runs on DuckDB)",
     "AWS::IoT::TopicRule": "not emulated (the simulator writes where the rule would)",
     "AWS::CloudWatch::Alarm": "not emulated",
     "AWS::ApplicationAutoScaling::ScalableTarget": "not emulated",
@@ -93,6 +108,18 @@ class BucketPolicySpec:
     logical_id: str
     bucket: str
     policy: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ApiResourceSpec:
+    """A resource created with one API call (`API_CREATED`); `params` are its resolved
+    properties, which are the call's parameters."""
+
+    logical_id: str
+    service: str
+    operation: str
+    params: dict[str, Any]
+    exists_codes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -177,6 +204,7 @@ class GapPlan:
     queue_policies: tuple[QueuePolicySpec, ...] = ()
     bucket_policies: tuple[BucketPolicySpec, ...] = ()
     time_to_live: tuple[TimeToLiveSpec, ...] = ()
+    api_resources: tuple[ApiResourceSpec, ...] = ()  # in creation order
     state_machines: tuple[StateMachineSpec, ...] = ()
     pipes: tuple[PipeSpec, ...] = ()
     event_source_mappings: tuple[EventSourceMappingSpec, ...] = ()
@@ -512,11 +540,19 @@ def plan_gaps(
     state_machines: tuple[StateMachineSpec, ...] = _build_all(
         ctx, "AWS::StepFunctions::StateMachine", _state_machine, problems
     )
+    api_resources: list[ApiResourceSpec] = []
+    for kind, (service, operation, exists) in API_CREATED.items():
+        api_resources.extend(_build_all(
+            ctx, kind,
+            lambda logical, props, _ctx, s=service, o=operation, e=exists: ApiResourceSpec(
+                logical_id=logical, service=s, operation=o, params=props, exists_codes=e),
+            problems))
     return GapPlan(
         subscriptions=_build_all(ctx, "AWS::SNS::Subscription", _subscription, problems),
         queue_policies=_build_all(ctx, "AWS::SQS::QueuePolicy", _queue_policy, problems),
         bucket_policies=_build_all(ctx, "AWS::S3::BucketPolicy", _bucket_policy, problems),
         time_to_live=tuple(time_to_live),
+        api_resources=tuple(api_resources),
         state_machines=state_machines,
         pipes=_build_all(ctx, "AWS::Pipes::Pipe", _pipe, problems),
         event_source_mappings=_build_all(

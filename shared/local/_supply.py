@@ -21,6 +21,7 @@ from shared.errors import AwsRequestError
 from shared.local import _consumers
 from shared.local._distributed_map import MAP_RUNS_VISIBILITY_SECONDS
 from shared.local._gaps import (
+    ApiResourceSpec,
     BucketPolicySpec,
     FunctionSpec,
     GapPlan,
@@ -111,6 +112,16 @@ async def _time_to_live(aws: AwsClients, ttl: TimeToLiveSpec) -> None:
             raise
 
 
+async def _api_resource(aws: AwsClients, spec: ApiResourceSpec) -> None:
+    client = await aws.client(spec.service)
+    try:
+        with aws_errors():
+            await getattr(client, spec.operation)(**spec.params)
+    except AwsRequestError as exc:  # created by an earlier `up`
+        if exc.code not in spec.exists_codes:
+            raise
+
+
 async def _map_runs_queue(aws: AwsClients, name: str) -> None:
     sqs = await aws.client("sqs")
     with aws_errors():
@@ -165,6 +176,9 @@ async def apply_api_gaps(aws: AwsClients, plan: GapPlan) -> tuple[list[str], dic
             problems[logical] = f"not supplied: {exc}"
             return
         done.append(logical)
+
+    for spec in plan.api_resources:  # in order: a delivery stream after its Glue table
+        await run(spec.logical_id, partial(_api_resource, aws, spec))
 
     # Independent resources: supplied concurrently (a few dozen requests on a busy emulator).
     async with anyio.create_task_group() as tg:

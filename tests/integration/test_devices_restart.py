@@ -32,7 +32,11 @@ SEQS = 10
 def start_worker(res: DeviceResources, log: Path) -> subprocess.Popen[bytes]:
     env = dict(os.environ)
     env.update(res.environ())
+    # Every reading written with its device (`FLEETLINE_LAST_SEEN_INTERVAL` 0), so that
+    # `received` and `seq` per device are in the table to count; transitions (the events
+    # checked below) are written the same way in the default mode.
     env.update(FLEETLINE_RESIDENCY_ZONE="eu", FLEETLINE_LEASE_DURATION="2",
+               FLEETLINE_LAST_SEEN_INTERVAL="0",
                FLEETLINE_IDLE_BACKOFF="0.1", FLEETLINE_STREAM_LIMIT="100")
     # The ECS command of the template, run by the runtime's host.
     command = [sys.executable, "-X", "faulthandler", "-m", "shared.hosts.worker",

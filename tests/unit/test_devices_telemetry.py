@@ -35,6 +35,10 @@ def msg(body: str | Telemetry, *, shard: str = "shard-0", arrival: float = 1000.
 
 
 def processor(store: MemoryDeviceStore, **kw: object) -> TelemetryProcessor:
+    """A processor that writes its device on every applied record (`last_seen_interval`
+    0): the flush's guarantees (coalescing, order, conflicts, replay) are tested on every
+    record here; the default mode, state changes only, in test_devices_telemetry_writes."""
+    kw.setdefault("last_seen_interval", 0.0)
     return TelemetryProcessor(store, TelemetryConfig(**kw), clock=lambda: 1000.0)  # type: ignore[arg-type]
 
 
@@ -242,7 +246,8 @@ async def scanned_earlier(store: MemoryDeviceStore,
                           pages: list[list[StoredDevice]]) -> TelemetryProcessor:
     """Another restarted worker (holding `held` too) whose scan read `pages`."""
     proc = TelemetryProcessor(ScannedEarlier(store, pages),
-                              TelemetryConfig(silence_after=60.0, sweep_interval=5.0))
+                              TelemetryConfig(silence_after=60.0, sweep_interval=5.0,
+                                              last_seen_interval=0.0))
     await proc([msg(tel("held", 1), arrival=1000.0)])
     return proc
 
@@ -299,7 +304,7 @@ async def test_run_stored_sweeper_keeps_sweeping_and_reports_each_device_once() 
     await restarted_fleet(store)
     proc = TelemetryProcessor(store, TelemetryConfig(
         silence_after=60.0, sweep_interval=5.0, stored_sweep_after=0.0,
-        stored_sweep_interval=0.01), clock=lambda: 1100.0)
+        stored_sweep_interval=0.01, last_seen_interval=0.0), clock=lambda: 1100.0)
     async with anyio.create_task_group() as tg:
         await tg.start(proc.run_stored_sweeper)
         with anyio.fail_after(5):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from shared.emulator._fixes import Fix
 from shared.emulator.fixes import (
     alias_search,
+    firehose_lake,
     heartbeat_timeouts,
     host_routing,
     jsonpath_cache,
@@ -37,6 +38,7 @@ ALL: tuple[Fix, ...] = (
     stop_callbacks.FIX,
     partiql_writes.FIX,
     heartbeat_timeouts.FIX,
+    firehose_lake.FIX,
     jsonpath_cache.FIX,
     host_routing.FIX,
     kinesis_reads.FIX,
