@@ -210,9 +210,9 @@ class _Together:
                 await tg.start(consumer.run)
             task_status.started()
 
-    def shutdown(self) -> None:
+    def stop(self) -> None:
         for consumer in self._consumers:
-            consumer.shutdown()
+            consumer.stop()
 
 
 def _by_queue(aws: AwsClients, resources: Resources) -> BatchHandler:

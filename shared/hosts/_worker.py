@@ -96,7 +96,7 @@ class Consumer(Protocol):
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None: ...
 
-    def shutdown(self) -> None: ...
+    def stop(self) -> None: ...
 
 
 class Source(Protocol):
@@ -322,7 +322,7 @@ class _HostState:
     def attach(self, consumer: Consumer, run_scope: anyio.CancelScope) -> None:
         self.consumer, self.run_scope = consumer, run_scope
         if self.requests:
-            consumer.shutdown()
+            consumer.stop()
         if self.requests > 1:
             run_scope.cancel()
 
@@ -331,7 +331,7 @@ class _HostState:
         if self.consumer is None or self.run_scope is None:
             return
         if self.requests == 1:
-            self.consumer.shutdown()
+            self.consumer.stop()
         else:
             # Cancelling run() still releases in-flight messages / leases and flushes
             # deletes (shielded cleanup inside the consumers).

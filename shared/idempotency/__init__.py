@@ -6,8 +6,9 @@ stored results for repeats, payload hashing against key reuse, and TTL expiry.
     @idempotent(config, key="order_id", aws=clients)
     @idempotent_handler(config, key="body.order_id")   # async Lambda handler
 
-Errors (tree in `shared.idempotency._errors`): IdempotencyInProgressError and LeaseLostError
-are retryable; IdempotencyKeyReuseError, IdempotencyKeyError, ResultNotStorableError are not.
+Errors (tree in `shared.idempotency._errors`): IdempotencyInProgressError and
+IdempotencyLeaseLostError are retryable; IdempotencyKeyReuseError, IdempotencyKeyError,
+ResultNotStorableError are not.
 """
 
 from shared.idempotency._config import IdempotencyConfig
@@ -15,7 +16,7 @@ from shared.idempotency._errors import (
     IdempotencyInProgressError,
     IdempotencyKeyError,
     IdempotencyKeyReuseError,
-    LeaseLostError,
+    IdempotencyLeaseLostError,
     ResultNotStorableError,
 )
 from shared.idempotency._idempotent import Idempotency, idempotent, idempotent_handler
@@ -28,8 +29,8 @@ __all__ = [
     "IdempotencyInProgressError",
     "IdempotencyKeyError",
     "IdempotencyKeyReuseError",
+    "IdempotencyLeaseLostError",
     "IdempotencyStore",
-    "LeaseLostError",
     "Record",
     "ResultNotStorableError",
     "Status",

@@ -143,7 +143,7 @@ async def consume(
             consumer = consumer_type(aws, handler, stream_arn=source_arn, config=config)
         await tg.start(consumer.run)
         await stop.wait()
-        consumer.shutdown()
+        consumer.stop()
 
 
 async def relay(spec: dict[str, Any], stop: anyio.Event) -> None:

@@ -139,7 +139,7 @@ async def test_consumes_every_record_with_few_requests(aws: AwsClients) -> None:
             return len(handler.handled) >= len(records)
 
         await wait_for(all_seen, 20, "every record handled")
-        consumer.shutdown()
+        consumer.stop()
     cpu_us = (time.process_time() - cpu_started) * 1e6 / len(records)
     requests = own.counter.snapshot()
     per_thousand = own.counter.total * 1000 / len(records)
@@ -184,7 +184,7 @@ async def test_bad_record_goes_to_failure_queue_and_shard_moves_on(aws: AwsClien
             return handler.bodies() >= {"a", "b", "c"}
 
         await wait_for(later_records_done, 10, "records after the poison one")
-        consumer.shutdown()
+        consumer.stop()
     poison_calls = [m for call in handler.calls for m in call if m.body == "poison"]
     assert len(poison_calls) == 3  # max_attempts
     received = await sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10)
@@ -236,7 +236,7 @@ async def test_handler_exception_bisects_to_the_poison_record(aws: AwsClients) -
                 return set(handled) == set(bodies)
 
             await wait_for(done, 10, "every good record around the raising one")
-            consumer.shutdown()
+            consumer.stop()
     raised = [e for e in logs if e["event"] == "handler raised"]
     assert len(raised) == 3  # one traceback per attempt of the isolated record only
     assert {e["sequence_number"] for e in raised} == {"4"}
@@ -281,7 +281,7 @@ async def test_two_workers_share_shards_and_survive_a_cancelled_worker(aws: AwsC
             assert first.bodies()
             assert second.bodies()
             b_shards = set(b.held_shards)
-            b.shutdown()
+            b.stop()
         # B's run has returned: its leases are already free (no owner, expired), so A need
         # not wait for an expiry.
         released = [lease for lease in await LeaseTable(aws, LEASES, "telemetry").list()
@@ -300,7 +300,7 @@ async def test_two_workers_share_shards_and_survive_a_cancelled_worker(aws: AwsC
             return {b for _, b in more} <= first.bodies()
 
         await wait_for(handled_more, 10, "later records by A")
-        a.shutdown()
+        a.stop()
 
 
 WORKER = textwrap.dedent(
@@ -397,7 +397,7 @@ async def test_sigkilled_worker_shards_move_after_expiry_and_nothing_is_skipped(
             return survivor.bodies() | victim_bodies() == everything
 
         await wait_for(nothing_skipped, 15, "every record handled by one of the workers")
-        a.shutdown()
+        a.stop()
     # Checkpoints cover everything: each lease's checkpoint is its shard's last record.
     kinesis = await aws.client("kinesis")
     leases = {lease.shard_id: lease for lease in await LeaseTable(aws, LEASES, "telemetry").list()}
@@ -486,7 +486,7 @@ async def test_reshard_drains_parents_before_children(aws: AwsClients) -> None:
             return len(leases) == 8 and len(ended) == 6 and len(consumer.held_shards) == 2
 
         await wait_for(all_drained, 15, "6 drained parents and 2 merged children")
-        consumer.shutdown()
+        consumer.stop()
     shards = (await kinesis.list_shards(StreamName="grow"))["Shards"]
     parents = {
         s["ShardId"]: [p for p in (s.get("ParentShardId"), s.get("AdjacentParentShardId")) if p]
@@ -573,7 +573,7 @@ async def test_shutdown_finishes_the_in_flight_batch_then_checkpoints_and_releas
         tg.start_soon(run)
         with anyio.fail_after(10):
             await entered.wait()
-        consumer.shutdown()
+        consumer.stop()
         await anyio.sleep(0.3)  # the in-flight batch is not abandoned while it runs
         assert not stopped.is_set()
         proceed.set()
@@ -599,7 +599,7 @@ async def test_grace_expiry_cancels_a_stuck_handler_and_still_releases(aws: AwsC
         await tg.start(consumer.run)
         await wait_for(_async(lambda: consumer.statistics().handler_calls == 1), 5, "a call")
         started = time.monotonic()
-        consumer.shutdown()
+        consumer.stop()
     assert time.monotonic() - started < 4  # the 0.3 s grace, not the stuck handler, decided
     [lease] = await LeaseTable(aws, LEASES, "telemetry").list()
     assert lease.owner is None  # handed back at once
@@ -640,7 +640,7 @@ async def test_expired_iterator_and_throttling_lose_and_repeat_nothing(aws: AwsC
         await wait_for(_async(lambda: len(handler.handled) >= 3), 5, "the first page")
         await put(aws, "flaky", [("k", f"b{i}") for i in range(3)])
         await wait_for(_async(lambda: len(handler.handled) >= 6), 10, "records after the faults")
-        consumer.shutdown()
+        consumer.stop()
     assert [m.body for m in handler.handled] == [*(f"a{i}" for i in range(3)),
                                                  *(f"b{i}" for i in range(3))]
     assert source.opened == 2  # the expired iterator was replaced from the checkpoint
@@ -727,7 +727,7 @@ async def test_order_per_key_holds_across_a_split(aws: AwsClients) -> None:
         assert consumer.held_shards == ("s0",)
         slow_parent.set()
         await wait_for(_async(lambda: len(handled) == 36), 10, "all 36 records")
-        consumer.shutdown()
+        consumer.stop()
     for key in keys:
         assert [m.body for m in handled if m.group_id == key] == [
             f"{key}:{v}" for v in range(6)
@@ -746,7 +746,7 @@ async def test_order_per_key_holds_across_a_split(aws: AwsClients) -> None:
         consumer = StreamConsumer(aws, handler, stream, fast_config(shard_sync_interval=0.2))
         await tg.start(consumer.run)
         await wait_for(_async(lambda: len(handled) == seen + 1), 10, "a record after cleanup")
-        consumer.shutdown()
+        consumer.stop()
     assert sorted(lease.shard_id for lease in await table.list()) == ["s1", "s2"]
 
 
@@ -787,8 +787,8 @@ async def test_rebalancing_hands_leases_over_without_duplicates(aws: AwsClients)
             return first.bodies() | second.bodies() == set(sent)
 
         await wait_for(all_handled, 10, "every record")
-        a.shutdown()
-        b.shutdown()
+        a.stop()
+        b.stop()
     handled = [m.body for m in first.handled + second.handled]
     assert sorted(handled) == sorted(sent)  # exactly once: no duplicate across the hand-off
     assert a.statistics().leases_handed_off == 2
@@ -967,7 +967,7 @@ async def test_a_clean_shutdown_loses_no_lease_to_its_own_renewals(aws: AwsClien
         with anyio.fail_after(10):
             await entered.wait()
         await anyio.sleep(0.5)  # every shard has a batch in flight or just finished one
-        consumer.shutdown()
+        consumer.stop()
     assert consumer.statistics().leases_lost == 0
     leases = await LeaseTable(aws, LEASES, "telemetry").list()
     assert len(leases) == 8

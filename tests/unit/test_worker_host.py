@@ -63,13 +63,13 @@ def test_resolve_reads_output_keys_and_passes_literals() -> None:
 
 class FakeConsumer:
     def __init__(self) -> None:
-        self.shutdowns = 0
+        self.stops = 0
 
     async def run(self, *, task_status: object = None) -> None:
         return None
 
-    def shutdown(self) -> None:
-        self.shutdowns += 1
+    def stop(self) -> None:
+        self.stops += 1
 
 
 async def test_a_stop_requested_during_start_up_applies_when_the_consumer_exists() -> None:
@@ -77,7 +77,7 @@ async def test_a_stop_requested_during_start_up_applies_when_the_consumer_exists
     host.request_stop()
     consumer, scope = FakeConsumer(), anyio.CancelScope()
     host.attach(consumer, scope)
-    assert consumer.shutdowns == 1
+    assert consumer.stops == 1
     assert not scope.cancel_called
 
 
@@ -86,7 +86,7 @@ async def test_a_second_request_cancels_the_run() -> None:
     consumer, scope = FakeConsumer(), anyio.CancelScope()
     host.attach(consumer, scope)
     host.request_stop()
-    assert (consumer.shutdowns, scope.cancel_called) == (1, False)
+    assert (consumer.stops, scope.cancel_called) == (1, False)
     host.request_stop()
     assert scope.cancel_called
 

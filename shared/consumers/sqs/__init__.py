@@ -27,7 +27,7 @@ from shared.consumers.sqs._queue import (
     queue_url,
     send_dead_letters,
 )
-from shared.consumers.sqs._settings import ConsumerStatistics, DeadLetterMode, SqsSettings
+from shared.consumers.sqs._settings import DeadLetterMode, SqsConsumerStatistics, SqsSettings
 from shared.consumers.sqs._settle import (
     Action,
     Disposition,
@@ -50,13 +50,13 @@ from shared.consumers.sqs._wire import (
 __all__ = [
     "DEAD_LETTER_ATTRIBUTE",
     "Action",
-    "ConsumerStatistics",
     "DeadLetterMode",
     "Disposition",
     "QueueDescription",
     "RedrivePolicy",
     "Settlement",
     "SqsConsumer",
+    "SqsConsumerStatistics",
     "SqsSettings",
     "change_visibility",
     "dead_letter_entry",
