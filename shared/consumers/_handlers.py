@@ -36,7 +36,7 @@ import structlog
 from shared.consumers._batch import plan_groups
 from shared.consumers._delivery import DeliveryControl, current_control
 from shared.consumers._errors import DuplicateEvent, RetryLater
-from shared.consumers._message import BatchHandler, BatchResult, Message, Outcome
+from shared.consumers._message import BatchHandler, BatchResult, Message, Outcome, SourceKind
 from shared.errors import InvalidMessageError, is_retryable
 from shared.events import ClaimCheckReader, EventRegistry
 from shared.tracing import BatchTrace, consumer_span
@@ -126,7 +126,7 @@ def classify(exc: BaseException) -> tuple[Outcome, float | None]:
 
 def _span_attributes(message: Message) -> dict[str, Any]:
     attributes: dict[str, Any] = {
-        "messaging.system": "aws_sqs" if message.source.value == "sqs" else message.source.value,
+        "messaging.system": "aws_sqs" if message.source is SourceKind.SQS else message.source.value,
         "messaging.message.id": message.id,
         "messaging.destination.name": message.source_name,
         "messaging.operation": "process",

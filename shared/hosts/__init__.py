@@ -4,7 +4,6 @@ module:attr` with a `Worker` spec) and the Lambda adapters (`shared.hosts.lambda
 from shared.hosts._gc import GC_THRESHOLDS_ENV, configure_gc
 from shared.hosts._worker import (
     DRAIN_SECONDS_ENV,
-    EX_CONFIG,
     Consumer,
     DynamoDBStream,
     HandlerFactory,
@@ -21,7 +20,6 @@ from shared.hosts._worker import (
 
 __all__ = [
     "DRAIN_SECONDS_ENV",
-    "EX_CONFIG",
     "GC_THRESHOLDS_ENV",
     "Consumer",
     "DynamoDBStream",

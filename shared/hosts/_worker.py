@@ -51,7 +51,7 @@ from shared.consumers import (
     latest_stream_arn,
 )
 from shared.consumers.sqs import queue_url
-from shared.errors import ConfigurationError, FleetlineError
+from shared.errors import EX_CONFIG, ConfigurationError, FleetlineError
 from shared.hosts._gc import configure_gc
 from shared.logging import configure_logging
 from shared.metrics import configure_metrics, get_metrics
@@ -59,7 +59,6 @@ from shared.tracing import configure_tracing
 
 __all__ = [
     "DRAIN_SECONDS_ENV",
-    "EX_CONFIG",
     "Consumer",
     "DynamoDBStream",
     "HandlerFactory",
@@ -77,7 +76,6 @@ __all__ = [
 
 DRAIN_SECONDS_ENV: Final = "FLEETLINE_DRAIN_SECONDS"
 DEFAULT_DRAIN_SECONDS: Final = 45.0
-EX_CONFIG: Final = 78
 
 _log = structlog.get_logger("shared.hosts.worker")
 

@@ -260,7 +260,7 @@ async def test_two_workers_sweeping_at_once_report_the_device_once() -> None:
     assert await late.sweep_stored(now=1100.0) == 0  # A's write conflicts and is dropped
     assert disconnected(store) == ["gone"]
     assert late.device("gone") is None
-    assert late.stats.evicted == 0
+    assert late.statistics().evicted == 0
 
 
 async def test_a_device_written_by_its_owner_after_the_scan_stays_online() -> None:
