@@ -111,7 +111,11 @@ from shared.consumers import Outcome as MessageOutcome
 from shared.errors import RetryableError
 from shared.hosts import KinesisStream, Worker
 
+# The store is `services.devices._store`'s; what a caller of `TelemetryProcessor` hands it
+# is re-exported here.
 __all__ = [
+    "DeviceStore",
+    "DynamoDeviceStore",
     "TelemetryConfig",
     "TelemetryProcessor",
     "TelemetryStatistics",

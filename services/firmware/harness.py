@@ -99,9 +99,7 @@ async def create_stack(aws: AwsClients, *, prefix: str | None = None,
                        timings: WorkflowTimings = TEST_TIMINGS, zone: str = "eu",
                        task_visibility_seconds: int = 10) -> FirmwareStack:
     """Every firmware resource through the API (names start with `prefix`)."""
-    from shared.local import StackFacts, plan_gaps
-    from shared.local._distributed_map import map_runs_queue
-    from shared.local._supply import apply_api_gaps
+    from shared.local import StackFacts, apply_api_gaps, map_runs_queue, plan_gaps
 
     p = prefix or f"fw{uuid.uuid4().hex[:6]}"
     ddb, sqs, s3 = (await aws.client("dynamodb"), await aws.client("sqs"),
@@ -185,7 +183,7 @@ class FirmwareRuntime:
 
     async def _run(self, name: str, process: _Process, *,
                    task_status: anyio.abc.TaskStatus[None]) -> None:
-        from shared.local._distributed_map import RunnerSettings, serve_map_runs
+        from shared.local import MapRunnerSettings, serve_map_runs
 
         s = self.stack
         try:
@@ -208,8 +206,9 @@ class FirmwareRuntime:
                     await kinesis.run(task_status=task_status)
                 else:
                     stop = anyio.Event()
-                    await serve_map_runs(self.aws, s.map_runs_queue, stop, settings=RunnerSettings(
-                        poll_interval=0.05, parent_check_interval=0.5), task_status=task_status)
+                    settings = MapRunnerSettings(poll_interval=0.05, parent_check_interval=0.5)
+                    await serve_map_runs(self.aws, s.map_runs_queue, stop, settings=settings,
+                                         task_status=task_status)
         finally:
             process.stopped.set()
 

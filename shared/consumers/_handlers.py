@@ -41,7 +41,14 @@ from shared.errors import InvalidMessageError, is_retryable
 from shared.events import ClaimCheckReader, EventRegistry
 from shared.tracing import BatchTrace, consumer_span
 
-__all__ = ["EventHandler", "HandlerContext", "batch_handler", "classify", "json_body"]
+__all__ = [
+    "EventHandler",
+    "HandlerContext",
+    "batch_handler",
+    "classify",
+    "json_body",
+    "json_object",
+]
 
 E = TypeVar("E")
 
@@ -106,6 +113,17 @@ def json_body(message: Message) -> Any:
         return json.loads(message.body)
     except (ValueError, TypeError) as exc:
         raise InvalidMessageError(f"not JSON ({exc})", field="body") from exc
+
+
+def json_object(message: Message) -> dict[str, Any]:
+    """A decoder for bodies that must be one JSON object (a task, a command).
+
+    Raises InvalidMessageError (field "body") when the body is not JSON or not an object.
+    """
+    body = json_body(message)
+    if not isinstance(body, dict):
+        raise InvalidMessageError("not a JSON object", field="body")
+    return body
 
 
 def _reason(exc: BaseException) -> str:

@@ -41,16 +41,14 @@ from shared.config import Resources
 from shared.consumers import (
     BatchHandler,
     ConsumerError,
-    DynamoDBStreamSource,
-    KinesisSource,
-    ShardSource,
     SqsConsumer,
     SqsSettings,
-    StreamConsumer,
     StreamConsumerConfig,
-    latest_stream_arn,
 )
+from shared.consumers.dynamodb_streams import DynamoDBStreamSource, latest_stream_arn
+from shared.consumers.kinesis import KinesisSource
 from shared.consumers.sqs import queue_url
+from shared.consumers.streams import ShardSource, StreamConsumer
 from shared.errors import EX_CONFIG, ConfigurationError, FleetlineError
 from shared.hosts._gc import configure_gc
 from shared.logging import configure_logging

@@ -8,7 +8,8 @@ stored results for repeats, payload hashing against key reuse, and TTL expiry.
 
 Errors (tree in `shared.idempotency._errors`): IdempotencyInProgressError and
 IdempotencyLeaseLostError are retryable; IdempotencyKeyReuseError, IdempotencyKeyError,
-ResultNotStorableError are not.
+ResultNotStorableError are not. The record's states and the pure decisions on them
+(`_state.judge`) and the store (`_store`) are private: their tests import them there.
 """
 
 from shared.idempotency._config import IdempotencyConfig
@@ -20,8 +21,6 @@ from shared.idempotency._errors import (
     ResultNotStorableError,
 )
 from shared.idempotency._idempotent import Idempotency, idempotent, idempotent_handler
-from shared.idempotency._state import Record, Status, Verdict, extract_key, judge, payload_hash
-from shared.idempotency._store import IdempotencyStore
 
 __all__ = [
     "Idempotency",
@@ -30,14 +29,7 @@ __all__ = [
     "IdempotencyKeyError",
     "IdempotencyKeyReuseError",
     "IdempotencyLeaseLostError",
-    "IdempotencyStore",
-    "Record",
     "ResultNotStorableError",
-    "Status",
-    "Verdict",
-    "extract_key",
     "idempotent",
     "idempotent_handler",
-    "judge",
-    "payload_hash",
 ]

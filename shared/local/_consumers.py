@@ -22,7 +22,7 @@ import anyio
 from shared.errors import ConfigurationError
 
 if TYPE_CHECKING:  # the supervisor plans with this module; only the hosts consume
-    from shared.consumers._message import BatchResult, Message
+    from shared.consumers import BatchResult, Message
 
 __all__ = ["consume", "missing", "relay", "source_kind"]
 

@@ -19,13 +19,13 @@ from shared.consumers.dynamodb_streams import (
 )
 from shared.consumers.streams import (
     InitialPosition,
-    LeaseTable,
     RecordsPage,
     StreamConsumer,
     StreamConsumerConfig,
     TrimmedDataError,
     create_lease_table,
 )
+from shared.consumers.streams._leases import LeaseTable
 
 pytestmark = pytest.mark.emulator
 

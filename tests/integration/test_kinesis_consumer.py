@@ -25,16 +25,15 @@ from shared.consumers._errors import ConsumerError
 from shared.consumers._message import BatchResult, Message, Outcome, SourceKind
 from shared.consumers.kinesis import KinesisConsumer, KinesisSource
 from shared.consumers.streams import (
-    SHARD_END,
     ExpiredIteratorError,
-    LeaseLostError,
-    LeaseTable,
     RecordsPage,
     ShardInfo,
     StreamConsumer,
     StreamConsumerConfig,
     create_lease_table,
 )
+from shared.consumers.streams._lease_decisions import SHARD_END
+from shared.consumers.streams._leases import LeaseLostError, LeaseTable
 from shared.errors import AwsUnavailableError
 from shared.metrics import Metrics
 

@@ -16,7 +16,6 @@ import pytest
 
 from shared.aws import AwsClients
 from shared.consumers import (
-    DEAD_LETTER_ATTRIBUTE,
     Backoff,
     BatchResult,
     ConsumerError,
@@ -29,6 +28,7 @@ from shared.consumers import (
     SqsSettings,
     batch_handler,
 )
+from shared.consumers.sqs import DEAD_LETTER_ATTRIBUTE
 from shared.hosts.lambda_ import LambdaRuntime, sqs_handler
 
 pytestmark = pytest.mark.emulator

@@ -11,7 +11,8 @@ from pydantic import BaseModel
 
 from shared.consumers._message import Message, Outcome, SourceKind
 from shared.events import Envelope, EventRegistry, event_type
-from shared.outbox import EventPublisher, PublisherConfig, Relay
+from shared.outbox import PublisherConfig, Relay
+from shared.outbox._publisher import EventPublisher
 
 EVENTS = EventRegistry()
 

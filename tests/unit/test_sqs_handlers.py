@@ -21,8 +21,8 @@ from shared.consumers import (
     SqsSettings,
     batch_handler,
     delivery_control,
-    message_from_sqs,
 )
+from shared.consumers.sqs._wire import message_from_sqs
 from shared.errors import InvalidMessageError, PermanentError, RetryableError
 from shared.events import Envelope, EventRegistry, TypedEvent
 

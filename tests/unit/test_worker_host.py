@@ -9,8 +9,8 @@ import pytest
 from shared.config import Resources
 from shared.consumers import SqsSettings
 from shared.errors import ConfigurationError
-from shared.hosts import SqsQueue, Worker, drain_seconds_from, load_worker
-from shared.hosts._worker import _HostState, _resolve, main
+from shared.hosts import SqsQueue, Worker
+from shared.hosts._worker import _HostState, _resolve, drain_seconds_from, load_worker, main
 
 
 def test_load_worker_accepts_a_worker_or_a_factory() -> None:
