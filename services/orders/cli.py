@@ -75,7 +75,8 @@ def _request(method: str, url: str, body: Any = None,
 def _render(order: dict[str, Any]) -> None:
     table = Table(title=f"order {order.get('order_id')}", show_header=False)
     status = str(order.get("status"))
-    colour = {OrderStatus.CONFIRMED: "green", OrderStatus.CANCELLED: "red"}.get(status, "yellow")
+    colours: dict[str, str] = {OrderStatus.CONFIRMED: "green", OrderStatus.CANCELLED: "red"}
+    colour = colours.get(status, "yellow")
     table.add_row("status", f"[{colour}]{status}[/{colour}]")
     if status == OrderStatus.CANCELLED:
         reason, detail = cancellation_reason(order.get("reason"), order.get("detail"))

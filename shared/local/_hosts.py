@@ -28,7 +28,7 @@ import anyio
 import structlog
 
 from shared.consumers import BatchResult, Message
-from shared.errors import ConfigurationError
+from shared.errors import EX_CONFIG, ConfigurationError
 from shared.local._apigw import MAX_PAYLOAD_BYTES, Route, build_event, http_response, match_route
 from shared.local._lambda import (
     LambdaContext,
@@ -40,7 +40,6 @@ from shared.local._lambda import (
     sqs_event,
 )
 from shared.local._logs import setup_logging
-from shared.local._supervisor import EX_CONFIG
 from shared.local._supply import SPEC_ENV
 
 log = structlog.get_logger("fleetline.local")
