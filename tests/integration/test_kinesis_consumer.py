@@ -27,7 +27,6 @@ from shared.consumers.kinesis import KinesisConsumer, KinesisSource
 from shared.consumers.streams import (
     ExpiredIteratorError,
     RecordsPage,
-    ShardInfo,
     StreamConsumer,
     StreamConsumerConfig,
     create_lease_table,
@@ -36,6 +35,7 @@ from shared.consumers.streams._lease_decisions import SHARD_END
 from shared.consumers.streams._leases import LeaseLostError, LeaseTable
 from shared.errors import AwsUnavailableError
 from shared.metrics import Metrics
+from shared.testing import MemoryBatchHandler, MemoryShardSource
 
 pytestmark = pytest.mark.emulator
 
@@ -60,34 +60,6 @@ def fast_config(**overrides: object) -> StreamConsumerConfig:
     }
     settings.update(overrides)
     return StreamConsumerConfig(**settings)  # type: ignore[arg-type]
-
-
-class Recorder:
-    """A BatchHandler that records what it handled, in order, like a stream handler should:
-    a `poison` body gets RETRY, and the records after it in the batch are left unhandled."""
-
-    def __init__(self, poison: frozenset[str] = frozenset()) -> None:
-        self.calls: list[list[Message]] = []
-        self.handled: list[Message] = []
-        self.poison = poison
-
-    async def __call__(self, batch: Sequence[Message]) -> BatchResult:
-        self.calls.append(list(batch))
-        outcomes: dict[str, Outcome] = {}
-        for message in batch:
-            if message.body in self.poison:
-                return BatchResult({**outcomes, message.id: Outcome.RETRY},
-                                   {message.id: "poison payload"})
-            self.handled.append(message)
-            outcomes[message.id] = Outcome.SUCCEEDED
-        return BatchResult(outcomes)
-
-    @property
-    def succeeded(self) -> list[Message]:
-        return self.handled
-
-    def bodies(self) -> set[str]:
-        return {m.body for m in self.handled}
 
 
 async def wait_for(condition: Callable[[], Awaitable[bool]], within: float, what: str) -> None:
@@ -128,7 +100,7 @@ async def test_consumes_every_record_with_few_requests(aws: AwsClients) -> None:
     await make_stream(aws, "busy", 2)
     records = [(f"device-{i % 50}", f"r{i}") for i in range(4000)]
     await put(aws, "busy", records)
-    handler = Recorder()
+    handler = MemoryBatchHandler()
     cpu_started = time.process_time()
     async with AwsClients() as own, anyio.create_task_group() as tg:
         consumer = KinesisConsumer(own, handler, stream="busy", config=fast_config())
@@ -151,7 +123,7 @@ async def test_consumes_every_record_with_few_requests(aws: AwsClients) -> None:
     assert stats.records_received == len(records)
     # In order per partition key (one shard per key): bodies of each key are increasing.
     by_key: dict[str, list[int]] = {}
-    for message in handler.succeeded:
+    for message in handler.handled:
         assert message.source is SourceKind.KINESIS
         assert message.sequence == message.id
         assert message.approximate_arrival is not None
@@ -160,7 +132,7 @@ async def test_consumes_every_record_with_few_requests(aws: AwsClients) -> None:
     # Released with a checkpoint at the last record of each shard.
     leases = await LeaseTable(aws, LEASES, "telemetry").list()
     assert {lease.owner for lease in leases} == {None}
-    last = {m.source_name: m.sequence for m in handler.succeeded}
+    last = {m.source_name: m.sequence for m in handler.handled}
     assert {lease.shard_id: lease.checkpoint for lease in leases} == last
 
 
@@ -168,7 +140,7 @@ async def test_bad_record_goes_to_failure_queue_and_shard_moves_on(aws: AwsClien
     await make_stream(aws, "bad", 1)
     sqs = await aws.client("sqs")
     queue_url = (await sqs.create_queue(QueueName="failures"))["QueueUrl"]
-    handler = Recorder(poison=frozenset({"poison"}))
+    handler = MemoryBatchHandler(retry={"poison": "poison payload"})
     placed = await put(aws, "bad", [("dev-1", "a"), ("dev-1", "poison"), ("dev-1", "b")])
     metrics = Metrics(service="test", stream=io.StringIO()).consumer("telemetry")
     async with anyio.create_task_group() as tg:
@@ -205,7 +177,7 @@ async def test_bad_record_goes_to_failure_queue_and_shard_moves_on(aws: AwsClien
     assert emitted.retried == 2  # two of them were retried
     assert emitted.lag_seconds_last is not None
     # Order held: a and b came before c, and b after the poison record's attempts.
-    order = [m.body for m in handler.succeeded]
+    order = [m.body for m in handler.handled]
     assert order.index("a") < order.index("b") < order.index("c")
 
 
@@ -256,7 +228,7 @@ async def test_two_workers_share_shards_and_survive_a_cancelled_worker(aws: AwsC
     """Two consumers in one process: 2/2 split; one shut down cleanly hands its shards over
     at once (no expiry wait)."""
     await make_stream(aws, "shared", 4)
-    first, second = Recorder(), Recorder()
+    first, second = MemoryBatchHandler(), MemoryBatchHandler()
     async with anyio.create_task_group() as tg:
         a = KinesisConsumer(aws, first, stream="shared", config=fast_config(worker_id="A"))
         await tg.start(a.run)
@@ -337,7 +309,7 @@ async def test_sigkilled_worker_shards_move_after_expiry_and_nothing_is_skipped(
     """The issue's test: two workers (one a real process) share four shards 2/2; SIGKILL the
     process; its shards move to the survivor after lease expiry; every record is handled."""
     await make_stream(aws, "fleet", 4)
-    survivor = Recorder()
+    survivor = MemoryBatchHandler()
     out = tmp_path / "victim.txt"
     out.touch()
     async with anyio.create_task_group() as tg:
@@ -630,7 +602,7 @@ class FlakySource(KinesisSource):
 
 async def test_expired_iterator_and_throttling_lose_and_repeat_nothing(aws: AwsClients) -> None:
     await make_stream(aws, "flaky", 1)
-    handler = Recorder()
+    handler = MemoryBatchHandler()
     source = FlakySource(aws, "flaky")
     await put(aws, "flaky", [("k", f"a{i}") for i in range(3)])
     async with anyio.create_task_group() as tg:
@@ -645,61 +617,11 @@ async def test_expired_iterator_and_throttling_lose_and_repeat_nothing(aws: AwsC
     assert source.opened == 2  # the expired iterator was replaced from the checkpoint
 
 
-class MemoryStream:
-    """A `ShardSource` over an in-memory stream with AWS's resharding semantics (a closed
-    shard keeps its records and ends with a null iterator; new records go to open shards
-    only), for what the emulator cannot show: records of one key crossing a reshard."""
-
-    def __init__(self) -> None:
-        self.shards: dict[str, list[tuple[str, str]]] = {"s0": []}
-        self.parents: dict[str, tuple[str, ...]] = {"s0": ()}
-        self.closed: set[str] = set()
-        self.route: Callable[[str], str] = lambda key: "s0"
-
-    kind = SourceKind.KINESIS
-    name = "memory"
-    default_limit = 4
-
-    def put(self, key: str, body: str) -> None:
-        shard = self.route(key)
-        assert shard not in self.closed
-        self.shards[shard].append((key, body))
-
-    def split(self) -> None:
-        self.closed.add("s0")
-        for child in ("s1", "s2"):
-            self.shards[child] = []
-            self.parents[child] = ("s0",)
-        self.route = lambda key: "s1" if int(key[1:]) % 2 else "s2"
-
-    async def list_shards(self) -> Sequence[ShardInfo]:
-        return [
-            ShardInfo(shard_id=s, parent_shard_ids=self.parents[s],
-                      ending_sequence=str(len(self.shards[s])) if s in self.closed else None)
-            for s in self.shards
-        ]
-
-    async def get_iterator(self, shard_id: str, *, after: str | None, initial: Any) -> str:
-        return f"{shard_id}:{int(after) if after else 0}"
-
-    async def get_records(self, shard_id: str, iterator: str, *, limit: int) -> RecordsPage:
-        position = int(iterator.split(":")[1])
-        rows = self.shards[shard_id][position:position + limit]
-        messages = [
-            Message(id=str(position + i + 1), body=body, source=SourceKind.KINESIS,
-                    source_name=shard_id, group_id=key, sequence=str(position + i + 1))
-            for i, (key, body) in enumerate(rows)
-        ]
-        end = position + len(rows)
-        done = shard_id in self.closed and end == len(self.shards[shard_id])
-        return RecordsPage(messages=messages, next_iterator=None if done else f"{shard_id}:{end}")
-
-
 async def test_order_per_key_holds_across_a_split(aws: AwsClients) -> None:
     """With a source that routes new records to the children (as AWS does), every key's
     records are handled exactly in order across the split: parent drained first."""
     await create_lease_table(aws, LEASES)
-    stream = MemoryStream()
+    stream = MemoryShardSource()
     handled: list[Message] = []
     slow_parent = anyio.Event()
 
@@ -716,7 +638,7 @@ async def test_order_per_key_holds_across_a_split(aws: AwsClients) -> None:
     async with anyio.create_task_group() as tg:
         consumer = StreamConsumer(aws, handler, stream, fast_config(shard_sync_interval=0.2))
         await tg.start(consumer.run)
-        stream.split()
+        stream.split("s0", ("s1", "s2"), route=lambda key: "s1" if int(key[1:]) % 2 else "s2")
         for value in range(3, 6):
             for key in keys:
                 stream.put(key, f"{key}:{value}")
@@ -738,7 +660,7 @@ async def test_order_per_key_holds_across_a_split(aws: AwsClients) -> None:
     assert leases["s2"].checkpoint == "9"
     # Once the drained parent leaves the stream (retention), its lease is cleaned up and the
     # children carry on.
-    del stream.shards["s0"]
+    stream.expire("s0")
     stream.put("k1", "k1:6")
     seen = len(handled)
     async with anyio.create_task_group() as tg:
@@ -753,7 +675,7 @@ async def test_rebalancing_hands_leases_over_without_duplicates(aws: AwsClients)
     """A second worker joins while records keep arriving: A hands two shards over (finishes
     its batch, checkpoints, releases), B takes them; every record is handled exactly once."""
     await make_stream(aws, "handoff", 4)
-    first, second = Recorder(), Recorder()
+    first, second = MemoryBatchHandler(), MemoryBatchHandler()
     sent: list[str] = []
 
     async def produce(count: int) -> None:
@@ -850,8 +772,8 @@ async def test_sigterm_on_a_worker_process_finishes_the_batch_and_hands_the_leas
 async def test_missing_stream_or_lease_table_is_refused_at_start(aws: AwsClients) -> None:
     await make_stream(aws, "exists", 1)
     with pytest.raises(ConsumerError, match="nope"):
-        await KinesisConsumer(aws, Recorder(), stream="nope", config=fast_config()).run()
-    consumer = KinesisConsumer(aws, Recorder(), stream="exists",
+        await KinesisConsumer(aws, MemoryBatchHandler(), stream="nope", config=fast_config()).run()
+    consumer = KinesisConsumer(aws, MemoryBatchHandler(), stream="exists",
                                config=fast_config(lease_table="no-such-table"))
     with pytest.raises(ConsumerError, match="no-such-table"):
         await consumer.run()
