@@ -45,6 +45,7 @@ from shared.consumers import SqsConsumer, SqsSettings, create_lease_table
 from shared.consumers.kinesis import KinesisConsumer
 from shared.consumers.streams import StreamConsumerConfig
 from shared.dynamodb import to_item
+from shared.testing import KillableTasks
 
 __all__ = [
     "REPORT_ENV", "STACK_ENV", "TEST_TIMINGS", "FirmwareRuntime", "FirmwareStack", "Fleet",
@@ -161,12 +162,6 @@ async def create_stack(aws: AwsClients, *, prefix: str | None = None,
         map_runs_queue=runs, zone=zone)
 
 
-@dataclass
-class _Process:
-    scope: anyio.CancelScope
-    stopped: anyio.Event = field(default_factory=anyio.Event)
-
-
 class FirmwareRuntime:
     """The firmware processes as tasks of `task_group` (see the module docstring)."""
 
@@ -176,58 +171,49 @@ class FirmwareRuntime:
                  task_group: anyio.abc.TaskGroup) -> None:
         self.aws = aws
         self.stack = stack
-        self._tg = task_group
-        self._running: dict[str, _Process] = {}
+        self._processes = KillableTasks(task_group, self._run)
         self.acks: AckApplier | None = None
         self.tasks: FirmwareTasks | None = None
 
-    async def _run(self, name: str, process: _Process, *,
-                   task_status: anyio.abc.TaskStatus[None]) -> None:
+    async def _run(self, name: str, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         from shared.local import MapRunnerSettings, serve_map_runs
 
         s = self.stack
-        try:
-            with process.scope:
-                if name == "tasks":
-                    self.tasks = FirmwareTasks(self.aws, s.task_settings(self.aws.region))
-                    consumer = SqsConsumer(self.aws, s.tasks_queue, self.tasks.batch_handler(),
-                                           settings=SqsSettings(wait_time_seconds=1,
-                                                                max_in_flight=64,
-                                                                drain_seconds=0.5))
-                    await consumer.run(task_status=task_status)
-                elif name == "acks":
-                    self.acks = AckApplier(self.aws, s.table)
-                    kinesis = KinesisConsumer(
-                        self.aws, self.acks, stream=s.acks_stream,
-                        config=StreamConsumerConfig(
-                            lease_table=s.lease_table, application="firmware-acks",
-                            lease_duration=s.lease_duration, idle_backoff=s.acks_idle_backoff,
-                            shard_sync_interval=2.0, shutdown_grace=0.5))
-                    await kinesis.run(task_status=task_status)
-                else:
-                    stop = anyio.Event()
-                    settings = MapRunnerSettings(poll_interval=0.05, parent_check_interval=0.5)
-                    await serve_map_runs(self.aws, s.map_runs_queue, stop, settings=settings,
-                                         task_status=task_status)
-        finally:
-            process.stopped.set()
+        if name == "tasks":
+            self.tasks = FirmwareTasks(self.aws, s.task_settings(self.aws.region))
+            consumer = SqsConsumer(self.aws, s.tasks_queue, self.tasks.batch_handler(),
+                                   settings=SqsSettings(wait_time_seconds=1,
+                                                        max_in_flight=64,
+                                                        drain_seconds=0.5))
+            await consumer.run(task_status=task_status)
+        elif name == "acks":
+            self.acks = AckApplier(self.aws, s.table)
+            kinesis = KinesisConsumer(
+                self.aws, self.acks, stream=s.acks_stream,
+                config=StreamConsumerConfig(
+                    lease_table=s.lease_table, application="firmware-acks",
+                    lease_duration=s.lease_duration, idle_backoff=s.acks_idle_backoff,
+                    shard_sync_interval=2.0, shutdown_grace=0.5))
+            await kinesis.run(task_status=task_status)
+        else:
+            stop = anyio.Event()
+            settings = MapRunnerSettings(poll_interval=0.05, parent_check_interval=0.5)
+            await serve_map_runs(self.aws, s.map_runs_queue, stop, settings=settings,
+                                 task_status=task_status)
 
     async def start(self, *names: str) -> None:
-        for name in names or self.PROCESSES:
-            if name in self._running:
-                raise RuntimeError(f"{name} is running already")
-            process = _Process(anyio.CancelScope())
-            self._running[name] = process
-            await self._tg.start(self._run, name, process)
+        """Start the named processes (all when none are named).
+
+        Raises RuntimeError when one of them is running already."""
+        await self._processes.start(*(names or self.PROCESSES))
 
     async def kill(self, name: str) -> None:
-        process = self._running.pop(name)
-        process.scope.cancel()
-        await process.stopped.wait()
+        """Cancel a process at once, like SIGKILL."""
+        await self._processes.kill(name)
 
     async def stop(self) -> None:
-        for name in list(self._running):
-            await self.kill(name)
+        for name in self._processes.running:
+            await self._processes.kill(name)
 
 
 @contextlib.asynccontextmanager

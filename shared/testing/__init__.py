@@ -6,6 +6,8 @@
   `MemoryBatchHandler` (a `BatchHandler`), `MemoryDeliveryControl` (what a host lets a
   handler do), `MemoryShardSource` (a `ShardSource` with resharding), `MemoryEventBus` (the
   PutEvents seam of the outbox relay), `MemoryConsumer` (what a worker host runs).
+- `KillableTasks`: named tasks a harness kills (like SIGKILL) and starts again, to play a
+  service's processes in one event loop.
 """
 
 from shared.testing._observability import CapturedLogs, CapturedSpans, capture_logs, capture_spans
@@ -16,15 +18,18 @@ from shared.testing._seams import (
     MemoryEventBus,
     MemoryShardSource,
 )
+from shared.testing._tasks import KillableTasks, RunNamed
 
 __all__ = [
     "CapturedLogs",
     "CapturedSpans",
+    "KillableTasks",
     "MemoryBatchHandler",
     "MemoryConsumer",
     "MemoryDeliveryControl",
     "MemoryEventBus",
     "MemoryShardSource",
+    "RunNamed",
     "capture_logs",
     "capture_spans",
 ]
