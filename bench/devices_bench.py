@@ -235,7 +235,8 @@ async def _replay(args: argparse.Namespace) -> dict[str, Any]:
         TelemetryStatistics,
     )
     from shared.aws import AwsClients
-    from shared.consumers import InitialPosition, KinesisSource
+    from shared.consumers import InitialPosition
+    from shared.consumers.kinesis import KinesisSource
     from shared.hosts import configure_gc
 
     configure_gc()  # as the worker host does after loading (FLEETLINE_GC_THRESHOLDS)

@@ -9,7 +9,8 @@ tests/test_exported_members.py, anyio's tests/test_all_attributes.py).
   underscore (a CLI's commands are its app's, not importable API), and every listed name
   exists.
 - Nothing outside a package imports its private modules, except the tests of those modules
-  (`services/`, `bench/` and the rest of `shared` use public names only).
+  (`services/`, `bench/` and the rest of `shared` use public names only), and every name the
+  benchmarks import exists (mypy does not read `bench/`; its imports are inside functions).
 """
 
 from __future__ import annotations
@@ -124,3 +125,17 @@ def _private_imports(path: Path) -> list[str]:
 def test_no_private_module_is_imported_across_packages(tree: str) -> None:
     found = [hit for path in sorted((ROOT / tree).rglob("*.py")) for hit in _private_imports(path)]
     assert found == []
+
+
+def test_every_name_the_benchmarks_import_exists() -> None:
+    missing = []
+    for path in sorted((ROOT / "bench").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.ImportFrom) and node.module and node.level == 0):
+                continue
+            if node.module.split(".")[0] not in {"shared", "services"}:
+                continue
+            module = importlib.import_module(node.module)
+            missing += [f"{path.relative_to(ROOT)}:{node.lineno}: {node.module}.{alias.name}"
+                        for alias in node.names if not hasattr(module, alias.name)]
+    assert missing == []
