@@ -45,7 +45,7 @@ from shared.consumers import SqsConsumer, SqsSettings, create_lease_table
 from shared.consumers.kinesis import KinesisConsumer
 from shared.consumers.streams import StreamConsumerConfig
 from shared.dynamodb import to_item
-from shared.testing import KillableTasks
+from shared.testing import KillableTasks, create_queue_with_dlq
 
 __all__ = [
     "REPORT_ENV", "STACK_ENV", "TEST_TIMINGS", "FirmwareRuntime", "FirmwareStack", "Fleet",
@@ -125,14 +125,9 @@ async def create_stack(aws: AwsClients, *, prefix: str | None = None,
             AttributeDefinitions=[{"AttributeName": n, "AttributeType": "S"}
                                   for n in ("tenant_id", "device_id")])
         await s3.create_bucket(Bucket=f"{p}-firmware")
-        dlq = (await sqs.create_queue(QueueName=f"{p}-firmware-tasks-dlq"))["QueueUrl"]
-        dlq_arn = (await sqs.get_queue_attributes(
-            QueueUrl=dlq, AttributeNames=["QueueArn"]))["Attributes"]["QueueArn"]
-        tasks = (await sqs.create_queue(QueueName=f"{p}-firmware-tasks", Attributes={
-            "VisibilityTimeout": str(task_visibility_seconds),
-            "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn,
-                                         "maxReceiveCount": "10"})}))["QueueUrl"]
         await kinesis.create_stream(StreamName=f"{p}-firmware-acks", ShardCount=1)
+    tasks = (await create_queue_with_dlq(aws, f"{p}-firmware-tasks", max_receive_count=10,
+                                         visibility_timeout=task_visibility_seconds)).url
     await create_lease_table(aws, f"{p}-leases")
     definition = json.loads(json.dumps(build_definition(timings)).replace(
         "${FirmwareTasksQueueUrl}", tasks))

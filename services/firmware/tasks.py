@@ -66,9 +66,9 @@ from services.firmware.planner import (
     read_model_source,
 )
 from shared.aws import AwsClients
-from shared.callbacks import TaskAnswers, heartbeating
+from shared.callbacks import TaskAnswers, heartbeating, task_token
 from shared.consumers import BatchHandler, HandlerContext, RetryLater, batch_handler, json_object
-from shared.errors import InvalidMessageError, is_retryable
+from shared.errors import is_retryable
 from shared.outbox import UnitOfWork
 
 __all__ = ["FirmwareTasks", "TaskRequest", "TaskSettings"]
@@ -134,9 +134,7 @@ class FirmwareTasks:
         try:
             task = TaskRequest.model_validate(body)
         except ValidationError as exc:
-            token = body.get("task_token")
-            if not isinstance(token, str) or not token:
-                raise InvalidMessageError(f"unreadable task: {exc}") from exc
+            token = task_token(body, reason=f"unreadable task: {exc}")
             await self.answers.fail(token, "Rollout.InvalidTask", str(exc)[:2000])
             return
         action = self._actions.get(task.action)

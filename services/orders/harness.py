@@ -40,7 +40,7 @@ from shared.config import Resources
 from shared.consumers import BatchHandler, SqsConsumer, SqsSettings, StreamConsumerConfig
 from shared.consumers.dynamodb_streams import DynamoDBStreamsConsumer, latest_stream_arn
 from shared.outbox import PublisherConfig, Relay
-from shared.testing import KillableTasks
+from shared.testing import KillableTasks, create_queue_with_dlq
 
 __all__ = [
     "TEST_TIMINGS", "OrdersRuntime", "OrdersStack", "background_runtime", "create_stack",
@@ -142,22 +142,13 @@ async def create_stack(
     await _table(aws, names["idempotency"], keys=("id",))
     await _table(aws, names["leases"], keys=("lease_key",))
 
-    sqs = await aws.client("sqs")
     queues: dict[str, str] = {}
     arns: dict[str, str] = {}
-    with aws_errors():
-        for name in _QUEUES:
-            dlq = (await sqs.create_queue(QueueName=f"{p}-{name}-dlq"))["QueueUrl"]
-            dlq_arn = (await sqs.get_queue_attributes(
-                QueueUrl=dlq, AttributeNames=["QueueArn"]))["Attributes"]["QueueArn"]
-            url = (await sqs.create_queue(QueueName=f"{p}-{name}", Attributes={
-                "VisibilityTimeout": str(task_visibility_seconds),
-                "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn,
-                                             "maxReceiveCount": str(max_receive_count)}),
-            }))["QueueUrl"]
-            queues[name] = url
-            arns[name] = (await sqs.get_queue_attributes(
-                QueueUrl=url, AttributeNames=["QueueArn"]))["Attributes"]["QueueArn"]
+    for name in _QUEUES:
+        made = await create_queue_with_dlq(aws, f"{p}-{name}",
+                                           max_receive_count=max_receive_count,
+                                           visibility_timeout=task_visibility_seconds)
+        queues[name], arns[name] = made.url, made.arn
 
     events = await aws.client("events")
     bus = f"{p}-orders"

@@ -31,9 +31,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from services.orders.errors import TRANSIENT_ERROR_NAME, InvalidTask, StepFailed
 from services.orders.events import Address, OrderLine
 from shared.aws import AwsClients
-from shared.callbacks import TaskAnswers, heartbeating
+from shared.callbacks import TaskAnswers, heartbeating, task_token
 from shared.consumers import BatchHandler, HandlerContext, batch_handler, json_object
-from shared.errors import InvalidMessageError, is_retryable
+from shared.errors import is_retryable
 from shared.tracing import consumer_span
 
 __all__ = ["Action", "CallbackTasks", "TaskOrder", "TaskRequest"]
@@ -94,10 +94,9 @@ class CallbackTasks:
         try:
             task = TaskRequest.model_validate(body)
         except ValidationError as exc:
-            token = body.get("task_token")
-            if not isinstance(token, str) or not token:
-                raise InvalidMessageError(f"unreadable task: {exc}") from exc
-            await self._answer_failure(token, InvalidTask(f"unreadable task: {exc}"), ctx.log,
+            reason = f"unreadable task: {exc}"
+            token = task_token(body, reason=reason)
+            await self._answer_failure(token, InvalidTask(reason), ctx.log,
                                        step=str(body.get("step", "")))
             return
         log = ctx.log.bind(service=self.service, action=task.action, step=task.step,

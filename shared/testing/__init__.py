@@ -8,9 +8,12 @@
   PutEvents seam of the outbox relay), `MemoryConsumer` (what a worker host runs).
 - `KillableTasks`: named tasks a harness kills (like SIGKILL) and starts again, to play a
   service's processes in one event loop.
+- `create_queue_with_dlq`: a queue, its DLQ and the RedrivePolicy between them, made through
+  the API for a test against the emulator (`TestQueue`).
 """
 
 from shared.testing._observability import CapturedLogs, CapturedSpans, capture_logs, capture_spans
+from shared.testing._queues import TestQueue, create_queue_with_dlq
 from shared.testing._seams import (
     MemoryBatchHandler,
     MemoryConsumer,
@@ -30,6 +33,8 @@ __all__ = [
     "MemoryEventBus",
     "MemoryShardSource",
     "RunNamed",
+    "TestQueue",
     "capture_logs",
     "capture_spans",
+    "create_queue_with_dlq",
 ]
