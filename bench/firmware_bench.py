@@ -222,9 +222,14 @@ def reference_definition(queue_url: str) -> dict[str, Any]:
 
 
 async def reference_design(aws: AwsClients, devices: int) -> dict[str, Any]:
-    from shared.local import StackFacts, plan_gaps
-    from shared.local._distributed_map import RunnerSettings, map_runs_queue, serve_map_runs
-    from shared.local._supply import apply_api_gaps
+    from shared.local import (
+        MapRunnerSettings,
+        StackFacts,
+        apply_api_gaps,
+        map_runs_queue,
+        plan_gaps,
+        serve_map_runs,
+    )
 
     sqs, s3, sfn = (await aws.client("sqs"), await aws.client("s3"),
                     await aws.client("stepfunctions"))
@@ -259,7 +264,7 @@ async def reference_design(aws: AwsClients, devices: int) -> dict[str, Any]:
     began = time.monotonic()
     async with anyio.create_task_group() as tg:
         await tg.start(lambda task_status: serve_map_runs(
-            aws, runs, stop, settings=RunnerSettings(max_concurrency=40, poll_interval=0.1),
+            aws, runs, stop, settings=MapRunnerSettings(max_concurrency=40, poll_interval=0.1),
             task_status=task_status))
         for _ in range(4):
             tg.start_soon(answer_tokens)

@@ -228,7 +228,7 @@ async def wait_final(aws: AwsClients, table: str, order_id: str,
     this driver runs in the measured process, so its polling is part of the CPU figure).
 
     Raises TimeoutError after `limit` seconds."""
-    from services.orders import _store
+    from shared.dynamodb import from_item
 
     ddb = await aws.client("dynamodb")
     with anyio.fail_after(limit):
@@ -236,7 +236,7 @@ async def wait_final(aws: AwsClients, table: str, order_id: str,
             page = await ddb.query(
                 TableName=table, IndexName="by-order", KeyConditionExpression="order_id = :id",
                 ExpressionAttributeValues={":id": {"S": order_id}}, Limit=1)
-            item = _store.plain(page["Items"][0]) if page.get("Items") else None
+            item = from_item(page["Items"][0]) if page.get("Items") else None
             if item and item["status"] in ("CONFIRMED", "CANCELLED"):
                 return item
             await anyio.sleep(1.0)

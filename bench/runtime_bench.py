@@ -232,8 +232,7 @@ def worker_runtime(url: str, prefix: str, expected: int, tally: Tally, mode: str
     from aiobotocore.session import get_session
 
     from shared.aws import AwsClients
-    from shared.consumers import SqsConsumer, SqsSettings
-    from shared.consumers._message import BatchResult, Message, Outcome
+    from shared.consumers import BatchResult, Message, Outcome, SqsConsumer, SqsSettings
     from shared.events import Envelope
     from shared.outbox import (
         Aggregate,

@@ -24,14 +24,26 @@ import anyio
 import structlog
 
 from shared.aws import AwsClients, aws_errors
-from shared.errors import AwsRequestError
+from shared.errors import AwsRequestError, InvalidMessageError
 
-__all__ = ["STALE_TOKEN_CODES", "TaskAnswers", "heartbeating"]
+__all__ = ["STALE_TOKEN_CODES", "TaskAnswers", "heartbeating", "task_token"]
 
 STALE_TOKEN_CODES: Final = frozenset({"TaskTimedOut", "InvalidToken", "TaskDoesNotExist"})
 _CAUSE_MAX: Final = 32_000  # SendTaskFailure's cause limit is 32,768 characters
 
 _log = structlog.get_logger("shared.callbacks")
+
+
+def task_token(body: Mapping[str, Any], *, reason: str) -> str:
+    """The token in a task message's `body` (its `task_token` field), to answer with a
+    failure a task whose other fields could not be read.
+
+    Raises InvalidMessageError with `reason` when there is none: no task can be answered,
+    and the message goes to the DLQ."""
+    token = body.get("task_token")
+    if not isinstance(token, str) or not token:
+        raise InvalidMessageError(reason)
+    return token
 
 
 class TaskAnswers:

@@ -22,6 +22,8 @@ from rich.table import Table
 from shared.cloudformation import DEFAULT_TEMPLATE
 from shared.errors import FleetlineError
 
+__all__ = ["app", "main"]  # the commands are the app's, not importable API
+
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="fleetline: event-driven services on AWS"
 )
@@ -81,7 +83,7 @@ def up(
     """Start the emulator, deploy the stack, run its workers; print READY when it takes traffic."""
     # Only light modules before the emulator is spawned: it boots while the rest imports.
     from shared.emulator import Emulator, port_in_use
-    from shared.local._control import ensure_no_running, start_detached
+    from shared.local import ensure_no_running, start_detached
 
     endpoint = os.environ.get("AWS_ENDPOINT_URL") or None
     parameters: dict[str, str] = {}
@@ -122,13 +124,13 @@ def up(
             (state_dir / "logs").mkdir(parents=True, exist_ok=True)
             emulator = Emulator(port=port, log_path=state_dir / "logs" / "moto.log").spawn()
         try:
-            from shared.local._up import UpConfig, run_up
+            from shared.local import UpConfig, run_up
         except BaseException:
             if emulator is not None:
                 emulator.stop()
             raise
         if not sys.stderr.isatty():  # a log file (detached) or a pipe: JSON lines
-            from shared.local._logs import setup_logging
+            from shared.local import setup_logging
 
             setup_logging("fleetline-up", stream=sys.stderr)
         config = UpConfig(

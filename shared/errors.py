@@ -18,9 +18,10 @@ Retry semantics live on the type (`retryable`), never in string matching: a cons
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 __all__ = [
+    "EX_CONFIG",
     "AwsRequestError",
     "AwsUnavailableError",
     "ConditionFailedError",
@@ -32,6 +33,10 @@ __all__ = [
     "TransactionCanceledError",
     "is_retryable",
 ]
+
+EX_CONFIG: Final = 78
+"""The exit status of a process that stopped on a configuration error (sysexits.h): a worker
+host, the emulator's server. A supervisor does not restart a child that exits with it."""
 
 
 class FleetlineError(Exception):

@@ -41,7 +41,7 @@ import anyio
 
 __all__ = [
     "ConsumerMetrics",
-    "ConsumerStatistics",
+    "ConsumerMetricsStatistics",
     "Counter",
     "Metrics",
     "MetricsStatistics",
@@ -100,7 +100,7 @@ class _Reservoir:
 
 
 @dataclass(frozen=True, kw_only=True)
-class ConsumerStatistics:
+class ConsumerMetricsStatistics:
     """Lifetime totals of one consumer."""
 
     name: str
@@ -131,9 +131,9 @@ class ConsumerStatistics:
 class MetricsStatistics:
     """Snapshot of every consumer, by name (read-only mapping)."""
 
-    consumers: Mapping[str, ConsumerStatistics]
+    consumers: Mapping[str, ConsumerMetricsStatistics]
 
-    def __getitem__(self, name: str) -> ConsumerStatistics:
+    def __getitem__(self, name: str) -> ConsumerMetricsStatistics:
         return self.consumers[name]
 
 
@@ -192,10 +192,10 @@ class ConsumerMetrics:
         if self._period_lag_max is None or seconds > self._period_lag_max:
             self._period_lag_max = seconds
 
-    def statistics(self) -> ConsumerStatistics:
+    def statistics(self) -> ConsumerMetricsStatistics:
         """Lifetime totals."""
         t = self._totals
-        return ConsumerStatistics(
+        return ConsumerMetricsStatistics(
             name=self.name,
             received=t[Counter.RECEIVED],
             succeeded=t[Counter.SUCCEEDED],

@@ -9,8 +9,7 @@ from collections.abc import Mapping
 
 from shared.aws import AwsClients
 from shared.config import Resources
-from shared.local import command_clients, command_resources, read_state
-from shared.local._command import state_dir
+from shared.local import command_clients, command_resources, read_state, state_dir
 
 __all__ = ["dashboard_base_url", "stack_clients", "stack_resources"]
 

@@ -36,7 +36,7 @@ import anyio
 import orjson
 
 from services.devices.domain import DeviceState
-from services.devices.events import DeviceEvent
+from services.devices.events import DeviceEvent, Status
 from shared.aws import AwsClients, aws_errors, call_decoded
 from shared.dynamodb import wire_json
 from shared.errors import ConditionFailedError, RetryableError, TransactionCanceledError
@@ -365,7 +365,7 @@ class DynamoDeviceStore:
                 "#k": "device_id", "#s": "status", "#d": "doc",
                 "#v": config.version_attribute, "#q": config.sequence_attribute,
             },
-            "ExpressionAttributeValues": {":online": {"S": _ONLINE}},
+            "ExpressionAttributeValues": {":online": {"S": Status.ONLINE.value}},
         }
         if page_size is not None:
             if page_size < 1:
@@ -496,7 +496,7 @@ class MemoryDeviceStore:
             page = []
             for device_id in ids[start:start + size]:  # read as they are now, as a Scan does
                 attrs, version, event_seq = self.items[device_id]
-                if attrs["status"] == _ONLINE:
+                if attrs["status"] == Status.ONLINE:
                     page.append(StoredDevice(
                         state=state_from_attributes(attrs, version=version, event_seq=event_seq),
                         version=version,
@@ -518,7 +518,3 @@ class MemoryDeviceStore:
             merge_last_seen(newest, item["seen"]["S"])
         return newest
 
-
-# The `status` attribute of an ONLINE device (`str(Status.ONLINE)`), which the online scan
-# filters on.
-_ONLINE = "online"

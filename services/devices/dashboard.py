@@ -13,7 +13,8 @@ viewer link (the page URL with a tenant token).
   `services.devices._dashboard_feed`; their public names are re-exported here. The lifespan
   attaches the queue before seeding, so no event falls between the two.
   docs/devices.md ("Dashboard fan-out") has the reasons and the measured latency.
-- A viewer authenticates with a token (`services.devices._auth`): the tenant comes from the
+- A viewer authenticates with a token (`services.devices._auth`; `issue_token` is
+  re-exported here for the CLI's and benchmarks' viewer links): the tenant comes from the
   token alone, and a viewer's stream only ever carries that tenant's devices (`Hub` keeps
   subscribers per tenant and publishes an update to that tenant's subscribers only).
 - `GET /events?token=`: SSE. First a `snapshot` (counts, devices, open alarms), then one
@@ -74,6 +75,7 @@ __all__ = [
     "Hub",
     "TaskQueue",
     "dashboard_handler",
+    "issue_token",
     "rollout_for_tenant",
     "stale_feeds",
     "task_queue",

@@ -57,10 +57,10 @@ from shared.errors import InvalidMessageError, PermanentError
 __all__ = [
     "ZONES",
     "Applied",
+    "ApplyOutcome",
     "DesiredUpdate",
     "DeviceState",
     "InvalidTelemetry",
-    "Outcome",
     "ResidencyRefused",
     "Telemetry",
     "ThresholdRule",
@@ -93,7 +93,10 @@ class ResidencyRefused(PermanentError):
         self.reason = reason
 
 
-class Outcome(enum.StrEnum):
+class ApplyOutcome(enum.StrEnum):
+    """What applying one record or update did to the device (a message's outcome is
+    `shared.consumers.Outcome`; the telemetry worker maps one to the other)."""
+
     APPLIED = "applied"
     DUPLICATE = "duplicate"  # same seq as the last applied record
     STALE = "stale"  # older than the last applied record (out of order)
@@ -518,13 +521,13 @@ class DeviceState:
 class Applied:
     """What one input did: its outcome and the events of the transitions it caused."""
 
-    outcome: Outcome
+    outcome: ApplyOutcome
     events: Sequence[DeviceEvent] = ()
 
 
-_DUPLICATE: Final = Applied(Outcome.DUPLICATE)
-_STALE: Final = Applied(Outcome.STALE)
-_NOTHING: Final = Applied(Outcome.APPLIED)
+_DUPLICATE: Final = Applied(ApplyOutcome.DUPLICATE)
+_STALE: Final = Applied(ApplyOutcome.STALE)
+_NOTHING: Final = Applied(ApplyOutcome.APPLIED)
 _MISSING: Final = object()
 
 
@@ -606,7 +609,7 @@ def apply_telemetry(
             pending.append(("cleared", (rule, value, severity)))
     if not pending:
         return _NOTHING
-    return Applied(Outcome.APPLIED, _build_events(state, pending, silent_for=0.0))
+    return Applied(ApplyOutcome.APPLIED, _build_events(state, pending, silent_for=0.0))
 
 
 
@@ -664,7 +667,7 @@ def apply_desired(state: DeviceState, update: DesiredUpdate) -> Applied:
     if delta == state.delta:
         return _NOTHING
     state.delta = delta
-    return Applied(Outcome.APPLIED, _build_events(state, [("delta", None)], silent_for=0.0))
+    return Applied(ApplyOutcome.APPLIED, _build_events(state, [("delta", None)], silent_for=0.0))
 
 
 def check_silence(state: DeviceState, *, now: float, silence_after: float) -> Applied | None:
@@ -678,5 +681,5 @@ def check_silence(state: DeviceState, *, now: float, silence_after: float) -> Ap
         return None
     state.status = Status.OFFLINE
     return Applied(
-        Outcome.APPLIED, _build_events(state, [("disconnected", None)], silent_for=silent_for)
+        ApplyOutcome.APPLIED, _build_events(state, [("disconnected", None)], silent_for=silent_for)
     )

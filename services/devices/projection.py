@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any
 
 import structlog
 from pydantic import BaseModel
@@ -41,9 +41,6 @@ from shared.hosts import SqsQueue, Worker
 __all__ = ["ReadModel", "projection_handler", "read_model_item", "worker"]
 
 log = structlog.get_logger("services.devices.projection")
-
-STATUS_INDEX: Final = "by-tenant-status"
-
 
 def read_model_item(event: DeviceEvent, *, event_id: str, sequence: int,
                     event_type: str, time: str) -> dict[str, Any]:

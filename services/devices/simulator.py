@@ -36,6 +36,7 @@ import anyio
 import anyio.abc
 import typer
 
+from services.devices.events import EDGE_SOURCE
 from services.devices.firmware_agent import DeviceAnswer, UpdateFaults, UpdatePlan, watch_jobs
 from shared.aws import AwsClients, aws_errors
 from shared.config import Resources
@@ -54,7 +55,6 @@ PUT_RECORDS_MAX_BYTES: Final = 5_000_000
 PUT_EVENTS_MAX: Final = 10
 PRESENCE_IN_FLIGHT: Final = 8  # PutEvents calls at once for presence events
 PRESENCE_BUFFER: Final = 64  # batches of presence entries waiting before telemetry waits
-PRESENCE_SOURCE: Final = "fleetline.iot"
 PRESENCE_DETAIL_TYPE: Final = "DevicePresence"
 
 
@@ -252,7 +252,7 @@ class FleetPlan:
         """PutEvents entries for IoT lifecycle (presence) events of these devices."""
         return [
             {
-                "Source": PRESENCE_SOURCE,
+                "Source": EDGE_SOURCE,
                 "DetailType": PRESENCE_DETAIL_TYPE,
                 "Detail": json.dumps(
                     {

@@ -73,7 +73,7 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Final
 
 import anyio
@@ -89,10 +89,10 @@ from services.devices._store import (
 )
 from services.devices.domain import (
     DEFAULT_THRESHOLDS,
+    ApplyOutcome,
     DesiredUpdate,
     DeviceState,
     InvalidTelemetry,
-    Outcome,
     ResidencyRefused,
     Telemetry,
     Thresholds,
@@ -102,20 +102,23 @@ from services.devices.domain import (
     check_silence,
     parse_record,
 )
-from services.devices.events import DeviceEvent
+from services.devices.events import DeviceEvent, Status
 from services.devices.lake import FirehoseLake, LakeError, LakeSink, reading_rows
 from shared.aws import AwsClients
 from shared.config import Resources, resource_env_name
-from shared.consumers import BatchHandler, BatchResult, Message
-from shared.consumers import Outcome as MessageOutcome
+from shared.consumers import BatchHandler, BatchResult, Message, Outcome
 from shared.errors import RetryableError
 from shared.hosts import KinesisStream, Worker
+from shared.outbox import WriteMode
 
+# The store is `services.devices._store`'s; what a caller of `TelemetryProcessor` hands it
+# is re-exported here.
 __all__ = [
+    "DeviceStore",
+    "DynamoDeviceStore",
     "TelemetryConfig",
     "TelemetryProcessor",
     "TelemetryStatistics",
-    "WriteMode",
     "worker",
 ]
 
@@ -133,9 +136,9 @@ class FlushError(RetryableError):
     retried (the replay reloads them)."""
 
 
-class WriteMode:
-    TRANSACTION: Final = "transaction"
-    ITEMS: Final = "items"
+# How a flush sends its device writes: the outbox's `WriteMode`, of which the device store
+# implements two (no STATEMENTS: a device write is its item put, see `_store.device_put`).
+WRITE_MODES: Final = (WriteMode.TRANSACTION, WriteMode.ITEMS)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -146,7 +149,7 @@ class TelemetryConfig:
     silence_after: float = 60.0
     sweep_interval: float = 5.0
     thresholds: Thresholds = DEFAULT_THRESHOLDS
-    write_mode: str = WriteMode.TRANSACTION
+    write_mode: WriteMode = WriteMode.TRANSACTION
     flush_attempts: int = 4
     # The stored sweep (module docstring): first run this long after start (None:
     # `silence_after`, so live devices this worker owns have reported and been loaded), then
@@ -162,10 +165,12 @@ class TelemetryConfig:
             raise ValueError(f"zone must be 'eu' or 'us', got {self.zone!r}")
         if self.silence_after <= 0 or self.sweep_interval <= 0:
             raise ValueError("silence_after and sweep_interval must be positive")
-        if self.write_mode not in (WriteMode.TRANSACTION, WriteMode.ITEMS):
+        if self.write_mode not in WRITE_MODES:
             raise ValueError(
                 f"write_mode must be 'transaction' or 'items', got {self.write_mode!r}"
             )
+        # A name from the environment or a caller's string becomes the enum member.
+        object.__setattr__(self, "write_mode", WriteMode(self.write_mode))
         if self.flush_attempts < 1:
             raise ValueError("flush_attempts must be >= 1")
         if self.stored_sweep_interval <= 0:
@@ -191,21 +196,29 @@ class TelemetryConfig:
         thresholds = DEFAULT_THRESHOLDS
         if env.get("FLEETLINE_THRESHOLDS"):
             thresholds = Thresholds.from_json(env["FLEETLINE_THRESHOLDS"])
+        # TRANSACTION everywhere, the emulator included (moto deep-copied a table and its
+        # stream per TransactWriteItems; shared.emulator backs up items).
+        write_mode = env.get("FLEETLINE_WRITE_MODE") or WriteMode.TRANSACTION
+        if write_mode not in WRITE_MODES:
+            raise ValueError(
+                f"FLEETLINE_WRITE_MODE must be 'transaction' or 'items', got {write_mode!r}"
+            )
         return cls(
             zone=env.get("FLEETLINE_RESIDENCY_ZONE", "eu"),
             silence_after=float(env.get("FLEETLINE_SILENCE_AFTER", "60")),
             sweep_interval=float(env.get("FLEETLINE_SWEEP_INTERVAL", "5")),
             thresholds=thresholds,
-            # TRANSACTION everywhere, the emulator included (moto deep-copied a table and its
-            # stream per TransactWriteItems; shared.emulator backs up items).
-            write_mode=env.get("FLEETLINE_WRITE_MODE") or WriteMode.TRANSACTION,
+            write_mode=WriteMode(write_mode),
             stored_sweep_interval=float(env.get("FLEETLINE_STORED_SWEEP_INTERVAL") or "3600"),
             last_seen_interval=float(env.get("FLEETLINE_LAST_SEEN_INTERVAL") or "300"),
         )
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class TelemetryStatistics:
+    """Counters since the processor was made: an immutable snapshot
+    (`TelemetryProcessor.statistics()`)."""
+
     records: int = 0
     applied: int = 0
     duplicates: int = 0
@@ -220,7 +233,11 @@ class TelemetryStatistics:
     lake_rows: int = 0
     last_seen_items: int = 0
     last_seen_devices: int = 0
-    events_by_type: collections.Counter[str] = field(default_factory=collections.Counter)
+    events_by_type: Mapping[str, int] = field(default_factory=dict)
+
+
+# The counters a processor keeps (by name, as `TelemetryStatistics` calls them).
+_COUNTED: Final = tuple(f.name for f in fields(TelemetryStatistics) if f.name != "events_by_type")
 
 
 @dataclass(slots=True)
@@ -277,7 +294,8 @@ class TelemetryProcessor:
         self.store = store
         self.lake = lake
         self.config = config or TelemetryConfig()
-        self.stats = TelemetryStatistics()
+        self._counts: collections.Counter[str] = collections.Counter()
+        self._events_by_type: collections.Counter[str] = collections.Counter()
         self._clock = clock
         self._devices: dict[str, _Device] = {}
         # Devices ONLINE, oldest arrival first: the sweep stops at the first recent one.
@@ -288,30 +306,35 @@ class TelemetryProcessor:
         self._writer = uuid.uuid4().hex[:12]
         self._last_seen_at = clock()
 
+    def statistics(self) -> TelemetryStatistics:
+        """An immutable snapshot of the counters."""
+        counts = {name: self._counts[name] for name in _COUNTED}
+        return TelemetryStatistics(events_by_type=dict(self._events_by_type), **counts)
+
     # -- the BatchHandler ------------------------------------------------------------------
 
     async def __call__(self, messages: Sequence[Message]) -> BatchResult:
-        outcomes: dict[str, MessageOutcome] = {}
+        outcomes: dict[str, Outcome] = {}
         reasons: dict[str, str] = {}
         parsed: list[tuple[Message, Telemetry | DesiredUpdate]] = []
-        stats = self.stats
+        counts = self._counts
         for message in messages:
-            stats.records += 1
+            counts["records"] += 1
             try:
                 if message.attributes.get("content-transfer-encoding") == "base64":
                     raise InvalidTelemetry("record data is not UTF-8 text")
                 parsed.append((message, parse_record(message.body)))
             except InvalidTelemetry as exc:
-                stats.malformed += 1
-                outcomes[message.id] = MessageOutcome.DEAD_LETTER
+                counts["malformed"] += 1
+                outcomes[message.id] = Outcome.DEAD_LETTER
                 reasons[message.id] = f"malformed: {exc}"
         missing = {rec.device_id for _, rec in parsed if rec.device_id not in self._devices}
         if missing:
-            stats.loads += 1
+            counts["loads"] += 1
             for device_id, stored in (await self.store.load(missing)).items():
                 if device_id not in self._devices:
                     self._devices[device_id] = _Device(stored.state, stored.version)
-                    if stored.state.status == "online":
+                    if stored.state.status is Status.ONLINE:
                         self._track(device_id)
 
         touched: dict[str, _Device] = {}
@@ -329,8 +352,8 @@ class TelemetryProcessor:
                 check_residency(rec, deployment_zone=zone,
                                 state=device.state if device is not None else None)
             except ResidencyRefused as exc:
-                stats.refused += 1
-                outcomes[message.id] = MessageOutcome.DEAD_LETTER
+                counts["refused"] += 1
+                outcomes[message.id] = Outcome.DEAD_LETTER
                 reasons[message.id] = exc.reason
                 continue
             if device is None:
@@ -343,9 +366,9 @@ class TelemetryProcessor:
             else:
                 is_reading = False
                 applied = apply_desired(device.state, rec)
-            if applied.outcome is Outcome.APPLIED:
-                stats.applied += 1
-                outcomes[message.id] = MessageOutcome.SUCCEEDED
+            if applied.outcome is ApplyOutcome.APPLIED:
+                counts["applied"] += 1
+                outcomes[message.id] = Outcome.SUCCEEDED
                 if applied.events or not is_reading or write_every_record:
                     # A state change (or a desired update): written with this batch.
                     device.dirty = True
@@ -359,11 +382,11 @@ class TelemetryProcessor:
                     if lake is not None:
                         rows.extend(reading_rows(rec, arrival=arrival))
             else:
-                if applied.outcome is Outcome.DUPLICATE:
-                    stats.duplicates += 1
+                if applied.outcome is ApplyOutcome.DUPLICATE:
+                    counts["duplicates"] += 1
                 else:
-                    stats.stale += 1
-                outcomes[message.id] = MessageOutcome.DUPLICATE
+                    counts["stale"] += 1
+                outcomes[message.id] = Outcome.DUPLICATE
         if rows and lake is not None:
             try:
                 await lake.put(rows)
@@ -373,7 +396,7 @@ class TelemetryProcessor:
                 for _, rec in parsed:
                     self._evict(rec.device_id)
                 raise
-            stats.lake_rows += len(rows)
+            counts["lake_rows"] += len(rows)
         if touched:
             await self.flush(touched.values())
         return BatchResult(outcomes, reasons)
@@ -398,7 +421,7 @@ class TelemetryProcessor:
             pending = [d for d in devices if d.dirty]
             if not pending:
                 return
-            if self.config.write_mode == WriteMode.TRANSACTION:
+            if self.config.write_mode is WriteMode.TRANSACTION:
                 groups = [pending[i:i + TRANSACTION_LIMIT]
                           for i in range(0, len(pending), TRANSACTION_LIMIT)]
             else:
@@ -435,17 +458,17 @@ class TelemetryProcessor:
                 log.warning("device flush failed; retrying", error=str(exc), attempt=attempt)
                 await anyio.sleep(min(0.05 * 2**attempt, 1.0))
                 continue
-            self.stats.commits += 1
+            self._counts["commits"] += 1
             for device_id, written in result.committed.items():
                 device = remaining.pop(device_id)
                 self._unwritten.pop(device_id, None)  # its item now carries its last-seen
                 device.version += 1
                 device.dirty = False
                 device.pending.clear()
-                self.stats.device_writes += 1
-                self.stats.events += len(written)
+                self._counts["device_writes"] += 1
+                self._counts["events"] += len(written)
                 for envelope in written:
-                    self.stats.events_by_type[str(envelope.get("type"))] += 1
+                    self._events_by_type[str(envelope.get("type"))] += 1
             for device_id in result.conflicts:
                 # Someone else wrote it (its shard moved): our view is stale. Forget it.
                 remaining.pop(device_id, None)
@@ -462,7 +485,7 @@ class TelemetryProcessor:
 
     def _evict(self, device_id: str) -> None:
         if self._devices.pop(device_id, None) is not None:
-            self.stats.evicted += 1
+            self._counts["evicted"] += 1
         self._by_arrival.pop(device_id, None)
 
     # -- last-seen -------------------------------------------------------------------------
@@ -492,8 +515,8 @@ class TelemetryProcessor:
             for device_id, device in pending.items():
                 self._unwritten.setdefault(device_id, device)
             raise
-        self.stats.last_seen_items += items
-        self.stats.last_seen_devices += len(entries)
+        self._counts["last_seen_items"] += items
+        self._counts["last_seen_devices"] += len(entries)
         return len(entries)
 
     async def _last_seen_if_due(self) -> None:
@@ -522,7 +545,7 @@ class TelemetryProcessor:
                 continue
             applied = check_silence(device.state, now=at, silence_after=limit)
             if applied is None:
-                if device.state.status == "online":
+                if device.state.status is Status.ONLINE:
                     break  # the oldest online device is recent: so are the rest
                 by_arrival.popitem(last=False)
                 continue

@@ -45,6 +45,7 @@ from shared.consumers import SqsConsumer, SqsSettings, create_lease_table
 from shared.consumers.kinesis import KinesisConsumer
 from shared.consumers.streams import StreamConsumerConfig
 from shared.dynamodb import to_item
+from shared.testing import KillableTasks, create_queue_with_dlq
 
 __all__ = [
     "REPORT_ENV", "STACK_ENV", "TEST_TIMINGS", "FirmwareRuntime", "FirmwareStack", "Fleet",
@@ -99,9 +100,7 @@ async def create_stack(aws: AwsClients, *, prefix: str | None = None,
                        timings: WorkflowTimings = TEST_TIMINGS, zone: str = "eu",
                        task_visibility_seconds: int = 10) -> FirmwareStack:
     """Every firmware resource through the API (names start with `prefix`)."""
-    from shared.local import StackFacts, plan_gaps
-    from shared.local._distributed_map import map_runs_queue
-    from shared.local._supply import apply_api_gaps
+    from shared.local import StackFacts, apply_api_gaps, map_runs_queue, plan_gaps
 
     p = prefix or f"fw{uuid.uuid4().hex[:6]}"
     ddb, sqs, s3 = (await aws.client("dynamodb"), await aws.client("sqs"),
@@ -126,14 +125,9 @@ async def create_stack(aws: AwsClients, *, prefix: str | None = None,
             AttributeDefinitions=[{"AttributeName": n, "AttributeType": "S"}
                                   for n in ("tenant_id", "device_id")])
         await s3.create_bucket(Bucket=f"{p}-firmware")
-        dlq = (await sqs.create_queue(QueueName=f"{p}-firmware-tasks-dlq"))["QueueUrl"]
-        dlq_arn = (await sqs.get_queue_attributes(
-            QueueUrl=dlq, AttributeNames=["QueueArn"]))["Attributes"]["QueueArn"]
-        tasks = (await sqs.create_queue(QueueName=f"{p}-firmware-tasks", Attributes={
-            "VisibilityTimeout": str(task_visibility_seconds),
-            "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn,
-                                         "maxReceiveCount": "10"})}))["QueueUrl"]
         await kinesis.create_stream(StreamName=f"{p}-firmware-acks", ShardCount=1)
+    tasks = (await create_queue_with_dlq(aws, f"{p}-firmware-tasks", max_receive_count=10,
+                                         visibility_timeout=task_visibility_seconds)).url
     await create_lease_table(aws, f"{p}-leases")
     definition = json.loads(json.dumps(build_definition(timings)).replace(
         "${FirmwareTasksQueueUrl}", tasks))
@@ -163,12 +157,6 @@ async def create_stack(aws: AwsClients, *, prefix: str | None = None,
         map_runs_queue=runs, zone=zone)
 
 
-@dataclass
-class _Process:
-    scope: anyio.CancelScope
-    stopped: anyio.Event = field(default_factory=anyio.Event)
-
-
 class FirmwareRuntime:
     """The firmware processes as tasks of `task_group` (see the module docstring)."""
 
@@ -178,57 +166,49 @@ class FirmwareRuntime:
                  task_group: anyio.abc.TaskGroup) -> None:
         self.aws = aws
         self.stack = stack
-        self._tg = task_group
-        self._running: dict[str, _Process] = {}
+        self._processes = KillableTasks(task_group, self._run)
         self.acks: AckApplier | None = None
         self.tasks: FirmwareTasks | None = None
 
-    async def _run(self, name: str, process: _Process, *,
-                   task_status: anyio.abc.TaskStatus[None]) -> None:
-        from shared.local._distributed_map import RunnerSettings, serve_map_runs
+    async def _run(self, name: str, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        from shared.local import MapRunnerSettings, serve_map_runs
 
         s = self.stack
-        try:
-            with process.scope:
-                if name == "tasks":
-                    self.tasks = FirmwareTasks(self.aws, s.task_settings(self.aws.region))
-                    consumer = SqsConsumer(self.aws, s.tasks_queue, self.tasks.batch_handler(),
-                                           settings=SqsSettings(wait_time_seconds=1,
-                                                                max_in_flight=64,
-                                                                drain_seconds=0.5))
-                    await consumer.run(task_status=task_status)
-                elif name == "acks":
-                    self.acks = AckApplier(self.aws, s.table)
-                    kinesis = KinesisConsumer(
-                        self.aws, self.acks, stream=s.acks_stream,
-                        config=StreamConsumerConfig(
-                            lease_table=s.lease_table, application="firmware-acks",
-                            lease_duration=s.lease_duration, idle_backoff=s.acks_idle_backoff,
-                            shard_sync_interval=2.0, shutdown_grace=0.5))
-                    await kinesis.run(task_status=task_status)
-                else:
-                    stop = anyio.Event()
-                    await serve_map_runs(self.aws, s.map_runs_queue, stop, settings=RunnerSettings(
-                        poll_interval=0.05, parent_check_interval=0.5), task_status=task_status)
-        finally:
-            process.stopped.set()
+        if name == "tasks":
+            self.tasks = FirmwareTasks(self.aws, s.task_settings(self.aws.region))
+            consumer = SqsConsumer(self.aws, s.tasks_queue, self.tasks.batch_handler(),
+                                   settings=SqsSettings(wait_time_seconds=1,
+                                                        max_in_flight=64,
+                                                        drain_seconds=0.5))
+            await consumer.run(task_status=task_status)
+        elif name == "acks":
+            self.acks = AckApplier(self.aws, s.table)
+            kinesis = KinesisConsumer(
+                self.aws, self.acks, stream=s.acks_stream,
+                config=StreamConsumerConfig(
+                    lease_table=s.lease_table, application="firmware-acks",
+                    lease_duration=s.lease_duration, idle_backoff=s.acks_idle_backoff,
+                    shard_sync_interval=2.0, shutdown_grace=0.5))
+            await kinesis.run(task_status=task_status)
+        else:
+            stop = anyio.Event()
+            settings = MapRunnerSettings(poll_interval=0.05, parent_check_interval=0.5)
+            await serve_map_runs(self.aws, s.map_runs_queue, stop, settings=settings,
+                                 task_status=task_status)
 
     async def start(self, *names: str) -> None:
-        for name in names or self.PROCESSES:
-            if name in self._running:
-                raise RuntimeError(f"{name} is running already")
-            process = _Process(anyio.CancelScope())
-            self._running[name] = process
-            await self._tg.start(self._run, name, process)
+        """Start the named processes (all when none are named).
+
+        Raises RuntimeError when one of them is running already."""
+        await self._processes.start(*(names or self.PROCESSES))
 
     async def kill(self, name: str) -> None:
-        process = self._running.pop(name)
-        process.scope.cancel()
-        await process.stopped.wait()
+        """Cancel a process at once, like SIGKILL."""
+        await self._processes.kill(name)
 
     async def stop(self) -> None:
-        for name in list(self._running):
-            await self.kill(name)
+        for name in self._processes.running:
+            await self._processes.kill(name)
 
 
 @contextlib.asynccontextmanager

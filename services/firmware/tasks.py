@@ -66,9 +66,9 @@ from services.firmware.planner import (
     read_model_source,
 )
 from shared.aws import AwsClients
-from shared.callbacks import TaskAnswers, heartbeating
-from shared.consumers import BatchHandler, HandlerContext, Message, RetryLater, batch_handler
-from shared.errors import InvalidMessageError, is_retryable
+from shared.callbacks import TaskAnswers, heartbeating, task_token
+from shared.consumers import BatchHandler, HandlerContext, RetryLater, batch_handler, json_object
+from shared.errors import is_retryable
 from shared.outbox import UnitOfWork
 
 __all__ = ["FirmwareTasks", "TaskRequest", "TaskSettings"]
@@ -105,16 +105,6 @@ class TaskSettings:
     poll_seconds: float = 1.0
 
 
-def _decode(message: Message) -> dict[str, Any]:
-    try:
-        body = json.loads(message.body)
-    except ValueError as exc:
-        raise InvalidMessageError(f"not JSON ({exc})", field="body") from exc
-    if not isinstance(body, dict):
-        raise InvalidMessageError("a task must be a JSON object", field="body")
-    return body
-
-
 class FirmwareTasks:
     def __init__(self, aws: AwsClients, settings: TaskSettings) -> None:
         self._aws = aws
@@ -132,7 +122,7 @@ class FirmwareTasks:
         }
 
     def batch_handler(self, *, concurrency: int | None = None) -> BatchHandler:
-        return batch_handler(self.handle, decode=_decode, concurrency=concurrency)
+        return batch_handler(self.handle, decode=json_object, concurrency=concurrency)
 
     async def handle(self, body: dict[str, Any], ctx: HandlerContext) -> None:
         """One task message. The action's result answers the token; a WorkflowError answers
@@ -144,9 +134,7 @@ class FirmwareTasks:
         try:
             task = TaskRequest.model_validate(body)
         except ValidationError as exc:
-            token = body.get("task_token")
-            if not isinstance(token, str) or not token:
-                raise InvalidMessageError(f"unreadable task: {exc}") from exc
+            token = task_token(body, reason=f"unreadable task: {exc}")
             await self.answers.fail(token, "Rollout.InvalidTask", str(exc)[:2000])
             return
         action = self._actions.get(task.action)

@@ -8,28 +8,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from shared.aws import AwsClient, aws_errors
-from shared.dynamodb import from_item, to_attr, to_item
+from shared.dynamodb import from_item, to_item
 from shared.errors import ConditionFailedError
 
-__all__ = [
-    "get",
-    "old_item",
-    "plain",
-    "put_if_absent",
-    "to_attr",
-    "to_item",
-]
-
-
-def plain(item: Mapping[str, Any]) -> dict[str, Any]:
-    """A low-level item as plain Python values (`shared.dynamodb.from_item`)."""
-    return from_item(item)
-
+__all__ = ["get", "old_item", "put_if_absent", "set_status_if"]
 
 def old_item(exc: ConditionFailedError) -> dict[str, Any] | None:
     """The item a failed condition returned, as plain values (None: not asked for, or
     no item)."""
-    return plain(exc.item) if exc.item else None
+    return from_item(exc.item) if exc.item else None
 
 
 async def get(ddb: AwsClient, table: str, pk: str, sk: str) -> dict[str, Any] | None:
@@ -39,7 +26,7 @@ async def get(ddb: AwsClient, table: str, pk: str, sk: str) -> dict[str, Any] | 
             TableName=table, Key=to_item({"pk": pk, "sk": sk}), ConsistentRead=True
         )
     item = answer.get("Item")
-    return plain(item) if item else None
+    return from_item(item) if item else None
 
 
 async def set_status_if(

@@ -32,7 +32,6 @@ from typing import Any, Final
 
 import structlog
 
-from services.orders import _store
 from services.orders.domain import (
     OrderStatus,
     Replay,
@@ -46,6 +45,7 @@ from services.orders.events import Address, OrderPlaced
 from services.orders.requests import MAX_BODY_BYTES, PlaceOrderRequest, parse_place_order
 from shared.aws import AwsClients, aws_errors
 from shared.config import Resources
+from shared.dynamodb import from_item, to_item
 from shared.hosts.lambda_ import HttpRequest, HttpResponse, http_api_handler
 from shared.outbox import ConcurrencyConflictError, EventDraft, ItemRef, UnitOfWork
 
@@ -203,13 +203,13 @@ class OrdersApi:
             page = await ddb.query(
                 TableName=self.history_table, IndexName="by-order",
                 KeyConditionExpression="order_id = :id",
-                ExpressionAttributeValues=_store.to_item({":id": order_id}), Limit=1,
+                ExpressionAttributeValues=to_item({":id": order_id}), Limit=1,
             )
         items = page.get("Items") or []
         if not items:
             return Response(404, {"message": f"order {order_id} not found (yet)"},
                             {"retry-after": "1"})
-        return Response(200, _view(_store.plain(items[0])))
+        return Response(200, _view(from_item(items[0])))
 
     async def customer_orders(self, customer_id: str) -> Response:
         if not _ID_PATTERN.match(customer_id):
@@ -220,10 +220,10 @@ class OrdersApi:
             page = await ddb.query(
                 TableName=self.history_table,
                 KeyConditionExpression="customer_id = :c",
-                ExpressionAttributeValues=_store.to_item({":c": customer_id}),
+                ExpressionAttributeValues=to_item({":c": customer_id}),
                 Limit=100,
             )
-        orders = sorted((_view(_store.plain(i)) for i in page.get("Items", ())),
+        orders = sorted((_view(from_item(i)) for i in page.get("Items", ())),
                         key=lambda o: str(o.get("placed_at", "")), reverse=True)
         return Response(200, {"customer_id": customer_id, "orders": orders})
 

@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from services.orders.domain import CATALOG, cancellation_reason
+from services.orders.domain import CATALOG, OrderStatus, cancellation_reason
 
 __all__ = ["api_url", "app"]
 
@@ -75,9 +75,10 @@ def _request(method: str, url: str, body: Any = None,
 def _render(order: dict[str, Any]) -> None:
     table = Table(title=f"order {order.get('order_id')}", show_header=False)
     status = str(order.get("status"))
-    colour = {"CONFIRMED": "green", "CANCELLED": "red"}.get(status, "yellow")
+    colours: dict[str, str] = {OrderStatus.CONFIRMED: "green", OrderStatus.CANCELLED: "red"}
+    colour = colours.get(status, "yellow")
     table.add_row("status", f"[{colour}]{status}[/{colour}]")
-    if status == "CANCELLED":
+    if status == OrderStatus.CANCELLED:
         reason, detail = cancellation_reason(order.get("reason"), order.get("detail"))
         table.add_row("reason", reason)
         if detail:

@@ -22,7 +22,7 @@ import signal
 import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -40,6 +40,7 @@ from shared.config import Resources
 from shared.consumers import BatchHandler, SqsConsumer, SqsSettings, StreamConsumerConfig
 from shared.consumers.dynamodb_streams import DynamoDBStreamsConsumer, latest_stream_arn
 from shared.outbox import PublisherConfig, Relay
+from shared.testing import KillableTasks, create_queue_with_dlq
 
 __all__ = [
     "TEST_TIMINGS", "OrdersRuntime", "OrdersStack", "background_runtime", "create_stack",
@@ -141,22 +142,13 @@ async def create_stack(
     await _table(aws, names["idempotency"], keys=("id",))
     await _table(aws, names["leases"], keys=("lease_key",))
 
-    sqs = await aws.client("sqs")
     queues: dict[str, str] = {}
     arns: dict[str, str] = {}
-    with aws_errors():
-        for name in _QUEUES:
-            dlq = (await sqs.create_queue(QueueName=f"{p}-{name}-dlq"))["QueueUrl"]
-            dlq_arn = (await sqs.get_queue_attributes(
-                QueueUrl=dlq, AttributeNames=["QueueArn"]))["Attributes"]["QueueArn"]
-            url = (await sqs.create_queue(QueueName=f"{p}-{name}", Attributes={
-                "VisibilityTimeout": str(task_visibility_seconds),
-                "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn,
-                                             "maxReceiveCount": str(max_receive_count)}),
-            }))["QueueUrl"]
-            queues[name] = url
-            arns[name] = (await sqs.get_queue_attributes(
-                QueueUrl=url, AttributeNames=["QueueArn"]))["Attributes"]["QueueArn"]
+    for name in _QUEUES:
+        made = await create_queue_with_dlq(aws, f"{p}-{name}",
+                                           max_receive_count=max_receive_count,
+                                           visibility_timeout=task_visibility_seconds)
+        queues[name], arns[name] = made.url, made.arn
 
     events = await aws.client("events")
     bus = f"{p}-orders"
@@ -191,13 +183,6 @@ async def create_stack(
     )
 
 
-@dataclass
-class _Process:
-    name: str
-    scope: anyio.CancelScope
-    stopped: anyio.Event = field(default_factory=anyio.Event)
-
-
 class OrdersRuntime:
     """Runs the orders processes in `task_group`. Each may be killed (cancelled: no drain,
     nothing deleted, heartbeats stop) and started again."""
@@ -213,13 +198,12 @@ class OrdersRuntime:
     ) -> None:
         self.aws = aws
         self.stack = stack
-        self._tg = task_group
         self.provider = provider or ProviderSettings()
         self.mailer: Mailer = mailer or MemoryMailer()
         self.wait_time_seconds = wait_time_seconds
         self.lease_duration = lease_duration
         self.relay_idle_backoff = relay_idle_backoff
-        self._running: dict[str, _Process] = {}
+        self._processes = KillableTasks(task_group, self._run)
         self.api = OrdersApi(aws, orders_table=stack.orders_table,
                              history_table=stack.history_table)
         self.consumers: dict[str, Any] = {}
@@ -245,61 +229,50 @@ class OrdersRuntime:
         }
         return factories[name]()
 
-    async def _run(self, name: str, process: _Process,
-                   *, task_status: anyio.abc.TaskStatus[None]) -> None:
-        try:
-            with process.scope:
-                if name == "relay":
-                    arn = await latest_stream_arn(self.aws, self.stack.orders_table)
-                    relay = Relay(self.aws, PublisherConfig(bus_name=self.stack.bus_name))
-                    consumer: Any = DynamoDBStreamsConsumer(
-                        self.aws, relay, stream_arn=arn, config=StreamConsumerConfig(
-                            lease_table=self.stack.lease_table, application="orders-relay",
-                            lease_duration=self.lease_duration,
-                            idle_backoff=self.relay_idle_backoff,
-                            shard_sync_interval=2.0, shutdown_grace=1.0))
-                    self.consumers[name] = consumer
-                    task_status.started()
-                    await consumer.run()
-                else:
-                    queue, handler = self._handler(name)
-                    consumer = SqsConsumer(self.aws, self.stack.queues[queue], handler,
-                                           settings=SqsSettings(
-                                               wait_time_seconds=self.wait_time_seconds,
-                                               drain_seconds=1.0))
-                    self.consumers[name] = consumer
-                    await consumer.run(task_status=task_status)
-        finally:
-            process.stopped.set()
+    async def _run(self, name: str, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        if name == "relay":
+            arn = await latest_stream_arn(self.aws, self.stack.orders_table)
+            relay = Relay(self.aws, PublisherConfig(bus_name=self.stack.bus_name))
+            consumer: Any = DynamoDBStreamsConsumer(
+                self.aws, relay, stream_arn=arn, config=StreamConsumerConfig(
+                    lease_table=self.stack.lease_table, application="orders-relay",
+                    lease_duration=self.lease_duration,
+                    idle_backoff=self.relay_idle_backoff,
+                    shard_sync_interval=2.0, shutdown_grace=1.0))
+            self.consumers[name] = consumer
+            task_status.started()
+            await consumer.run()
+        else:
+            queue, handler = self._handler(name)
+            consumer = SqsConsumer(self.aws, self.stack.queues[queue], handler,
+                                   settings=SqsSettings(
+                                       wait_time_seconds=self.wait_time_seconds,
+                                       drain_seconds=1.0))
+            self.consumers[name] = consumer
+            await consumer.run(task_status=task_status)
 
     async def start(self, *names: str) -> None:
-        """Start the named processes (all when none are named)."""
-        for name in names or self.PROCESSES:
-            if name in self._running:
-                raise RuntimeError(f"{name} is running already")
-            process = _Process(name, anyio.CancelScope())
-            self._running[name] = process
-            await self._tg.start(self._run, name, process)
+        """Start the named processes (all when none are named).
+
+        Raises RuntimeError when one of them is running already."""
+        await self._processes.start(*(names or self.PROCESSES))
 
     async def kill(self, name: str) -> None:
         """Cancel a process at once, like SIGKILL: in-flight messages are neither deleted
         nor released, heartbeats stop."""
-        process = self._running.pop(name)
-        process.scope.cancel()
-        await process.stopped.wait()
+        await self._processes.kill(name)
 
     async def stop(self) -> None:
-        for name in list(self._running):
+        """Stop every running process: the SQS consumers drain (0.5 s, then up to 5 s to
+        return), the others are killed."""
+        draining = set()
+        for name in self._processes.running:
             consumer = self.consumers.get(name)
             if isinstance(consumer, SqsConsumer):
                 consumer.stop(drain_seconds=0.5)
-            else:
-                await self.kill(name)
-        for process in list(self._running.values()):
-            with anyio.move_on_after(5):
-                await process.stopped.wait()
-            process.scope.cancel()
-        self._running.clear()
+                draining.add(name)
+        for name in self._processes.running:
+            await self._processes.kill(name, grace=5.0 if name in draining else 0.0)
 
 
 @contextlib.asynccontextmanager

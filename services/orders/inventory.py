@@ -50,6 +50,7 @@ from services.orders.events import OrderLine
 from services.orders.tasks import CallbackTasks, TaskRequest
 from shared.aws import AwsClients, aws_errors
 from shared.config import Resources
+from shared.dynamodb import from_item, to_item
 from shared.errors import ConditionFailedError, RetryableError
 from shared.hosts import SqsQueue, Worker
 
@@ -78,7 +79,7 @@ class Inventory:
         ddb = await self._aws.client("dynamodb")
         for sku, quantity in stock.items():
             with aws_errors():
-                await ddb.put_item(TableName=self.table, Item=_store.to_item({
+                await ddb.put_item(TableName=self.table, Item=to_item({
                     "pk": f"SKU#{sku}", "sk": "STOCK", "sku": sku, "initial": quantity,
                     "available": quantity, "reserved": 0, "shipped": 0, "holds": {},
                     "returned": {},
@@ -94,11 +95,11 @@ class Inventory:
             with aws_errors():
                 await ddb.update_item(
                     TableName=self.table,
-                    Key=_store.to_item({"pk": f"SKU#{sku}", "sk": "STOCK"}),
+                    Key=to_item({"pk": f"SKU#{sku}", "sk": "STOCK"}),
                     UpdateExpression=update,
                     ConditionExpression=condition,
                     ExpressionAttributeNames={"#o": order_id},
-                    ExpressionAttributeValues=_store.to_item({":q": quantity}),
+                    ExpressionAttributeValues=to_item({":q": quantity}),
                     ReturnValuesOnConditionCheckFailure="ALL_OLD",
                 )
         except ConditionFailedError as exc:
@@ -257,7 +258,7 @@ class Inventory:
             with aws_errors():
                 page = await ddb.scan(**kwargs)
             for raw in page.get("Items", ()):
-                item = _store.plain(raw)
+                item = from_item(raw)
                 if item["sk"] == "STOCK":
                     rows.append(StockRow(sku=item["sku"], initial=item["initial"],
                                          available=item["available"], reserved=item["reserved"],

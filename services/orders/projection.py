@@ -41,7 +41,6 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from services.orders import _store
 from services.orders._envelopes import OrderEnvelope, decode_order_event
 from services.orders.domain import OrderStatus, sales_day, sales_deltas
 from services.orders.events import OrderCancelled, OrderConfirmed, OrderPlaced
@@ -55,6 +54,7 @@ from shared.consumers import (
     Message,
     batch_handler,
 )
+from shared.dynamodb import from_item, to_item
 from shared.errors import ConditionFailedError
 from shared.hosts import Consumer, SqsQueue, Worker
 from shared.tracing import consumer_span
@@ -104,9 +104,9 @@ class OrderHistory:
         try:
             with aws_errors():
                 await ddb.put_item(
-                    TableName=self.table, Item=_store.to_item(row),
+                    TableName=self.table, Item=to_item(row),
                     ConditionExpression="attribute_not_exists(order_id) OR seq < :seq",
-                    ExpressionAttributeValues=_store.to_item({":seq": row["seq"]}),
+                    ExpressionAttributeValues=to_item({":seq": row["seq"]}),
                 )
         except ConditionFailedError:
             return False
@@ -147,13 +147,13 @@ class SalesProjection:
                 with aws_errors():
                     await ddb.update_item(
                         TableName=self.table,
-                        Key=_store.to_item({"pk": f"SALES#{day}", "sk": f"SKU#{sku}"}),
+                        Key=to_item({"pk": f"SALES#{day}", "sk": f"SKU#{sku}"}),
                         UpdateExpression="ADD orders :one, units :u, revenue :r, seen :ids "
                                          "SET currency = :c, sku = :sku, #day = :day",
                         ConditionExpression="NOT contains(seen, :id)",
                         ExpressionAttributeNames={"#day": "day"},
                         ExpressionAttributeValues={
-                            **_store.to_item({":one": 1, ":u": units, ":r": revenue,
+                            **to_item({":one": 1, ":u": units, ":r": revenue,
                                               ":c": data.currency, ":sku": sku, ":day": day,
                                               ":id": envelope.id}),
                             ":ids": {"SS": [envelope.id]},
@@ -180,8 +180,8 @@ class SalesProjection:
         with aws_errors():
             page = await ddb.query(
                 TableName=self.table, KeyConditionExpression="pk = :pk",
-                ExpressionAttributeValues=_store.to_item({":pk": f"SALES#{day}"}))
-        return [_store.plain(i) for i in page.get("Items", ())]
+                ExpressionAttributeValues=to_item({":pk": f"SALES#{day}"}))
+        return [from_item(i) for i in page.get("Items", ())]
 
 
 @dataclass(frozen=True)
@@ -210,9 +210,9 @@ class _Together:
                 await tg.start(consumer.run)
             task_status.started()
 
-    def shutdown(self) -> None:
+    def stop(self) -> None:
         for consumer in self._consumers:
-            consumer.shutdown()
+            consumer.stop()
 
 
 def _by_queue(aws: AwsClients, resources: Resources) -> BatchHandler:

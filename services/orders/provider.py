@@ -36,6 +36,7 @@ import anyio
 from services.orders import _store
 from services.orders.errors import PaymentDeclined, PaymentProviderUnavailable
 from shared.aws import AwsClients, aws_errors
+from shared.dynamodb import from_item, to_item
 from shared.errors import ConditionFailedError, PermanentError
 
 __all__ = ["Charge", "ChargeStatus", "PaymentProvider", "ProviderError", "ProviderSettings"]
@@ -169,15 +170,15 @@ class PaymentProvider:
             with aws_errors():
                 answer = await ddb.update_item(
                     TableName=self._table,
-                    Key=_store.to_item({"pk": f"PSP#{charge_id}", "sk": "CHARGE"}),
+                    Key=to_item({"pk": f"PSP#{charge_id}", "sk": "CHARGE"}),
                     UpdateExpression=update,
                     ConditionExpression="#s = :from",
                     ExpressionAttributeNames={"#s": "status"},
-                    ExpressionAttributeValues=_store.to_item(values),
+                    ExpressionAttributeValues=to_item(values),
                     ReturnValues="ALL_NEW",
                     ReturnValuesOnConditionCheckFailure="ALL_OLD",
                 )
-            item = _store.plain(answer["Attributes"])
+            item = from_item(answer["Attributes"])
         except ConditionFailedError as exc:
             item = _store.old_item(exc) or {}
             if item.get("status") != to.value:  # a repeat finds `to`: already done
@@ -227,7 +228,7 @@ class PaymentProvider:
         while True:
             with aws_errors():
                 page = await ddb.scan(**kwargs)
-            items.extend(_store.plain(i) for i in page.get("Items", ())
+            items.extend(from_item(i) for i in page.get("Items", ())
                          if i["pk"]["S"].startswith("PSP#"))
             if "LastEvaluatedKey" not in page:
                 return items

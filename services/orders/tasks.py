@@ -2,7 +2,8 @@
 
 A task message carries the action (`reserve`, `authorize`, ...), the order, the task token
 and the step's heartbeat interval. `CallbackTasks.handle` runs the action while a sibling
-task sends `SendTaskHeartbeat` every third of that interval, then answers the state machine:
+task sends `SendTaskHeartbeat` every third of that interval, then answers the state machine
+(both through `shared.callbacks`, which drops an answer to a stale token):
 
     action returns a dict          SendTaskSuccess(output=dict)
     raises StepFailed              SendTaskFailure(error=<its error_name>)   -> compensation
@@ -22,25 +23,20 @@ rather than token, finds its earlier effect.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-import anyio
-import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from services.orders.errors import TRANSIENT_ERROR_NAME, InvalidTask, StepFailed
 from services.orders.events import Address, OrderLine
-from shared.aws import AwsClients, aws_errors, error_code
-from shared.consumers import BatchHandler, HandlerContext, Message, batch_handler
-from shared.errors import AwsRequestError, InvalidMessageError, is_retryable
+from shared.aws import AwsClients
+from shared.callbacks import TaskAnswers, heartbeating, task_token
+from shared.consumers import BatchHandler, HandlerContext, batch_handler, json_object
+from shared.errors import is_retryable
 from shared.tracing import consumer_span
 
 __all__ = ["Action", "CallbackTasks", "TaskOrder", "TaskRequest"]
-
-_log = structlog.get_logger("services.orders.tasks")
-_STALE_TOKEN_CODES = frozenset({"TaskTimedOut", "InvalidToken", "TaskDoesNotExist"})
 
 
 class TaskOrder(BaseModel):
@@ -71,16 +67,6 @@ class TaskRequest(BaseModel):
 Action = Callable[[TaskRequest], Awaitable[Mapping[str, Any]]]
 
 
-def _decode(message: Message) -> dict[str, Any]:
-    try:
-        body = json.loads(message.body)
-    except ValueError as exc:
-        raise InvalidMessageError(f"not JSON ({exc})", field="body") from exc
-    if not isinstance(body, dict):
-        raise InvalidMessageError("a task must be a JSON object", field="body")
-    return body
-
-
 class CallbackTasks:
     """Runs one service's saga actions for task messages.
 
@@ -91,12 +77,12 @@ class CallbackTasks:
     def __init__(self, aws: AwsClients, actions: Mapping[str, Action], *, service: str) -> None:
         if not actions:
             raise ValueError("actions must name at least one action")
-        self._aws = aws
+        self._answers = TaskAnswers(aws)
         self._actions = dict(actions)
         self.service = service
 
     def batch_handler(self, *, concurrency: int | None = None) -> BatchHandler:
-        return batch_handler(self.handle, decode=_decode, concurrency=concurrency)
+        return batch_handler(self.handle, decode=json_object, concurrency=concurrency)
 
     async def handle(self, body: dict[str, Any], ctx: HandlerContext) -> None:
         """Handle one task message (see the module docstring).
@@ -108,10 +94,9 @@ class CallbackTasks:
         try:
             task = TaskRequest.model_validate(body)
         except ValidationError as exc:
-            token = body.get("task_token")
-            if not isinstance(token, str) or not token:
-                raise InvalidMessageError(f"unreadable task: {exc}") from exc
-            await self._answer_failure(token, InvalidTask(f"unreadable task: {exc}"), ctx.log,
+            reason = f"unreadable task: {exc}"
+            token = task_token(body, reason=reason)
+            await self._answer_failure(token, InvalidTask(reason), ctx.log,
                                        step=str(body.get("step", "")))
             return
         log = ctx.log.bind(service=self.service, action=task.action, step=task.step,
@@ -127,44 +112,20 @@ class CallbackTasks:
         with consumer_span(dict(task.trace), f"orders.{self.service}.{task.action}",
                            attributes={"order.id": task.order.order_id,
                                        "saga.step": task.step, "saga.attempt": task.attempt}):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._heartbeat, task, log)
+            async with heartbeating(self._answers, task.task_token,
+                                    every=max(0.2, task.heartbeat_seconds / 3)):
                 try:
                     result = await action(task)
                 except Exception as exc:  # every failure is answered to the state machine
                     failure = exc
-                finally:
-                    tg.cancel_scope.cancel()
         if failure is None:
             await self._answer_success(task.task_token, dict(result or {}), log)
         else:
             await self._answer_failure(task.task_token, failure, log, step=task.step)
 
-    async def _heartbeat(self, task: TaskRequest, log: Any) -> None:
-        interval = max(0.2, task.heartbeat_seconds / 3)
-        sfn = await self._aws.client("stepfunctions")
-        while True:
-            await anyio.sleep(interval)
-            try:
-                with aws_errors():
-                    await sfn.send_task_heartbeat(taskToken=task.task_token)
-            except AwsRequestError as exc:
-                if exc.code in _STALE_TOKEN_CODES:
-                    log.info("task no longer awaited; finishing idempotently", code=exc.code)
-                    return
-                log.warning("heartbeat refused", error=str(exc))
-            except Exception as exc:  # a missed beat is survivable; the next may pass
-                log.warning("heartbeat failed", error=str(exc))
-
     async def _answer_success(self, token: str, output: dict[str, Any], log: Any) -> None:
-        sfn = await self._aws.client("stepfunctions")
-        try:
-            with aws_errors():
-                await sfn.send_task_success(taskToken=token, output=json.dumps(output))
-        except AwsRequestError as exc:
-            if exc.code not in _STALE_TOKEN_CODES:
-                raise
-            log.info("stale task token; result dropped", code=exc.code)
+        if not await self._answers.succeed(token, output):
+            log.info("stale task token; result dropped")
             return
         log.info("task succeeded")
 
@@ -177,17 +138,10 @@ class CallbackTasks:
             name = str(getattr(failure, "error_name", "") or TRANSIENT_ERROR_NAME)
         else:
             name = StepFailed.error_name
-        cause = json.dumps({"message": str(failure)[:1000], "step": step,
-                            "exception": type(failure).__name__})
-        sfn = await self._aws.client("stepfunctions")
-        try:
-            with aws_errors():
-                await sfn.send_task_failure(taskToken=token, error=name, cause=cause)
-        except AwsRequestError as exc:
-            if error_code(exc.__cause__ or exc) not in _STALE_TOKEN_CODES and \
-                    exc.code not in _STALE_TOKEN_CODES:
-                raise
-            log.info("stale task token; failure dropped", code=exc.code)
+        cause = {"message": str(failure)[:1000], "step": step,
+                 "exception": type(failure).__name__}
+        if not await self._answers.fail(token, name, cause):
+            log.info("stale task token; failure dropped")
             return
         log.info("task failed", error=name, reason=str(failure)[:300],
                  exc_info=name == StepFailed.error_name)

@@ -6,8 +6,13 @@ lanes, `_delivery`: `DeliveryControl` and its one implementation `BatchProgress`
 `_handlers`: `batch_handler`); each source has a folder of the same shape (`sqs/`,
 `kinesis/`, `dynamodb_streams/`, `eventbridge/`: `_wire` for its `Message` builders from the
 poller's and from Lambda's shapes, `_poller` for its ECS consumer); the shard consumer core
-of the two stream sources is `streams/`. Names new to this layout are exported by those
-subpackages; the names below stay for existing importers.
+of the two stream sources is `streams/`.
+
+This package exports what a service's handlers and workers use: the message contract, the
+handler adapter and its errors, the three consumers with their settings and statistics, and
+what a host hands a handler (`DeliveryControl`). What only hosts and sources need (settling,
+Lambda record builders, the `ShardSource` seam, queue calls) is exported by the source's
+folder: `shared.consumers.sqs`, `.kinesis`, `.dynamodb_streams`, `.eventbridge`, `.streams`.
 
     handler = batch_handler(handle, decode=registry.decode)   # plain async handler -> batch
     consumer = SqsConsumer(aws, queue_url, handler)            # or run it in a Lambda
@@ -18,104 +23,46 @@ See docs/consumers.md for defaults and a message's life.
 """
 
 from shared.consumers._backoff import Backoff
-from shared.consumers._batch import plan_groups, released_after
 from shared.consumers._delivery import BatchProgress, DeliveryControl, delivery_control
 from shared.consumers._errors import ConsumerError, DeadLetter, DuplicateEvent, RetryLater
-from shared.consumers._handlers import (
-    EventHandler,
-    HandlerContext,
-    batch_handler,
-    classify,
-    json_body,
-)
+from shared.consumers._handlers import EventHandler, HandlerContext, batch_handler, json_object
 from shared.consumers._message import BatchHandler, BatchResult, Message, Outcome, SourceKind
-from shared.consumers.dynamodb_streams import (
-    DynamoDBStreamsConsumer,
-    DynamoDBStreamSource,
-    latest_stream_arn,
-)
-from shared.consumers.kinesis import KinesisConsumer, KinesisSource
-from shared.consumers.sqs import (
-    DEAD_LETTER_ATTRIBUTE,
-    Action,
-    ConsumerStatistics,
-    DeadLetterMode,
-    Disposition,
-    Settlement,
-    SqsConsumer,
-    SqsSettings,
-    message_from_sqs,
-    settle,
-    sqs_batch_item_failures,
-)
+from shared.consumers.dynamodb_streams import DynamoDBStreamsConsumer
+from shared.consumers.kinesis import KinesisConsumer
+from shared.consumers.sqs import DeadLetterMode, SqsConsumer, SqsConsumerStatistics, SqsSettings
 from shared.consumers.streams import (
-    SHARD_END,
-    ExpiredIteratorError,
     InitialPosition,
-    Lease,
-    LeaseLostError,
-    LeaseTable,
-    RecordsPage,
-    ShardInfo,
-    ShardSource,
-    StreamConsumer,
     StreamConsumerConfig,
     StreamConsumerStatistics,
-    TrimmedDataError,
     create_lease_table,
-    stream_batch_item_failures,
 )
 
 __all__ = [
-    "DEAD_LETTER_ATTRIBUTE",
-    "SHARD_END",
-    "Action",
     "Backoff",
     "BatchHandler",
     "BatchProgress",
     "BatchResult",
     "ConsumerError",
-    "ConsumerStatistics",
     "DeadLetter",
     "DeadLetterMode",
     "DeliveryControl",
-    "Disposition",
     "DuplicateEvent",
-    "DynamoDBStreamSource",
     "DynamoDBStreamsConsumer",
     "EventHandler",
-    "ExpiredIteratorError",
     "HandlerContext",
     "InitialPosition",
     "KinesisConsumer",
-    "KinesisSource",
-    "Lease",
-    "LeaseLostError",
-    "LeaseTable",
     "Message",
     "Outcome",
-    "RecordsPage",
     "RetryLater",
-    "Settlement",
-    "ShardInfo",
-    "ShardSource",
     "SourceKind",
     "SqsConsumer",
+    "SqsConsumerStatistics",
     "SqsSettings",
-    "StreamConsumer",
     "StreamConsumerConfig",
     "StreamConsumerStatistics",
-    "TrimmedDataError",
     "batch_handler",
-    "classify",
     "create_lease_table",
     "delivery_control",
-    "json_body",
-    "latest_stream_arn",
-    "message_from_sqs",
-    "plan_groups",
-    "released_after",
-    "settle",
-    "sqs_batch_item_failures",
-    "stream_batch_item_failures",
+    "json_object",
 ]

@@ -36,12 +36,19 @@ import structlog
 from shared.consumers._batch import plan_groups
 from shared.consumers._delivery import DeliveryControl, current_control
 from shared.consumers._errors import DuplicateEvent, RetryLater
-from shared.consumers._message import BatchHandler, BatchResult, Message, Outcome
+from shared.consumers._message import BatchHandler, BatchResult, Message, Outcome, SourceKind
 from shared.errors import InvalidMessageError, is_retryable
 from shared.events import ClaimCheckReader, EventRegistry
 from shared.tracing import BatchTrace, consumer_span
 
-__all__ = ["EventHandler", "HandlerContext", "batch_handler", "classify", "json_body"]
+__all__ = [
+    "EventHandler",
+    "HandlerContext",
+    "batch_handler",
+    "classify",
+    "json_body",
+    "json_object",
+]
 
 E = TypeVar("E")
 
@@ -108,6 +115,17 @@ def json_body(message: Message) -> Any:
         raise InvalidMessageError(f"not JSON ({exc})", field="body") from exc
 
 
+def json_object(message: Message) -> dict[str, Any]:
+    """A decoder for bodies that must be one JSON object (a task, a command).
+
+    Raises InvalidMessageError (field "body") when the body is not JSON or not an object.
+    """
+    body = json_body(message)
+    if not isinstance(body, dict):
+        raise InvalidMessageError("not a JSON object", field="body")
+    return body
+
+
 def _reason(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}"
     return text if len(text) <= _MAX_REASON else text[: _MAX_REASON - 3] + "..."
@@ -126,7 +144,7 @@ def classify(exc: BaseException) -> tuple[Outcome, float | None]:
 
 def _span_attributes(message: Message) -> dict[str, Any]:
     attributes: dict[str, Any] = {
-        "messaging.system": "aws_sqs" if message.source.value == "sqs" else message.source.value,
+        "messaging.system": "aws_sqs" if message.source is SourceKind.SQS else message.source.value,
         "messaging.message.id": message.id,
         "messaging.destination.name": message.source_name,
         "messaging.operation": "process",

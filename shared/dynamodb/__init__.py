@@ -21,7 +21,6 @@ from shared.dynamodb._codec import (
     wire_json,
 )
 from shared.dynamodb._statements import (
-    MAX_STATEMENT_LENGTH,
     MAX_STATEMENTS,
     Statement,
     StatementResult,
@@ -32,7 +31,6 @@ from shared.dynamodb._statements import (
 
 __all__ = [
     "MAX_STATEMENTS",
-    "MAX_STATEMENT_LENGTH",
     "AttributeValue",
     "Item",
     "Statement",

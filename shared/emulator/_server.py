@@ -22,11 +22,11 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from shared.emulator._fixes import FixReport, UnverifiedEmulatorError, apply_fixes
+from shared.errors import EX_CONFIG
 
 __all__ = ["STATUS_PATH", "main", "with_status"]
 
 STATUS_PATH = "/_fleetline/emulator"
-EX_CONFIG = 78  # sysexits.h: a configuration error (here: the installed moto)
 
 Wsgi = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 

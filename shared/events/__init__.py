@@ -22,13 +22,8 @@ Errors derive from `shared.errors` (see `shared.events._errors`): everything a b
 cause is an `InvalidMessageError` naming the field, so consumers dead-letter it with the reason.
 """
 
-from shared.events._claimcheck import (
-    CLAIM_CHECK_BUCKET_OUTPUT,
-    ClaimCheck,
-    claim_check_key,
-    needs_claim_check,
-)
-from shared.events._codec import deserialize_dynamodb_image, find_envelope, parse_envelope
+from shared.events._claimcheck import ClaimCheck
+from shared.events._codec import parse_envelope
 from shared.events._envelope import DataRef, Envelope, TypedEvent
 from shared.events._errors import (
     ClaimCheckIntegrityError,
@@ -43,27 +38,17 @@ from shared.events._eventbridge import (
     put_events_entry_size,
     to_put_events_entry,
 )
-from shared.events._ids import event_id_time_ms, new_event_id
 from shared.events._registry import (
-    ENTRY_POINT_GROUP,
     ClaimCheckReader,
     EventRegistry,
     event_type,
     load_registered_events,
     registry,
 )
-from shared.events._schemas import ENVELOPE_SCHEMA_FILE, export_schemas, render_schemas
-from shared.events._spec import (
-    IRREGULAR_PAST_TENSE,
-    EventSpec,
-    check_event_type_name,
-    spec_of,
-)
+from shared.events._schemas import export_schemas
+from shared.events._spec import IRREGULAR_PAST_TENSE
 
 __all__ = [
-    "CLAIM_CHECK_BUCKET_OUTPUT",
-    "ENTRY_POINT_GROUP",
-    "ENVELOPE_SCHEMA_FILE",
     "IRREGULAR_PAST_TENSE",
     "MAX_PUT_EVENTS_ENTRY_BYTES",
     "ClaimCheck",
@@ -73,26 +58,16 @@ __all__ = [
     "DataRef",
     "Envelope",
     "EventRegistry",
-    "EventSpec",
     "EventTooLargeError",
     "InvalidEventDataError",
     "MalformedMessageError",
     "TypedEvent",
     "UnknownEventTypeError",
-    "check_event_type_name",
-    "claim_check_key",
-    "deserialize_dynamodb_image",
-    "event_id_time_ms",
     "event_type",
     "export_schemas",
-    "find_envelope",
     "load_registered_events",
-    "needs_claim_check",
-    "new_event_id",
     "parse_envelope",
     "put_events_entry_size",
     "registry",
-    "render_schemas",
-    "spec_of",
     "to_put_events_entry",
 ]

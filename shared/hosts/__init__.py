@@ -1,10 +1,17 @@
 """The thin hosts that run a `BatchHandler`: the ECS worker (`python -m shared.hosts.worker
-module:attr` with a `Worker` spec) and the Lambda adapters (`shared.hosts.lambda_`)."""
+module:attr` with a `Worker` spec, or `serve(worker)` in-process) and the Lambda adapters
+(`shared.hosts.lambda_`).
 
-from shared.hosts._gc import GC_THRESHOLDS_ENV, configure_gc
+A worker module declares `Worker(name=..., source=SqsQueue(...) | KinesisStream(...) |
+DynamoDBStream(...), handler=<HandlerFactory> | lifespan=<Lifespan>)`; a `Source` makes the
+`Consumer` (anything with `run` and `stop`). `configure_gc` is the garbage-collector set-up the
+host applies after loading (FLEETLINE_GC_THRESHOLDS), for a process that runs handlers
+without the host. The environment variables the host reads and how are in
+`shared.hosts._worker`'s docstring.
+"""
+
+from shared.hosts._gc import configure_gc
 from shared.hosts._worker import (
-    DRAIN_SECONDS_ENV,
-    EX_CONFIG,
     Consumer,
     DynamoDBStream,
     HandlerFactory,
@@ -13,16 +20,10 @@ from shared.hosts._worker import (
     Source,
     SqsQueue,
     Worker,
-    configure_process,
-    drain_seconds_from,
-    load_worker,
     serve,
 )
 
 __all__ = [
-    "DRAIN_SECONDS_ENV",
-    "EX_CONFIG",
-    "GC_THRESHOLDS_ENV",
     "Consumer",
     "DynamoDBStream",
     "HandlerFactory",
@@ -32,8 +33,5 @@ __all__ = [
     "SqsQueue",
     "Worker",
     "configure_gc",
-    "configure_process",
-    "drain_seconds_from",
-    "load_worker",
     "serve",
 ]

@@ -41,17 +41,15 @@ from shared.config import Resources
 from shared.consumers import (
     BatchHandler,
     ConsumerError,
-    DynamoDBStreamSource,
-    KinesisSource,
-    ShardSource,
     SqsConsumer,
     SqsSettings,
-    StreamConsumer,
     StreamConsumerConfig,
-    latest_stream_arn,
 )
+from shared.consumers.dynamodb_streams import DynamoDBStreamSource, latest_stream_arn
+from shared.consumers.kinesis import KinesisSource
 from shared.consumers.sqs import queue_url
-from shared.errors import ConfigurationError, FleetlineError
+from shared.consumers.streams import ShardSource, StreamConsumer
+from shared.errors import EX_CONFIG, ConfigurationError, FleetlineError
 from shared.hosts._gc import configure_gc
 from shared.logging import configure_logging
 from shared.metrics import configure_metrics, get_metrics
@@ -59,7 +57,6 @@ from shared.tracing import configure_tracing
 
 __all__ = [
     "DRAIN_SECONDS_ENV",
-    "EX_CONFIG",
     "Consumer",
     "DynamoDBStream",
     "HandlerFactory",
@@ -77,7 +74,6 @@ __all__ = [
 
 DRAIN_SECONDS_ENV: Final = "FLEETLINE_DRAIN_SECONDS"
 DEFAULT_DRAIN_SECONDS: Final = 45.0
-EX_CONFIG: Final = 78
 
 _log = structlog.get_logger("shared.hosts.worker")
 
@@ -96,7 +92,7 @@ class Consumer(Protocol):
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None: ...
 
-    def shutdown(self) -> None: ...
+    def stop(self) -> None: ...
 
 
 class Source(Protocol):
@@ -322,7 +318,7 @@ class _HostState:
     def attach(self, consumer: Consumer, run_scope: anyio.CancelScope) -> None:
         self.consumer, self.run_scope = consumer, run_scope
         if self.requests:
-            consumer.shutdown()
+            consumer.stop()
         if self.requests > 1:
             run_scope.cancel()
 
@@ -331,7 +327,7 @@ class _HostState:
         if self.consumer is None or self.run_scope is None:
             return
         if self.requests == 1:
-            self.consumer.shutdown()
+            self.consumer.stop()
         else:
             # Cancelling run() still releases in-flight messages / leases and flushes
             # deletes (shielded cleanup inside the consumers).

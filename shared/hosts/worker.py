@@ -5,5 +5,7 @@ import sys
 
 from shared.hosts._worker import main
 
+__all__ = ["main"]
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -6,8 +6,10 @@ stored results for repeats, payload hashing against key reuse, and TTL expiry.
     @idempotent(config, key="order_id", aws=clients)
     @idempotent_handler(config, key="body.order_id")   # async Lambda handler
 
-Errors (tree in `shared.idempotency._errors`): IdempotencyInProgressError and LeaseLostError
-are retryable; IdempotencyKeyReuseError, IdempotencyKeyError, ResultNotStorableError are not.
+Errors (tree in `shared.idempotency._errors`): IdempotencyInProgressError and
+IdempotencyLeaseLostError are retryable; IdempotencyKeyReuseError, IdempotencyKeyError,
+ResultNotStorableError are not. The record's states and the pure decisions on them
+(`_state.judge`) and the store (`_store`) are private: their tests import them there.
 """
 
 from shared.idempotency._config import IdempotencyConfig
@@ -15,12 +17,10 @@ from shared.idempotency._errors import (
     IdempotencyInProgressError,
     IdempotencyKeyError,
     IdempotencyKeyReuseError,
-    LeaseLostError,
+    IdempotencyLeaseLostError,
     ResultNotStorableError,
 )
 from shared.idempotency._idempotent import Idempotency, idempotent, idempotent_handler
-from shared.idempotency._state import Record, Status, Verdict, extract_key, judge, payload_hash
-from shared.idempotency._store import IdempotencyStore
 
 __all__ = [
     "Idempotency",
@@ -28,15 +28,8 @@ __all__ = [
     "IdempotencyInProgressError",
     "IdempotencyKeyError",
     "IdempotencyKeyReuseError",
-    "IdempotencyStore",
-    "LeaseLostError",
-    "Record",
+    "IdempotencyLeaseLostError",
     "ResultNotStorableError",
-    "Status",
-    "Verdict",
-    "extract_key",
     "idempotent",
     "idempotent_handler",
-    "judge",
-    "payload_hash",
 ]

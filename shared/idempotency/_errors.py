@@ -3,7 +3,7 @@
     FleetlineError (shared.errors)
     ├── RetryableError
     │   ├── IdempotencyInProgressError   another holder runs the effect now; try later
-    │   └── LeaseLostError               our lease expired and another holder took the key;
+    │   └── IdempotencyLeaseLostError    our lease expired and another holder took the key;
     │                                    our result was not stored (we were fenced out)
     └── PermanentError
         ├── IdempotencyKeyReuseError     same key, different payload: a client bug
@@ -19,7 +19,7 @@ __all__ = [
     "IdempotencyInProgressError",
     "IdempotencyKeyError",
     "IdempotencyKeyReuseError",
-    "LeaseLostError",
+    "IdempotencyLeaseLostError",
     "ResultNotStorableError",
 ]
 
@@ -35,7 +35,7 @@ class IdempotencyInProgressError(RetryableError):
         self.retry_after = retry_after
 
 
-class LeaseLostError(RetryableError):
+class IdempotencyLeaseLostError(RetryableError):
     """Our in-progress lease was taken over (it expired); the completion write was refused."""
 
     def __init__(self, key: str) -> None:

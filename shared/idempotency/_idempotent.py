@@ -12,8 +12,8 @@ runs the effect while a heartbeat task (in the same task group) renews the lease
 the result as COMPLETED, conditional on its token. Repeats get the stored result (JSON-decoded);
 a caller arriving while the lease is live gets IdempotencyInProgressError (retryable); after a
 crash the key is free again once the lease expires, and the crashed holder, should it wake
-up, is fenced out (LeaseLostError) because its token no longer matches. A failed effect
-releases the key so that a retry runs it again.
+up, is fenced out (IdempotencyLeaseLostError) because its token no longer matches. A failed
+effect releases the key so that a retry runs it again.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from shared.idempotency._config import IdempotencyConfig
 from shared.idempotency._errors import (
     IdempotencyInProgressError,
     IdempotencyKeyReuseError,
-    LeaseLostError,
+    IdempotencyLeaseLostError,
     ResultNotStorableError,
 )
 from shared.idempotency._state import KeySource, Verdict, extract_key, judge, payload_hash
@@ -68,9 +68,9 @@ class Idempotency:
 
         Raises IdempotencyKeyError (no key in `request`), IdempotencyKeyReuseError (same key,
         other payload), IdempotencyInProgressError (held elsewhere; retryable),
-        LeaseLostError (we were fenced out; our result discarded), ResultNotStorableError
-        (result not JSON or too large; the key is released), and whatever `effect` raises
-        (the key is released)."""
+        IdempotencyLeaseLostError (we were fenced out; our result discarded),
+        ResultNotStorableError (result not JSON or too large; the key is released), and
+        whatever `effect` raises (the key is released)."""
         record_key = self.key_for(request, key)
         digest = payload_hash(request) if self.config.hash_payload else ""
         owner = uuid.uuid4().hex
@@ -120,7 +120,7 @@ class Idempotency:
                 outcome.append((False, exc))
             tg.cancel_scope.cancel()
         if lost or not outcome:
-            raise LeaseLostError(record_key)
+            raise IdempotencyLeaseLostError(record_key)
         succeeded, value = outcome[0]
         if not succeeded:
             await self.store.release(record_key, owner=owner)
@@ -137,7 +137,7 @@ class Idempotency:
             )
         if not await self.store.complete(record_key, owner=owner, result=stored,
                                          now=self._clock()):
-            raise LeaseLostError(record_key)
+            raise IdempotencyLeaseLostError(record_key)
         return cast(T, value)
 
 

@@ -1,20 +1,29 @@
 """Running the stack on one machine: the embedded emulator, deployment, and local hosts.
 
-Only `fleetline up/status/down/demo` and the tests use this package; nothing here runs on
-AWS. See docs/local.md for what runs where. Public surface:
+Only `fleetline up/status/down/demo`, the services' CLIs, test harnesses, benchmarks and the
+tests use this package; nothing here runs on AWS. See docs/local.md for what runs where.
+Public surface:
 
 - `run_up(UpConfig)`, `start_detached`, `stop_running`, `ensure_no_running`: the lifecycle;
+  `setup_logging`: the JSON logs of `up` and its processes;
 - `collect_status` -> `StackStatus`: what `status` prints;
-- `plan_gaps` -> `GapPlan`: what the emulator skips, planned from the template (pure);
-- `DemoContext`, `DemoStep`, `demo_steps`, `run_demo`: the demo and its extension point
-  (entry-point group `fleetline.demo`);
-- `UpState`, `read_state`: the state file `.fleetline/state.json`;
+- `plan_gaps` -> `GapPlan`: what the emulator skips, planned from the template (pure), and
+  `apply_api_gaps`, which supplies it on a running emulator (a harness that creates a
+  template fragment through the API needs it too);
+- `serve_map_runs(MapRunnerSettings)` and `map_runs_queue`: the process that runs
+  Distributed Map states on the emulator, and the queue it reads;
+- `DemoContext`, `DemoStep`, `run_demo`: the demo and its extension point (entry-point group
+  `fleetline.demo`);
+- `UpState` (`Phase`, `ChildRecord`), `read_state`, `state_dir`: the state file
+  `.fleetline/state.json` and where it is;
 - `command_resources`, `command_clients`: the stack a shell command works on (the
   environment's, else the running `up`'s);
 - `endpoint_clients`: clients on the stack's endpoint (the emulator the state file names),
   for commands that talk to a running stack, without writing `os.environ`;
 - `state_transitions`: the state transitions of an execution and of its Distributed Map
-  states' child executions (what a benchmark reports).
+  states' child executions (what a benchmark reports);
+- `RELAY_IDLE_BACKOFF`: how long `up`'s outbox relay waits after an empty read (a latency
+  benchmark sets up its relay the same way).
 
 Names are imported on first use (PEP 562), not with the package: `fleetline up` spawns the
 emulator and `up --detach` / `down` do their work before the AWS SDK and the consumers are
@@ -24,76 +33,94 @@ imported, which takes seconds of the 30 s readiness budget on a busy machine.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+import typing
 
-if TYPE_CHECKING:
-    from shared.local._command import command_clients, command_resources
+if typing.TYPE_CHECKING:
+    from shared.local._command import command_clients, command_resources, state_dir
+    from shared.local._consumers import RELAY_IDLE_BACKOFF
     from shared.local._control import ensure_no_running, start_detached, stop_running
-    from shared.local._demo import DemoContext, DemoStep, demo_steps, run_demo
-    from shared.local._distributed_map import state_transitions
+    from shared.local._demo import DemoContext, DemoStep, run_demo
+    from shared.local._distributed_map import (
+        MapRunnerSettings,
+        map_runs_queue,
+        serve_map_runs,
+        state_transitions,
+    )
     from shared.local._endpoint import endpoint_clients
     from shared.local._gaps import GapPlan, plan_gaps
+    from shared.local._logs import setup_logging
     from shared.local._state import ChildRecord, Phase, UpError, UpState, read_state
     from shared.local._status import StackStatus, collect_status
-    from shared.local._template import StackFacts, resolve
+    from shared.local._supply import apply_api_gaps
+    from shared.local._template import StackFacts
     from shared.local._up import UpConfig, run_up
 
 _WHERE = {
+    "RELAY_IDLE_BACKOFF": "_consumers",
     "ChildRecord": "_state",
     "DemoContext": "_demo",
     "DemoStep": "_demo",
     "GapPlan": "_gaps",
+    "MapRunnerSettings": "_distributed_map",
     "Phase": "_state",
     "StackFacts": "_template",
     "StackStatus": "_status",
     "UpConfig": "_up",
     "UpError": "_state",
     "UpState": "_state",
+    "apply_api_gaps": "_supply",
     "collect_status": "_status",
-    "demo_steps": "_demo",
     "command_clients": "_command",
     "command_resources": "_command",
     "endpoint_clients": "_endpoint",
     "ensure_no_running": "_control",
+    "map_runs_queue": "_distributed_map",
     "plan_gaps": "_gaps",
     "read_state": "_state",
-    "resolve": "_template",
     "run_demo": "_demo",
     "run_up": "_up",
+    "serve_map_runs": "_distributed_map",
+    "setup_logging": "_logs",
     "start_detached": "_control",
+    "state_dir": "_command",
     "state_transitions": "_distributed_map",
     "stop_running": "_control",
 }
 
 __all__ = [
+    "RELAY_IDLE_BACKOFF",
     "ChildRecord",
     "DemoContext",
     "DemoStep",
     "GapPlan",
+    "MapRunnerSettings",
     "Phase",
     "StackFacts",
     "StackStatus",
     "UpConfig",
     "UpError",
     "UpState",
+    "apply_api_gaps",
     "collect_status",
     "command_clients",
     "command_resources",
-    "demo_steps",
     "endpoint_clients",
     "ensure_no_running",
+    "map_runs_queue",
     "plan_gaps",
     "read_state",
-    "resolve",
     "run_demo",
     "run_up",
+    "serve_map_runs",
+    "setup_logging",
     "start_detached",
+    "state_dir",
     "state_transitions",
     "stop_running",
 ]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> typing.Any:
     module = _WHERE.get(name)
     if module is None:
         raise AttributeError(f"module 'shared.local' has no attribute {name!r}")

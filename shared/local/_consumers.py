@@ -22,7 +22,7 @@ import anyio
 from shared.errors import ConfigurationError
 
 if TYPE_CHECKING:  # the supervisor plans with this module; only the hosts consume
-    from shared.consumers._message import BatchResult, Message
+    from shared.consumers import BatchResult, Message
 
 __all__ = ["consume", "missing", "relay", "source_kind"]
 
@@ -143,7 +143,7 @@ async def consume(
             consumer = consumer_type(aws, handler, stream_arn=source_arn, config=config)
         await tg.start(consumer.run)
         await stop.wait()
-        consumer.shutdown()
+        consumer.stop()
 
 
 async def relay(spec: dict[str, Any], stop: anyio.Event) -> None:

@@ -27,8 +27,8 @@ from typing import Any
 import anyio
 import structlog
 
-from shared.consumers._message import BatchResult, Message
-from shared.errors import ConfigurationError
+from shared.consumers import BatchResult, Message
+from shared.errors import EX_CONFIG, ConfigurationError
 from shared.local._apigw import MAX_PAYLOAD_BYTES, Route, build_event, http_response, match_route
 from shared.local._lambda import (
     LambdaContext,
@@ -40,7 +40,6 @@ from shared.local._lambda import (
     sqs_event,
 )
 from shared.local._logs import setup_logging
-from shared.local._supervisor import EX_CONFIG
 from shared.local._supply import SPEC_ENV
 
 log = structlog.get_logger("fleetline.local")
@@ -167,14 +166,14 @@ async def run_pipe(spec: dict[str, Any], stop: anyio.Event) -> None:
 async def run_map_runs(spec: dict[str, Any], stop: anyio.Event) -> None:
     """Run Distributed Map runs from the queue named `spec["queue"]` until `stop`."""
     from shared.aws import AwsClients, aws_errors
-    from shared.local._distributed_map import RunnerSettings, serve_map_runs
+    from shared.local._distributed_map import MapRunnerSettings, serve_map_runs
 
     async with AwsClients() as aws:
         sqs = await aws.client("sqs")
         with aws_errors():
             queue_url = (await sqs.get_queue_url(QueueName=str(spec["queue"])))["QueueUrl"]
         try:
-            settings = RunnerSettings(**dict(spec.get("settings", {})))
+            settings = MapRunnerSettings(**dict(spec.get("settings", {})))
         except (TypeError, ValueError) as exc:
             raise ConfigurationError(f"{SPEC_ENV}: map-runs settings: {exc}") from None
         await serve_map_runs(aws, str(queue_url), stop, settings=settings)

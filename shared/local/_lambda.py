@@ -17,7 +17,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from shared.consumers._message import BatchResult, Message, Outcome
+from shared.consumers import BatchResult, Message, Outcome
 from shared.errors import ConfigurationError
 
 __all__ = [

@@ -24,11 +24,10 @@ import anyio
 import anyio.abc
 import structlog
 
+from shared.errors import EX_CONFIG
 from shared.local._state import ChildRecord
 
-__all__ = ["EX_CONFIG", "Backoff", "ProcessSpec", "Supervisor"]
-
-EX_CONFIG = 78  # a child that exits with this status is misconfigured: not restarted
+__all__ = ["ProcessSpec", "RestartBackoff", "Supervisor"]
 
 log = structlog.get_logger("fleetline.local")
 
@@ -46,7 +45,7 @@ class ProcessSpec:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Backoff:
+class RestartBackoff:
     """Restart delays: `initial * 2**n` capped at `maximum`; a child that ran for
     `stable_after` seconds starts again from `initial`."""
 
@@ -80,12 +79,12 @@ class Supervisor:
         log_dir: Path,
         on_change: Callable[[ChildRecord], None],
         on_exit: Callable[[str, int], None] | None = None,
-        backoff: Backoff | None = None,
+        backoff: RestartBackoff | None = None,
     ) -> None:
         self._log_dir = log_dir
         self._on_change = on_change
         self._on_exit = on_exit or (lambda name, code: None)
-        self._backoff = backoff or Backoff()
+        self._backoff = backoff or RestartBackoff()
         self._running: dict[str, tuple[ProcessSpec, anyio.abc.Process]] = {}
         self._stopping = anyio.Event()
 

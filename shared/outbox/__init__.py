@@ -10,20 +10,16 @@ committer that applies a whole batch of messages with one commit.
                       the aggregate item's write, the one writer of the item format
                       (also used by stores that encode their state themselves)
     Relay             a BatchHandler over DynamoDB stream records: PutEvents, order per
-                      aggregate, partial-failure retry, original ids
+                      aggregate, partial-failure retry, original ids (`send=`: the PutEvents
+                      seam, `SendEntries`; `shared.testing.MemoryEventBus` in tests)
     added_events      the events one stream record's write added (also used by `pipe.handler`)
 
-See docs/outbox.md. Errors: see `shared.outbox._errors` (the tree is in its docstring).
+The pure steps behind these (batch planning, verdicts, the publisher's batching) stay in the
+private modules; their tests import them there. See docs/outbox.md. Errors: see
+`shared.outbox._errors` (the tree is in its docstring).
 """
 
-from shared.outbox._batch import (
-    BatchCommitter,
-    BatchConfig,
-    WriteMode,
-    decode_envelope,
-    follower_outcome,
-    pack_transactions,
-)
+from shared.outbox._batch import BatchCommitter, BatchConfig, WriteMode
 from shared.outbox._errors import (
     AlreadyProcessedError,
     ConcurrencyConflictError,
@@ -39,7 +35,6 @@ from shared.outbox._item import (
     build_write,
     item_put,
     item_statement,
-    write_statement,
 )
 from shared.outbox._model import (
     Aggregate,
@@ -50,25 +45,14 @@ from shared.outbox._model import (
     OutboxConfig,
     StagedWrite,
 )
-from shared.outbox._publisher import (
-    EventPublisher,
-    PublisherConfig,
-    PublishReport,
-    SendEntries,
-    entry_for,
-    entry_size,
-    failed_entries,
-    plan_batches,
-    plan_claim_checks,
-)
-from shared.outbox._relay import Relay, added_events, record_created_at
+from shared.outbox._publisher import PublisherConfig, SendEntries
+from shared.outbox._relay import Relay, added_events
 from shared.outbox._unit_of_work import (
     UnitOfWork,
     WriteVerdict,
     cancellation_verdicts,
     plan_transaction,
     stage,
-    statement_verdicts,
 )
 
 __all__ = [
@@ -80,13 +64,11 @@ __all__ = [
     "Decision",
     "Emitted",
     "EventDraft",
-    "EventPublisher",
     "ItemRef",
     "ItemWrite",
     "OutboxConfig",
     "OutboxError",
     "PublishError",
-    "PublishReport",
     "PublisherConfig",
     "Relay",
     "SendEntries",
@@ -101,19 +83,8 @@ __all__ = [
     "aggregate_from_item",
     "build_write",
     "cancellation_verdicts",
-    "decode_envelope",
-    "entry_for",
-    "entry_size",
-    "failed_entries",
-    "follower_outcome",
     "item_put",
     "item_statement",
-    "pack_transactions",
-    "plan_batches",
-    "plan_claim_checks",
     "plan_transaction",
-    "record_created_at",
     "stage",
-    "statement_verdicts",
-    "write_statement",
 ]

@@ -44,7 +44,7 @@ import structlog
 
 from shared import tracing
 from shared.aws import AwsClients
-from shared.consumers._message import BatchResult, Message, Outcome
+from shared.consumers import BatchResult, Message, Outcome
 from shared.dynamodb import MAX_STATEMENTS, Statement
 from shared.errors import is_retryable
 from shared.events import Envelope, parse_envelope

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from shared.consumers._errors import DuplicateEvent
+from shared.consumers import DuplicateEvent
 from shared.errors import PermanentError, RetryableError
 
 __all__ = [

@@ -28,7 +28,7 @@ import structlog
 
 from shared import metrics
 from shared.aws import AwsClients
-from shared.consumers._message import BatchResult, Message, Outcome
+from shared.consumers import BatchResult, Message, Outcome
 from shared.events import ClaimCheck
 from shared.outbox._errors import StreamRecordError
 from shared.outbox._publisher import EventPublisher, PublisherConfig, SendEntries

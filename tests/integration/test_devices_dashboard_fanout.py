@@ -135,7 +135,7 @@ async def dashboard_task(aws: AwsClients, topic: str) -> AsyncIterator[Task]:
                 try:
                     yield Task(base=base, queue=queue, hub=hub)
                 finally:
-                    consumer.shutdown()
+                    consumer.stop()
         finally:
             await server.stop()
 

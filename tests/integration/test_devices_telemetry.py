@@ -84,7 +84,7 @@ async def test_faulty_fleet_ends_in_order_and_bad_records_reach_failure_queue(
         await tg.start(consumer.run)
         # every record read: received == sent (stats are in-process)
         await wait_for(lambda: _done(processor, report.records), within=30)
-        consumer.shutdown()
+        consumer.stop()
 
     docs = await device_docs(aws, res.devices_table)
     truth = expected_states(sent)
@@ -94,7 +94,7 @@ async def test_faulty_fleet_ends_in_order_and_bad_records_reach_failure_queue(
         want = {k: v for k, v in expected.items() if k != "status"}
         assert got == want, device_id
         assert docs[device_id]["status"] == "online"
-    stats = processor.stats
+    stats = processor.statistics()
     assert stats.duplicates + stats.stale >= report.by_fault.get("duplicate", 0)
     assert stats.device_writes < stats.applied  # coalesced: fewer writes than records
 
@@ -109,7 +109,7 @@ async def test_faulty_fleet_ends_in_order_and_bad_records_reach_failure_queue(
 
 
 async def _done(processor: TelemetryProcessor, total: int) -> bool:
-    return processor.stats.records >= total
+    return processor.statistics().records >= total
 
 
 async def test_silent_device_reported_disconnected_once(aws: AwsClients) -> None:
@@ -137,7 +137,7 @@ async def test_silent_device_reported_disconnected_once(aws: AwsClients) -> None
         docs = await device_docs(aws, res.devices_table)
         assert docs["quiet"]["status"] == "offline"
         assert docs["chatty"]["status"] == "online"
-        consumer.shutdown()
+        consumer.stop()
         tg.cancel_scope.cancel()
     events = await outbox_events(aws, res.devices_stream_arn)
     disconnected = [e["aggregate_id"] for e in events if e["type"] == "DeviceDisconnected"]

@@ -23,7 +23,7 @@ from shared.aws import AwsClients
 from shared.emulator import Emulator
 from shared.local import StackFacts, plan_gaps
 from shared.local._distributed_map import (
-    RunnerSettings,
+    MapRunnerSettings,
     map_runs_queue,
     serve_map_runs,
     state_transitions,
@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[2]
 ACCOUNT = "123456789012"
 ROLE = f"arn:aws:iam::{ACCOUNT}:role/rollout"
 STACK = "dm"
-FAST = RunnerSettings(poll_interval=0.05, parent_check_interval=0.5, receive_wait_seconds=1)
+FAST = MapRunnerSettings(poll_interval=0.05, parent_check_interval=0.5, receive_wait_seconds=1)
 WITHIN_S = 30.0
 
 
@@ -62,7 +62,7 @@ async def queue_url(aws: AwsClients, name: str) -> str:
 
 
 @asynccontextmanager
-async def map_runs(aws: AwsClients, settings: RunnerSettings = FAST) -> AsyncIterator[None]:
+async def map_runs(aws: AwsClients, settings: MapRunnerSettings = FAST) -> AsyncIterator[None]:
     """The map-runs process's loop, in this process, for the length of the block."""
     url = await queue_url(aws, map_runs_queue(STACK))
     stop = anyio.Event()

@@ -19,13 +19,13 @@ from shared.consumers.dynamodb_streams import (
 )
 from shared.consumers.streams import (
     InitialPosition,
-    LeaseTable,
     RecordsPage,
     StreamConsumer,
     StreamConsumerConfig,
     TrimmedDataError,
     create_lease_table,
 )
+from shared.consumers.streams._leases import LeaseTable
 
 pytestmark = pytest.mark.emulator
 
@@ -94,7 +94,7 @@ async def test_stream_records_arrive_in_order_per_item(aws: AwsClients) -> None:
                     ExpressionAttributeValues={":v": {"N": str(version)}},
                 )
         await wait_for(lambda: len(seen) >= 15, 10, "15 stream records")
-        consumer.shutdown()
+        consumer.stop()
     assert len(seen) == 15
     for pk in items:
         records = [json.loads(m.body) for m in seen if m.group_id == pk]
@@ -132,7 +132,7 @@ async def test_restart_resumes_after_the_checkpoint(aws: AwsClients) -> None:
                                                config=fast_config())
             await tg.start(consumer.run)
             await wait_for(lambda: len(seen) >= count, 10, f"{count} records")
-            consumer.shutdown()
+            consumer.stop()
 
     for i in range(3):
         await ddb.put_item(TableName="restart", Item={"pk": {"S": f"a{i}"}, "sk": {"S": "x"}})
@@ -181,14 +181,14 @@ async def test_checkpoint_past_retention_resumes_at_trim_horizon(aws: AwsClients
         first = DynamoDBStreamsConsumer(aws, handler, stream_arn=arn, config=fast_config())
         await tg.start(first.run)
         await wait_for(lambda: len(seen) >= 2, 10, "2 records")
-        first.shutdown()
+        first.stop()
     [lease] = await table.list()
     source = TrimmingSource(aws, arn)
     async with anyio.create_task_group() as tg:
         second = StreamConsumer(aws, handler, source, fast_config())
         await tg.start(second.run)
         await wait_for(lambda: len(seen) >= 4, 10, "the records again from the horizon")
-        second.shutdown()
+        second.stop()
     assert source.opened[:2] == [
         (lease.checkpoint, InitialPosition.TRIM_HORIZON),
         (None, InitialPosition.TRIM_HORIZON),

@@ -13,7 +13,7 @@ from shared.idempotency import (
     IdempotencyConfig,
     IdempotencyInProgressError,
     IdempotencyKeyReuseError,
-    LeaseLostError,
+    IdempotencyLeaseLostError,
     idempotent,
 )
 
@@ -105,7 +105,7 @@ async def test_expired_holder_is_fenced_out(aws: AwsClients) -> None:
     async def first() -> None:
         try:
             outcome["first"] = await Idempotency(aws, stalled).run(request, slow_send, key="msg")
-        except LeaseLostError as exc:
+        except IdempotencyLeaseLostError as exc:
             outcome["first"] = exc
 
     async with anyio.create_task_group() as tg:
@@ -119,7 +119,7 @@ async def test_expired_holder_is_fenced_out(aws: AwsClients) -> None:
         second_done.set()
     assert runs == ["first", "second"]
     assert outcome["second"] == "second"
-    assert isinstance(outcome["first"], LeaseLostError)
+    assert isinstance(outcome["first"], IdempotencyLeaseLostError)
     repeat = await Idempotency(aws, stalled).run(request, fast_send, key="msg")
     assert repeat == "second"
 

@@ -25,18 +25,17 @@ from shared.consumers._errors import ConsumerError
 from shared.consumers._message import BatchResult, Message, Outcome, SourceKind
 from shared.consumers.kinesis import KinesisConsumer, KinesisSource
 from shared.consumers.streams import (
-    SHARD_END,
     ExpiredIteratorError,
-    LeaseLostError,
-    LeaseTable,
     RecordsPage,
-    ShardInfo,
     StreamConsumer,
     StreamConsumerConfig,
     create_lease_table,
 )
+from shared.consumers.streams._lease_decisions import SHARD_END
+from shared.consumers.streams._leases import LeaseLostError, LeaseTable
 from shared.errors import AwsUnavailableError
 from shared.metrics import Metrics
+from shared.testing import MemoryBatchHandler, MemoryShardSource
 
 pytestmark = pytest.mark.emulator
 
@@ -61,34 +60,6 @@ def fast_config(**overrides: object) -> StreamConsumerConfig:
     }
     settings.update(overrides)
     return StreamConsumerConfig(**settings)  # type: ignore[arg-type]
-
-
-class Recorder:
-    """A BatchHandler that records what it handled, in order, like a stream handler should:
-    a `poison` body gets RETRY, and the records after it in the batch are left unhandled."""
-
-    def __init__(self, poison: frozenset[str] = frozenset()) -> None:
-        self.calls: list[list[Message]] = []
-        self.handled: list[Message] = []
-        self.poison = poison
-
-    async def __call__(self, batch: Sequence[Message]) -> BatchResult:
-        self.calls.append(list(batch))
-        outcomes: dict[str, Outcome] = {}
-        for message in batch:
-            if message.body in self.poison:
-                return BatchResult({**outcomes, message.id: Outcome.RETRY},
-                                   {message.id: "poison payload"})
-            self.handled.append(message)
-            outcomes[message.id] = Outcome.SUCCEEDED
-        return BatchResult(outcomes)
-
-    @property
-    def succeeded(self) -> list[Message]:
-        return self.handled
-
-    def bodies(self) -> set[str]:
-        return {m.body for m in self.handled}
 
 
 async def wait_for(condition: Callable[[], Awaitable[bool]], within: float, what: str) -> None:
@@ -129,7 +100,7 @@ async def test_consumes_every_record_with_few_requests(aws: AwsClients) -> None:
     await make_stream(aws, "busy", 2)
     records = [(f"device-{i % 50}", f"r{i}") for i in range(4000)]
     await put(aws, "busy", records)
-    handler = Recorder()
+    handler = MemoryBatchHandler()
     cpu_started = time.process_time()
     async with AwsClients() as own, anyio.create_task_group() as tg:
         consumer = KinesisConsumer(own, handler, stream="busy", config=fast_config())
@@ -139,7 +110,7 @@ async def test_consumes_every_record_with_few_requests(aws: AwsClients) -> None:
             return len(handler.handled) >= len(records)
 
         await wait_for(all_seen, 20, "every record handled")
-        consumer.shutdown()
+        consumer.stop()
     cpu_us = (time.process_time() - cpu_started) * 1e6 / len(records)
     requests = own.counter.snapshot()
     per_thousand = own.counter.total * 1000 / len(records)
@@ -152,7 +123,7 @@ async def test_consumes_every_record_with_few_requests(aws: AwsClients) -> None:
     assert stats.records_received == len(records)
     # In order per partition key (one shard per key): bodies of each key are increasing.
     by_key: dict[str, list[int]] = {}
-    for message in handler.succeeded:
+    for message in handler.handled:
         assert message.source is SourceKind.KINESIS
         assert message.sequence == message.id
         assert message.approximate_arrival is not None
@@ -161,7 +132,7 @@ async def test_consumes_every_record_with_few_requests(aws: AwsClients) -> None:
     # Released with a checkpoint at the last record of each shard.
     leases = await LeaseTable(aws, LEASES, "telemetry").list()
     assert {lease.owner for lease in leases} == {None}
-    last = {m.source_name: m.sequence for m in handler.succeeded}
+    last = {m.source_name: m.sequence for m in handler.handled}
     assert {lease.shard_id: lease.checkpoint for lease in leases} == last
 
 
@@ -169,7 +140,7 @@ async def test_bad_record_goes_to_failure_queue_and_shard_moves_on(aws: AwsClien
     await make_stream(aws, "bad", 1)
     sqs = await aws.client("sqs")
     queue_url = (await sqs.create_queue(QueueName="failures"))["QueueUrl"]
-    handler = Recorder(poison=frozenset({"poison"}))
+    handler = MemoryBatchHandler(retry={"poison": "poison payload"})
     placed = await put(aws, "bad", [("dev-1", "a"), ("dev-1", "poison"), ("dev-1", "b")])
     metrics = Metrics(service="test", stream=io.StringIO()).consumer("telemetry")
     async with anyio.create_task_group() as tg:
@@ -184,7 +155,7 @@ async def test_bad_record_goes_to_failure_queue_and_shard_moves_on(aws: AwsClien
             return handler.bodies() >= {"a", "b", "c"}
 
         await wait_for(later_records_done, 10, "records after the poison one")
-        consumer.shutdown()
+        consumer.stop()
     poison_calls = [m for call in handler.calls for m in call if m.body == "poison"]
     assert len(poison_calls) == 3  # max_attempts
     received = await sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10)
@@ -206,7 +177,7 @@ async def test_bad_record_goes_to_failure_queue_and_shard_moves_on(aws: AwsClien
     assert emitted.retried == 2  # two of them were retried
     assert emitted.lag_seconds_last is not None
     # Order held: a and b came before c, and b after the poison record's attempts.
-    order = [m.body for m in handler.succeeded]
+    order = [m.body for m in handler.handled]
     assert order.index("a") < order.index("b") < order.index("c")
 
 
@@ -236,7 +207,7 @@ async def test_handler_exception_bisects_to_the_poison_record(aws: AwsClients) -
                 return set(handled) == set(bodies)
 
             await wait_for(done, 10, "every good record around the raising one")
-            consumer.shutdown()
+            consumer.stop()
     raised = [e for e in logs if e["event"] == "handler raised"]
     assert len(raised) == 3  # one traceback per attempt of the isolated record only
     assert {e["sequence_number"] for e in raised} == {"4"}
@@ -257,7 +228,7 @@ async def test_two_workers_share_shards_and_survive_a_cancelled_worker(aws: AwsC
     """Two consumers in one process: 2/2 split; one shut down cleanly hands its shards over
     at once (no expiry wait)."""
     await make_stream(aws, "shared", 4)
-    first, second = Recorder(), Recorder()
+    first, second = MemoryBatchHandler(), MemoryBatchHandler()
     async with anyio.create_task_group() as tg:
         a = KinesisConsumer(aws, first, stream="shared", config=fast_config(worker_id="A"))
         await tg.start(a.run)
@@ -281,7 +252,7 @@ async def test_two_workers_share_shards_and_survive_a_cancelled_worker(aws: AwsC
             assert first.bodies()
             assert second.bodies()
             b_shards = set(b.held_shards)
-            b.shutdown()
+            b.stop()
         # B's run has returned: its leases are already free (no owner, expired), so A need
         # not wait for an expiry.
         released = [lease for lease in await LeaseTable(aws, LEASES, "telemetry").list()
@@ -300,7 +271,7 @@ async def test_two_workers_share_shards_and_survive_a_cancelled_worker(aws: AwsC
             return {b for _, b in more} <= first.bodies()
 
         await wait_for(handled_more, 10, "later records by A")
-        a.shutdown()
+        a.stop()
 
 
 WORKER = textwrap.dedent(
@@ -338,7 +309,7 @@ async def test_sigkilled_worker_shards_move_after_expiry_and_nothing_is_skipped(
     """The issue's test: two workers (one a real process) share four shards 2/2; SIGKILL the
     process; its shards move to the survivor after lease expiry; every record is handled."""
     await make_stream(aws, "fleet", 4)
-    survivor = Recorder()
+    survivor = MemoryBatchHandler()
     out = tmp_path / "victim.txt"
     out.touch()
     async with anyio.create_task_group() as tg:
@@ -397,7 +368,7 @@ async def test_sigkilled_worker_shards_move_after_expiry_and_nothing_is_skipped(
             return survivor.bodies() | victim_bodies() == everything
 
         await wait_for(nothing_skipped, 15, "every record handled by one of the workers")
-        a.shutdown()
+        a.stop()
     # Checkpoints cover everything: each lease's checkpoint is its shard's last record.
     kinesis = await aws.client("kinesis")
     leases = {lease.shard_id: lease for lease in await LeaseTable(aws, LEASES, "telemetry").list()}
@@ -486,7 +457,7 @@ async def test_reshard_drains_parents_before_children(aws: AwsClients) -> None:
             return len(leases) == 8 and len(ended) == 6 and len(consumer.held_shards) == 2
 
         await wait_for(all_drained, 15, "6 drained parents and 2 merged children")
-        consumer.shutdown()
+        consumer.stop()
     shards = (await kinesis.list_shards(StreamName="grow"))["Shards"]
     parents = {
         s["ShardId"]: [p for p in (s.get("ParentShardId"), s.get("AdjacentParentShardId")) if p]
@@ -573,7 +544,7 @@ async def test_shutdown_finishes_the_in_flight_batch_then_checkpoints_and_releas
         tg.start_soon(run)
         with anyio.fail_after(10):
             await entered.wait()
-        consumer.shutdown()
+        consumer.stop()
         await anyio.sleep(0.3)  # the in-flight batch is not abandoned while it runs
         assert not stopped.is_set()
         proceed.set()
@@ -599,7 +570,7 @@ async def test_grace_expiry_cancels_a_stuck_handler_and_still_releases(aws: AwsC
         await tg.start(consumer.run)
         await wait_for(_async(lambda: consumer.statistics().handler_calls == 1), 5, "a call")
         started = time.monotonic()
-        consumer.shutdown()
+        consumer.stop()
     assert time.monotonic() - started < 4  # the 0.3 s grace, not the stuck handler, decided
     [lease] = await LeaseTable(aws, LEASES, "telemetry").list()
     assert lease.owner is None  # handed back at once
@@ -631,7 +602,7 @@ class FlakySource(KinesisSource):
 
 async def test_expired_iterator_and_throttling_lose_and_repeat_nothing(aws: AwsClients) -> None:
     await make_stream(aws, "flaky", 1)
-    handler = Recorder()
+    handler = MemoryBatchHandler()
     source = FlakySource(aws, "flaky")
     await put(aws, "flaky", [("k", f"a{i}") for i in range(3)])
     async with anyio.create_task_group() as tg:
@@ -640,67 +611,17 @@ async def test_expired_iterator_and_throttling_lose_and_repeat_nothing(aws: AwsC
         await wait_for(_async(lambda: len(handler.handled) >= 3), 5, "the first page")
         await put(aws, "flaky", [("k", f"b{i}") for i in range(3)])
         await wait_for(_async(lambda: len(handler.handled) >= 6), 10, "records after the faults")
-        consumer.shutdown()
+        consumer.stop()
     assert [m.body for m in handler.handled] == [*(f"a{i}" for i in range(3)),
                                                  *(f"b{i}" for i in range(3))]
     assert source.opened == 2  # the expired iterator was replaced from the checkpoint
-
-
-class MemoryStream:
-    """A `ShardSource` over an in-memory stream with AWS's resharding semantics (a closed
-    shard keeps its records and ends with a null iterator; new records go to open shards
-    only), for what the emulator cannot show: records of one key crossing a reshard."""
-
-    def __init__(self) -> None:
-        self.shards: dict[str, list[tuple[str, str]]] = {"s0": []}
-        self.parents: dict[str, tuple[str, ...]] = {"s0": ()}
-        self.closed: set[str] = set()
-        self.route: Callable[[str], str] = lambda key: "s0"
-
-    kind = SourceKind.KINESIS
-    name = "memory"
-    default_limit = 4
-
-    def put(self, key: str, body: str) -> None:
-        shard = self.route(key)
-        assert shard not in self.closed
-        self.shards[shard].append((key, body))
-
-    def split(self) -> None:
-        self.closed.add("s0")
-        for child in ("s1", "s2"):
-            self.shards[child] = []
-            self.parents[child] = ("s0",)
-        self.route = lambda key: "s1" if int(key[1:]) % 2 else "s2"
-
-    async def list_shards(self) -> Sequence[ShardInfo]:
-        return [
-            ShardInfo(shard_id=s, parent_shard_ids=self.parents[s],
-                      ending_sequence=str(len(self.shards[s])) if s in self.closed else None)
-            for s in self.shards
-        ]
-
-    async def get_iterator(self, shard_id: str, *, after: str | None, initial: Any) -> str:
-        return f"{shard_id}:{int(after) if after else 0}"
-
-    async def get_records(self, shard_id: str, iterator: str, *, limit: int) -> RecordsPage:
-        position = int(iterator.split(":")[1])
-        rows = self.shards[shard_id][position:position + limit]
-        messages = [
-            Message(id=str(position + i + 1), body=body, source=SourceKind.KINESIS,
-                    source_name=shard_id, group_id=key, sequence=str(position + i + 1))
-            for i, (key, body) in enumerate(rows)
-        ]
-        end = position + len(rows)
-        done = shard_id in self.closed and end == len(self.shards[shard_id])
-        return RecordsPage(messages=messages, next_iterator=None if done else f"{shard_id}:{end}")
 
 
 async def test_order_per_key_holds_across_a_split(aws: AwsClients) -> None:
     """With a source that routes new records to the children (as AWS does), every key's
     records are handled exactly in order across the split: parent drained first."""
     await create_lease_table(aws, LEASES)
-    stream = MemoryStream()
+    stream = MemoryShardSource()
     handled: list[Message] = []
     slow_parent = anyio.Event()
 
@@ -717,7 +638,7 @@ async def test_order_per_key_holds_across_a_split(aws: AwsClients) -> None:
     async with anyio.create_task_group() as tg:
         consumer = StreamConsumer(aws, handler, stream, fast_config(shard_sync_interval=0.2))
         await tg.start(consumer.run)
-        stream.split()
+        stream.split("s0", ("s1", "s2"), route=lambda key: "s1" if int(key[1:]) % 2 else "s2")
         for value in range(3, 6):
             for key in keys:
                 stream.put(key, f"{key}:{value}")
@@ -727,7 +648,7 @@ async def test_order_per_key_holds_across_a_split(aws: AwsClients) -> None:
         assert consumer.held_shards == ("s0",)
         slow_parent.set()
         await wait_for(_async(lambda: len(handled) == 36), 10, "all 36 records")
-        consumer.shutdown()
+        consumer.stop()
     for key in keys:
         assert [m.body for m in handled if m.group_id == key] == [
             f"{key}:{v}" for v in range(6)
@@ -739,14 +660,14 @@ async def test_order_per_key_holds_across_a_split(aws: AwsClients) -> None:
     assert leases["s2"].checkpoint == "9"
     # Once the drained parent leaves the stream (retention), its lease is cleaned up and the
     # children carry on.
-    del stream.shards["s0"]
+    stream.expire("s0")
     stream.put("k1", "k1:6")
     seen = len(handled)
     async with anyio.create_task_group() as tg:
         consumer = StreamConsumer(aws, handler, stream, fast_config(shard_sync_interval=0.2))
         await tg.start(consumer.run)
         await wait_for(_async(lambda: len(handled) == seen + 1), 10, "a record after cleanup")
-        consumer.shutdown()
+        consumer.stop()
     assert sorted(lease.shard_id for lease in await table.list()) == ["s1", "s2"]
 
 
@@ -754,7 +675,7 @@ async def test_rebalancing_hands_leases_over_without_duplicates(aws: AwsClients)
     """A second worker joins while records keep arriving: A hands two shards over (finishes
     its batch, checkpoints, releases), B takes them; every record is handled exactly once."""
     await make_stream(aws, "handoff", 4)
-    first, second = Recorder(), Recorder()
+    first, second = MemoryBatchHandler(), MemoryBatchHandler()
     sent: list[str] = []
 
     async def produce(count: int) -> None:
@@ -787,8 +708,8 @@ async def test_rebalancing_hands_leases_over_without_duplicates(aws: AwsClients)
             return first.bodies() | second.bodies() == set(sent)
 
         await wait_for(all_handled, 10, "every record")
-        a.shutdown()
-        b.shutdown()
+        a.stop()
+        b.stop()
     handled = [m.body for m in first.handled + second.handled]
     assert sorted(handled) == sorted(sent)  # exactly once: no duplicate across the hand-off
     assert a.statistics().leases_handed_off == 2
@@ -851,8 +772,8 @@ async def test_sigterm_on_a_worker_process_finishes_the_batch_and_hands_the_leas
 async def test_missing_stream_or_lease_table_is_refused_at_start(aws: AwsClients) -> None:
     await make_stream(aws, "exists", 1)
     with pytest.raises(ConsumerError, match="nope"):
-        await KinesisConsumer(aws, Recorder(), stream="nope", config=fast_config()).run()
-    consumer = KinesisConsumer(aws, Recorder(), stream="exists",
+        await KinesisConsumer(aws, MemoryBatchHandler(), stream="nope", config=fast_config()).run()
+    consumer = KinesisConsumer(aws, MemoryBatchHandler(), stream="exists",
                                config=fast_config(lease_table="no-such-table"))
     with pytest.raises(ConsumerError, match="no-such-table"):
         await consumer.run()
@@ -967,7 +888,7 @@ async def test_a_clean_shutdown_loses_no_lease_to_its_own_renewals(aws: AwsClien
         with anyio.fail_after(10):
             await entered.wait()
         await anyio.sleep(0.5)  # every shard has a batch in flight or just finished one
-        consumer.shutdown()
+        consumer.stop()
     assert consumer.statistics().leases_lost == 0
     leases = await LeaseTable(aws, LEASES, "telemetry").list()
     assert len(leases) == 8

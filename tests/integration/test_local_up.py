@@ -19,10 +19,11 @@ import pytest
 
 from shared.aws import AwsClients
 from shared.cloudformation import load_template
+from shared.errors import EX_CONFIG
 from shared.local import DemoContext, read_state
 from shared.local._demo import bus_round_trip
 from shared.local._state import ChildRecord, pid_alive
-from shared.local._supervisor import EX_CONFIG, Backoff, ProcessSpec, Supervisor
+from shared.local._supervisor import ProcessSpec, RestartBackoff, Supervisor
 
 pytestmark = [pytest.mark.emulator, pytest.mark.slow]
 
@@ -407,7 +408,7 @@ async def test_supervisor_restarts_a_crashed_child_with_backoff(tmp_path: Path) 
     supervisor = Supervisor(
         log_dir=tmp_path,
         on_change=records.append,
-        backoff=Backoff(initial=0.05, maximum=0.2, stable_after=30),
+        backoff=RestartBackoff(initial=0.05, maximum=0.2, stable_after=30),
     )
     spec = ProcessSpec(
         name="crasher",
@@ -435,7 +436,7 @@ async def test_supervisor_does_not_restart_a_misconfigured_child(tmp_path: Path)
         log_dir=tmp_path,
         on_change=lambda r: None,
         on_exit=lambda name, code: exits.append((name, code)),
-        backoff=Backoff(initial=0.01),
+        backoff=RestartBackoff(initial=0.01),
     )
     spec = ProcessSpec(
         name="bad",

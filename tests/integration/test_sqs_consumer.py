@@ -16,7 +16,6 @@ import pytest
 
 from shared.aws import AwsClients
 from shared.consumers import (
-    DEAD_LETTER_ATTRIBUTE,
     Backoff,
     BatchResult,
     ConsumerError,
@@ -29,7 +28,9 @@ from shared.consumers import (
     SqsSettings,
     batch_handler,
 )
+from shared.consumers.sqs import DEAD_LETTER_ATTRIBUTE
 from shared.hosts.lambda_ import LambdaRuntime, sqs_handler
+from shared.testing import create_queue_with_dlq
 
 pytestmark = pytest.mark.emulator
 
@@ -50,24 +51,10 @@ async def make_queue(
     max_receive_count: int = 2,
     visibility: int = 2,
 ) -> tuple[str, str]:
-    """A queue with a DLQ and a RedrivePolicy, made through the API."""
-    sqs = await aws.client("sqs")
-    suffix = ".fifo" if fifo else ""
-    fifo_attrs = {"FifoQueue": "true"} if fifo else {}
-    dlq = await sqs.create_queue(QueueName=f"{name}-dlq{suffix}", Attributes=fifo_attrs)
-    dlq_arn = (await sqs.get_queue_attributes(
-        QueueUrl=dlq["QueueUrl"], AttributeNames=["QueueArn"]))["Attributes"]["QueueArn"]
-    queue = await sqs.create_queue(
-        QueueName=f"{name}{suffix}",
-        Attributes={
-            **fifo_attrs,
-            "VisibilityTimeout": str(visibility),
-            "RedrivePolicy": json.dumps(
-                {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(max_receive_count)}
-            ),
-        },
-    )
-    return queue["QueueUrl"], dlq["QueueUrl"]
+    """A queue with a DLQ and a RedrivePolicy, made through the API: (URL, DLQ URL)."""
+    queue = await create_queue_with_dlq(aws, name, fifo=fifo, max_receive_count=max_receive_count,
+                                        visibility_timeout=visibility)
+    return queue.url, queue.dlq_url
 
 
 async def send(aws: AwsClients, url: str, bodies: Sequence[str], **extra: Any) -> None:

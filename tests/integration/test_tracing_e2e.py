@@ -34,8 +34,8 @@ from shared.consumers import (
     SqsConsumer,
     SqsSettings,
     batch_handler,
-    message_from_sqs,
 )
+from shared.consumers.sqs._wire import message_from_sqs
 from shared.events import EventRegistry, TypedEvent, event_type
 from shared.outbox import ItemRef, PublisherConfig, Relay, UnitOfWork
 

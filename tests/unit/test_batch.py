@@ -4,21 +4,11 @@ from __future__ import annotations
 
 import random
 
-from shared.consumers import (
-    Action,
-    Backoff,
-    BatchResult,
-    Message,
-    Outcome,
-    SourceKind,
-    plan_groups,
-    released_after,
-    settle,
-    sqs_batch_item_failures,
-    stream_batch_item_failures,
-)
-from shared.consumers._batch import chunks
-from shared.consumers.sqs import due_for_extension
+from shared.consumers import Backoff, BatchResult, Message, Outcome, SourceKind
+from shared.consumers._batch import chunks, plan_groups, released_after
+from shared.consumers.sqs import Action, settle, sqs_batch_item_failures
+from shared.consumers.sqs._settle import due_for_extension
+from shared.consumers.streams import stream_batch_item_failures
 
 
 def msg(id: str, group: str | None = None, *, receive_count: int = 1,

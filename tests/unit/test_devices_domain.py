@@ -8,10 +8,10 @@ import random
 import pytest
 
 from services.devices.domain import (
+    ApplyOutcome,
     DesiredUpdate,
     DeviceState,
     InvalidTelemetry,
-    Outcome,
     ResidencyRefused,
     Telemetry,
     ThresholdRule,
@@ -61,7 +61,7 @@ def run(
 def test_first_record_connects_and_reports_firmware() -> None:
     state = DeviceState.new(record(1))
     applied = apply_telemetry(state, record(1), thresholds=RULES, arrival=5.0)
-    assert applied.outcome is Outcome.APPLIED
+    assert applied.outcome is ApplyOutcome.APPLIED
     assert [type(e) for e in applied.events] == [DeviceConnected, FirmwareVersionReported]
     assert state.status is Status.ONLINE
     assert state.event_seq == 2
@@ -77,9 +77,9 @@ def test_duplicate_and_stale_are_dropped_and_change_nothing() -> None:
     state, _ = run([record(1), record(3, temp=50)])
     before = state.to_doc()
     assert apply_telemetry(state, record(3, temp=99), thresholds=RULES, arrival=1).outcome \
-        is Outcome.DUPLICATE
+        is ApplyOutcome.DUPLICATE
     assert apply_telemetry(state, record(2, temp=99), thresholds=RULES, arrival=1).outcome \
-        is Outcome.STALE
+        is ApplyOutcome.STALE
     assert state.to_doc() == before
 
 
@@ -137,7 +137,7 @@ def test_shadow_delta_until_device_reports_desired() -> None:
     (event,) = applied.events
     assert isinstance(event, ShadowDeltaChanged)
     assert event.delta == {"firmware": "2.0.0"}
-    assert apply_desired(state, update).outcome is Outcome.DUPLICATE
+    assert apply_desired(state, update).outcome is ApplyOutcome.DUPLICATE
     applied = apply_telemetry(state, record(2, firmware="2.0.0", reported={"mode": "eco"}),
                               thresholds=RULES, arrival=2)
     assert [type(e) for e in applied.events] == [FirmwareVersionReported, ShadowDeltaChanged]

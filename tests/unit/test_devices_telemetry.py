@@ -48,7 +48,7 @@ async def test_writes_grow_with_devices_changed_not_records() -> None:
     batch = [msg(tel(f"d{d}", s)) for s in range(1, 21) for d in range(5)]
     result = await proc(batch)
     assert set(result.outcomes.values()) == {Outcome.SUCCEEDED}
-    assert proc.stats.device_writes == 5  # 100 records, 5 devices, one write each
+    assert proc.statistics().device_writes == 5  # 100 records, 5 devices, one write each
     assert store.commits == 1  # one transaction
     assert {json.loads(store.items[f"d{d}"][0]["doc"])["seq"] for d in range(5)} == {20}
 
@@ -65,7 +65,7 @@ async def test_duplicates_and_out_of_order_do_not_change_final_state() -> None:
     for start in range(0, len(mixed_records), 7):
         await mixed([msg(r) for r in mixed_records[start:start + 7]])
     assert mixed.device("d1").snapshot() == clean.device("d1").snapshot()  # type: ignore[union-attr]
-    assert mixed.stats.duplicates + mixed.stats.stale > 0
+    assert mixed.statistics().duplicates + mixed.statistics().stale > 0
 
 
 async def test_concurrent_shards_keep_per_device_order() -> None:
@@ -87,7 +87,7 @@ async def test_concurrent_shards_keep_per_device_order() -> None:
             assert json.loads(attrs["doc"])["seq"] == 30
             assert json.loads(attrs["doc"])["received"] == 30
             assert version == 30
-    assert proc.stats.duplicates == proc.stats.stale == 0
+    assert proc.statistics().duplicates == proc.statistics().stale == 0
 
 
 async def test_restart_replay_loses_nothing_and_counts_nothing_twice() -> None:
@@ -260,7 +260,7 @@ async def test_two_workers_sweeping_at_once_report_the_device_once() -> None:
     assert await late.sweep_stored(now=1100.0) == 0  # A's write conflicts and is dropped
     assert disconnected(store) == ["gone"]
     assert late.device("gone") is None
-    assert late.stats.evicted == 0
+    assert late.statistics().evicted == 0
 
 
 async def test_a_device_written_by_its_owner_after_the_scan_stays_online() -> None:

@@ -53,9 +53,9 @@ async def test_readings_that_change_nothing_do_not_write_the_device() -> None:
     store, lake = MemoryDeviceStore(), MemoryLake()
     proc = worker(store, lake)
     await proc([msg(tel(f"d{d}", 1)) for d in range(50)])  # first contact: connected
-    assert proc.stats.device_writes == 50
+    assert proc.statistics().device_writes == 50
     await proc([msg(tel(f"d{d}", s)) for s in range(2, 22) for d in range(50)])
-    assert proc.stats.device_writes == 50  # 1,000 readings, no state change: no write
+    assert proc.statistics().device_writes == 50  # 1,000 readings, no state change: no write
     assert stored_seq(store, "d0") == 1
     assert proc.device("d0").seq == 21  # type: ignore[union-attr]
     # 1,050 readings, 2 metrics each, all in the lake
@@ -70,12 +70,12 @@ async def test_state_changes_are_written_with_their_events_once() -> None:
     await proc([msg(tel("d1", 1)), msg(tel("d1", 2)), msg(tel("d1", 3, temp=95.0)),
                 msg(tel("d1", 4, temp=95.0)), msg(tel("d1", 5, temp=95.0, firmware="1.1"))])
     assert stored_seq(store, "d1") == 5  # the batch's transitions: the device is written once
-    assert proc.stats.device_writes == 1
+    assert proc.statistics().device_writes == 1
     await proc([msg(tel("d1", 6, firmware="1.1", temp=96.0)),
                 msg(tel("d1", 7, firmware="1.1", temp=97.0))])  # still breached: no change
-    assert proc.stats.device_writes == 1
+    assert proc.statistics().device_writes == 1
     await proc([msg(tel("d1", 8, firmware="1.1", temp=20.0))])  # alarm cleared
-    assert proc.stats.device_writes == 2
+    assert proc.statistics().device_writes == 2
     assert stored_seq(store, "d1") == 8
     types = [e["type"] for e in store.envelopes]
     assert types == ["DeviceConnected", "FirmwareVersionReported", "ThresholdBreached",

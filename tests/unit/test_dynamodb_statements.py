@@ -23,9 +23,9 @@ from shared.outbox import (
     item_put,
     item_statement,
     stage,
-    statement_verdicts,
-    write_statement,
 )
+from shared.outbox._item import write_statement
+from shared.outbox._unit_of_work import statement_verdicts
 
 EVENTS = EventRegistry()
 

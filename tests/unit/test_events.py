@@ -27,15 +27,13 @@ from shared.events import (
     InvalidEventDataError,
     MalformedMessageError,
     UnknownEventTypeError,
-    check_event_type_name,
-    event_id_time_ms,
     event_type,
     load_registered_events,
-    new_event_id,
     put_events_entry_size,
-    spec_of,
     to_put_events_entry,
 )
+from shared.events._ids import event_id_time_ms, new_event_id
+from shared.events._spec import check_event_type_name, spec_of
 
 REG = EventRegistry()
 

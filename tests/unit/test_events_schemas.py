@@ -8,15 +8,14 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from shared.events import (
-    ENVELOPE_SCHEMA_FILE,
     MAX_PUT_EVENTS_ENTRY_BYTES,
     Envelope,
     EventRegistry,
-    claim_check_key,
     event_type,
     export_schemas,
-    needs_claim_check,
 )
+from shared.events._claimcheck import claim_check_key, needs_claim_check
+from shared.events._schemas import ENVELOPE_SCHEMA_FILE
 
 REG = EventRegistry()
 

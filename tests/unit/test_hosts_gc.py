@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import pytest
 
 from shared.errors import ConfigurationError
-from shared.hosts import GC_THRESHOLDS_ENV, configure_gc
-from shared.hosts._gc import WORKER_GC_THRESHOLDS, gc_thresholds_from
+from shared.hosts import configure_gc
+from shared.hosts._gc import GC_THRESHOLDS_ENV, WORKER_GC_THRESHOLDS, gc_thresholds_from
 
 
 @pytest.fixture

@@ -4,16 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from shared.idempotency import (
-    IdempotencyConfig,
-    IdempotencyKeyError,
-    Record,
-    Status,
-    Verdict,
-    extract_key,
-    judge,
-    payload_hash,
-)
+from shared.idempotency import IdempotencyConfig, IdempotencyKeyError
+from shared.idempotency._state import Record, Status, Verdict, extract_key, judge, payload_hash
 
 
 def _record(status: Status, *, lease: float | None = None, expires: float = 1000.0,

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from shared.cloudformation import TemplateError, load_template
-from shared.local import StackFacts, plan_gaps, resolve
+from shared.local import StackFacts, plan_gaps
+from shared.local._template import resolve
 
 TEMPLATE = Path(__file__).parents[1] / "integration" / "local_up" / "template.yaml"
 ACCOUNT = "123456789012"

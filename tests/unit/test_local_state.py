@@ -5,7 +5,7 @@ import pytest
 from shared.errors import ConfigurationError
 from shared.local import ChildRecord, Phase, UpState, read_state
 from shared.local._state import write_state
-from shared.local._supervisor import Backoff
+from shared.local._supervisor import RestartBackoff
 
 
 def test_state_round_trips_through_the_file(tmp_path: Path) -> None:
@@ -43,7 +43,7 @@ def test_with_child_replaces_by_name_and_pids_lists_supervisor_first() -> None:
 
 
 def test_restart_backoff_doubles_up_to_the_cap() -> None:
-    backoff = Backoff(initial=0.5, maximum=4.0)
+    backoff = RestartBackoff(initial=0.5, maximum=4.0)
     assert [backoff.delay(n) for n in range(6)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
     with pytest.raises(ValueError, match="failures"):
         backoff.delay(-1)

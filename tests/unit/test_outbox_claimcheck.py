@@ -13,12 +13,8 @@ from pydantic import BaseModel
 from shared.consumers._message import Message, Outcome, SourceKind
 from shared.events import MAX_PUT_EVENTS_ENTRY_BYTES as MAX_REQUEST_BYTES
 from shared.events import Envelope, EventRegistry, event_type
-from shared.outbox import (
-    EventPublisher,
-    PublisherConfig,
-    Relay,
-    plan_claim_checks,
-)
+from shared.outbox import PublisherConfig, Relay
+from shared.outbox._publisher import EventPublisher, plan_claim_checks
 from shared.outbox.pipe import oversized
 
 EVENTS = EventRegistry()

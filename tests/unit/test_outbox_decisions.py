@@ -23,14 +23,11 @@ from shared.outbox import (
     aggregate_from_item,
     build_write,
     cancellation_verdicts,
-    entry_for,
-    failed_entries,
-    follower_outcome,
-    pack_transactions,
-    plan_batches,
     plan_transaction,
     stage,
 )
+from shared.outbox._batch import follower_outcome, pack_transactions
+from shared.outbox._publisher import entry_for, failed_entries, plan_batches
 from shared.outbox.pipe import handler as pipe_handler
 
 EVENTS = EventRegistry()

@@ -11,7 +11,9 @@ from pydantic import BaseModel
 
 from shared.consumers._message import Message, Outcome, SourceKind
 from shared.events import Envelope, EventRegistry, event_type
-from shared.outbox import EventPublisher, PublisherConfig, Relay
+from shared.outbox import PublisherConfig, Relay
+from shared.outbox._publisher import EventPublisher
+from shared.testing import MemoryEventBus
 
 EVENTS = EventRegistry()
 
@@ -19,28 +21,6 @@ EVENTS = EventRegistry()
 @event_type("StepTaken", source="fleetline.unit", registry=EVENTS)
 class StepTaken(BaseModel):
     n: int
-
-
-class MemoryBus:
-    """Accepts PutEvents entries; fails the entries of scripted event ids with given codes."""
-
-    def __init__(self, failures: Mapping[str, list[str]]) -> None:
-        self.failures = {k: list(v) for k, v in failures.items()}
-        self.calls: list[list[str]] = []
-        self.published: list[str] = []
-
-    async def __call__(self, entries: list[dict[str, Any]]) -> Sequence[Mapping[str, Any]]:
-        ids = [json.loads(e["Detail"])["id"] for e in entries]
-        self.calls.append(ids)
-        results: list[Mapping[str, Any]] = []
-        for event_id in ids:
-            codes = self.failures.get(event_id)
-            if codes:
-                results.append({"ErrorCode": codes.pop(0), "ErrorMessage": "scripted"})
-            else:
-                self.published.append(event_id)
-                results.append({"EventId": f"eb-{event_id}"})
-        return results
 
 
 def _env(aggregate: str, n: int) -> dict[str, Any]:
@@ -53,7 +33,7 @@ CONFIG = PublisherConfig(bus_name="bus", base_delay=0.0, max_attempts=3)
 
 async def test_partial_failure_resends_only_the_failed_entry_and_keeps_order() -> None:
     a1, a2, b1 = _env("a", 1), _env("a", 2), _env("b", 1)
-    bus = MemoryBus({a1["id"]: ["ThrottlingException"]})
+    bus = MemoryEventBus({a1["id"]: ["ThrottlingException"]})
     report = await EventPublisher(None, CONFIG, send=bus).publish([a1, a2, b1])
     assert report.ok
     assert bus.calls == [[a1["id"], b1["id"]], [a1["id"]], [a2["id"]]]
@@ -62,7 +42,7 @@ async def test_partial_failure_resends_only_the_failed_entry_and_keeps_order() -
 
 async def test_permanent_failure_blocks_only_its_aggregate() -> None:
     a1, a2, b1 = _env("a", 1), _env("a", 2), _env("b", 1)
-    bus = MemoryBus({a1["id"]: ["ValidationException"]})
+    bus = MemoryEventBus({a1["id"]: ["ValidationException"]})
     report = await EventPublisher(None, CONFIG, send=bus).publish([a1, a2, b1])
     assert bus.published == [b1["id"]]
     assert a1["id"] in report.permanent
@@ -71,7 +51,7 @@ async def test_permanent_failure_blocks_only_its_aggregate() -> None:
 
 async def test_retries_are_bounded_then_reported() -> None:
     a1 = _env("a", 1)
-    bus = MemoryBus({a1["id"]: ["InternalFailure"] * 10})
+    bus = MemoryEventBus({a1["id"]: ["InternalFailure"] * 10})
     report = await EventPublisher(None, CONFIG, send=bus).publish([a1])
     assert len(bus.calls) == 3
     assert not report.ok
@@ -88,7 +68,7 @@ def _message(mid: str, events: list[dict[str, Any]]) -> Message:
 
 async def test_relay_outcomes_per_record_and_lag() -> None:
     a1, a2, b1 = _env("a", 1), _env("a", 2), _env("b", 1)
-    bus = MemoryBus({a1["id"]: ["ValidationException"], b1["id"]: ["InternalFailure"] * 5})
+    bus = MemoryEventBus({a1["id"]: ["ValidationException"], b1["id"]: ["InternalFailure"] * 5})
     lags: list[float] = []
     relay = Relay(None, CONFIG, send=bus, on_lag=lags.append)
     bad = Message(id="r0", body="not json", source=SourceKind.DYNAMODB_STREAM, source_name="s")
@@ -111,7 +91,7 @@ async def test_the_calls_of_a_round_overlap_up_to_max_in_flight_and_keep_each_or
     import anyio
 
     in_flight = peak = 0
-    bus = MemoryBus({})
+    bus = MemoryEventBus({})
 
     async def slow_bus(entries: list[dict[str, Any]]) -> Sequence[Mapping[str, Any]]:
         nonlocal in_flight, peak

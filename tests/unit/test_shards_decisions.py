@@ -155,7 +155,8 @@ def test_failure_message_refuses_metadata_that_cannot_fit() -> None:
 
 
 def test_one_failure_message_for_both_hosts() -> None:
-    from shared.consumers.streams import FAILURE_MESSAGE_BYTES, failure_message
+    from shared.consumers.streams import failure_message
+    from shared.consumers.streams._failures import FAILURE_MESSAGE_BYTES
 
     record = Message(id="9", body="x" * 40_000, source=SourceKind.KINESIS,
                      source_name="shardId-1", sequence="9", group_id="dev-1",

@@ -10,12 +10,14 @@ from typing import Any
 import pytest
 
 from shared.consumers import Message, SourceKind
-from shared.consumers.dynamodb_streams import message_from_dynamodb, message_from_dynamodb_record
-from shared.consumers.kinesis import message_from_kinesis, message_from_kinesis_record
-from shared.consumers.sqs import (
+from shared.consumers.dynamodb_streams import message_from_dynamodb_record
+from shared.consumers.dynamodb_streams._wire import message_from_dynamodb
+from shared.consumers.kinesis import message_from_kinesis_record
+from shared.consumers.kinesis._wire import message_from_kinesis
+from shared.consumers.sqs import message_from_sqs_record
+from shared.consumers.sqs._wire import (
     RedrivePolicy,
     message_from_sqs,
-    message_from_sqs_record,
     parse_queue_arn,
     parse_redrive_policy,
 )

@@ -21,10 +21,11 @@ from shared.consumers import (
     SqsSettings,
     batch_handler,
     delivery_control,
-    message_from_sqs,
 )
+from shared.consumers.sqs._wire import message_from_sqs
 from shared.errors import InvalidMessageError, PermanentError, RetryableError
 from shared.events import Envelope, EventRegistry, TypedEvent
+from shared.testing import MemoryDeliveryControl
 
 
 def msg(id: str, body: Any, group: str | None = None) -> Message:
@@ -153,26 +154,13 @@ async def test_concurrency_bounds_lanes() -> None:
     assert peak == 2
 
 
-class Control:
-    def __init__(self) -> None:
-        self.extended: list[tuple[str, float | None]] = []
-        self.completed_ids: list[tuple[str, Outcome]] = []
-
-    async def extend(self, message: Message, seconds: float | None = None) -> None:
-        self.extended.append((message.id, seconds))
-
-    def completed(self, message: Message, outcome: Outcome, reason: str | None,
-                  delay: float | None) -> None:
-        self.completed_ids.append((message.id, outcome))
-
-
 async def test_heartbeat_and_early_outcomes_go_to_the_delivery_control() -> None:
     async def handle(event: dict[str, Any], ctx: HandlerContext) -> None:
         await ctx.heartbeat(90)
         if event.get("fail"):
             raise InvalidMessageError("nope", field="x")
 
-    control = Control()
+    control = MemoryDeliveryControl()
     with delivery_control(control):
         await batch_handler(handle)([msg("1", {}), msg("2", {"fail": True})])
     assert control.extended == [("1", 90), ("2", 90)]

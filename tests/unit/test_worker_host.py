@@ -9,8 +9,9 @@ import pytest
 from shared.config import Resources
 from shared.consumers import SqsSettings
 from shared.errors import ConfigurationError
-from shared.hosts import SqsQueue, Worker, drain_seconds_from, load_worker
-from shared.hosts._worker import _HostState, _resolve, main
+from shared.hosts import SqsQueue, Worker
+from shared.hosts._worker import _HostState, _resolve, drain_seconds_from, load_worker, main
+from shared.testing import MemoryConsumer
 
 
 def test_load_worker_accepts_a_worker_or_a_factory() -> None:
@@ -61,32 +62,21 @@ def test_resolve_reads_output_keys_and_passes_literals() -> None:
         _resolve(resources, "MissingQueue")
 
 
-class FakeConsumer:
-    def __init__(self) -> None:
-        self.shutdowns = 0
-
-    async def run(self, *, task_status: object = None) -> None:
-        return None
-
-    def shutdown(self) -> None:
-        self.shutdowns += 1
-
-
 async def test_a_stop_requested_during_start_up_applies_when_the_consumer_exists() -> None:
     host = _HostState()
     host.request_stop()
-    consumer, scope = FakeConsumer(), anyio.CancelScope()
+    consumer, scope = MemoryConsumer(), anyio.CancelScope()
     host.attach(consumer, scope)
-    assert consumer.shutdowns == 1
+    assert consumer.stops == 1
     assert not scope.cancel_called
 
 
 async def test_a_second_request_cancels_the_run() -> None:
     host = _HostState()
-    consumer, scope = FakeConsumer(), anyio.CancelScope()
+    consumer, scope = MemoryConsumer(), anyio.CancelScope()
     host.attach(consumer, scope)
     host.request_stop()
-    assert (consumer.shutdowns, scope.cancel_called) == (1, False)
+    assert (consumer.stops, scope.cancel_called) == (1, False)
     host.request_stop()
     assert scope.cancel_called
 

@@ -16,15 +16,11 @@ from shared.consumers.dynamodb_streams._poller import (
     DynamoDBStreamSource,
     latest_stream_arn,
 )
-from shared.consumers.dynamodb_streams._wire import (
-    message_from_dynamodb,
-    message_from_dynamodb_record,
-)
+from shared.consumers.dynamodb_streams._wire import message_from_dynamodb_record
 
 __all__ = [
     "DynamoDBStreamSource",
     "DynamoDBStreamsConsumer",
     "latest_stream_arn",
-    "message_from_dynamodb",
     "message_from_dynamodb_record",
 ]

@@ -11,7 +11,6 @@ live in `shared.consumers.streams`.
 """
 
 from shared.consumers.kinesis._poller import KinesisConsumer, KinesisSource
-from shared.consumers.kinesis._wire import message_from_kinesis, message_from_kinesis_record
+from shared.consumers.kinesis._wire import message_from_kinesis_record
 
-__all__ = ["KinesisConsumer", "KinesisSource", "message_from_kinesis",
-           "message_from_kinesis_record"]
+__all__ = ["KinesisConsumer", "KinesisSource", "message_from_kinesis_record"]

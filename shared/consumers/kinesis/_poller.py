@@ -12,12 +12,12 @@ from typing import Any, Final
 from shared.aws import AwsClients, aws_errors
 from shared.consumers._message import BatchHandler, SourceKind
 from shared.consumers.kinesis._wire import message_from_kinesis
-from shared.consumers.streams._config import StreamConsumerConfig
-from shared.consumers.streams._consumer import StreamConsumer
-from shared.consumers.streams._source import (
+from shared.consumers.streams import (
     InitialPosition,
     RecordsPage,
     ShardInfo,
+    StreamConsumer,
+    StreamConsumerConfig,
     read_page,
     shard_iterator,
 )

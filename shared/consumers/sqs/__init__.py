@@ -27,46 +27,29 @@ from shared.consumers.sqs._queue import (
     queue_url,
     send_dead_letters,
 )
-from shared.consumers.sqs._settings import ConsumerStatistics, DeadLetterMode, SqsSettings
+from shared.consumers.sqs._settings import DeadLetterMode, SqsConsumerStatistics, SqsSettings
 from shared.consumers.sqs._settle import (
     Action,
     Disposition,
     Settlement,
-    due_for_extension,
     settle,
     sqs_batch_item_failures,
 )
-from shared.consumers.sqs._wire import (
-    DEAD_LETTER_ATTRIBUTE,
-    RedrivePolicy,
-    dead_letter_entry,
-    entry_from_record,
-    message_from_sqs,
-    message_from_sqs_record,
-    parse_queue_arn,
-    parse_redrive_policy,
-)
+from shared.consumers.sqs._wire import DEAD_LETTER_ATTRIBUTE, message_from_sqs_record
 
 __all__ = [
     "DEAD_LETTER_ATTRIBUTE",
     "Action",
-    "ConsumerStatistics",
     "DeadLetterMode",
     "Disposition",
     "QueueDescription",
-    "RedrivePolicy",
     "Settlement",
     "SqsConsumer",
+    "SqsConsumerStatistics",
     "SqsSettings",
     "change_visibility",
-    "dead_letter_entry",
     "describe_queue",
-    "due_for_extension",
-    "entry_from_record",
-    "message_from_sqs",
     "message_from_sqs_record",
-    "parse_queue_arn",
-    "parse_redrive_policy",
     "queue_url",
     "send_dead_letters",
     "settle",

@@ -41,7 +41,7 @@ from shared.consumers._errors import ConsumerError
 from shared.consumers._message import BatchHandler, BatchResult, Message, Outcome
 from shared.consumers.sqs._deletes import DeleteBuffer
 from shared.consumers.sqs._queue import change_visibility, describe_queue, send_dead_letters
-from shared.consumers.sqs._settings import ConsumerStatistics, DeadLetterMode, SqsSettings
+from shared.consumers.sqs._settings import DeadLetterMode, SqsConsumerStatistics, SqsSettings
 from shared.consumers.sqs._settle import (
     Action,
     Disposition,
@@ -186,16 +186,12 @@ class SqsConsumer:
                 )
         self._stop_requested.set()
 
-    def shutdown(self) -> None:
-        """`stop()` with the configured drain: the name every consumer shares, for hosts."""
-        self.stop()
-
-    def statistics(self) -> ConsumerStatistics:
+    def statistics(self) -> SqsConsumerStatistics:
         """A snapshot of the counters."""
         values = {k: v for k, v in self._counters.values.items()}
         ints = {k: int(v) for k, v in values.items() if k not in {"handler_seconds",
                                                                   "max_lag_seconds"}}
-        return ConsumerStatistics(
+        return SqsConsumerStatistics(
             **ints,
             in_flight=len(self._tracked),
             handler_seconds=values.get("handler_seconds", 0.0),

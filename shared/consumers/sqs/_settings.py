@@ -1,5 +1,5 @@
 """How an `SqsConsumer` is configured (`SqsSettings`, `DeadLetterMode`) and what it reports
-(`ConsumerStatistics`). Values only; the poller that uses them is `_poller.SqsConsumer`."""
+(`SqsConsumerStatistics`). Values only; the poller that uses them is `_poller.SqsConsumer`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from shared.consumers._backoff import MAX_VISIBILITY_SECONDS, Backoff
 
-__all__ = ["ConsumerStatistics", "DeadLetterMode", "SqsSettings"]
+__all__ = ["DeadLetterMode", "SqsConsumerStatistics", "SqsSettings"]
 
 
 class DeadLetterMode(enum.StrEnum):
@@ -91,7 +91,7 @@ class SqsSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
-class ConsumerStatistics:
+class SqsConsumerStatistics:
     """Counters since `run()` started (an immutable snapshot: `SqsConsumer.statistics()`)."""
 
     received: int = 0

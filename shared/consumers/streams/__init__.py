@@ -11,21 +11,18 @@
     _lease_decisions  pure: which leases to take, steal or hand off
 
 A source folder holds what differs per service: its wire forms (a `Message` from a
-GetRecords record and from a Lambda record) and its `ShardSource`. The Lambda stream
-adapters (`shared.hosts.lambda_`) use `stream_batch_item_failures`, `failure_message` and
-`send_failure_messages` from here.
+GetRecords record and from a Lambda record) and its `ShardSource`, built on `read_page` and
+`shard_iterator` from here. The Lambda stream adapters (`shared.hosts.lambda_`) use
+`stream_batch_item_failures`, `failure_message` and `send_failure_messages`. The lease table
+and its decisions are this package's own (tests of them import `_leases` and
+`_lease_decisions`).
 """
 
 from shared.consumers.streams._config import StreamConsumerConfig, StreamConsumerStatistics
 from shared.consumers.streams._consumer import StreamConsumer
 from shared.consumers.streams._decisions import stream_batch_item_failures
-from shared.consumers.streams._failures import (
-    FAILURE_MESSAGE_BYTES,
-    failure_message,
-    send_failure_messages,
-)
-from shared.consumers.streams._lease_decisions import SHARD_END, Lease
-from shared.consumers.streams._leases import LeaseLostError, LeaseTable, create_lease_table
+from shared.consumers.streams._failures import failure_message, send_failure_messages
+from shared.consumers.streams._leases import create_lease_table
 from shared.consumers.streams._source import (
     ExpiredIteratorError,
     InitialPosition,
@@ -33,19 +30,13 @@ from shared.consumers.streams._source import (
     ShardInfo,
     ShardSource,
     TrimmedDataError,
-    read_errors,
     read_page,
     shard_iterator,
 )
 
 __all__ = [
-    "FAILURE_MESSAGE_BYTES",
-    "SHARD_END",
     "ExpiredIteratorError",
     "InitialPosition",
-    "Lease",
-    "LeaseLostError",
-    "LeaseTable",
     "RecordsPage",
     "ShardInfo",
     "ShardSource",
@@ -55,7 +46,6 @@ __all__ = [
     "TrimmedDataError",
     "create_lease_table",
     "failure_message",
-    "read_errors",
     "read_page",
     "send_failure_messages",
     "shard_iterator",

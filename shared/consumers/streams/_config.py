@@ -42,7 +42,7 @@ class StreamConsumerConfig:
     handoff_timeout:    a worker rebalancing asks the owner to hand a lease over (it finishes
                         its batch, checkpoints, releases: no duplicates); after this long
                         without a release it takes the lease by force. None: always by force.
-    shutdown_grace:     after shutdown(), in-flight handlers get this long before they are
+    shutdown_grace:     after stop(), in-flight handlers get this long before they are
                         cancelled (keep it below the ECS stopTimeout, default 30 s).
     """
 

@@ -66,7 +66,7 @@ class StreamConsumer:
         async with anyio.create_task_group() as tg:
             await tg.start(consumer.run)   # returns after the first lease round
             ...
-            consumer.shutdown()            # finish in-flight batches, checkpoint, release
+            consumer.stop()                # finish in-flight batches, checkpoint, release
 
     Records of one shard reach the handler in order, one batch at a time; shards run
     concurrently. Delivery is at least once: after a crash or a stolen lease the next owner
@@ -125,7 +125,7 @@ class StreamConsumer:
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """Consume until `shutdown()` (or cancellation). Reports started (for
+        """Consume until `stop()` (or cancellation). Reports started (for
         `TaskGroup.start`) after the first shard sync and lease round.
 
         Raises:
@@ -157,7 +157,7 @@ class StreamConsumer:
             self._state = _State.STOPPED
             self._log.info("stream consumer stopped", **self._count_fields())
 
-    def shutdown(self) -> None:
+    def stop(self) -> None:
         """Stop taking leases and reading; let each shard's in-flight batch finish (within
         `shutdown_grace`), checkpoint and release its lease so another worker takes it at
         once. `run` returns when that is done. Idempotent."""

@@ -7,7 +7,7 @@ for how each is checked before it is applied.
 
 from __future__ import annotations
 
-from shared.emulator._fixes import Fix
+from shared.emulator import _fixes
 from shared.emulator.fixes import (
     alias_search,
     firehose_lake,
@@ -29,7 +29,7 @@ from shared.emulator.fixes import (
 
 __all__ = ["ALL"]
 
-ALL: tuple[Fix, ...] = (
+ALL: tuple[_fixes.Fix, ...] = (
     rule_targets.FIX,
     transaction_backups.FIX,
     locked_writes.FIX,

@@ -31,12 +31,14 @@ from typing import Any
 
 from shared.emulator._fixes import Fix, FixKind, replace, unpatched
 
+__all__ = ["FIX", "apply"]
+
 _KEY = re.compile(r"!\{partitionKeyFromQuery:([A-Za-z0-9_]+)\}")
 _TIMESTAMP = re.compile(r"!\{timestamp:([^}]+)\}")
 _JQ_FIELD = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*:\s*\.([A-Za-z_][A-Za-z0-9_]*)\s*")
 
 
-def extraction_query(destination: dict[str, Any]) -> dict[str, str] | None:
+def _extraction_query(destination: dict[str, Any]) -> dict[str, str] | None:
     """Partition key -> document field, from the MetadataExtraction processor's JQ query
     (`{zone: .zone, date: .date}`); None when the destination has none.
 
@@ -62,7 +64,7 @@ def extraction_query(destination: dict[str, Any]) -> dict[str, str] | None:
     return None
 
 
-def documents(data: bytes) -> list[Any]:
+def _documents(data: bytes) -> list[Any]:
     """The JSON documents of one record, concatenated or one a line.
 
     Raises:
@@ -98,7 +100,7 @@ def _prefix(template: str, keys: dict[str, str], document: Any, now: float) -> s
     return _TIMESTAMP.sub(stamp, _KEY.sub(key, template))
 
 
-def parquet_object(columns: list[dict[str, Any]], rows: list[Any]) -> bytes:
+def _parquet_object(columns: list[dict[str, Any]], rows: list[Any]) -> bytes:
     """`rows` (JSON objects) as a Parquet file with `columns` (Glue `Name`, `Type`)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -135,7 +137,7 @@ def apply() -> None:
             answer: list[dict[str, str]] = original(
                 self, delivery_stream_name, version_id, s3_destination, records)
             return answer
-        keys = extraction_query(s3_destination) or {}
+        keys = _extraction_query(s3_destination) or {}
         columns: list[dict[str, Any]] | None = None
         if converting:
             schema = conversion.get("SchemaConfiguration") or {}
@@ -150,7 +152,7 @@ def apply() -> None:
             data = record["Data"]
             raw = data if isinstance(data, bytes) else str(data).encode()
             try:
-                docs = documents(raw)
+                docs = _documents(raw)
             except ValueError:
                 failed.append(raw)
                 continue
@@ -166,7 +168,7 @@ def apply() -> None:
         for prefix, docs in groups.items():
             if columns is not None:
                 s3.put_object(bucket, f"{prefix}{name}{uuid.uuid4()}.parquet",
-                              parquet_object(columns, docs))
+                              _parquet_object(columns, docs))
             else:
                 s3.put_object(bucket, f"{prefix}{name}{uuid.uuid4()}",
                               b"".join(json.dumps(d).encode() + b"\n" for d in docs))

@@ -16,6 +16,8 @@ from typing import Any
 
 from shared.emulator._fixes import Fix, FixKind, replace, unpatched
 
+__all__ = ["FIX", "apply", "millis_behind"]
+
 
 def millis_behind(newest: Any, record: Any) -> int:
     """Milliseconds between two records' arrival, as moto computes MillisBehindLatest."""

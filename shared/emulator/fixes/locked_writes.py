@@ -15,6 +15,8 @@ from typing import Any
 
 from shared.emulator._fixes import Fix, FixKind, replace, unpatched
 
+__all__ = ["FIX", "LOCK", "MARKER", "WRITES", "apply"]
+
 WRITES = ("put_item", "update_item", "delete_item", "transact_write_items", "batch_write_item")
 MARKER = "_fleetline_locked"
 LOCK = threading.RLock()

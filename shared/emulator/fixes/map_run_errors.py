@@ -18,6 +18,8 @@ from typing import Any, Final
 
 from shared.emulator._fixes import Fix, FixKind, replace, unpatched
 
+__all__ = ["FIX", "MAP_RUN_ERRORS", "apply"]
+
 MAP_RUN_ERRORS: Final = frozenset(
     {
         "States.ExceedToleratedFailureThreshold",

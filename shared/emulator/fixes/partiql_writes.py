@@ -29,6 +29,8 @@ from typing import Any
 from shared.emulator._fixes import Fix, FixKind, replace, unpatched
 from shared.emulator.fixes import locked_writes
 
+__all__ = ["FIX", "Parsed", "apply", "parse"]
+
 MAX_STATEMENTS = 25
 
 _TOKEN = re.compile(

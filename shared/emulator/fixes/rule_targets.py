@@ -24,6 +24,8 @@ from typing import Any
 
 from shared.emulator._fixes import Fix, FixKind, replace, unpatched
 
+__all__ = ["FIX", "apply"]
+
 
 def apply() -> None:
     from moto.core.utils import iso_8601_datetime_without_milliseconds, utcfromtimestamp

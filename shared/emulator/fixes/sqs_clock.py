@@ -11,6 +11,8 @@ from typing import Any
 
 from shared.emulator._fixes import Fix, FixKind, replace, unpatched
 
+__all__ = ["FIX", "apply"]
+
 PROPERTIES = ("messages", "approximate_number_of_messages_delayed",
               "approximate_number_of_messages_not_visible", "approximate_number_of_messages")
 

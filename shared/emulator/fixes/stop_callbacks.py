@@ -18,6 +18,8 @@ from typing import Any
 
 from shared.emulator._fixes import Fix, FixKind, replace, unpatched
 
+__all__ = ["FIX", "apply"]
+
 
 def apply() -> None:
     from moto.stepfunctions.parser.asl.eval.environment import Environment

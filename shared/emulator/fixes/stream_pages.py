@@ -16,6 +16,8 @@ from typing import Any
 
 from shared.emulator._fixes import Fix, FixKind, replace, unpatched
 
+__all__ = ["FIX", "apply", "stream_page_json"]
+
 
 @functools.cache
 def _timestamp_codec() -> tuple[Any, Any]:

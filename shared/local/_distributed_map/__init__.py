@@ -13,7 +13,7 @@ moto runs no Distributed Map (../../shared/notes/emulator.md, "More gaps"). Loca
               (_transitions)                 states entered, from their histories
 
 Public to the rest of `shared.local`: `local_definition` (what `up` creates),
-`map_runs_queue` (the queue's name), `serve_map_runs` and `RunnerSettings` (the process),
+`map_runs_queue` (the queue's name), `serve_map_runs` and `MapRunnerSettings` (the process),
 `state_transitions` (for benchmarks; also `shared.local.state_transitions`), and the errors.
 docs/local.md says what is covered and how.
 
@@ -34,7 +34,7 @@ from shared.local._distributed_map._definition import (
 from shared.local._distributed_map._errors import DefinitionError, MapRunError
 
 if TYPE_CHECKING:
-    from shared.local._distributed_map._runner import RunnerSettings, serve_map_runs
+    from shared.local._distributed_map._runner import MapRunnerSettings, serve_map_runs
     from shared.local._distributed_map._transitions import state_transitions
 
 __all__ = [
@@ -42,8 +42,8 @@ __all__ = [
     "DefinitionError",
     "LocalDefinition",
     "MapRunError",
+    "MapRunnerSettings",
     "ProcessorMachine",
-    "RunnerSettings",
     "local_definition",
     "map_runs_queue",
     "processor_name",
@@ -62,7 +62,7 @@ def map_runs_queue(stack_name: str) -> str:
 
 
 def __getattr__(name: str) -> Any:
-    if name in {"RunnerSettings", "serve_map_runs"}:
+    if name in {"MapRunnerSettings", "serve_map_runs"}:
         from shared.local._distributed_map import _runner
 
         return getattr(_runner, name)

@@ -7,7 +7,7 @@ again names the same run and the same children) and `RunSettings.resolve` evalua
 the Map state may give as a path into its input:
 
 - `MaxConcurrency` / `MaxConcurrencyPath`: 0 (the default) means no limit on AWS (up to
-  10,000 child executions at once); the local runner caps it (`RunnerSettings`);
+  10,000 child executions at once); the local runner caps it (`MapRunnerSettings`);
 - `ToleratedFailureCount(Path)` / `ToleratedFailurePercentage(Path)`: the map run fails
   with `States.ExceedToleratedFailureThreshold` when the failed items exceed either; with
   neither, one failed item fails it ("Tolerated failure threshold", Step Functions Developer

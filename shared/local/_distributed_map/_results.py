@@ -31,6 +31,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from shared.local._distributed_map._progress import ChildStatus
+
 __all__ = [
     "ResultFile",
     "ResultWrite",
@@ -41,7 +43,7 @@ __all__ = [
     "writer_output",
 ]
 
-_STATUS_FILES: Final = ("SUCCEEDED", "FAILED", "PENDING")
+_STATUS_FILES: Final = (ChildStatus.SUCCEEDED, ChildStatus.FAILED, ChildStatus.PENDING)
 
 
 def _iso(value: Any) -> Any:
@@ -59,7 +61,7 @@ def child_record(described: Mapping[str, Any]) -> dict[str, Any]:
         "InputDetails": {"Included": True},
         "Name": described.get("name", described["executionArn"].rsplit(":", 1)[-1]),
     }
-    if described.get("status") == "SUCCEEDED":
+    if described.get("status") == ChildStatus.SUCCEEDED:
         record["Output"] = described.get("output", "null")
         record["OutputDetails"] = {"Included": True}
     else:
@@ -84,7 +86,7 @@ def pending_record(child_input: Any) -> dict[str, Any]:
     return {
         "Input": json.dumps(child_input, separators=(",", ":")),
         "InputDetails": {"Included": True},
-        "Status": "PENDING",
+        "Status": ChildStatus.PENDING.value,
     }
 
 
@@ -93,7 +95,7 @@ def _transformed(records: Sequence[Mapping[str, Any]], transformation: str) -> l
         return [dict(r) for r in records]
     out: list[Any] = []
     for record in records:
-        if record.get("Status") != "SUCCEEDED":
+        if record.get("Status") != ChildStatus.SUCCEEDED:
             out.append(dict(record))  # unchanged, as AWS returns a failed child
             continue
         output = json.loads(record.get("Output", "null"))
@@ -148,7 +150,7 @@ def result_write(
         group = [r for r in records if _file_status(r) == status]
         if not group:
             continue
-        shaped = _transformed(group, transformation) if status == "SUCCEEDED" else group
+        shaped = _transformed(group, transformation) if status is ChildStatus.SUCCEEDED else group
         if lines:
             body = "".join(json.dumps(v, separators=(",", ":")) + "\n" for v in shaped).encode()
         else:
@@ -169,9 +171,11 @@ def result_write(
     )
 
 
-def _file_status(record: Mapping[str, Any]) -> str:
+def _file_status(record: Mapping[str, Any]) -> ChildStatus:
     status = str(record.get("Status"))
-    return status if status in {"SUCCEEDED", "PENDING"} else "FAILED"
+    if status in {ChildStatus.SUCCEEDED, ChildStatus.PENDING}:
+        return ChildStatus(status)
+    return ChildStatus.FAILED
 
 
 def writer_output(write: ResultWrite, map_run_arn: str) -> dict[str, Any]:

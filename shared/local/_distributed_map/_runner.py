@@ -71,7 +71,7 @@ from shared.local._distributed_map._results import (
     writer_output,
 )
 
-__all__ = ["MapRunner", "RunnerSettings", "executions", "serve_map_runs"]
+__all__ = ["MapRunner", "MapRunnerSettings", "executions", "serve_map_runs"]
 
 log = structlog.get_logger("fleetline.local.map_runs")
 
@@ -81,7 +81,7 @@ _MAX_CAUSE: Final = 32_768  # characters SendTaskFailure takes
 
 
 @dataclass(frozen=True, kw_only=True)
-class RunnerSettings:
+class MapRunnerSettings:
     """How the map-runs process runs map runs. Defaults and why:
 
     - `max_concurrency` 40: children of one run at once, whatever the Map state asks (its 0,
@@ -123,9 +123,9 @@ class _Abandoned(Exception):
 class MapRunner:
     """Runs map-run requests against the endpoint `aws` talks to."""
 
-    def __init__(self, aws: AwsClients, settings: RunnerSettings | None = None) -> None:
+    def __init__(self, aws: AwsClients, settings: MapRunnerSettings | None = None) -> None:
         self._aws = aws
-        self._settings = settings or RunnerSettings()
+        self._settings = settings or MapRunnerSettings()
 
     async def handle(self, messages: Sequence[Message]) -> BatchResult:
         """The `BatchHandler` of the map-runs queue: each message a request, run to its end
@@ -435,12 +435,12 @@ async def serve_map_runs(
     queue_url: str,
     stop: anyio.Event,
     *,
-    settings: RunnerSettings | None = None,
+    settings: MapRunnerSettings | None = None,
     task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Consume the map-runs queue at `queue_url` until `stop` is set, then leave running
     runs to the next process (their requests come back after the visibility timeout)."""
-    settings = settings or RunnerSettings()
+    settings = settings or MapRunnerSettings()
     runner = MapRunner(aws, settings)
     consumer = SqsConsumer(
         aws,
