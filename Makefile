@@ -6,18 +6,37 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 LOCK   := requirements.lock
 # Resolved for every platform from Python 3.11 up (markers, not the machine that locks).
-UV_COMPILE := $(BIN)/uv pip compile pyproject.toml --extra dev --universal \
-	--python-version 3.11 --generate-hashes --quiet --custom-compile-command 'make lock'
+UV_FLAGS   := --universal --python-version 3.11 --generate-hashes --quiet \
+	--custom-compile-command 'make lock'
+UV_COMPILE := $(BIN)/uv pip compile pyproject.toml --extra dev $(UV_FLAGS)
+# The images' locks, cut from the same resolution (every pin is requirements.lock's):
+# runtime = the project's own dependencies plus its build backend (the worker image, the
+# Lambda artifact); local = runtime plus the `local` extra (the emulator image's moto).
+RUNTIME_LOCK := requirements-runtime.lock
+LOCAL_LOCK   := requirements-local.lock
+# (setuptools, the build backend, comes in on stdin: the image builds the project itself.)
+derived-locks = \
+	echo 'setuptools>=69' | $(BIN)/uv pip compile pyproject.toml - -c $(LOCK) $(UV_FLAGS) \
+		-o $(RUNTIME_LOCK) && \
+	echo 'setuptools>=69' | $(BIN)/uv pip compile pyproject.toml - --extra local -c $(LOCK) \
+		$(UV_FLAGS) -o $(LOCAL_LOCK) && \
+	echo 'checkov>=3.2,<4' | $(BIN)/uv pip compile - $(UV_FLAGS) -o $(CHECKOV_LOCK)
+# The template's policy scanner runs from a resolution of its own, in a venv of its own: its
+# pins (urllib3 1.x, packaging 23) must not move the project's.
+CHECKOV_LOCK := requirements-checkov.lock
+CHECKOV_VENV := $(VENV)/checkov
 
 .PHONY: demo test install lint lock lock-upgrade clean
 
-$(BIN)/fleetline: pyproject.toml $(LOCK)
+$(BIN)/fleetline: pyproject.toml $(LOCK) $(CHECKOV_LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --require-hashes -r $(LOCK)
 	# A *.egg-info left in the tree by an older install shadows the installed metadata (the
 	# entry points: commands, event types, demo steps) for anything run from here.
 	rm -rf *.egg-info
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install -q --require-hashes -r $(CHECKOV_LOCK)
 	touch $@
 
 install: $(BIN)/fleetline
@@ -37,12 +56,14 @@ lint: install
 # After a change to pyproject.toml: the lock keeps every pin it can and adds what is new.
 lock: install
 	$(UV_COMPILE) -o $(LOCK)
+	$(derived-locks)
 	$(MAKE) install
 
 # The newest release of everything pyproject.toml allows; then run `make test` before
 # committing the lock (a new moto needs its fixes verified: see docs/local.md).
 lock-upgrade: install
 	$(UV_COMPILE) --upgrade -o $(LOCK)
+	$(derived-locks)
 	$(MAKE) install
 
 clean:
