@@ -65,6 +65,11 @@ def up(
     workers: Annotated[
         bool, typer.Option("--workers/--no-workers", help="run local processes")
     ] = True,
+    services: Annotated[
+        bool,
+        typer.Option("--services/--no-services",
+                     help="run the ECS services as local processes (compose.yaml: --no-services)"),
+    ] = True,
     template: TemplateOpt = DEFAULT_TEMPLATE,
     state_dir: StateDirOpt = Path(".fleetline"),
     api_port: Annotated[
@@ -107,6 +112,7 @@ def up(
                 "--state-dir",
                 str(state_dir),
                 "--workers" if workers else "--no-workers",
+                "--services" if services else "--no-services",
                 "--api-port",
                 str(api_port),
                 "--bind",
@@ -139,6 +145,7 @@ def up(
             endpoint=endpoint,
             real_aws=aws,
             workers=workers,
+            services=services,
             api_port=api_port,
             bind_host=bind_host,
             parameters=parameters,
@@ -307,6 +314,33 @@ def schemas(
     except (FleetlineError, OSError) as exc:
         raise _fail(f"{exc}; fix it and run `fleetline schemas` again") from None
     console.print(f"wrote {len(written)} schema files to {out}")
+
+
+@app.command()
+def compose(
+    template: TemplateOpt = DEFAULT_TEMPLATE,
+    out: Annotated[Path, typer.Option("--out", help="where to write it")] = Path("compose.yaml"),
+    check: Annotated[
+        bool, typer.Option("--check", help="exit 1 if the file differs; write nothing")
+    ] = False,
+) -> None:
+    """Render compose.yaml from the template: one container per ECS service, the emulator,
+    the glue (`up --no-services`); see docs/containers.md."""
+    from shared.local import render_compose
+
+    try:
+        text = render_compose(template)
+    except FleetlineError as exc:
+        raise _fail(str(exc)) from None
+    current = out.read_text() if out.exists() else None
+    if check:
+        if current != text:
+            raise _fail(f"{out} is not what `fleetline compose` renders from {template}: run it")
+        console.print(f"{out} is current")
+        return
+    if current != text:
+        out.write_text(text)
+    console.print(f"wrote {out}" if current != text else f"{out} is current")
 
 
 def _load_plugins() -> None:

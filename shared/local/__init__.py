@@ -13,6 +13,8 @@ AWS. See docs/local.md for what runs where. Public surface:
   environment's, else the running `up`'s);
 - `endpoint_clients`: clients on the stack's endpoint (the emulator the state file names),
   for commands that talk to a running stack, without writing `os.environ`;
+- `render_compose`, `compose_services`, `local_environment`, `predicted_facts`: compose.yaml
+  rendered from the template (one container per ECS service, the emulator, the glue);
 - `state_transitions`: the state transitions of an execution and of its Distributed Map
   states' child executions (what a benchmark reports).
 
@@ -28,6 +30,13 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from shared.local._command import command_clients, command_resources
+    from shared.local._compose import (
+        ComposeService,
+        compose_services,
+        local_environment,
+        predicted_facts,
+        render_compose,
+    )
     from shared.local._control import ensure_no_running, start_detached, stop_running
     from shared.local._demo import DemoContext, DemoStep, demo_steps, run_demo
     from shared.local._distributed_map import state_transitions
@@ -40,6 +49,11 @@ if TYPE_CHECKING:
 
 _WHERE = {
     "ChildRecord": "_state",
+    "ComposeService": "_compose",
+    "compose_services": "_compose",
+    "local_environment": "_compose",
+    "predicted_facts": "_compose",
+    "render_compose": "_compose",
     "DemoContext": "_demo",
     "DemoStep": "_demo",
     "GapPlan": "_gaps",
@@ -67,6 +81,7 @@ _WHERE = {
 
 __all__ = [
     "ChildRecord",
+    "ComposeService",
     "DemoContext",
     "DemoStep",
     "GapPlan",
@@ -78,12 +93,16 @@ __all__ = [
     "UpState",
     "collect_status",
     "command_clients",
+    "compose_services",
     "command_resources",
     "demo_steps",
     "endpoint_clients",
     "ensure_no_running",
+    "local_environment",
     "plan_gaps",
+    "predicted_facts",
     "read_state",
+    "render_compose",
     "resolve",
     "run_demo",
     "run_up",
