@@ -10,16 +10,17 @@ UV_FLAGS   := --universal --python-version 3.11 --generate-hashes --quiet \
 	--custom-compile-command 'make lock'
 UV_COMPILE := $(BIN)/uv pip compile pyproject.toml --extra dev $(UV_FLAGS)
 # The images' locks, cut from the same resolution (every pin is requirements.lock's):
-# runtime = the project's own dependencies plus its build backend (the worker image, the
-# Lambda artifact); local = runtime plus the `local` extra (the emulator image's moto).
+# runtime = the project's own dependencies (the worker image, the Lambda artifact); local =
+# runtime plus the `local` extra (the emulator image's moto); build = the tools an image build
+# uses and leaves behind (uv installs, setuptools builds the project).
 RUNTIME_LOCK := requirements-runtime.lock
 LOCAL_LOCK   := requirements-local.lock
-# (setuptools, the build backend, comes in on stdin: the image builds the project itself.)
+BUILD_LOCK   := requirements-build.lock
 derived-locks = \
-	echo 'setuptools>=69' | $(BIN)/uv pip compile pyproject.toml - -c $(LOCK) $(UV_FLAGS) \
-		-o $(RUNTIME_LOCK) && \
-	echo 'setuptools>=69' | $(BIN)/uv pip compile pyproject.toml - --extra local -c $(LOCK) \
-		$(UV_FLAGS) -o $(LOCAL_LOCK) && \
+	$(BIN)/uv pip compile pyproject.toml -c $(LOCK) $(UV_FLAGS) -o $(RUNTIME_LOCK) && \
+	$(BIN)/uv pip compile pyproject.toml --extra local -c $(LOCK) $(UV_FLAGS) -o $(LOCAL_LOCK) && \
+	printf 'uv>=0.9\nsetuptools>=69\n' | $(BIN)/uv pip compile - -c $(LOCK) $(UV_FLAGS) \
+		-o $(BUILD_LOCK) && \
 	echo 'checkov>=3.2,<4' | $(BIN)/uv pip compile - $(UV_FLAGS) -o $(CHECKOV_LOCK)
 # The template's policy scanner runs from a resolution of its own, in a venv of its own: its
 # pins (urllib3 1.x, packaging 23) must not move the project's.
