@@ -317,6 +317,78 @@ def schemas(
 
 
 @app.command()
+def build(
+    base: Annotated[str, typer.Option(help="the images' base (a local Debian base without a "
+                                            "registry: docs/containers.md)")] = "python:3.11-slim",
+    image: Annotated[str, typer.Option(help="the worker image's tag")] = "fleetline:local",
+    emulator_image: Annotated[str, typer.Option(help="the emulator image's tag")] = (
+        "fleetline-emulator:local"),
+    ca_bundle: Annotated[Path | None, typer.Option(
+        envvar="FLEETLINE_CA_BUNDLE", help="CA bundle for a TLS-re-signing proxy (build secret)",
+    )] = None,
+    network: Annotated[str | None, typer.Option(help="the builds' network (host: a daemon "
+                                                     "without a bridge)")] = None,
+    out: Annotated[Path, typer.Option(help="where the Lambda artifact goes")] = Path("build"),
+    images: Annotated[bool, typer.Option("--images/--no-images")] = True,
+    lambda_artifact: Annotated[bool, typer.Option("--lambda/--no-lambda")] = True,
+) -> None:
+    """Build the worker and emulator images and the Lambda artifact; print their sizes."""
+    from shared.build import BuildSettings
+    from shared.build import build as run_build
+
+    settings = BuildSettings(
+        out=out, image=image, emulator_image=emulator_image, base=base, ca_bundle=ca_bundle,
+        network=network, images=images, lambda_artifact=lambda_artifact,
+    )
+    try:
+        result = run_build(settings, echo=lambda line: console.print(line, highlight=False))
+    except FleetlineError as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"built in {result.seconds:.0f} s")
+
+
+@app.command()
+def deploy(
+    stack_name: StackOpt = "fleetline",
+    template: TemplateOpt = DEFAULT_TEMPLATE,
+    artifact: Annotated[Path, typer.Option(help="the Lambda artifact (`fleetline build`)")] = Path(
+        "build/lambda.zip"),
+    image: Annotated[str, typer.Option(help="the local worker image to push")] = "fleetline:local",
+    repository: Annotated[str | None, typer.Option(
+        help="ECR repository URI to push to (AWS); ImageRepositoryArn is derived from it")] = None,
+    parameter: Annotated[
+        list[str] | None,
+        typer.Option("--parameter", "-P", help="template parameter KEY=VALUE (repeatable)"),
+    ] = None,
+) -> None:
+    """Upload the built artifacts and create or update the stack (the image URI and the code
+    key as parameters). With AWS_ENDPOINT_URL (the emulator) the same path, without the push."""
+    from shared.build import DeployRequest, run_deploy
+
+    values: dict[str, str] = {}
+    for item in parameter or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise _fail(f"--parameter {item!r}: expected KEY=VALUE")
+        values[key] = value
+    request = DeployRequest(
+        stack_name=stack_name, template=template, artifact=artifact, image=image,
+        repository=repository, parameters=values,
+        endpoint=os.environ.get("AWS_ENDPOINT_URL") or None,
+    )
+    try:
+        deployment = anyio.run(run_deploy, request)
+    except FleetlineError as exc:
+        raise _fail(str(exc)) from None
+    console.print(
+        f"deployed {deployment.stack_name} ({deployment.status}) in {deployment.elapsed:.1f} s: "
+        f"ImageUri={deployment.parameters.get('ImageUri')} "
+        f"CodeKey={deployment.parameters.get('CodeKey')}",
+        highlight=False, soft_wrap=True,
+    )
+
+
+@app.command()
 def compose(
     template: TemplateOpt = DEFAULT_TEMPLATE,
     out: Annotated[Path, typer.Option("--out", help="where to write it")] = Path("compose.yaml"),

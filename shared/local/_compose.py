@@ -37,8 +37,8 @@ from shared.local._template import StackFacts, resolve
 
 __all__ = [
     "COMPOSE_FILE",
-    "ComposeService",
     "LISTEN_EVERYWHERE",
+    "ComposeService",
     "compose_services",
     "local_environment",
     "predicted_facts",
