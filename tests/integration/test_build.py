@@ -11,6 +11,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import anyio
 import pytest
 
 from shared.aws import AwsClients
@@ -123,14 +124,13 @@ async def test_deploy_uploads_the_artifact_and_deploys_the_stack(
     artifact = tmp_path / "lambda.zip"
     with zipfile.ZipFile(artifact, "w") as archive:
         archive.writestr("marker.txt", "built by test_build")
-    env = {**os.environ}
-    done = subprocess.run(
+    done = await anyio.run_process(
         [str(Path(sys.executable).parent / "fleetline"), "deploy", "--artifact", str(artifact),
          "--stack-name", "shipped", "--template", str(TEMPLATE)],
-        capture_output=True, text=True, cwd=ROOT, env=env, check=False,
+        cwd=ROOT, env={**os.environ}, check=False,
     )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "deployed shipped" in done.stdout
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert "deployed shipped" in done.stdout.decode()
     deployment = await describe(aws, "shipped")
     code_key = deployment.parameters["CodeKey"]
     assert deployment.parameters["ImageUri"].endswith("/fleetline:local")

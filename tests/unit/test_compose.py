@@ -79,7 +79,9 @@ def test_every_fleetline_value_is_known_before_deploying(template: dict[str, Any
     """No placeholder is left: each FLEETLINE_* value is a name, URL or ARN of the stack."""
     for service in compose_services(template, predicted_facts(template)):
         for key, value in service.environment.items():
-            assert value and "${" not in value and "{'" not in value, (service.name, key, value)
+            assert value, (service.name, key)
+            assert "${" not in value, (service.name, key, value)
+            assert "{'" not in value, (service.name, key, value)
 
 
 def test_stop_grace_periods_are_the_stop_timeouts(template: dict[str, Any],
