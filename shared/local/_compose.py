@@ -190,9 +190,10 @@ _HEADER = """\
 #   docker compose down              # stops and removes all of it
 #
 # Every container runs on the host's network and listens on 127.0.0.1 only: the emulator on
-# ${FLEETLINE_EMULATOR_PORT:-5000}, the orders HTTP API on 8000, the dashboard on 8080 (its
-# task definition's port). Then the README's "Try it" steps, with
-# AWS_ENDPOINT_URL=http://127.0.0.1:5000 and ORDERS_API=http://127.0.0.1:8000.
+# ${FLEETLINE_EMULATOR_PORT:-5000}, the orders HTTP API on ${FLEETLINE_API_PORT:-8000}, the
+# dashboard on 8080 (its task definition's port). Then the README's "Try it" steps, each
+# `fleetline` command run in the glue container (`docker compose exec glue fleetline ...`,
+# which knows the stack) and ORDERS_API=http://127.0.0.1:8000.
 #
 # Each service's command, environment, stop grace period (its StopTimeout) and read-only
 # root file system are its task definition's (docs/containers.md says how they are resolved
@@ -264,7 +265,7 @@ def render_compose(
             "command": [
                 "fleetline", "up", "--no-services", "--stack-name", stack_name,
                 "--template", "/opt/fleetline/deploy/template.yaml",
-                "--api-port", "8000", "--bind", _LOOPBACK,
+                "--api-port", "${FLEETLINE_API_PORT:-8000}", "--bind", _LOOPBACK,
             ],
             "volumes": ["./deploy:/opt/fleetline/deploy:ro"],
             "environment": {**aws_env, "FLEETLINE_STATE_DIR": "/tmp/fleetline"},
