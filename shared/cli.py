@@ -67,6 +67,11 @@ def up(
     workers: Annotated[
         bool, typer.Option("--workers/--no-workers", help="run local processes")
     ] = True,
+    services: Annotated[
+        bool,
+        typer.Option("--services/--no-services",
+                     help="run the ECS services as local processes (compose.yaml: --no-services)"),
+    ] = True,
     template: TemplateOpt = DEFAULT_TEMPLATE,
     state_dir: StateDirOpt = Path(".fleetline"),
     api_port: Annotated[
@@ -109,6 +114,7 @@ def up(
                 "--state-dir",
                 str(state_dir),
                 "--workers" if workers else "--no-workers",
+                "--services" if services else "--no-services",
                 "--api-port",
                 str(api_port),
                 "--bind",
@@ -141,6 +147,7 @@ def up(
             endpoint=endpoint,
             real_aws=aws,
             workers=workers,
+            services=services,
             api_port=api_port,
             bind_host=bind_host,
             parameters=parameters,
@@ -309,6 +316,105 @@ def schemas(
     except (FleetlineError, OSError) as exc:
         raise _fail(f"{exc}; fix it and run `fleetline schemas` again") from None
     console.print(f"wrote {len(written)} schema files to {out}")
+
+
+@app.command()
+def build(
+    base: Annotated[str, typer.Option(help="the images' base (a local Debian base without a "
+                                            "registry: docs/containers.md)")] = "python:3.11-slim",
+    image: Annotated[str, typer.Option(help="the worker image's tag")] = "fleetline:local",
+    emulator_image: Annotated[str, typer.Option(help="the emulator image's tag")] = (
+        "fleetline-emulator:local"),
+    ca_bundle: Annotated[Path | None, typer.Option(
+        envvar="FLEETLINE_CA_BUNDLE", help="CA bundle for a TLS-re-signing proxy (build secret)",
+    )] = None,
+    network: Annotated[str | None, typer.Option(help="the builds' network (host: a daemon "
+                                                     "without a bridge)")] = None,
+    out: Annotated[Path, typer.Option(help="where the Lambda artifact goes")] = Path("build"),
+    images: Annotated[bool, typer.Option("--images/--no-images")] = True,
+    lambda_artifact: Annotated[bool, typer.Option("--lambda/--no-lambda")] = True,
+) -> None:
+    """Build the worker and emulator images and the Lambda artifact; print their sizes."""
+    from shared.build import BuildSettings
+    from shared.build import build as run_build
+
+    settings = BuildSettings(
+        out=out, image=image, emulator_image=emulator_image, base=base, ca_bundle=ca_bundle,
+        network=network, images=images, lambda_artifact=lambda_artifact,
+    )
+    try:
+        result = run_build(settings, echo=lambda line: console.print(line, highlight=False))
+    except FleetlineError as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"built in {result.seconds:.0f} s")
+
+
+@app.command()
+def deploy(
+    stack_name: StackOpt = "fleetline",
+    template: TemplateOpt = DEFAULT_TEMPLATE,
+    artifact: Annotated[Path, typer.Option(help="the Lambda artifact (`fleetline build`)")] = Path(
+        "build/lambda.zip"),
+    image: Annotated[str, typer.Option(help="the local worker image to push")] = "fleetline:local",
+    repository: Annotated[str | None, typer.Option(
+        help="ECR repository URI to push to (AWS); ImageRepositoryArn is derived from it")] = None,
+    parameter: Annotated[
+        list[str] | None,
+        typer.Option("--parameter", "-P", help="template parameter KEY=VALUE (repeatable)"),
+    ] = None,
+) -> None:
+    """Upload the built artifacts and create or update the stack (the image URI and the code
+    key as parameters). With AWS_ENDPOINT_URL (the emulator) the same path, without the push."""
+    from shared.build import DeployRequest, run_deploy
+
+    values: dict[str, str] = {}
+    for item in parameter or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise _fail(f"--parameter {item!r}: expected KEY=VALUE")
+        values[key] = value
+    request = DeployRequest(
+        stack_name=stack_name, template=template, artifact=artifact, image=image,
+        repository=repository, parameters=values,
+        endpoint=os.environ.get("AWS_ENDPOINT_URL") or None,
+    )
+    try:
+        deployment = anyio.run(run_deploy, request)
+    except FleetlineError as exc:
+        raise _fail(str(exc)) from None
+    console.print(
+        f"deployed {deployment.stack_name} ({deployment.status}) in {deployment.elapsed:.1f} s: "
+        f"ImageUri={deployment.parameters.get('ImageUri')} "
+        f"CodeKey={deployment.parameters.get('CodeKey')}",
+        highlight=False, soft_wrap=True,
+    )
+
+
+@app.command()
+def compose(
+    template: TemplateOpt = DEFAULT_TEMPLATE,
+    out: Annotated[Path, typer.Option("--out", help="where to write it")] = Path("compose.yaml"),
+    check: Annotated[
+        bool, typer.Option("--check", help="exit 1 if the file differs; write nothing")
+    ] = False,
+) -> None:
+    """Render compose.yaml from the template: one container per ECS service, the emulator,
+    the glue (`up --no-services`); see docs/containers.md."""
+    from shared.local import render_compose
+
+    try:
+        text = render_compose(template)
+    except FleetlineError as exc:
+        raise _fail(str(exc)) from None
+    current = out.read_text() if out.exists() else None
+    if check:
+        if current != text:
+            raise _fail(f"{out} is not what `fleetline compose` renders from {template}: run it")
+        console.print(f"{out} is current")
+        return
+    if current != text:
+        out.write_text(text)
+    console.print(f"wrote {out}" if current != text else f"{out} is current")
 
 
 def _load_plugins() -> None:

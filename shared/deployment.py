@@ -46,6 +46,8 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import io
+import json
+import re
 import time
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -77,6 +79,7 @@ __all__ = [
     "deploy",
     "describe",
     "distribution_packages",
+    "emulator_names",
     "local_parameters",
 ]
 
@@ -109,6 +112,10 @@ class DeploySettings:
     source mappings after deploying: moto "runs" an SQS mapping on every SendMessage by
     receiving the batch and failing to invoke (no Docker), which delays each send and moves
     messages to the DLQ after maxReceiveCount; the local runner polls those queues instead.
+    It also names what the template leaves CloudFormation to name (`emulator_names`), so that
+    every value a process receives is known before deploying (compose.yaml is rendered from
+    the template). `code` is a Lambda artifact built beforehand (`fleetline build`); None
+    means a zip of `packages`, built here.
     """
 
     stack_name: str = "fleetline"
@@ -121,6 +128,7 @@ class DeploySettings:
     poll_interval: float = 0.2
     validate: bool = False
     emulator: bool = False
+    code: Path | None = None
 
     def __post_init__(self) -> None:
         if not self.stack_name or not self.stack_name[0].isalpha():
@@ -194,6 +202,67 @@ def distribution_packages() -> dict[str, Path]:
     return found
 
 
+# What CloudFormation generates a name for when the template gives none, by resource type.
+_NAME_PROPERTIES: Final = {"AWS::S3::Bucket": "BucketName", "AWS::IAM::Role": "RoleName"}
+
+
+def _referenced(value: Any) -> set[str]:
+    """Logical ids `value` names through Ref, Fn::GetAtt or Fn::Sub."""
+    found: set[str] = set()
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            if key == "Ref":
+                found.add(str(inner))
+            elif key == "Fn::GetAtt":
+                found.add(str(inner[0] if isinstance(inner, list) else inner).split(".")[0])
+            elif key == "Fn::Sub":
+                text = inner[0] if isinstance(inner, list) else inner
+                found.update(v.split(".")[0] for v in re.findall(r"\$\{([^}!]+)\}", str(text)))
+                found.update(_referenced(inner[1] if isinstance(inner, list) else None))
+            else:
+                found.update(_referenced(inner))
+    elif isinstance(value, list):
+        for inner in value:
+            found.update(_referenced(inner))
+    return found
+
+
+def emulator_names(template: Mapping[str, Any], stack_name: str) -> dict[str, tuple[str, str]]:
+    """The names an emulator deployment gives what the template leaves CloudFormation to name
+    (buckets, roles) and hands to processes through an Output: logical id -> (property,
+    name), the name `<stack>-<LogicalId>` (lower case for a bucket). On AWS those names are
+    generated with a random suffix and reach processes through the stack; locally they must
+    be known before deploying, for the containers of compose.yaml. Pure."""
+    resources = template.get("Resources", {})
+    wanted: set[str] = set()
+    for output in template.get("Outputs", {}).values():
+        wanted |= _referenced(output.get("Value"))
+    names: dict[str, tuple[str, str]] = {}
+    for logical in sorted(wanted & set(resources)):
+        resource = resources[logical]
+        prop = _NAME_PROPERTIES.get(str(resource.get("Type")))
+        if prop is None or prop in (resource.get("Properties") or {}):
+            continue
+        name = f"{stack_name}-{logical}"
+        names[logical] = (prop, name.lower() if prop == "BucketName" else name)
+    return names
+
+
+def _named_for_emulator(body: bytes, source: Path, stack_name: str) -> bytes:
+    """The template with `emulator_names` filled in, as JSON (which moto also parses faster
+    than YAML); the template itself unchanged when there is nothing to name."""
+    try:
+        document = parse_template(body, source=source)
+    except TemplateError as exc:
+        raise TemplateInvalidError(str(exc)) from None
+    names = emulator_names(document, stack_name)
+    if not names:
+        return body
+    for logical, (prop, name) in names.items():
+        document["Resources"][logical].setdefault("Properties", {})[prop] = name
+    return json.dumps(document, separators=(",", ":")).encode()
+
+
 def local_parameters(*, zone: str = "eu", region: str = "us-east-1") -> dict[str, str]:
     """Parameters for the embedded emulator: placeholders where only AWS needs a real value
     (image, network), since the emulator runs no containers."""
@@ -205,6 +274,10 @@ def local_parameters(*, zone: str = "eu", region: str = "us-east-1") -> dict[str
         "ResidencyZone": zone,
         "SubnetIds": "subnet-0local",
         "SecurityGroupIds": "sg-0local",
+        # Four shards are plenty for one machine (AWS: 24, for the 20,000 records/s peak).
+        "TelemetryShardCount": "4",
+        # No collector layer: nothing runs functions' extensions locally.
+        "LambdaCollectorLayerArn": "",
     }
 
 
@@ -262,8 +335,18 @@ def _build_artifacts(settings: DeploySettings) -> _Artifacts:
     except TemplateError as exc:
         raise TemplateInvalidError(str(exc)) from None
     _check_parses(settings.template, template)
-    code = _code_zip(settings.packages if settings.packages is not None
-                     else distribution_packages())
+    if settings.emulator:
+        template = _named_for_emulator(template, settings.template, settings.stack_name)
+    if settings.code is not None:
+        try:
+            code = settings.code.read_bytes()
+        except OSError as exc:
+            raise DeploymentError(
+                f"Lambda artifact {settings.code}: {exc.strerror}; run `fleetline build`"
+            ) from None
+    else:
+        code = _code_zip(settings.packages if settings.packages is not None
+                         else distribution_packages())
     machines_dir = settings.statemachines_dir or statemachines_dir(settings.template)
     machines = {p.name: p.read_bytes() for p in sorted(machines_dir.glob("*.json"))}
     digest = hashlib.sha256()

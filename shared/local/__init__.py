@@ -20,6 +20,8 @@ Public surface:
   environment's, else the running `up`'s);
 - `endpoint_clients`: clients on the stack's endpoint (the emulator the state file names),
   for commands that talk to a running stack, without writing `os.environ`;
+- `render_compose`, `compose_services`, `local_environment`, `predicted_facts`: compose.yaml
+  rendered from the template (one container per ECS service, the emulator, the glue);
 - `state_transitions`: the state transitions of an execution and of its Distributed Map
   states' child executions (what a benchmark reports);
 - `RELAY_IDLE_BACKOFF`: how long `up`'s outbox relay waits after an empty read (a latency
@@ -37,6 +39,13 @@ import typing
 
 if typing.TYPE_CHECKING:
     from shared.local._command import command_clients, command_resources, state_dir
+    from shared.local._compose import (
+        ComposeService,
+        compose_services,
+        local_environment,
+        predicted_facts,
+        render_compose,
+    )
     from shared.local._consumers import RELAY_IDLE_BACKOFF
     from shared.local._control import ensure_no_running, start_detached, stop_running
     from shared.local._demo import DemoContext, DemoStep, run_demo
@@ -58,6 +67,11 @@ if typing.TYPE_CHECKING:
 _WHERE = {
     "RELAY_IDLE_BACKOFF": "_consumers",
     "ChildRecord": "_state",
+    "ComposeService": "_compose",
+    "compose_services": "_compose",
+    "local_environment": "_compose",
+    "predicted_facts": "_compose",
+    "render_compose": "_compose",
     "DemoContext": "_demo",
     "DemoStep": "_demo",
     "GapPlan": "_gaps",
@@ -90,6 +104,7 @@ _WHERE = {
 __all__ = [
     "RELAY_IDLE_BACKOFF",
     "ChildRecord",
+    "ComposeService",
     "DemoContext",
     "DemoStep",
     "GapPlan",
@@ -104,11 +119,15 @@ __all__ = [
     "collect_status",
     "command_clients",
     "command_resources",
+    "compose_services",
     "endpoint_clients",
     "ensure_no_running",
+    "local_environment",
     "map_runs_queue",
     "plan_gaps",
+    "predicted_facts",
     "read_state",
+    "render_compose",
     "run_demo",
     "run_up",
     "serve_map_runs",

@@ -252,6 +252,7 @@ async def plan_processes(
     base_env: Mapping[str, str],
     free_port: Any,
     include_triggers: bool = True,
+    include_services: bool = True,
     stack_name: str = "fleetline",
     api_port: int = 0,
     bind_host: str = "127.0.0.1",
@@ -261,12 +262,13 @@ async def plan_processes(
     (the emulator resolved its environment); Lambda environments from the deployed function.
     A process whose code is not importable yet is skipped with the reason, not crash-looped.
 
-    `include_triggers=False` (real AWS) keeps only the ECS services. `outputs` (the stack's)
+    `include_triggers=False` (real AWS) keeps only the ECS services; `include_services=False`
+    leaves them out (compose.yaml runs them in containers of their own). `outputs` (the stack's)
     gives the pipes' relay the `ClaimCheckBucket` for events over 256 KB.
     """
     specs: list[ProcessSpec] = []
     skipped: dict[str, str] = {}
-    for service in plan.services:
+    for service in plan.services if include_services else ():
         ecs = await aws.client("ecs")
         with aws_errors():
             described = await ecs.describe_task_definition(taskDefinition=service.task_definition)

@@ -54,6 +54,7 @@ class UpConfig:
     endpoint: str | None = None  # AWS_ENDPOINT_URL: use it instead of starting moto
     real_aws: bool = False  # --aws: deploy to the account; no emulator gaps to supply
     workers: bool = True  # run local processes
+    services: bool = True  # run the ECS services too (False: compose.yaml runs them)
     deploy_timeout: float = 120.0
     api_port: int = 0  # first local HTTP API port; 0 = free ones
     bind_host: str = "127.0.0.1"  # where local servers listen (0.0.0.0 in a container)
@@ -259,6 +260,7 @@ async def _start(
             base_env=base_env,
             free_port=free_port,
             include_triggers=emulated,
+            include_services=config.services,
             stack_name=config.stack_name,
             api_port=config.api_port,
             bind_host=config.bind_host,

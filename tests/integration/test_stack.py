@@ -54,6 +54,8 @@ KNOWN_GAPS = {
                                             "through the API",
     "AWS::Athena::WorkGroup": "not created; locally the report runs on DuckDB",
     "AWS::Logs::LogStream": "not created; Firehose's error log on AWS only",
+    "AWS::ApplicationAutoScaling::ScalableTarget": "not created; nothing scales locally",
+    "AWS::ApplicationAutoScaling::ScalingPolicy": "not created; see ScalableTarget",
 }
 # Created, but listed without a physical id.
 CREATED_WITHOUT_PHYSICAL_ID = {"AWS::Events::EventBus", "AWS::Events::Archive",

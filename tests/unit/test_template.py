@@ -540,3 +540,84 @@ def test_every_queue_consumer_may_dead_letter_to_that_queues_dlq(
                 missing.append(f"{role} consumes {queue} but cannot send to {dlq}")
     assert receives, "no queue consumers found: the check would pass vacuously"
     assert not missing, missing
+
+
+# --------------------------------------------------------------------------------- scaling
+def scaling(template: dict[str, Any]) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+    """ECS service -> (its scalable target, its scaling policy)."""
+    targets = of_type(template, "AWS::ApplicationAutoScaling::ScalableTarget")
+    found = {}
+    for policy in of_type(template, "AWS::ApplicationAutoScaling::ScalingPolicy").values():
+        target = targets[props(policy)["ScalingTargetId"]["Ref"]]
+        service = referenced(props(target)["ResourceId"]) - {"WorkersCluster"}
+        assert len(service) == 1, service
+        found[service.pop()] = (props(target), props(policy))
+    return found
+
+
+def test_every_ecs_service_has_a_scaling_policy(template: dict[str, Any]) -> None:
+    services = set(of_type(template, "AWS::ECS::Service"))
+    found = scaling(template)
+    assert set(found) == services
+    for service, (target, policy) in found.items():
+        assert target["ServiceNamespace"] == "ecs", service
+        assert target["ScalableDimension"] == "ecs:service:DesiredCount", service
+        assert target["MinCapacity"] == {"Ref": "WorkerMinCount"}, service
+        assert policy["PolicyType"] == "TargetTrackingScaling", service
+
+
+def test_queue_workers_scale_on_the_backlog_of_the_queues_they_consume(
+    template: dict[str, Any],
+) -> None:
+    """Backlog per task: the queues in the metric math are the ones the service's task role
+    receives from, divided by the service's running tasks."""
+    receives: dict[str, set[str]] = {}
+    for role, statement in policy_statements(template):
+        if "sqs:ReceiveMessage" in as_list(statement.get("Action")):
+            receives.setdefault(role, set()).update(
+                t for t in (getatt_target(r) for r in as_list(statement["Resource"])) if t)
+    checked = 0
+    for service, (target, policy) in scaling(template).items():
+        task = props(template["Resources"][service])["TaskDefinition"]["Ref"]
+        role = getatt_target(props(template["Resources"][task])["TaskRoleArn"])
+        config = policy["TargetTrackingScalingPolicyConfiguration"]
+        if "CustomizedMetricSpecification" not in config:
+            continue
+        metrics = config["CustomizedMetricSpecification"]["Metrics"]
+        queues = {getatt_target(m["MetricStat"]["Metric"]["Dimensions"][0]["Value"])
+                  for m in metrics if m.get("MetricStat", {}).get("Metric", {}).get(
+                      "MetricName") == "ApproximateNumberOfMessagesVisible"}
+        assert queues, service
+        assert queues <= receives[str(role)], (service, queues - receives[str(role)])
+        tasks = [m for m in metrics if m.get("MetricStat", {}).get("Metric", {}).get(
+            "MetricName") == "RunningTaskCount"]
+        assert len(tasks) == 1, service
+        returned = [m for m in metrics if m.get("ReturnData")]
+        assert len(returned) == 1, service
+        assert returned[0]["Expression"].endswith("/ tasks"), service
+        assert config["TargetValue"] == {"Ref": "QueueBacklogPerTask"}, service
+        assert target["MaxCapacity"] == {"Ref": "WorkerMaxCount"}, service
+        checked += 1
+    assert checked == 7
+
+
+def test_telemetry_workers_never_outnumber_the_shards(template: dict[str, Any]) -> None:
+    target, _ = scaling(template)["TelemetryWorkerService"]
+    assert target["MaxCapacity"] == {"Ref": "TelemetryShardCount"}
+    stream = props(template["Resources"]["TelemetryStream"])
+    assert stream["ShardCount"] == {"Ref": "TelemetryShardCount"}
+    # 20,000 records/s at the peak, 1,000 records/s per shard, 20 % headroom.
+    assert int(template["Parameters"]["TelemetryShardCount"]["Default"]) >= 20_000 // 1_000
+
+
+def test_functions_export_their_spans_through_the_collector_layer(
+    template: dict[str, Any],
+) -> None:
+    for lid, function in of_type(template, "AWS::Lambda::Function").items():
+        p = props(function)
+        assert p["Layers"] == {"Fn::If": ["HasLambdaCollector",
+                                          [{"Ref": "LambdaCollectorLayerArn"}],
+                                          {"Ref": "AWS::NoValue"}]}, lid
+        env = p["Environment"]["Variables"]
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"]["Fn::If"][1] == "http://localhost:4318", lid
+        assert p["TracingConfig"] == {"Mode": "Active"}, lid
