@@ -10,7 +10,7 @@ handler inside its own consumer span, and map what it raised to an `Outcome` by 
 
     returns None (or Outcome.SUCCEEDED)   SUCCEEDED
     raises DuplicateEvent                 DUPLICATE   (deleted, counted as a skip)
-    raises a retryable error / unknown    RETRY       (RetryLater(delay=) sets the delay)
+    raises a retryable error / unknown    RETRY       (its `retry_after` sets the delay)
     raises a PermanentError               DEAD_LETTER (InvalidMessageError, DeadLetter ...)
 
 Messages sharing a group (FIFO MessageGroupId, stream partition key) run one after another
@@ -37,7 +37,7 @@ from shared.consumers._batch import plan_groups
 from shared.consumers._delivery import DeliveryControl, current_control
 from shared.consumers._errors import DuplicateEvent, RetryLater
 from shared.consumers._message import BatchHandler, BatchResult, Message, Outcome
-from shared.errors import InvalidMessageError, is_retryable
+from shared.errors import InvalidMessageError, RetryableError, is_retryable
 from shared.events import ClaimCheckReader, EventRegistry
 from shared.tracing import BatchTrace, consumer_span
 
@@ -114,11 +114,13 @@ def _reason(exc: BaseException) -> str:
 
 
 def classify(exc: BaseException) -> tuple[Outcome, float | None]:
-    """The outcome an exception stands for, and a retry delay hint if it carries one."""
+    """The outcome an exception stands for, and a retry delay hint if it carries one
+    (`RetryableError.retry_after`: `RetryLater(delay=)`, an idempotency key in progress
+    elsewhere until its lease ends, ...)."""
     if isinstance(exc, DuplicateEvent):
         return Outcome.DUPLICATE, None
-    if isinstance(exc, RetryLater):
-        return Outcome.RETRY, exc.delay
+    if isinstance(exc, RetryableError):
+        return Outcome.RETRY, exc.retry_after
     if is_retryable(exc):
         return Outcome.RETRY, None
     return Outcome.DEAD_LETTER, None
