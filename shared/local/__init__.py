@@ -6,7 +6,8 @@ AWS. See docs/local.md for what runs where. Public surface:
 - `run_up(UpConfig)`, `start_detached`, `stop_running`, `ensure_no_running`: the lifecycle;
 - `collect_status` -> `StackStatus`: what `status` prints;
 - `plan_gaps` -> `GapPlan`: what the emulator skips, planned from the template (pure);
-- `DemoContext`, `DemoStep`, `demo_steps`, `run_demo`: the demo and its extension point
+- `DemoContext`, `DemoStep`, `DemoStepFailed`, `demo_steps`, `run_demo`: the demo and its
+  extension point
   (entry-point group `fleetline.demo`);
 - `UpState`, `read_state`: the state file `.fleetline/state.json`;
 - `command_resources`, `command_clients`: the stack a shell command works on (the
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from shared.local._command import command_clients, command_resources
     from shared.local._control import ensure_no_running, start_detached, stop_running
-    from shared.local._demo import DemoContext, DemoStep, demo_steps, run_demo
+    from shared.local._demo import DemoContext, DemoStep, DemoStepFailed, demo_steps, run_demo
     from shared.local._distributed_map import state_transitions
     from shared.local._endpoint import endpoint_clients
     from shared.local._gaps import GapPlan, plan_gaps
@@ -42,6 +43,7 @@ _WHERE = {
     "ChildRecord": "_state",
     "DemoContext": "_demo",
     "DemoStep": "_demo",
+    "DemoStepFailed": "_demo",
     "GapPlan": "_gaps",
     "Phase": "_state",
     "StackFacts": "_template",
@@ -69,6 +71,7 @@ __all__ = [
     "ChildRecord",
     "DemoContext",
     "DemoStep",
+    "DemoStepFailed",
     "GapPlan",
     "Phase",
     "StackFacts",
