@@ -251,6 +251,11 @@ def _print_status(result: object) -> None:
         for s in result.streams:
             streams.add_row(s.name, str(s.shards), s.lag)
         console.print(streams)
+    if result.outputs:
+        outputs = Table("output", "value", title="outputs")
+        for key, value in sorted(result.outputs.items()):
+            outputs.add_row(key, value)
+        console.print(outputs)
     processes = Table(
         "process", "kind", "pid", "alive", "restarts", "note", title="local processes"
     )
