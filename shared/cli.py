@@ -314,6 +314,13 @@ def schemas(
     console.print(f"wrote {len(written)} schema files to {out}")
 
 
+def _add_operations() -> None:
+    from shared.operations.cli import dlq_app, replay
+
+    app.add_typer(dlq_app, name="dlq")
+    app.command()(replay)
+
+
 def _load_plugins() -> None:
     for ep in entry_points(group="fleetline.cli"):
         plugin = ep.load()
@@ -322,6 +329,7 @@ def _load_plugins() -> None:
 
 
 def main() -> None:
+    _add_operations()
     _load_plugins()
     try:
         app()
