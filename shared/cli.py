@@ -315,10 +315,11 @@ def schemas(
 
 
 def _add_operations() -> None:
-    from shared.operations.cli import dlq_app, replay
+    from shared.operations.cli import dlq_app, replay, trace
 
     app.add_typer(dlq_app, name="dlq")
     app.command()(replay)
+    app.command()(trace)
 
 
 def _load_plugins() -> None:

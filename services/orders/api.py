@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 import structlog
+from opentelemetry import trace
 
 from services.orders import _store
 from services.orders.domain import (
@@ -143,6 +144,7 @@ class OrdersApi:
         ref = ItemRef(table=self.orders_table, key={"pk": f"ORDER#{order_id}", "sk": "ORDER"},
                       aggregate_id=order_id)
         log = _log.bind(order_id=order_id, correlation_id=correlation_id)
+        trace.get_current_span().set_attribute("order.id", order_id)
         for _ in range(_MAX_CONFLICT_RETRIES):
             uow = UnitOfWork(self._aws)
             aggregate = await uow.load(ref)

@@ -43,7 +43,7 @@ from shared.consumers import (
 from shared.hosts import SqsQueue, Worker
 from shared.idempotency import Idempotency, IdempotencyConfig
 from shared.inbox import DEFAULT_RETENTION
-from shared.tracing import consumer_span
+from shared.tracing import handler_span
 
 __all__ = [
     "EMAIL_RECORD_RETENTION", "Email", "LogMailer", "Mailer", "MemoryMailer", "Notifier", "compose",
@@ -139,7 +139,8 @@ class Notifier:
         return email
 
     async def handle(self, envelope: OrderEnvelope, ctx: HandlerContext) -> None:
-        with consumer_span(dict(envelope.trace), f"orders.notifications {envelope.type}"):
+        with handler_span(f"orders.notifications {envelope.type}", source=envelope.trace,
+                          attributes={"order.id": envelope.data.order_id}):
             email = await self.notify(envelope)
         if email is not None:
             ctx.log.info("customer notified", order_id=envelope.data.order_id,

@@ -35,7 +35,7 @@ from services.orders.events import Address, OrderLine
 from shared.aws import AwsClients, aws_errors, error_code
 from shared.consumers import BatchHandler, HandlerContext, Message, batch_handler
 from shared.errors import AwsRequestError, InvalidMessageError, is_retryable
-from shared.tracing import consumer_span
+from shared.tracing import handler_span
 
 __all__ = ["Action", "CallbackTasks", "TaskOrder", "TaskRequest"]
 
@@ -124,9 +124,9 @@ class CallbackTasks:
             return
         result: Mapping[str, Any] | None = None
         failure: BaseException | None = None
-        with consumer_span(dict(task.trace), f"orders.{self.service}.{task.action}",
-                           attributes={"order.id": task.order.order_id,
-                                       "saga.step": task.step, "saga.attempt": task.attempt}):
+        with handler_span(f"orders.{self.service}.{task.action}", source=task.trace,
+                          attributes={"order.id": task.order.order_id,
+                                      "saga.step": task.step, "saga.attempt": task.attempt}):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._heartbeat, task, log)
                 try:

@@ -36,7 +36,14 @@ import structlog
 from shared.consumers._batch import plan_groups
 from shared.consumers._delivery import DeliveryControl, current_control
 from shared.consumers._errors import DuplicateEvent, RetryLater
-from shared.consumers._message import BatchHandler, BatchResult, Message, Outcome
+from shared.consumers._message import (
+    BatchHandler,
+    BatchResult,
+    Message,
+    Outcome,
+    destination_name,
+    message_span_attributes,
+)
 from shared.errors import InvalidMessageError, RetryableError, is_retryable
 from shared.events import ClaimCheckReader, EventRegistry
 from shared.tracing import BatchTrace, consumer_span
@@ -126,28 +133,17 @@ def classify(exc: BaseException) -> tuple[Outcome, float | None]:
     return Outcome.DEAD_LETTER, None
 
 
-def _span_attributes(message: Message) -> dict[str, Any]:
-    attributes: dict[str, Any] = {
-        "messaging.system": "aws_sqs" if message.source.value == "sqs" else message.source.value,
-        "messaging.message.id": message.id,
-        "messaging.destination.name": message.source_name,
-        "messaging.operation": "process",
-    }
-    if message.group_id is not None:
-        attributes["messaging.message.group_id"] = message.group_id
-    return attributes
-
-
 def _batch_span_name(first: Message) -> str:
-    return f"{first.source_name.rsplit('/', 1)[-1]} process batch"
+    return f"process {destination_name(first.source_name)} batch"
 
 
 def _batch_attributes(first: Message) -> dict[str, Any]:
     """Attributes of a batch span (a batch comes from one source)."""
     return {
         key: value
-        for key, value in _span_attributes(first).items()
-        if key in ("messaging.system", "messaging.destination.name", "messaging.operation")
+        for key, value in message_span_attributes(first).items()
+        if key in ("messaging.system", "messaging.destination.name", "messaging.operation.type",
+                   "messaging.operation.name")
     }
 
 
@@ -227,11 +223,11 @@ def batch_handler(
                 event = await event
         except Exception as exc:  # data never crashes a worker
             failure = exc
-        kind = getattr(event, "type", None) if failure is None else None
-        name = f"{kind or message.source_name.rsplit('/', 1)[-1]} process"
+        # `process <destination>`, as the conventions name a consumer span.
+        name = f"process {destination_name(message.source_name)}"
         with (
             consumer_span(event if failure is None else message, name,
-                          attributes=_span_attributes(message), batch=into.batch,
+                          attributes=message_span_attributes(message), batch=into.batch,
                           fallback=None if failure is not None else message)
             if tracing
             else contextlib.nullcontext()

@@ -25,7 +25,7 @@ from shared.aws import AwsClients
 from shared.cloudformation import DEFAULT_TEMPLATE, load_template
 from shared.errors import FleetlineError
 
-__all__ = ["dlq_app", "replay"]
+__all__ = ["dlq_app", "replay", "trace"]
 
 T = TypeVar("T")
 console = Console()
@@ -263,3 +263,33 @@ def _choose_bus(bus: str, archives: dict[str, tuple[str, int]],
             return logical
     raise FleetlineError(f"no archived bus {bus!r}; the archived buses: "
                          + ", ".join(physical.get(b, ("", b))[1] for b in archives))
+
+
+def trace(
+    wanted: Annotated[str, typer.Argument(
+        metavar="ID", help="a trace id, an order id, a device id (any span attribute)")],
+    limit: Annotated[int, typer.Option("--last", help="at most this many traces")] = 3,
+    state_dir: StateDirOpt = Path(".fleetline"), as_json: JsonOpt = False,
+) -> None:
+    """The waterfall of the spans `fleetline up`'s receiver got for an id: every trace it
+    names, and the traces they link (a batch and its messages' producers)."""
+    from shared.local._traces import find_traces, read_spans, spans_path, waterfall
+
+    path = spans_path(state_dir)
+    if not path.exists():
+        raise _fail(f"no spans at {path}: `fleetline up` keeps them there (its processes "
+                    "export to its receiver unless OTEL_EXPORTER_OTLP_ENDPOINT is set)")
+    traces = find_traces(read_spans(path), wanted)
+    if not traces:
+        raise _fail(f"no span names {wanted!r} in {path} (spans arrive within a second; "
+                    "try again, or check the id)")
+    if as_json:
+        _print_json([[dataclasses.asdict(s) for s in t] for t in traces[:limit]])
+        return
+    for spans in traces[:limit]:
+        for line in waterfall(spans):
+            console.print(line, highlight=False, soft_wrap=True, markup=False)
+        console.print("")
+    if len(traces) > limit:
+        console.print(f"({len(traces) - limit} older traces not shown: --last N)",
+                      highlight=False)
