@@ -78,6 +78,7 @@ from typing import Any, Final
 
 import anyio
 import structlog
+from opentelemetry.trace import Link, SpanContext, SpanKind
 
 from services.devices._store import (
     TRANSACTION_LIMIT,
@@ -104,6 +105,7 @@ from services.devices.domain import (
 )
 from services.devices.events import DeviceEvent
 from services.devices.lake import FirehoseLake, LakeError, LakeSink, reading_rows
+from shared import tracing
 from shared.aws import AwsClients
 from shared.config import Resources, resource_env_name
 from shared.consumers import BatchHandler, BatchResult, Message
@@ -156,6 +158,11 @@ class TelemetryConfig:
     # Devices whose readings changed nothing get their last-seen written at most once per
     # this many seconds, packed (module docstring); 0 writes the device on every reading.
     last_seen_interval: float = 300.0
+    # One CONSUMER span per batch (not per record: docs/benchmarks.md has the cost), linking
+    # the records that carry a trace context (at most MAX_BATCH_LINKS); the device events the
+    # batch causes carry it, so a reading and the events it caused share one trace.
+    tracing: bool = True
+    stream_name: str = "telemetry"  # the stream's name on the batch span
 
     def __post_init__(self) -> None:
         if self.zone not in ("eu", "us"):
@@ -259,6 +266,19 @@ def stored_disconnects(
     return writes
 
 
+MAX_BATCH_LINKS: Final = 32
+
+
+def _record_contexts(messages: Sequence[Message]) -> list[SpanContext]:
+    """The distinct trace contexts records carry (a `traceparent` / X-Ray attribute), at most
+    MAX_BATCH_LINKS: a batch span's links. Records from IoT rules carry none: nothing is
+    parsed for them."""
+    carriers = [m.attributes for m in messages if m.attributes]
+    if not carriers:
+        return []
+    return tracing.distinct_producer_contexts(carriers)[:MAX_BATCH_LINKS]
+
+
 class TelemetryProcessor:
     """The BatchHandler of the telemetry worker (see the module docstring).
 
@@ -291,6 +311,22 @@ class TelemetryProcessor:
     # -- the BatchHandler ------------------------------------------------------------------
 
     async def __call__(self, messages: Sequence[Message]) -> BatchResult:
+        if not self.config.tracing or not messages:
+            return await self._process(messages)
+        attributes: dict[str, str | int] = {
+            "messaging.system": "aws_kinesis",
+            "messaging.destination.name": self.config.stream_name,
+            "messaging.destination.partition.id": messages[0].source_name,  # the shard
+            "messaging.operation.type": "process",
+            "messaging.operation.name": "process",
+            "messaging.batch.message_count": len(messages),
+        }
+        with tracing.tracer("services.devices.telemetry").start_as_current_span(
+                f"process {attributes['messaging.destination.name']}", kind=SpanKind.CONSUMER,
+                attributes=attributes, links=[Link(c) for c in _record_contexts(messages)]):
+            return await self._process(messages)
+
+    async def _process(self, messages: Sequence[Message]) -> BatchResult:
         outcomes: dict[str, MessageOutcome] = {}
         reasons: dict[str, str] = {}
         parsed: list[tuple[Message, Telemetry | DesiredUpdate]] = []
@@ -531,7 +567,10 @@ class TelemetryProcessor:
             device.dirty = True
             changed.append(device)
         if changed:
-            await self.flush(changed)
+            # The silence decided these events: a trace of its own, one span per sweep.
+            with tracing.tracer("services.devices.telemetry").start_as_current_span(
+                    "sweep silent devices", attributes={"fleetline.devices": len(changed)}):
+                await self.flush(changed)
         return len(changed)
 
     async def sweep_stored(self, now: float | None = None) -> int:
@@ -560,7 +599,9 @@ class TelemetryProcessor:
             if not due:
                 continue
             try:
-                await self.flush(due)
+                with tracing.tracer("services.devices.telemetry").start_as_current_span(
+                        "sweep stored silent devices", attributes={"fleetline.devices": len(due)}):
+                    await self.flush(due)
             except FlushError as exc:
                 # Conflicts (another writer was first; its version stands) or repeated
                 # transient failures (still ONLINE: the next stored sweep sees them).
@@ -648,7 +689,8 @@ async def telemetry_lifespan(aws: AwsClients, resources: Resources) -> AsyncIter
     template always passes it, a test harness may not: then no lake), with its silence
     sweepers (memory and stored) running alongside. On the way out the pending last-seen
     is written (best effort: a failure is logged, the next worker's items are newer)."""
-    config = TelemetryConfig.from_environ()
+    config = replace(TelemetryConfig.from_environ(),
+                     stream_name=resources.get("TelemetryStream").rsplit("/", 1)[-1])
     stream = resources.values.get(resource_env_name("ReadingsDeliveryStream"))
     if not stream:
         log.warning("no readings delivery stream: readings do not reach the lake")

@@ -133,6 +133,20 @@ def classify(exc: BaseException) -> tuple[Outcome, float | None]:
     return Outcome.DEAD_LETTER, None
 
 
+def _event_span_attributes(message: Message, event: Any) -> dict[str, Any]:
+    """The message's span attributes plus, for an event envelope, its type and aggregate
+    (an order id, a device id): what `fleetline trace <id>` finds a message's span by."""
+    attributes = message_span_attributes(message)
+    envelope = getattr(event, "envelope", event)
+    kind = getattr(envelope, "type", None)
+    if isinstance(kind, str):
+        attributes["fleetline.event.type"] = kind
+    aggregate = getattr(envelope, "aggregate_id", None)
+    if isinstance(aggregate, str) and aggregate:
+        attributes["fleetline.aggregate.id"] = aggregate
+    return attributes
+
+
 def _batch_span_name(first: Message) -> str:
     return f"process {destination_name(first.source_name)} batch"
 
@@ -227,7 +241,7 @@ def batch_handler(
         name = f"process {destination_name(message.source_name)}"
         with (
             consumer_span(event if failure is None else message, name,
-                          attributes=message_span_attributes(message), batch=into.batch,
+                          attributes=_event_span_attributes(message, event), batch=into.batch,
                           fallback=None if failure is not None else message)
             if tracing
             else contextlib.nullcontext()

@@ -45,8 +45,8 @@ _KINDS: Final = {0: "UNSPECIFIED", 1: "INTERNAL", 2: "SERVER", 3: "CLIENT", 4: "
 _TRACE_ID: Final = re.compile(r"^(?:1-([0-9a-f]{8})-([0-9a-f]{24})|([0-9a-f]{32}))$")
 # Attributes shown beside a span's name in the waterfall, in this order.
 _SHOWN: Final = ("http.route", "http.response.status_code", "messaging.destination.name",
-                 "messaging.operation.type", "order.id", "device.id", "rollout.id",
-                 "messaging.batch.message_count")
+                 "fleetline.event.type", "fleetline.aggregate.id", "order.id", "device.id",
+                 "rollout.id", "messaging.batch.message_count")
 
 
 @dataclass(frozen=True, kw_only=True)
