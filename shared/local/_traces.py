@@ -244,8 +244,9 @@ def _as_trace_id(text: str) -> str | None:
 
 
 def find_traces(spans: Sequence[SpanRecord], wanted: str) -> list[list[SpanRecord]]:
-    """The traces `wanted` names (see the module docstring), most recent first, each a list
-    of its spans in start order (pure)."""
+    """The traces `wanted` names (see the module docstring), most recent first, then the
+    traces linked to or from them (most recent first), each a list of its spans in start
+    order (pure)."""
     by_trace: dict[str, list[SpanRecord]] = {}
     for span in spans:
         by_trace.setdefault(span.trace_id, []).append(span)
@@ -263,8 +264,12 @@ def find_traces(spans: Sequence[SpanRecord], wanted: str) -> list[list[SpanRecor
             related |= linked & set(by_trace)
         elif linked & chosen:
             related.add(span.trace_id)
-    traces = [sorted(by_trace[t], key=lambda s: (s.start, s.end)) for t in related]
-    return sorted(traces, key=lambda spans_: -spans_[0].start)
+    def ordered(ids: Iterable[str]) -> list[list[SpanRecord]]:
+        traces = [sorted(by_trace[t], key=lambda s: (s.start, s.end)) for t in ids]
+        return sorted(traces, key=lambda spans_: -spans_[0].start)
+
+    # the traces the id is in first, then those joined to them by links
+    return ordered(chosen) + ordered(related - chosen)
 
 
 def _names(value: Any, wanted: str) -> bool:

@@ -291,5 +291,5 @@ def trace(
             console.print(line, highlight=False, soft_wrap=True, markup=False)
         console.print("")
     if len(traces) > limit:
-        console.print(f"({len(traces) - limit} older traces not shown: --last N)",
+        console.print(f"({len(traces) - limit} more traces, older or linked: --last N)",
                       highlight=False)
