@@ -69,7 +69,7 @@ async def test_spans_exported_over_otlp_come_back_as_a_waterfall(tmp_path: Path)
 
     # by order id: its trace first, then the batch trace that links it
     found = find_traces(spans, "o-42")
-    assert [t[0].trace_id for t in found][0] == trace_id
+    assert found[0][0].trace_id == trace_id
     assert len(found) == 2
     assert [s.name for s in found[0]] == ["POST /orders", "publish orders-bus",
                                           "process notifications"]
@@ -80,7 +80,7 @@ async def test_spans_exported_over_otlp_come_back_as_a_waterfall(tmp_path: Path)
     assert "    process notifications [CONSUMER orders-api]" in lines[3]  # under the publish
     # by X-Ray trace id, and by device id
     xray = f"1-{trace_id[:8]}-{trace_id[8:]}"
-    assert [t[0].trace_id for t in find_traces(spans, xray)][0] == trace_id
+    assert find_traces(spans, xray)[0][0].trace_id == trace_id
     assert find_traces(spans, "dev-7")[0][0].name == "process telemetry"
 
     from shared.cli import _add_operations, app
