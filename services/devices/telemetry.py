@@ -6,6 +6,11 @@ every reading to the lake.
 
 How a batch (the records of one shard, in order, from one GetRecords) is handled:
 
+Records are telemetry (the IoT rule writes them), desired updates, and edge facts: the bus's
+edge rules put `fleetline.iot` events here (DevicePresence from the simulator or IoT
+connection events, DeviceStateReported from the ingest function), each applied in order with
+the device's readings (`domain.apply_presence`, `domain.apply_report`).
+
 1. Decode each record (`domain.parse_record`); a malformed one is DEAD_LETTER with its reason
    (the consumer sends it to TelemetryFailureQueue with shard id and sequence number, and the
    shard moves on). A record for another residency zone, or claiming another tenant or zone
@@ -94,10 +99,15 @@ from services.devices.domain import (
     DeviceState,
     InvalidTelemetry,
     Outcome,
+    Presence,
+    Record,
     ResidencyRefused,
+    StateReport,
     Telemetry,
     Thresholds,
     apply_desired,
+    apply_presence,
+    apply_report,
     apply_telemetry,
     check_residency,
     check_silence,
@@ -329,14 +339,18 @@ class TelemetryProcessor:
     async def _process(self, messages: Sequence[Message]) -> BatchResult:
         outcomes: dict[str, MessageOutcome] = {}
         reasons: dict[str, str] = {}
-        parsed: list[tuple[Message, Telemetry | DesiredUpdate]] = []
+        parsed: list[tuple[Message, Record]] = []
         stats = self.stats
         for message in messages:
             stats.records += 1
             try:
                 if message.attributes.get("content-transfer-encoding") == "base64":
                     raise InvalidTelemetry("record data is not UTF-8 text")
-                parsed.append((message, parse_record(message.body)))
+                record = parse_record(message.body)
+                if isinstance(record, StateReport) and not record.zone:
+                    # the ingest function refused other zones: it reports from this one
+                    record = replace(record, zone=self.config.zone)
+                parsed.append((message, record))
             except InvalidTelemetry as exc:
                 stats.malformed += 1
                 outcomes[message.id] = MessageOutcome.DEAD_LETTER
@@ -378,7 +392,15 @@ class TelemetryProcessor:
                                           arrival=arrival)
             else:
                 is_reading = False
-                applied = apply_desired(device.state, rec)
+                if isinstance(rec, DesiredUpdate):
+                    applied = apply_desired(device.state, rec)
+                elif isinstance(rec, Presence):
+                    applied = apply_presence(device.state, rec,
+                                             arrival=message.approximate_arrival or now)
+                    if rec.online and device.state.status == "online":
+                        self._track(rec.device_id)  # alive: the silence sweep waits again
+                else:
+                    applied = apply_report(device.state, rec)
             if applied.outcome is Outcome.APPLIED:
                 stats.applied += 1
                 outcomes[message.id] = MessageOutcome.SUCCEEDED
