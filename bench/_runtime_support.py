@@ -122,3 +122,71 @@ def item_size(item: Mapping[str, Mapping[str, Any]]) -> int:
 def units_per_write(max_item_bytes: int) -> int:
     """Write units one write of an item of that size costs (1 KB each, at least 1)."""
     return max(1, math.ceil(max_item_bytes / 1024))
+
+
+class SpanSink:
+    """An OTLP/HTTP endpoint for a benchmark's workers: accepts `POST /v1/traces`, counts
+    requests and bytes, keeps nothing (so the measured cost is the worker's: making spans,
+    encoding and sending them; not a collector's). A threaded server in the benchmark's own
+    process, on loopback. Use as a context manager; `url` is the OTLP endpoint base."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.requests = 0
+        self.bytes = 0
+        self._lock = threading.Lock()
+        self._server: Any = None
+        self._thread: Any = None
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def __enter__(self) -> SpanSink:
+        import http.server
+        import threading
+
+        sink = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                self.rfile.read(length)
+                with sink._lock:
+                    sink.requests += 1
+                    sink.bytes += length
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def trace_to(endpoint: str | None, service: str) -> Any:
+    """Configure the worker's tracing as a deployed worker's: the SDK with the OTLP exporter
+    (batching) to `endpoint`, or nothing when None (tracing off: no provider, no spans).
+    Returns the provider (flush it before reading the CPU figure) or None."""
+    if not endpoint:
+        return None
+    import os
+
+    from shared.tracing import configure_tracing
+
+    os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoint  # the exporter reads it there
+    return configure_tracing(service)

@@ -240,12 +240,18 @@ async def _replay(args: argparse.Namespace) -> dict[str, Any]:
     from shared.hosts import configure_gc
 
     configure_gc()  # as the worker host does after loading (FLEETLINE_GC_THRESHOLDS)
+    from bench._runtime_support import trace_to
+
+    # Tracing as deployed (SDK, a span per batch, OTLP export to the span sink) or off (no
+    # provider, no batch span): `--tracing-compare` runs both, same fleet, same run.
+    provider = trace_to(os.environ.get("FLEETLINE_BENCH_SPANS"), "telemetry-bench")
     async with AwsClients() as aws:
         clock = [time.time()]  # seed: the stream's time (arrival of the page just read)
         processor = TelemetryProcessor(
             DynamoDeviceStore(aws, DEVICES_TABLE),
             TelemetryConfig(zone="eu", write_mode=args.mode,
-                            last_seen_interval=args.last_seen_interval),
+                            last_seen_interval=args.last_seen_interval,
+                            tracing=provider is not None),
             lake=FirehoseLake(aws, "bench-readings") if args.lake else None,
             clock=lambda: clock[0],
         )
@@ -292,6 +298,8 @@ async def _replay(args: argparse.Namespace) -> dict[str, Any]:
             profiler.enable()
         cpu0, wall0 = _rusage(), time.perf_counter()
         events = await read_all("measure")
+        if provider is not None:  # every span exported before the figure is taken
+            provider.force_flush()
         cpu = _rusage() - cpu0
         wall = time.perf_counter() - wall0
         if profiler is not None:
@@ -677,6 +685,9 @@ def main() -> None:
     parser.add_argument("--modes", default="transaction", help="comma-separated: transaction,items")
     parser.add_argument("--sink-port", type=int, default=0)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--tracing-compare", action=argparse.BooleanOptionalAction,
+                        default=True, help="also run the first mode with tracing on (SDK, "
+                        "a span per batch, OTLP export): tracing's CPU per event")
     parser.add_argument("--gc-compare", action="store_true",
                         help="also replay with CPython's default garbage collector settings")
     parser.add_argument("--profile", default="",
@@ -713,6 +724,7 @@ def _orchestrate(args: argparse.Namespace) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from bench._runtime_support import SpanSink
     from shared.emulator import Emulator, free_port
 
     console = Console(width=170)
@@ -729,7 +741,7 @@ def _orchestrate(args: argparse.Namespace) -> None:
     results: dict[str, dict[str, Any]] = {}
     latency: dict[str, Any] | None = None
     try:
-        with Emulator() as emulator:
+        with Emulator() as emulator, SpanSink() as spans:
             os.environ["AWS_ENDPOINT_URL"] = emulator.endpoint_url
             deadline = time.monotonic() + 300  # the sink generates the fleet's records first
             while True:
@@ -753,6 +765,9 @@ def _orchestrate(args: argparse.Namespace) -> None:
             if args.gc_compare:  # the first mode again with CPython's default collector
                 runs.append((f"{runs[0][0]}-default-gc", runs[0][1],
                              dict(child_env, FLEETLINE_GC_THRESHOLDS="off")))
+            if args.tracing_compare:  # the first mode again, traced as deployed
+                runs.append((f"{runs[0][0]}-traced", runs[0][1],
+                             dict(child_env, FLEETLINE_BENCH_SPANS=spans.url)))
             for key, mode, env in runs:
                 _sink_call(args.sink_port, "/reset", "POST")
                 console.print(f"replaying through the worker ({key}) ...")
@@ -786,6 +801,9 @@ def _orchestrate(args: argparse.Namespace) -> None:
               "items": "telemetry worker (conditional PutItem per device)",
               "transaction-default-gc": "telemetry worker (TransactWriteItems), CPython's "
                                         "default GC settings",
+              "transaction-traced": "telemetry worker (TransactWriteItems), tracing on "
+                                    "(a span per batch, OTLP export)",
+              "items-traced": "telemetry worker (PutItem per device), tracing on",
               "baseline": "Lambda way: powertools batch + idempotency per record"}
     for key, r in results.items():
         events = r["events"]
@@ -798,6 +816,14 @@ def _orchestrate(args: argparse.Namespace) -> None:
                       f"{_per_k(writes, events):,.0f}", f"{cost['total']:.3f}",
                       f"{events / r['wall_s']:,.0f}")
     console.print(table)
+    traced = [k for k in results if k.endswith("-traced")]
+    for key in traced:
+        plain = results[key.removesuffix("-traced")]
+        on, off = results[key], plain
+        extra = on["cpu_s"] / on["events"] * 1e6 - off["cpu_s"] / off["events"] * 1e6
+        console.print(f"tracing's cost on the telemetry path ({key.removesuffix('-traced')}):"
+                      f" {extra:+,.1f} us of worker CPU per event over tracing off, same run "
+                      "(goal: under 10 us)")
     for key, r in results.items():
         cost = _cost_baseline(r) if key == "baseline" else _cost_ours(r)
         console.print(f"  {key}: requests {dict(sorted(r['requests'].items()))}; "

@@ -8,7 +8,10 @@ the embedded emulator:
     runtime         ours, the default path: SqsConsumer + BatchCommitter (WriteMode.STATEMENTS):
                     one conditional write per aggregate (state, outbox events and the
                     processed id ride in the aggregate item), a batch's writes in one
-                    BatchExecuteStatement
+                    BatchExecuteStatement; tracing off (no SDK provider)
+    runtime-traced  the same with tracing on as deployed: the OpenTelemetry SDK, a CONSUMER
+                    span per message, BatchSpanProcessor + OTLP/HTTP exporter to a sink in
+                    the benchmark's process (its export thread's CPU is the worker's)
     runtime-transaction
                     ours, WriteMode.TRANSACTION: one TransactWriteItems per batch (2 WRU
                     per item)
@@ -57,17 +60,22 @@ if str(ROOT) not in sys.path:
 from bench._runtime_support import (  # noqa: E402
     DeviceReported,
     ReadingRecorded,
+    SpanSink,
     Tally,
     item_size,
+    trace_to,
     units_per_write,
 )
 from bench.prices import dollars  # noqa: E402
 
-VARIANTS = ("floor", "consumer", "runtime", "runtime-transaction", "runtime-items", "powertools",
-            "naive")
+VARIANTS = ("floor", "consumer", "runtime", "runtime-traced", "runtime-transaction",
+            "runtime-items", "powertools", "naive")
 # Our variants: the committer's write mode (None: no committer, every message succeeds).
-_MODES = {"consumer": None, "runtime": "statements", "runtime-transaction": "transaction",
-          "runtime-items": "items"}
+_MODES = {"consumer": None, "runtime": "statements", "runtime-traced": "statements",
+          "runtime-transaction": "transaction", "runtime-items": "items"}
+# Variants that trace as a deployed worker does (SDK + OTLP exporter to a span sink in this
+# process); the others run with tracing off (no provider): the difference is tracing's cost.
+_TRACED = ("runtime-traced",)
 _NO_EFFECT = ("floor", "consumer")
 WAIT_SECONDS = 2  # long poll; the producer keeps the queue non-empty, so polls return at once
 
@@ -267,6 +275,7 @@ def worker_runtime(url: str, prefix: str, expected: int, tally: Tally, mode: str
         events = session.get_component("event_emitter")
         events.register("before-parameter-build.dynamodb", tally.on_params)
         events.register("before-send.dynamodb.BatchExecuteStatement", tally.on_statements)
+        provider = trace_to(os.environ.get("FLEETLINE_BENCH_SPANS"), "bench-worker")
         async with AwsClients(session=session) as aws:
             # Warm up: clients are made once per process, before the measured loop.
             await (await aws.client("dynamodb")).describe_table(TableName=table)
@@ -298,6 +307,8 @@ def worker_runtime(url: str, prefix: str, expected: int, tally: Tally, mode: str
             async with anyio.create_task_group() as tg:
                 tg.start_soon(stop_when_drained)
                 await consumer.run()
+            if provider is not None:  # every span exported before the figure is taken
+                provider.force_flush()
             cpu.append(time.process_time() - started)
             tally.requests.update(aws.counter.snapshot())
 
@@ -407,11 +418,15 @@ def _measure_tables(boto: Any, prefix: str) -> tuple[int, int]:
 
 
 def run_variant(boto: Any, variant: str, bodies: list[str], distinct: int,
-                endpoint: str, *, round_number: int = 0) -> dict[str, Any]:
+                endpoint: str, *, round_number: int = 0,
+                spans_url: str | None = None) -> dict[str, Any]:
     prefix = f"bench-{variant}" + (f"-{round_number}" if round_number else "")
     _done_file(prefix).unlink(missing_ok=True)
     url = _setup(boto, prefix)
     env = {**os.environ, "AWS_ENDPOINT_URL": endpoint}
+    env.pop("FLEETLINE_BENCH_SPANS", None)
+    if variant in _TRACED:
+        env["FLEETLINE_BENCH_SPANS"] = spans_url or ""
     worker = subprocess.Popen(
         [sys.executable, str(Path(__file__).resolve()), "--worker", variant, "--queue-url", url,
          "--prefix", prefix, "--expected", str(len(bodies))],
@@ -501,7 +516,7 @@ def main() -> None:
         raise SystemExit("--rounds must be at least 1")
     console = Console(width=150)
     rounds: dict[str, list[tuple[dict[str, float], dict[str, Any]]]] = {v: [] for v in variants}
-    with Emulator() as emulator:
+    with Emulator() as emulator, SpanSink() as spans:
         os.environ["AWS_ENDPOINT_URL"] = emulator.endpoint_url
         boto = boto3.Session()
         for number in range(args.rounds):
@@ -509,7 +524,7 @@ def main() -> None:
                 console.print(f"[dim]running {variant} ({len(bodies)} messages, round "
                               f"{number + 1} of {args.rounds})...[/dim]")
                 stats = run_variant(boto, variant, bodies, distinct, emulator.endpoint_url,
-                                    round_number=number)
+                                    round_number=number, spans_url=spans.url)
                 rounds[variant].append((figures(stats, len(bodies)), stats))
     results: dict[str, dict[str, float]] = {}
     raw: dict[str, dict[str, Any]] = {}
@@ -532,6 +547,11 @@ def main() -> None:
             "yes" if raw[variant]["effects_ok"] else f"NO ({raw[variant]['applied']})",
         )
     console.print(table)
+    if "runtime" in results and "runtime-traced" in results:
+        traced = results["runtime-traced"]["cpu_us"] - results["runtime"]["cpu_us"]
+        console.print(f"tracing on (SDK, a CONSUMER span per message, OTLP export): "
+                      f"{traced:+,.0f} us/msg of worker CPU over tracing off, same run "
+                      f"({spans.requests} OTLP requests, {spans.bytes:,} bytes)")
     if "runtime" in results:
         ours = results["runtime"]
         line = (f"runtime (the default path): {ours['cpu_us']:,.0f} us/msg, "

@@ -260,6 +260,11 @@ def _print_status(result: object) -> None:
         for s in result.streams:
             streams.add_row(s.name, str(s.shards), s.lag)
         console.print(streams)
+    if result.outputs:
+        outputs = Table("output", "value", title="outputs")
+        for key, value in sorted(result.outputs.items()):
+            outputs.add_row(key, value)
+        console.print(outputs)
     processes = Table(
         "process", "kind", "pid", "alive", "restarts", "note", title="local processes"
     )
@@ -417,6 +422,14 @@ def compose(
     console.print(f"wrote {out}" if current != text else f"{out} is current")
 
 
+def _add_operations() -> None:
+    from shared.operations.cli import dlq_app, replay, trace
+
+    app.add_typer(dlq_app, name="dlq")
+    app.command()(replay)
+    app.command()(trace)
+
+
 def _load_plugins() -> None:
     for ep in entry_points(group="fleetline.cli"):
         plugin = ep.load()
@@ -425,6 +438,7 @@ def _load_plugins() -> None:
 
 
 def main() -> None:
+    _add_operations()
     _load_plugins()
     try:
         app()

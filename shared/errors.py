@@ -11,8 +11,10 @@
         │   └── TransactionCanceledError    a DynamoDB transaction was cancelled (reasons)
         └── (package trees: outbox, idempotency, consumers, leases ... derive from these)
 
-Retry semantics live on the type (`retryable`), never in string matching: a consumer asks
-`is_retryable(exc)` and either backs off or dead-letters.
+Retry semantics live on the type (`retryable`, and `RetryableError.retry_after` when the
+error knows when a retry can succeed), never in string matching: a consumer asks
+`is_retryable(exc)` and either backs off (for `retry_after` seconds when given) or
+dead-letters.
 """
 
 from __future__ import annotations
@@ -50,9 +52,15 @@ class ConfigurationError(FleetlineError):
 
 
 class RetryableError(FleetlineError):
-    """A transient failure: the same work may succeed later."""
+    """A transient failure: the same work may succeed later.
+
+    `retry_after`, when an error knows it (a lease that ends in 7 s), is the seconds after
+    which a retry can succeed: a consumer makes the message visible again then instead of
+    drawing a backoff, so the receive count is not used up while the retry cannot succeed.
+    None leaves the delay to the consumer's backoff."""
 
     retryable = True
+    retry_after: float | None = None
 
 
 class PermanentError(FleetlineError):

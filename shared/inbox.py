@@ -14,9 +14,10 @@ Two places to keep the ids, chosen per consumer with `InboxConfig.mode`:
 - `InboxMode.TABLE`: one item per processed event in a separate table
   (`<consumer>#<event id>`, `attribute_not_exists`), written in the same TransactWriteItems as
   the effect, expiring after `retention` through the TTL attribute `expires_at`. The default
-  retention of 7 days outlives the DLQ retention (4 days in the template) and the archive
-  replay policy (replays of at most the last 7 days). Costs a transaction: 2 write units per
-  KB for the effect item and for the inbox item.
+  retention (`DEFAULT_RETENTION`, 45 days) outlives every window that can bring a message
+  back: an archive replay (30 days) of an event that then fails into a DLQ and is redriven
+  within its 14 days (tests/unit/test_template.py keeps the template to it). Costs a
+  transaction: 2 write units per KB for the effect item and for the inbox item.
 
 The skip is counted by the consumer that finds it (`duplicates skipped`).
 """
@@ -38,7 +39,8 @@ __all__ = [
     "remember",
 ]
 
-DEFAULT_RETENTION = timedelta(days=7)
+# Archives keep 30 days, DLQs 14: a copy can come back 44 days after the effect.
+DEFAULT_RETENTION = timedelta(days=45)
 
 
 class InboxMode(enum.StrEnum):

@@ -33,7 +33,9 @@ Consumers wrap each message in `consumer_span(...)` (a CONSUMER span whose paren
 producer's context) and a batch in `batch_span(...)` (links to every distinct producer context).
 `shared.consumers.batch_handler` makes the batch span only when a batch mixes traces
 (`BatchTrace`, `mixed_batch_links`): with one trace, the consumer spans say it all.
-A relay that sends messages created earlier wraps the send in `producer_span(...)`.
+A relay that sends messages created earlier wraps the send in `producer_span(...)`. A
+handler's own work on a message is an INTERNAL `handler_span(...)` under the consumer's span
+(one CONSUMER span per message); a call to another service a `client_span(...)`.
 
 `configure_tracing` may be called again (tests do): spans made through `tracer()`,
 `consumer_span` and `batch_span` always go to the latest configuration. The OpenTelemetry global
@@ -46,7 +48,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, runtime_checkable
 
@@ -68,6 +70,7 @@ __all__ = [
     "TRACESTATE",
     "XRAY_HEADER",
     "BatchTrace",
+    "PublishSpans",
     "SqsTraceAttributes",
     "TraceCarrierSource",
     "attached",
@@ -75,15 +78,18 @@ __all__ = [
     "carrier_from_payload",
     "carrier_from_sns",
     "carrier_from_sqs",
+    "client_span",
     "configure_tracing",
     "consumer_span",
     "current_carrier",
     "distinct_producer_contexts",
     "extract",
     "format_xray_trace_id",
+    "handler_span",
     "inject",
     "mixed_batch_links",
     "producer_span",
+    "reparent_envelopes",
     "sns_trace_attributes",
     "span_context_of",
     "sqs_trace_attributes",
@@ -95,6 +101,7 @@ __all__ = [
 TRACEPARENT: Final = "traceparent"
 TRACESTATE: Final = "tracestate"
 XRAY_HEADER: Final = "X-Amzn-Trace-Id"
+_XRAY_LOWER: Final = XRAY_HEADER.lower()
 SQS_SYSTEM_TRACE_ATTRIBUTE: Final = "AWSTraceHeader"
 SQS_MAX_MESSAGE_ATTRIBUTES: Final = 10  # SQS and SNS both refuse an 11th message attribute
 PAYLOAD_TRACE_FIELD: Final = "trace"
@@ -116,10 +123,16 @@ def configure_tracing(
 ) -> TracerProvider:
     """Set up the SDK for this process and return the provider.
 
+    The standard variables of `environ` (default `os.environ`) apply: `OTEL_SERVICE_NAME`
+    names the service (`service_name` is the default), `OTEL_RESOURCE_ATTRIBUTES`,
+    `OTEL_TRACES_SAMPLER` / `_ARG`, `OTEL_SDK_DISABLED=true` (no exporter),
+    `OTEL_TRACES_EXPORTER` (`otlp`, the default; `console`; `none`), and the exporter's own
+    `OTEL_EXPORTER_OTLP_*`, `OTEL_BSP_*`.
+
     Exporter: `exporter` when given; else OTLP over HTTP when `OTEL_EXPORTER_OTLP_ENDPOINT`
-    (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set in `environ` (default `os.environ`),
-    which on ECS points at the ADOT collector sidecar; else none (spans are still made, so ids
-    reach logs and carriers, but nothing is exported). `batch` picks BatchSpanProcessor
+    (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set, which on ECS points at the ADOT
+    collector sidecar and under `fleetline up` at its receiver; else none (spans are still
+    made, so ids reach logs and carriers, but nothing is exported). `batch` picks BatchSpanProcessor
     (default for OTLP) or SimpleSpanProcessor (default for an explicit exporter, so tests see
     spans as soon as they end).
 
@@ -132,17 +145,26 @@ def configure_tracing(
     if not service_name:
         raise ValueError("service_name must not be empty")
     env = os.environ if environ is None else environ
+    # The deployment names the service (the template's OTEL_SERVICE_NAME); `service_name`
+    # is the default. OTEL_RESOURCE_ATTRIBUTES and OTEL_TRACES_SAMPLER are read by the SDK.
+    name = env.get("OTEL_SERVICE_NAME") or service_name
     provider = TracerProvider(
-        resource=Resource.create({"service.name": service_name}),
+        resource=Resource.create({"service.name": name}),
         id_generator=AwsXRayIdGenerator(),
     )
     chosen = exporter
     use_batch = batch
-    if chosen is None and (
+    wanted = env.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower()
+    disabled = env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
+    if chosen is None and not disabled and wanted == "console":
+        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+        chosen = ConsoleSpanExporter()
+    elif chosen is None and not disabled and wanted == "otlp" and (
         env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
     ):
         # Imported here: the OTLP exporter pulls in protobuf, which a process without a
-        # collector never needs.
+        # collector never needs. It reads the other OTEL_EXPORTER_OTLP_* variables itself.
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         chosen = OTLPSpanExporter()
@@ -214,6 +236,11 @@ def extract(carrier: Mapping[str, str] | None) -> Context:
             return context
     if XRAY_HEADER in carrier:
         return _XRAY.extract(carrier, context=Context())
+    # HTTP header names are case-insensitive and arrive lower-cased (API Gateway v2, aiohttp):
+    # an `x-amzn-trace-id` header alone continues its trace too.
+    header = carrier.get(_XRAY_LOWER)
+    if header:
+        return _XRAY.extract({XRAY_HEADER: header}, context=Context())
     return Context()
 
 
@@ -563,6 +590,98 @@ def producer_span(
     attrs = {"messaging.batch.message_count": len(sources), **(attributes or {})}
     with tracer("shared.producers").start_as_current_span(
         name, context=parent, kind=SpanKind.PRODUCER, attributes=attrs, links=links
+    ) as span:
+        yield span
+
+
+class PublishSpans:
+    """One PRODUCER span per producer context among envelopes about to be sent, and the
+    envelopes with their `trace` moved to their span (`reparent_envelopes`).
+
+    The relay's send is the hop between the commit (the envelope's `trace`, captured then)
+    and the consumers: each span is the child of its envelopes' commit context, and each
+    envelope leaves carrying its span's context, so a consumer's span is the child of the
+    publish, which is the child of the commit. The event ids do not change (dedupe is by id).
+    `end(failed_ids)` ends every span, ERROR on those that lost an event."""
+
+    __slots__ = ("_by_event", "spans")
+
+    def __init__(self) -> None:
+        self.spans: list[Span] = []
+        self._by_event: dict[str, Span] = {}
+
+    def end(self, failed_ids: Iterable[str] = ()) -> None:
+        failed = {self._by_event[i] for i in failed_ids if i in self._by_event}
+        for span in self.spans:
+            if span in failed:
+                span.set_status(trace.Status(trace.StatusCode.ERROR, "not published"))
+            span.end()
+
+
+def reparent_envelopes(
+    envelopes: Sequence[Mapping[str, Any]], name: str, *,
+    attributes: Mapping[str, Any] | None = None,
+) -> tuple[list[Mapping[str, Any]], PublishSpans]:
+    """`envelopes` (dicts with `id` and `trace`) with each `trace` set to a PRODUCER span
+    `name` made for its commit context (one span per distinct context), and those spans (not
+    yet ended: `PublishSpans.end`). An envelope without a trace gets a span of its own under
+    the current span."""
+    out: list[Mapping[str, Any]] = []
+    spans = PublishSpans()
+    by_parent: dict[tuple[int, int] | None, tuple[Span, dict[str, str]]] = {}
+    source = tracer("shared.producers")
+    for envelope in envelopes:
+        carrier = envelope.get(PAYLOAD_TRACE_FIELD)
+        parent = extract(carrier if isinstance(carrier, Mapping) else None)
+        context = trace.get_current_span(parent).get_span_context()
+        key = (context.trace_id, context.span_id) if context.is_valid else None
+        made = by_parent.get(key)
+        if made is None:
+            span = source.start_span(name, context=parent if key else None,
+                                     kind=SpanKind.PRODUCER, attributes=dict(attributes or {}))
+            made = by_parent[key] = (span, inject(context=trace.set_span_in_context(span)))
+            spans.spans.append(span)
+        span, moved = made
+        event_id = str(envelope.get("id"))
+        spans._by_event[event_id] = span
+        out.append({**envelope, PAYLOAD_TRACE_FIELD: dict(moved)})
+    for span in spans.spans:
+        count = sum(1 for s in spans._by_event.values() if s is span)
+        span.set_attribute("messaging.batch.message_count", count)
+        if count == 1:
+            span.set_attribute("messaging.message.id", next(
+                i for i, s in spans._by_event.items() if s is span))
+    return out, spans
+
+
+@contextlib.contextmanager
+def handler_span(
+    name: str, *, attributes: Mapping[str, Any] | None = None, source: object = None
+) -> Iterator[Span]:
+    """An INTERNAL span for a handler's own work on one message, the child of the CONSUMER
+    span the consumer made for it (`shared.consumers.batch_handler` and the other adapters
+    make one per message): one CONSUMER span per message, its handler's work beneath it.
+    Called with no current span (a handler invoked on its own, a test), it continues the
+    producer context in `source` (what `consumer_span` reads) as a CONSUMER span instead, so
+    the message is never a trace of its own."""
+    if not trace.get_current_span().get_span_context().is_valid and source is not None:
+        with consumer_span(source, name, attributes=attributes) as span:
+            yield span
+        return
+    with tracer("shared.handlers").start_as_current_span(
+        name, kind=SpanKind.INTERNAL, attributes=dict(attributes or {})
+    ) as span:
+        yield span
+
+
+@contextlib.contextmanager
+def client_span(
+    name: str, *, attributes: Mapping[str, Any] | None = None
+) -> Iterator[Span]:
+    """A CLIENT span around one call to another service (StartExecution, SendTaskSuccess),
+    the child of the current span."""
+    with tracer("shared.clients").start_as_current_span(
+        name, kind=SpanKind.CLIENT, attributes=dict(attributes or {})
     ) as span:
         yield span
 

@@ -37,6 +37,7 @@ import orjson
 
 from services.devices.domain import DeviceState
 from services.devices.events import DeviceEvent, Status
+from shared import tracing
 from shared.aws import AwsClients, aws_errors, call_decoded
 from shared.dynamodb import wire_json
 from shared.errors import ConditionFailedError, RetryableError, TransactionCanceledError
@@ -238,11 +239,14 @@ class DynamoDeviceStore:
         staged: dict[int, StagedWrite] = {}
         puts: list[dict[str, Any]] = []
         envelope_texts: list[list[str]] = []
+        # The context of the batch that caused the events (its span), read once per commit.
+        carrier = tracing.current_carrier() if any(w.events for w in writes) else {}
         for index, w in enumerate(writes):
             texts: list[str] = []
             if w.events:
                 staged[index] = staged_write = stage(
-                    self._aggregate(w), {}, events=[event_draft(e) for e in w.events])
+                    self._aggregate(w), {}, events=[event_draft(e) for e in w.events],
+                    trace=carrier)
                 texts = [e.to_json() for e in staged_write.envelopes]
             envelope_texts.append(texts)
             puts.append(device_put(self._table, w.state, w.version, texts, config,

@@ -147,7 +147,9 @@ class EntryFailure:
 
     @property
     def reason(self) -> str:
-        return f"SNS {self.code}: {self.message}" if self.message else f"SNS {self.code}"
+        """`<error class>: <what SNS said>`, as every consumer's DLQ reason reads."""
+        said = f"SNS refused the entry: {self.message}" if self.message else "SNS refused it"
+        return f"{self.code}: {said}"
 
 
 @dataclass(frozen=True)
@@ -294,7 +296,7 @@ class AlarmPublisher:
                 # not the alarms' fault, and not fixed within milliseconds. Back to the queue.
                 log.error("alarms topic refused the request", error=str(exc),
                           alarms=len(pending))
-                reason = f"alarms topic refused the request: {exc}"
+                reason = f"{type(exc).__name__}: alarms topic refused the request: {exc}"
                 settled.update({i: NotPublished(Outcome.RETRY, reason) for i in pending})
                 return settled
             again, done = settle_failures(
@@ -321,7 +323,7 @@ def alarm_publisher_handler(publisher: AlarmPublisher) -> BatchHandler:
                 alarm = decode_alarm(message)
             except InvalidMessageError as exc:
                 outcomes[message.id] = Outcome.DEAD_LETTER
-                reasons[message.id] = str(exc)
+                reasons[message.id] = f"{type(exc).__name__}: {exc}"
                 log.warning("not an alarm", message_id=message.id, error=str(exc))
                 continue
             with consumer_span(alarm, f"{alarm.type} publish", fallback=message, attributes={

@@ -289,8 +289,57 @@ def dev_mode(environ: Mapping[str, str] | None = None) -> bool:
     return not env.get("FLEETLINE_DASHBOARD_SECRET") and bool(env.get("AWS_ENDPOINT_URL"))
 
 
+def _script_hash(page: Path) -> str:
+    """The CSP source of the page's one inline script (its SHA-256, base64)."""
+    import base64
+    import hashlib
+    import re
+
+    scripts = re.findall(r"<script>(.*?)</script>", page.read_text(), flags=re.DOTALL)
+    return " ".join(
+        f"'sha256-{base64.b64encode(hashlib.sha256(s.encode()).digest()).decode()}'"
+        for s in scripts)
+
+
+@functools.cache
+def security_headers() -> dict[str, str]:
+    """Headers on every dashboard response. Viewer tokens travel in URLs (`?token=`, since
+    EventSource cannot send headers), so no page may leak its URL as a referrer, be framed,
+    run or load anything but its own script and API, or be kept by a cache."""
+    csp = "; ".join((
+        "default-src 'none'",
+        f"script-src {_script_hash(STATIC / 'dashboard.html')}",
+        "style-src 'unsafe-inline'",  # style attributes in the page; no remote styles
+        "connect-src 'self'",
+        "img-src 'self' data:",
+        "base-uri 'none'",
+        "form-action 'none'",
+        "frame-ancestors 'none'",
+    ))
+    return {
+        "Content-Security-Policy": csp,
+        "Referrer-Policy": "no-referrer",
+        "X-Frame-Options": "DENY",
+        "X-Content-Type-Options": "nosniff",
+        "Cache-Control": "no-store",
+    }
+
+
+@web.middleware
+async def _secure(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        response: web.StreamResponse = await handler(request)
+    except web.HTTPException as exc:
+        exc.headers.update(security_headers())
+        raise
+    if not response.prepared:  # an SSE stream sets them itself before it starts
+        response.headers.update(security_headers())
+    return response
+
+
 class DashboardServer:
-    """The aiohttp application: page, SSE stream, query API.
+    """The aiohttp application: page, SSE stream, query API. Every response carries
+    `security_headers()`.
 
     `secret` signs and checks viewer tokens (`services.devices._auth`); `dev_mode` lets the
     page without a token list tenants to pick from (local development only: `dev_mode()`).
@@ -302,7 +351,7 @@ class DashboardServer:
         self.queries = queries
         self.secret = secret
         self.dev_mode = dev_mode
-        self.app = web.Application()
+        self.app = web.Application(middlewares=[_secure])
         self.app.add_routes([
             web.get("/", self.page),
             web.get("/healthz", self.health),
@@ -369,7 +418,7 @@ class DashboardServer:
     async def events(self, request: web.Request) -> web.StreamResponse:
         tenant_id = self._tenant(request)
         response = web.StreamResponse(headers={
-            "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+            **security_headers(), "Content-Type": "text/event-stream",
             "X-Accel-Buffering": "no",
         })
         await response.prepare(request)

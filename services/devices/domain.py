@@ -39,6 +39,7 @@ from typing import Any, Final
 import orjson
 
 from services.devices.events import (
+    EDGE_SOURCE,
     DeviceConnected,
     DeviceDisconnected,
     DeviceEvent,
@@ -61,11 +62,16 @@ __all__ = [
     "DesiredUpdate",
     "DeviceState",
     "InvalidTelemetry",
+    "Presence",
+    "Record",
     "ResidencyRefused",
+    "StateReport",
     "Telemetry",
     "ThresholdRule",
     "Thresholds",
     "apply_desired",
+    "apply_presence",
+    "apply_report",
     "apply_telemetry",
     "check_residency",
     "check_silence",
@@ -170,6 +176,72 @@ class DesiredUpdate:
         )
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Presence:
+    """The edge says a device connected or disconnected (`DevicePresence`, source
+    `fleetline.iot`, routed from the device-events bus to the stream). `ts` orders it against
+    the device's readings: a presence older than the last reading changes nothing."""
+
+    device_id: str
+    tenant_id: str
+    zone: str
+    online: bool
+    ts: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StateReport:
+    """A device reported its state on its `state` channel (`DeviceStateReported` from the IoT
+    ingest function, source `fleetline.iot`). The ingest refused foreign zones already, so an
+    empty `zone` means the deployment's (the telemetry worker fills it in)."""
+
+    device_id: str
+    tenant_id: str
+    zone: str
+    reported: Mapping[str, Any]
+    ts: float
+
+
+Record = Telemetry | DesiredUpdate | Presence | StateReport
+
+
+def _edge_record(body: Mapping[str, Any]) -> Presence | StateReport:
+    """An edge fact from the EventBridge event the bus's edge rules put on the stream."""
+    kind = body.get("detail-type")
+    detail = body.get("detail")
+    if not isinstance(detail, dict):
+        raise InvalidTelemetry("must be an object", field="detail")
+    if kind == "DevicePresence":
+        status = detail.get("status")
+        if status not in ("online", "offline"):
+            raise InvalidTelemetry("must be 'online' or 'offline'", field="detail.status")
+        zone = _str_field(detail, "zone")
+        if zone not in ZONES:
+            raise InvalidTelemetry(f"must be one of {sorted(ZONES)}", field="detail.zone")
+        return Presence(device_id=_str_field(detail, "device_id"),
+                        tenant_id=_str_field(detail, "tenant_id"), zone=zone,
+                        online=status == "online", ts=_edge_ts(detail))
+    if kind == "DeviceStateReported":
+        data = detail.get("data")
+        if not isinstance(data, dict):
+            raise InvalidTelemetry("must be an object", field="detail.data")
+        reported = _object_field(data, "reported")
+        if reported is None:
+            raise InvalidTelemetry("must be an object", field="detail.data.reported")
+        zone = data.get("zone") or ""
+        return StateReport(device_id=_str_field(data, "device_id"),
+                           tenant_id=_str_field(data, "tenant_id"), zone=str(zone),
+                           reported=reported, ts=_edge_ts(data))
+    raise InvalidTelemetry(f"unknown edge event {kind!r}", field="detail-type")
+
+
+def _edge_ts(body: Mapping[str, Any]) -> float:
+    ts = body.get("ts")
+    if not isinstance(ts, (int, float)) or isinstance(ts, bool) or not math.isfinite(ts):
+        raise InvalidTelemetry("must be a number (epoch seconds)", field="ts")
+    return float(ts)
+
+
 # The field checks run for every record (5,000-20,000 a second): the common, valid case is
 # one test; the reason is worked out only for a bad value.
 
@@ -247,8 +319,9 @@ def _update_report(body: Mapping[str, Any]) -> dict[str, str] | None:
     return out
 
 
-def parse_record(data: bytes | str) -> Telemetry | DesiredUpdate:
-    """Decode one stream record.
+def parse_record(data: bytes | str) -> Record:
+    """Decode one stream record: telemetry, a desired update, or an edge fact (an
+    EventBridge event from `fleetline.iot`: DevicePresence, DeviceStateReported).
 
     Raises:
         InvalidTelemetry: the record is not JSON, not an object, has an unknown `kind`, or a
@@ -260,6 +333,11 @@ def parse_record(data: bytes | str) -> Telemetry | DesiredUpdate:
         raise InvalidTelemetry(f"not JSON: {exc}") from None
     if not isinstance(body, dict):
         raise InvalidTelemetry("record must be a JSON object")
+    if "detail-type" in body:  # an edge fact the bus's edge rules put on the stream
+        if body.get("source") != EDGE_SOURCE:
+            raise InvalidTelemetry(f"events on the stream come from {EDGE_SOURCE}",
+                                   field="source")
+        return _edge_record(body)
     kind = body.get("kind", "telemetry")
     device_id = _str_field(body, "device_id")
     if device_id[0] == "~":  # the store's own items (packed last-seen) start with it
@@ -301,7 +379,7 @@ def parse_record(data: bytes | str) -> Telemetry | DesiredUpdate:
 
 
 def check_residency(
-    record: Telemetry | DesiredUpdate, *, deployment_zone: str, state: DeviceState | None
+    record: Record, *, deployment_zone: str, state: DeviceState | None
 ) -> None:
     """Refuse a record this deployment must not store.
 
@@ -443,7 +521,7 @@ class DeviceState:
     version: int = 0
 
     @classmethod
-    def new(cls, record: Telemetry | DesiredUpdate) -> DeviceState:
+    def new(cls, record: Record) -> DeviceState:
         return cls(device_id=record.device_id, tenant_id=record.tenant_id, zone=record.zone)
 
     def view(self) -> DeviceView:
@@ -668,6 +746,49 @@ def apply_desired(state: DeviceState, update: DesiredUpdate) -> Applied:
         return _NOTHING
     state.delta = delta
     return Applied(ApplyOutcome.APPLIED, _build_events(state, [("delta", None)], silent_for=0.0))
+
+
+def apply_presence(state: DeviceState, presence: Presence, *, arrival: float) -> Applied:
+    """The edge's word on a connection. Older than the last reading: STALE (the reading says
+    more). Online: the silence clock restarts, and an OFFLINE device connects
+    (DeviceConnected). Offline: an ONLINE device disconnects (DeviceDisconnected); its next
+    reading connects it again. Anything else: DUPLICATE."""
+    if presence.ts < state.last_seen:
+        return _STALE
+    if presence.online:
+        if arrival > state.last_arrival:
+            state.last_arrival = arrival
+        if state.status is Status.ONLINE:
+            return _DUPLICATE
+        state.status = Status.ONLINE
+        return Applied(ApplyOutcome.APPLIED, _build_events(state, [("connected", None)],
+                                                      silent_for=0.0))
+    if state.status is not Status.ONLINE:
+        return _DUPLICATE
+    state.status = Status.OFFLINE
+    return Applied(ApplyOutcome.APPLIED, _build_events(state, [("disconnected", None)],
+                                                  silent_for=0.0))
+
+
+def apply_report(state: DeviceState, report: StateReport) -> Applied:
+    """A state report from the edge: `reported` replaces the device's reported state
+    (DeviceStateChanged with what changed, ShadowDeltaChanged when the delta moves), unless
+    a reading newer than it was applied (STALE) or it changes nothing (DUPLICATE)."""
+    if report.ts < state.last_seen:
+        return _STALE
+    if report.reported == state.reported:
+        return _DUPLICATE
+    changed = {k: v for k, v in report.reported.items()
+               if state.reported.get(k, _MISSING) != v}
+    changed.update({k: None for k in state.reported if k not in report.reported})
+    state.reported = dict(report.reported)
+    pending: list[tuple[str, Any]] = [("state", changed)]
+    if state.desired:
+        delta = _delta(state.desired, state.reported, state.firmware)
+        if delta != state.delta:
+            state.delta = delta
+            pending.append(("delta", None))
+    return Applied(ApplyOutcome.APPLIED, _build_events(state, pending, silent_for=0.0))
 
 
 def check_silence(state: DeviceState, *, now: float, silence_after: float) -> Applied | None:

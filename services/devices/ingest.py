@@ -12,8 +12,10 @@ rule's SQL output: the device's JSON payload plus `tenant_id`, `device_id`, `cha
   message attributes of every alarm (`services.devices.alarms.alarm_attributes`: `tenant`
   and `severity`, which the subscriptions filter on, `type`, `event_id`).
 - A state change goes to the device-events bus as a `DeviceStateReported` envelope (source
-  `fleetline.iot`, so the device read-model rules, which match `fleetline.devices`, do not
-  take edge facts for worker decisions).
+  `fleetline.iot`). The bus's EdgeStateRule puts it on the telemetry stream (partition key:
+  the device), where the telemetry worker applies it in order with the device's readings
+  and emits the transitions (DeviceStateChanged ...) as `fleetline.devices` events; the
+  read-model rules never take an edge fact for a worker's decision.
 - A bad payload goes to TelemetryFailureQueue with its reason (message attribute `reason`)
   and the handler returns `{"accepted": false, "reason": ...}`: it never raises for data,
   so the rule does not retry a payload that can never be accepted.

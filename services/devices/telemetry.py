@@ -6,6 +6,11 @@ every reading to the lake.
 
 How a batch (the records of one shard, in order, from one GetRecords) is handled:
 
+Records are telemetry (the IoT rule writes them), desired updates, and edge facts: the bus's
+edge rules put `fleetline.iot` events here (DevicePresence from the simulator or IoT
+connection events, DeviceStateReported from the ingest function), each applied in order with
+the device's readings (`domain.apply_presence`, `domain.apply_report`).
+
 1. Decode each record (`domain.parse_record`); a malformed one is DEAD_LETTER with its reason
    (the consumer sends it to TelemetryFailureQueue with shard id and sequence number, and the
    shard moves on). A record for another residency zone, or claiming another tenant or zone
@@ -78,6 +83,7 @@ from typing import Any, Final
 
 import anyio
 import structlog
+from opentelemetry.trace import Link, SpanContext, SpanKind
 
 from services.devices._store import (
     TRANSACTION_LIMIT,
@@ -93,10 +99,15 @@ from services.devices.domain import (
     DesiredUpdate,
     DeviceState,
     InvalidTelemetry,
+    Presence,
+    Record,
     ResidencyRefused,
+    StateReport,
     Telemetry,
     Thresholds,
     apply_desired,
+    apply_presence,
+    apply_report,
     apply_telemetry,
     check_residency,
     check_silence,
@@ -104,6 +115,7 @@ from services.devices.domain import (
 )
 from services.devices.events import DeviceEvent, Status
 from services.devices.lake import FirehoseLake, LakeError, LakeSink, reading_rows
+from shared import tracing
 from shared.aws import AwsClients
 from shared.config import Resources, resource_env_name
 from shared.consumers import BatchHandler, BatchResult, Message, Outcome
@@ -159,6 +171,11 @@ class TelemetryConfig:
     # Devices whose readings changed nothing get their last-seen written at most once per
     # this many seconds, packed (module docstring); 0 writes the device on every reading.
     last_seen_interval: float = 300.0
+    # One CONSUMER span per batch (not per record: docs/benchmarks.md has the cost), linking
+    # the records that carry a trace context (at most MAX_BATCH_LINKS); the device events the
+    # batch causes carry it, so a reading and the events it caused share one trace.
+    tracing: bool = True
+    stream_name: str = "telemetry"  # the stream's name on the batch span
 
     def __post_init__(self) -> None:
         if self.zone not in ("eu", "us"):
@@ -276,6 +293,19 @@ def stored_disconnects(
     return writes
 
 
+MAX_BATCH_LINKS: Final = 32
+
+
+def _record_contexts(messages: Sequence[Message]) -> list[SpanContext]:
+    """The distinct trace contexts records carry (a `traceparent` / X-Ray attribute), at most
+    MAX_BATCH_LINKS: a batch span's links. Records from IoT rules carry none: nothing is
+    parsed for them."""
+    carriers = [m.attributes for m in messages if m.attributes]
+    if not carriers:
+        return []
+    return tracing.distinct_producer_contexts(carriers)[:MAX_BATCH_LINKS]
+
+
 class TelemetryProcessor:
     """The BatchHandler of the telemetry worker (see the module docstring).
 
@@ -314,16 +344,36 @@ class TelemetryProcessor:
     # -- the BatchHandler ------------------------------------------------------------------
 
     async def __call__(self, messages: Sequence[Message]) -> BatchResult:
+        if not self.config.tracing or not messages:
+            return await self._process(messages)
+        attributes: dict[str, str | int] = {
+            "messaging.system": "aws_kinesis",
+            "messaging.destination.name": self.config.stream_name,
+            "messaging.destination.partition.id": messages[0].source_name,  # the shard
+            "messaging.operation.type": "process",
+            "messaging.operation.name": "process",
+            "messaging.batch.message_count": len(messages),
+        }
+        with tracing.tracer("services.devices.telemetry").start_as_current_span(
+                f"process {attributes['messaging.destination.name']}", kind=SpanKind.CONSUMER,
+                attributes=attributes, links=[Link(c) for c in _record_contexts(messages)]):
+            return await self._process(messages)
+
+    async def _process(self, messages: Sequence[Message]) -> BatchResult:
         outcomes: dict[str, Outcome] = {}
         reasons: dict[str, str] = {}
-        parsed: list[tuple[Message, Telemetry | DesiredUpdate]] = []
+        parsed: list[tuple[Message, Record]] = []
         counts = self._counts
         for message in messages:
             counts["records"] += 1
             try:
                 if message.attributes.get("content-transfer-encoding") == "base64":
                     raise InvalidTelemetry("record data is not UTF-8 text")
-                parsed.append((message, parse_record(message.body)))
+                record = parse_record(message.body)
+                if isinstance(record, StateReport) and not record.zone:
+                    # the ingest function refused other zones: it reports from this one
+                    record = replace(record, zone=self.config.zone)
+                parsed.append((message, record))
             except InvalidTelemetry as exc:
                 counts["malformed"] += 1
                 outcomes[message.id] = Outcome.DEAD_LETTER
@@ -365,7 +415,15 @@ class TelemetryProcessor:
                                           arrival=arrival)
             else:
                 is_reading = False
-                applied = apply_desired(device.state, rec)
+                if isinstance(rec, DesiredUpdate):
+                    applied = apply_desired(device.state, rec)
+                elif isinstance(rec, Presence):
+                    applied = apply_presence(device.state, rec,
+                                             arrival=message.approximate_arrival or now)
+                    if rec.online and device.state.status is Status.ONLINE:
+                        self._track(rec.device_id)  # alive: the silence sweep waits again
+                else:
+                    applied = apply_report(device.state, rec)
             if applied.outcome is ApplyOutcome.APPLIED:
                 counts["applied"] += 1
                 outcomes[message.id] = Outcome.SUCCEEDED
@@ -554,7 +612,10 @@ class TelemetryProcessor:
             device.dirty = True
             changed.append(device)
         if changed:
-            await self.flush(changed)
+            # The silence decided these events: a trace of its own, one span per sweep.
+            with tracing.tracer("services.devices.telemetry").start_as_current_span(
+                    "sweep silent devices", attributes={"fleetline.devices": len(changed)}):
+                await self.flush(changed)
         return len(changed)
 
     async def sweep_stored(self, now: float | None = None) -> int:
@@ -583,7 +644,9 @@ class TelemetryProcessor:
             if not due:
                 continue
             try:
-                await self.flush(due)
+                with tracing.tracer("services.devices.telemetry").start_as_current_span(
+                        "sweep stored silent devices", attributes={"fleetline.devices": len(due)}):
+                    await self.flush(due)
             except FlushError as exc:
                 # Conflicts (another writer was first; its version stands) or repeated
                 # transient failures (still ONLINE: the next stored sweep sees them).
@@ -671,7 +734,8 @@ async def telemetry_lifespan(aws: AwsClients, resources: Resources) -> AsyncIter
     template always passes it, a test harness may not: then no lake), with its silence
     sweepers (memory and stored) running alongside. On the way out the pending last-seen
     is written (best effort: a failure is logged, the next worker's items are newer)."""
-    config = TelemetryConfig.from_environ()
+    config = replace(TelemetryConfig.from_environ(),
+                     stream_name=resources.get("TelemetryStream").rsplit("/", 1)[-1])
     stream = resources.values.get(resource_env_name("ReadingsDeliveryStream"))
     if not stream:
         log.warning("no readings delivery stream: readings do not reach the lake")

@@ -35,6 +35,7 @@ from shared.aws import AwsClients, aws_errors
 from shared.config import Resources
 from shared.errors import AwsRequestError
 from shared.outbox import ConcurrencyConflictError, UnitOfWork
+from shared.tracing import client_span, with_trace, xray_trace_header
 
 __all__ = ["FirmwareService", "ServiceSettings"]
 
@@ -176,10 +177,18 @@ class FirmwareService:
             "bucket": self.settings.bucket,
         }
         try:
-            with aws_errors():
+            # The execution continues this trace: its input's `trace` reaches every task
+            # (the workflow passes it down), so the waves are spans under the start.
+            with aws_errors(), client_span("StepFunctions.StartExecution", attributes={
+                    "rpc.system": "aws-api", "rpc.service": "StepFunctions",
+                    "rpc.method": "StartExecution", "rollout.id": rollout_id}):
+                options: dict[str, Any] = {}
+                header = xray_trace_header()
+                if header:
+                    options["traceHeader"] = header
                 started = await sfn.start_execution(
                     stateMachineArn=self.settings.state_machine_arn, name=rollout_id,
-                    input=json.dumps(workflow_input))
+                    input=json.dumps(with_trace(workflow_input)), **options)
         except AwsRequestError as exc:
             if exc.code != "ExecutionAlreadyExists":
                 raise

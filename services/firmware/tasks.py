@@ -38,6 +38,7 @@ from typing import Any, Final
 
 import anyio
 import structlog
+from opentelemetry import trace
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from services.firmware._store import (
@@ -131,6 +132,7 @@ class FirmwareTasks:
         Rollout.Internal so the workflow's Catch decides.
 
         Raises InvalidMessageError when there is no token to answer (the DLQ keeps it)."""
+        trace.get_current_span().set_attribute("rollout.id", str(body.get("rollout_id", "")))
         try:
             task = TaskRequest.model_validate(body)
         except ValidationError as exc:

@@ -63,8 +63,11 @@ def _retry(errors: list[str], t: WorkflowTimings, attempts: int | None = None) -
 
 
 def _task(action: str, fields: dict[str, Any], t: WorkflowTimings, *,
-          heartbeat: int | None = None) -> dict[str, Any]:
-    body: dict[str, Any] = {"action": action, **fields, "task_token.$": "$$.Task.Token"}
+          heartbeat: int | None = None, trace: str = "$.trace") -> dict[str, Any]:
+    # `trace`: the execution's trace carrier (its input's `trace`, passed down through the
+    # maps), so the tasks worker's spans are children of the rollout's start.
+    body: dict[str, Any] = {"action": action, **fields, "task_token.$": "$$.Task.Token",
+                            "trace.$": trace}
     if heartbeat is not None:
         body["beat_seconds"] = t.beat_seconds
     state: dict[str, Any] = {
@@ -129,11 +132,12 @@ def build_definition(timings: WorkflowTimings | None = None) -> dict[str, Any]:
         "RunWave": {
             **_distributed_map(
                 reader={"Bucket.$": "$.wave.bucket", "Key.$": "$.wave.key"},
-                batch_input={"rollout_id.$": "$.rollout_id", "wave.$": "$.wave.wave"},
+                batch_input={"rollout_id.$": "$.rollout_id", "wave.$": "$.wave.wave",
+                             "trace.$": "$.trace"},
                 task_name="UpdateBatch",
                 task=_task("run_batch", {"rollout_id.$": "$.BatchInput.rollout_id",
                                          "wave.$": "$.BatchInput.wave", "items.$": "$.Items"},
-                           t, heartbeat=t.heartbeat_seconds),
+                           t, heartbeat=t.heartbeat_seconds, trace="$.BatchInput.trace"),
                 results_prefix="States.Format('rollouts/{}/results/wave-{}', $.rollout_id, "
                                "$.wave.wave)",
                 result_path="$.run", tolerated=True),
@@ -176,7 +180,7 @@ def build_definition(timings: WorkflowTimings | None = None) -> dict[str, Any]:
             "ItemSelector": {
                 "rollout_id.$": "$.rollout_id", "wave.$": "$$.Map.Item.Value",
                 "abort_threshold.$": "$.abort_threshold", "batch_size.$": "$.batch_size",
-                "max_concurrency.$": "$.max_concurrency",
+                "max_concurrency.$": "$.max_concurrency", "trace.$": "$.trace",
             },
             "ItemProcessor": {"ProcessorConfig": {"Mode": "INLINE"}, "StartAt": "Gate",
                               "States": wave_states},
@@ -206,12 +210,13 @@ def build_definition(timings: WorkflowTimings | None = None) -> dict[str, Any]:
         "RollBack": {
             **_distributed_map(
                 reader={"Bucket.$": "$.rollback.bucket", "Key.$": "$.rollback.key"},
-                batch_input={"rollout_id.$": "$.rollout_id", "wave": 9999},
+                batch_input={"rollout_id.$": "$.rollout_id", "wave": 9999,
+                             "trace.$": "$.trace"},
                 task_name="RollbackBatch",
                 task=_task("rollback_batch", {"rollout_id.$": "$.BatchInput.rollout_id",
                                               "wave.$": "$.BatchInput.wave",
                                               "items.$": "$.Items"},
-                           t, heartbeat=t.heartbeat_seconds),
+                           t, heartbeat=t.heartbeat_seconds, trace="$.BatchInput.trace"),
                 results_prefix="States.Format('rollouts/{}/results/rollback', $.rollout_id)",
                 result_path="$.rolled_back", tolerated=False),
             "Comment": "Every device the rollout may have updated, back to its previous "

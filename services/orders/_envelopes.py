@@ -42,13 +42,25 @@ def decode_order_event(message: Message) -> OrderEnvelope:
         body = json.loads(message.body)
     except ValueError as exc:
         raise InvalidMessageError(f"not JSON ({exc})", field="body") from exc
-    if isinstance(body, dict) and isinstance(body.get("detail"), dict):
-        body = body["detail"]  # an EventBridge event delivered to SQS
+    if isinstance(body, dict) and ("detail" in body or "detail-type" in body):
+        detail = body.get("detail")  # an EventBridge event delivered to SQS
+        if not isinstance(detail, dict):
+            raise InvalidMessageError(
+                f"the {body.get('detail-type') or 'EventBridge'} event's detail must be an "
+                f"event envelope (a JSON object), got {type(detail).__name__}", field="detail")
+        body = detail
     if not isinstance(body, dict):
         raise InvalidMessageError("an event envelope must be a JSON object", field="body")
-    model = EVENT_TYPES.get(str(body.get("type")))
+    kind = body.get("type")
+    if not isinstance(kind, str) or not kind:
+        raise InvalidMessageError(
+            f"missing: the envelope has no event type (fields: {sorted(body)[:8]})",
+            field="type")
+    model = EVENT_TYPES.get(kind)
     if model is None:
-        raise InvalidMessageError(f"not an order event: {body.get('type')!r}", field="type")
+        raise InvalidMessageError(
+            f"{kind!r} is not an order event (expected one of {sorted(EVENT_TYPES)})",
+            field="type")
     event_id = body.get("id")
     if not isinstance(event_id, str) or not event_id:
         raise InvalidMessageError("missing", field="id")

@@ -12,8 +12,9 @@ Idempotency-Key: the order id is derived from (customer id, key), so the order i
 own idempotency record and no second table or write is needed. A repeat with the same body
 (compared by a fingerprint of the validated request) answers exactly as the first time;
 with a different body, 422. Two racing requests with one key: the version condition lets
-one commit; the other reloads and answers as a repeat (or 422). Without a key, every POST
-is a new order.
+one commit; the other reloads and answers as a repeat (or 422). The key is required: without
+one a client's retry (after a timeout, a lost answer) would place a second order, so a POST
+without it is refused with 400 naming the header, before anything is written.
 
 GET routes read only the read model (CQRS): right after a POST the order may be missing
 there for a moment (404 with `Retry-After: 1`); it shows PLACED once OrderPlaced is
@@ -31,13 +32,13 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 import structlog
+from opentelemetry import trace
 
 from services.orders.domain import (
     OrderStatus,
     Replay,
     decide_replay,
     fingerprint,
-    new_order_id,
     order_id_for_key,
     price_lines,
 )
@@ -127,18 +128,23 @@ class OrdersApi:
             return _error(413, f"body is {len(body)} bytes; the limit is {MAX_BODY_BYTES}")
         request, errors = parse_place_order(body)
         key = headers.get("idempotency-key")
-        if key is not None and not _KEY_PATTERN.match(key):
+        if key is None:
+            errors = [*errors, {"field": "Idempotency-Key", "message": (
+                "required: a unique key per order (a UUID), sent again unchanged on a retry, "
+                "so a retry cannot place a second order")}]
+        elif not _KEY_PATTERN.match(key):
             errors = [*errors, {"field": "Idempotency-Key",
                                 "message": "1 to 255 printable ASCII characters"}]
-        if request is None or errors:
+        if request is None or key is None or errors:
             return _error(400, "invalid order", errors=errors)
         print_ = fingerprint(request.model_dump(mode="json"))
-        order_id = order_id_for_key(request.customer_id, key) if key else new_order_id()
+        order_id = order_id_for_key(request.customer_id, key)
         request_id = str((event or {}).get("requestContext", {}).get("requestId") or "")
         correlation_id = headers.get("x-correlation-id") or request_id or order_id
         ref = ItemRef(table=self.orders_table, key={"pk": f"ORDER#{order_id}", "sk": "ORDER"},
                       aggregate_id=order_id)
         log = _log.bind(order_id=order_id, correlation_id=correlation_id)
+        trace.get_current_span().set_attribute("order.id", order_id)
         for _ in range(_MAX_CONFLICT_RETRIES):
             uow = UnitOfWork(self._aws)
             aggregate = await uow.load(ref)

@@ -14,8 +14,9 @@ in the idempotency table, keyed by the event id (namespace `orders.email`):
                                    a crash after the mail server accepted it and before
                                    COMPLETED was written)
 
-Records are kept 7 days: longer than the queue's DLQ retention and the bus archive's replay
-window, so a redrive or a replay cannot send again.
+Records are kept as long as the inbox's (`shared.inbox.DEFAULT_RETENTION`, 45 days): longer
+than any replay of the bus archive (30 days) followed by a DLQ redrive (14 days), so neither
+can send again.
 
 The mailer is a seam (`Mailer`); `LogMailer` logs the email (what `fleetline up` uses),
 `MemoryMailer` keeps them for tests.
@@ -41,12 +42,16 @@ from shared.consumers import (
 )
 from shared.hosts import SqsQueue, Worker
 from shared.idempotency import Idempotency, IdempotencyConfig
-from shared.tracing import consumer_span
+from shared.inbox import DEFAULT_RETENTION
+from shared.tracing import handler_span
 
-__all__ = ["Email", "LogMailer", "Mailer", "MemoryMailer", "Notifier", "compose", "worker"]
+__all__ = [
+    "EMAIL_RECORD_RETENTION", "Email", "LogMailer", "Mailer", "MemoryMailer", "Notifier", "compose",
+    "worker",
+]
 
 _log = structlog.get_logger("services.orders.notifications")
-_KEEP_SECONDS = 7 * 86400.0
+EMAIL_RECORD_RETENTION = DEFAULT_RETENTION
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -101,7 +106,7 @@ class Notifier:
         self.mailer: Mailer = mailer or LogMailer()
         self._once = Idempotency(aws, IdempotencyConfig(
             table=table, namespace="orders.email", lease=lease_seconds,
-            expires_after=_KEEP_SECONDS))
+            expires_after=EMAIL_RECORD_RETENTION.total_seconds()))
 
     @classmethod
     def from_environ(cls, aws: AwsClients, resources: Resources | None = None,
@@ -134,7 +139,8 @@ class Notifier:
         return email
 
     async def handle(self, envelope: OrderEnvelope, ctx: HandlerContext) -> None:
-        with consumer_span(dict(envelope.trace), f"orders.notifications {envelope.type}"):
+        with handler_span(f"orders.notifications {envelope.type}", source=envelope.trace,
+                          attributes={"order.id": envelope.data.order_id}):
             email = await self.notify(envelope)
         if email is not None:
             ctx.log.info("customer notified", order_id=envelope.data.order_id,

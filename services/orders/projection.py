@@ -57,7 +57,7 @@ from shared.consumers import (
 from shared.dynamodb import from_item, to_item
 from shared.errors import ConditionFailedError
 from shared.hosts import Consumer, SqsQueue, Worker
-from shared.tracing import consumer_span
+from shared.tracing import handler_span
 
 __all__ = ["OrderHistory", "Queues", "SalesProjection", "history_view", "worker"]
 
@@ -113,7 +113,8 @@ class OrderHistory:
         return True
 
     async def handle(self, envelope: OrderEnvelope, ctx: HandlerContext) -> None:
-        with consumer_span(dict(envelope.trace), f"orders.order-history {envelope.type}"):
+        with handler_span(f"orders.order-history {envelope.type}", source=envelope.trace,
+                          attributes={"order.id": envelope.data.order_id}):
             applied = await self.apply(envelope)
         if not applied:
             raise DuplicateEvent(envelope.id)
@@ -165,7 +166,8 @@ class SalesProjection:
         return counted
 
     async def handle(self, envelope: OrderEnvelope, ctx: HandlerContext) -> None:
-        with consumer_span(dict(envelope.trace), f"orders.sales-projection {envelope.type}"):
+        with handler_span(f"orders.sales-projection {envelope.type}", source=envelope.trace,
+                          attributes={"order.id": envelope.data.order_id}):
             applied = await self.apply(envelope)
         if not applied:
             raise DuplicateEvent(envelope.id)

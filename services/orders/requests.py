@@ -90,6 +90,13 @@ def parse_place_order(
     `body`; a body that is not an object too."""
     if not body:
         return None, [{"field": "body", "message": "a JSON object is required"}]
+    if isinstance(body, bytes):
+        try:
+            body = body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return None, [{"field": "body", "message": (
+                f"not UTF-8 text: byte 0x{body[exc.start]:02x} at position {exc.start} "
+                f"({exc.reason}); send the JSON encoded as UTF-8")}]
     try:
         raw: Any = json.loads(body)
     except ValueError as exc:

@@ -24,7 +24,7 @@ from shared.config import Resources
 from shared.consumers import BatchHandler, DuplicateEvent, HandlerContext, Message, batch_handler
 from shared.errors import AwsRequestError, InvalidMessageError
 from shared.hosts.lambda_ import sqs_handler
-from shared.tracing import consumer_span, with_trace, xray_trace_header
+from shared.tracing import client_span, handler_span, with_trace, xray_trace_header
 
 __all__ = ["SagaStarter", "decode_order_placed", "execution_input", "handler"]
 
@@ -67,7 +67,9 @@ class SagaStarter:
         """Start the saga for the order; False when it was started before."""
         sfn = await self._aws.client("stepfunctions")
         try:
-            with aws_errors():
+            with aws_errors(), client_span("StepFunctions.StartExecution", attributes={
+                    "rpc.system": "aws-api", "rpc.service": "StepFunctions",
+                    "rpc.method": "StartExecution", "order.id": envelope.data.order_id}):
                 options: dict[str, Any] = {}
                 header = xray_trace_header()
                 if header:
@@ -86,7 +88,8 @@ class SagaStarter:
 
     async def handle(self, envelope: OrderEnvelope, ctx: HandlerContext) -> None:
         """Raises DuplicateEvent when the saga runs already (counted as a skip)."""
-        with consumer_span(dict(envelope.trace), "orders.saga-starter OrderPlaced"):
+        with handler_span("orders.saga-starter OrderPlaced", source=envelope.trace,
+                          attributes={"order.id": envelope.data.order_id}):
             started = await self.start(envelope)
         if not started:
             raise DuplicateEvent(envelope.id)

@@ -34,7 +34,7 @@ from shared.aws import AwsClients
 from shared.callbacks import TaskAnswers, heartbeating, task_token
 from shared.consumers import BatchHandler, HandlerContext, batch_handler, json_object
 from shared.errors import is_retryable
-from shared.tracing import consumer_span
+from shared.tracing import handler_span
 
 __all__ = ["Action", "CallbackTasks", "TaskOrder", "TaskRequest"]
 
@@ -109,9 +109,9 @@ class CallbackTasks:
             return
         result: Mapping[str, Any] | None = None
         failure: BaseException | None = None
-        with consumer_span(dict(task.trace), f"orders.{self.service}.{task.action}",
-                           attributes={"order.id": task.order.order_id,
-                                       "saga.step": task.step, "saga.attempt": task.attempt}):
+        with handler_span(f"orders.{self.service}.{task.action}", source=task.trace,
+                          attributes={"order.id": task.order.order_id,
+                                      "saga.step": task.step, "saga.attempt": task.attempt}):
             async with heartbeating(self._answers, task.task_token,
                                     every=max(0.2, task.heartbeat_seconds / 3)):
                 try:

@@ -26,7 +26,15 @@ from shared.consumers._backoff import Backoff
 from shared.consumers._delivery import BatchProgress, DeliveryControl, delivery_control
 from shared.consumers._errors import ConsumerError, DeadLetter, DuplicateEvent, RetryLater
 from shared.consumers._handlers import EventHandler, HandlerContext, batch_handler, json_object
-from shared.consumers._message import BatchHandler, BatchResult, Message, Outcome, SourceKind
+from shared.consumers._message import (
+    BatchHandler,
+    BatchResult,
+    Message,
+    Outcome,
+    SourceKind,
+    destination_name,
+    message_span_attributes,
+)
 from shared.consumers.dynamodb_streams import DynamoDBStreamsConsumer
 from shared.consumers.kinesis import KinesisConsumer
 from shared.consumers.sqs import DeadLetterMode, SqsConsumer, SqsConsumerStatistics, SqsSettings
@@ -64,5 +72,7 @@ __all__ = [
     "batch_handler",
     "create_lease_table",
     "delivery_control",
+    "destination_name",
     "json_object",
+    "message_span_attributes",
 ]

@@ -50,6 +50,7 @@ class RetryLater(RetryableError):
             raise ValueError(f"delay must be non-negative, got {delay!r}")
         super().__init__(reason)
         self.delay = delay
+        self.retry_after = delay
 
 
 class DeadLetter(PermanentError):

@@ -10,7 +10,7 @@ handler inside its own consumer span, and map what it raised to an `Outcome` by 
 
     returns None (or Outcome.SUCCEEDED)   SUCCEEDED
     raises DuplicateEvent                 DUPLICATE   (deleted, counted as a skip)
-    raises a retryable error / unknown    RETRY       (RetryLater(delay=) sets the delay)
+    raises a retryable error / unknown    RETRY       (its `retry_after` sets the delay)
     raises a PermanentError               DEAD_LETTER (InvalidMessageError, DeadLetter ...)
 
 Messages sharing a group (FIFO MessageGroupId, stream partition key) run one after another
@@ -36,8 +36,15 @@ import structlog
 from shared.consumers._batch import plan_groups
 from shared.consumers._delivery import DeliveryControl, current_control
 from shared.consumers._errors import DuplicateEvent, RetryLater
-from shared.consumers._message import BatchHandler, BatchResult, Message, Outcome, SourceKind
-from shared.errors import InvalidMessageError, is_retryable
+from shared.consumers._message import (
+    BatchHandler,
+    BatchResult,
+    Message,
+    Outcome,
+    destination_name,
+    message_span_attributes,
+)
+from shared.errors import InvalidMessageError, RetryableError, is_retryable
 from shared.events import ClaimCheckReader, EventRegistry
 from shared.tracing import BatchTrace, consumer_span
 
@@ -132,38 +139,43 @@ def _reason(exc: BaseException) -> str:
 
 
 def classify(exc: BaseException) -> tuple[Outcome, float | None]:
-    """The outcome an exception stands for, and a retry delay hint if it carries one."""
+    """The outcome an exception stands for, and a retry delay hint if it carries one
+    (`RetryableError.retry_after`: `RetryLater(delay=)`, an idempotency key in progress
+    elsewhere until its lease ends, ...)."""
     if isinstance(exc, DuplicateEvent):
         return Outcome.DUPLICATE, None
-    if isinstance(exc, RetryLater):
-        return Outcome.RETRY, exc.delay
+    if isinstance(exc, RetryableError):
+        return Outcome.RETRY, exc.retry_after
     if is_retryable(exc):
         return Outcome.RETRY, None
     return Outcome.DEAD_LETTER, None
 
 
-def _span_attributes(message: Message) -> dict[str, Any]:
-    attributes: dict[str, Any] = {
-        "messaging.system": "aws_sqs" if message.source is SourceKind.SQS else message.source.value,
-        "messaging.message.id": message.id,
-        "messaging.destination.name": message.source_name,
-        "messaging.operation": "process",
-    }
-    if message.group_id is not None:
-        attributes["messaging.message.group_id"] = message.group_id
+def _event_span_attributes(message: Message, event: Any) -> dict[str, Any]:
+    """The message's span attributes plus, for an event envelope, its type and aggregate
+    (an order id, a device id): what `fleetline trace <id>` finds a message's span by."""
+    attributes = message_span_attributes(message)
+    envelope = getattr(event, "envelope", event)
+    kind = getattr(envelope, "type", None)
+    if isinstance(kind, str):
+        attributes["fleetline.event.type"] = kind
+    aggregate = getattr(envelope, "aggregate_id", None)
+    if isinstance(aggregate, str) and aggregate:
+        attributes["fleetline.aggregate.id"] = aggregate
     return attributes
 
 
 def _batch_span_name(first: Message) -> str:
-    return f"{first.source_name.rsplit('/', 1)[-1]} process batch"
+    return f"process {destination_name(first.source_name)} batch"
 
 
 def _batch_attributes(first: Message) -> dict[str, Any]:
     """Attributes of a batch span (a batch comes from one source)."""
     return {
         key: value
-        for key, value in _span_attributes(first).items()
-        if key in ("messaging.system", "messaging.destination.name", "messaging.operation")
+        for key, value in message_span_attributes(first).items()
+        if key in ("messaging.system", "messaging.destination.name", "messaging.operation.type",
+                   "messaging.operation.name")
     }
 
 
@@ -243,11 +255,11 @@ def batch_handler(
                 event = await event
         except Exception as exc:  # data never crashes a worker
             failure = exc
-        kind = getattr(event, "type", None) if failure is None else None
-        name = f"{kind or message.source_name.rsplit('/', 1)[-1]} process"
+        # `process <destination>`, as the conventions name a consumer span.
+        name = f"process {destination_name(message.source_name)}"
         with (
             consumer_span(event if failure is None else message, name,
-                          attributes=_span_attributes(message), batch=into.batch,
+                          attributes=_event_span_attributes(message, event), batch=into.batch,
                           fallback=None if failure is not None else message)
             if tracing
             else contextlib.nullcontext()

@@ -8,7 +8,16 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["DONE", "BatchHandler", "BatchResult", "Message", "Outcome", "SourceKind"]
+__all__ = [
+    "DONE",
+    "BatchHandler",
+    "BatchResult",
+    "Message",
+    "Outcome",
+    "SourceKind",
+    "destination_name",
+    "message_span_attributes",
+]
 
 
 class SourceKind(enum.StrEnum):
@@ -68,3 +77,35 @@ class BatchResult:
 
 
 BatchHandler = Callable[[Sequence[Message]], Awaitable[BatchResult]]
+
+
+def destination_name(source_name: str) -> str:
+    """The name of a queue or stream from its URL or ARN (OpenTelemetry's
+    `messaging.destination.name` is the name, not the address): `orders-tasks` from
+    `https://sqs.../123/orders-tasks` or `arn:aws:sqs:...:orders-tasks`, `telemetry` from
+    `arn:aws:kinesis:...:stream/telemetry`, a table's stream ARN to the table's name."""
+    name = source_name.rstrip("/")
+    if name.startswith("arn:") and "/stream/" in name:  # a DynamoDB table's stream
+        return name.split(":table/", 1)[-1].split("/stream/", 1)[0]
+    return name.rsplit("/", 1)[-1].rsplit(":", 1)[-1]
+
+
+_SYSTEMS = {"sqs": "aws_sqs", "kinesis": "aws_kinesis", "dynamodb-stream": "aws_dynamodb",
+            "sns": "aws_sns", "eventbridge": "aws_eventbridge"}
+
+
+def message_span_attributes(message: Message) -> dict[str, Any]:
+    """The attributes of the CONSUMER span of one message (messaging semantic
+    conventions)."""
+    # Messaging semantic conventions (1.27+): the operation's type and the system's name for
+    # it; the destination by name.
+    attributes: dict[str, Any] = {
+        "messaging.system": _SYSTEMS.get(message.source.value, message.source.value),
+        "messaging.message.id": message.id,
+        "messaging.destination.name": destination_name(message.source_name),
+        "messaging.operation.type": "process",
+        "messaging.operation.name": "process",
+    }
+    if message.group_id is not None:
+        attributes["messaging.message.group_id"] = message.group_id
+    return attributes

@@ -3,10 +3,18 @@
 A failed acquire returns the existing record (ReturnValuesOnConditionCheckFailure=ALL_OLD),
 so judging it needs no GetItem. Renew, complete and release are conditional on the owner
 token: a holder whose lease was taken over is fenced out.
+
+Every write may meet its own first attempt: when an answer is lost after the write, the SDK
+sends the request again and the retry finds the record the first attempt wrote. Each write
+recognises that by the owner token (and, for complete, the result) in the record returned
+with the failed condition, and counts it as done: an acquire that finds its own claim holds
+it, a complete that finds its own result stored has completed, a release that finds the
+record gone has released.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from shared.aws import AwsClients, aws_errors
@@ -65,8 +73,11 @@ class IdempotencyStore:
             if not existing:  # deleted in between: let the caller try again
                 return Record(key=key, status=Status.IN_PROGRESS, owner="", payload_hash="",
                               expires_at=0.0)
-            return Record.from_item(existing, key_attribute=config.key_attribute,
-                                    ttl_attribute=config.ttl_attribute)
+            record = Record.from_item(existing, key_attribute=config.key_attribute,
+                                      ttl_attribute=config.ttl_attribute)
+            if record.owner == owner and record.status is Status.IN_PROGRESS:
+                return None  # our own claim: a retry of this put met its first attempt
+            return record
         return None
 
     async def _owned_update(self, key: str, owner: str, expression: str,
@@ -79,10 +90,12 @@ class IdempotencyStore:
 
     async def _if_owned(
         self, call: Any, key: str, owner: str, *, extra_names: dict[str, str] | None = None,
-        extra_values: dict[str, Any] | None = None, **params: Any,
+        extra_values: dict[str, Any] | None = None,
+        done: Callable[[Mapping[str, Any] | None], bool] = lambda item: False, **params: Any,
     ) -> bool:
         """`call` (UpdateItem or DeleteItem) on `key`, conditional on `owner` holding it
-        INPROGRESS. False when the condition fails (no longer ours)."""
+        INPROGRESS. False when the condition fails (no longer ours), unless `done` says the
+        item as it stands (None: absent) is this very write's own earlier attempt."""
         try:
             with aws_errors():
                 await call(
@@ -96,10 +109,11 @@ class IdempotencyStore:
                         ":inprogress": {"S": Status.IN_PROGRESS.value},
                         **(extra_values or {}),
                     },
+                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
                     **params,
                 )
-        except ConditionFailedError:
-            return False
+        except ConditionFailedError as exc:
+            return done(exc.item or None)
         return True
 
     async def renew(self, key: str, *, owner: str, now: float) -> bool:
@@ -110,18 +124,33 @@ class IdempotencyStore:
         )
 
     async def complete(self, key: str, *, owner: str, result: str, now: float) -> bool:
-        """Store the result as COMPLETED. False when the key is no longer ours (fenced out)."""
-        return await self._owned_update(
-            key, owner, "SET #st = :completed, #result = :result, #exp = :exp REMOVE lease_until",
-            {
+        """Store the result as COMPLETED. False when the key is no longer ours (fenced out);
+        True when it already holds this owner's COMPLETED result (our own lost answer)."""
+
+        def ours(item: Mapping[str, Any] | None) -> bool:
+            return item is not None and item.get("owner", {}).get("S") == owner and (
+                item.get("status", {}).get("S") == Status.COMPLETED.value
+                and item.get("result", {}).get("S") == result
+            )
+
+        dynamodb = await self._aws.client("dynamodb")
+        return await self._if_owned(
+            dynamodb.update_item, key, owner,
+            UpdateExpression=(
+                "SET #st = :completed, #result = :result, #exp = :exp REMOVE lease_until"
+            ),
+            extra_names={"#result": "result", "#exp": self.config.ttl_attribute},
+            extra_values={
                 ":completed": {"S": Status.COMPLETED.value},
                 ":result": {"S": result},
                 ":exp": {"N": str(int(now + self.config.expires_after))},
             },
-            {"#result": "result", "#exp": self.config.ttl_attribute},
+            done=ours,
         )
 
     async def release(self, key: str, *, owner: str) -> bool:
-        """Delete `owner`'s INPROGRESS record after a failed effect, so a retry can run."""
+        """Delete `owner`'s INPROGRESS record after a failed effect, so a retry can run.
+        True also when the record is already gone (our own delete, its answer lost)."""
         dynamodb = await self._aws.client("dynamodb")
-        return await self._if_owned(dynamodb.delete_item, key, owner)
+        return await self._if_owned(dynamodb.delete_item, key, owner,
+                                    done=lambda item: item is None)

@@ -12,8 +12,8 @@ Public surface:
   template fragment through the API needs it too);
 - `serve_map_runs(MapRunnerSettings)` and `map_runs_queue`: the process that runs
   Distributed Map states on the emulator, and the queue it reads;
-- `DemoContext`, `DemoStep`, `run_demo`: the demo and its extension point (entry-point group
-  `fleetline.demo`);
+- `DemoContext`, `DemoStep`, `DemoStepFailed`, `run_demo`: the demo and its extension
+  point (entry-point group `fleetline.demo`);
 - `UpState` (`Phase`, `ChildRecord`), `read_state`, `state_dir`: the state file
   `.fleetline/state.json` and where it is;
 - `command_resources`, `command_clients`: the stack a shell command works on (the
@@ -48,7 +48,7 @@ if typing.TYPE_CHECKING:
     )
     from shared.local._consumers import RELAY_IDLE_BACKOFF
     from shared.local._control import ensure_no_running, start_detached, stop_running
-    from shared.local._demo import DemoContext, DemoStep, run_demo
+    from shared.local._demo import DemoContext, DemoStep, DemoStepFailed, run_demo
     from shared.local._distributed_map import (
         MapRunnerSettings,
         map_runs_queue,
@@ -74,6 +74,7 @@ _WHERE = {
     "render_compose": "_compose",
     "DemoContext": "_demo",
     "DemoStep": "_demo",
+    "DemoStepFailed": "_demo",
     "GapPlan": "_gaps",
     "MapRunnerSettings": "_distributed_map",
     "Phase": "_state",
@@ -107,6 +108,7 @@ __all__ = [
     "ComposeService",
     "DemoContext",
     "DemoStep",
+    "DemoStepFailed",
     "GapPlan",
     "MapRunnerSettings",
     "Phase",

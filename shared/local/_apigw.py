@@ -124,7 +124,7 @@ def build_event(
         params[name] = f"{params[name]},{value}" if name in params else value
     raw_query = "&".join(f"{k}={v}" for k, v in query)
     when = time.time() if now is None else now
-    text = _is_text(joined.get("content-type"))
+    text = _is_text(joined.get("content-type")) and _is_utf8(body)
     event: dict[str, Any] = {
         "version": "2.0",
         "routeKey": route_key,
@@ -158,8 +158,18 @@ def build_event(
     if path_parameters:
         event["pathParameters"] = dict(path_parameters)
     if body:
-        event["body"] = body.decode("utf-8", "replace") if text else base64.b64encode(body).decode()
+        event["body"] = body.decode("utf-8") if text else base64.b64encode(body).decode()
     return event
+
+
+def _is_utf8(body: bytes) -> bool:
+    """A text body that is not UTF-8 travels base64-encoded, byte for byte, so the function
+    can say what is wrong with it (decoding with replacement characters hid it)."""
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def http_response(result: Any) -> tuple[int, dict[str, str], list[str], bytes]:

@@ -4,6 +4,10 @@ Steps are a list: the platform's own (`buses`: an event on each bus reaches the 
 rule targets) come first; services add theirs through the `fleetline.demo` entry-point group
 (`name = "module:step"`, where `step` is a `DemoStep`: an async function taking a
 `DemoContext` and returning the lines to print), loaded in name order.
+
+A step that does not see what it set out to show raises `DemoStepFailed` (what it waited
+for, what it saw); any exception fails the step, and `fleetline demo` then exits non-zero.
+A step never reports a broken pipeline as a result ("0 devices in the read model").
 """
 
 from __future__ import annotations
@@ -22,12 +26,22 @@ import anyio
 
 from shared.aws import AwsClients, aws_errors
 from shared.cloudformation import Template, load_template
+from shared.errors import FleetlineError
 from shared.local._endpoint import endpoint_clients
 from shared.local._stack import describe_stack, gather_facts
 from shared.local._state import UpState
 from shared.local._template import resolve
 
-__all__ = ["DemoContext", "DemoStep", "demo_steps", "run_demo", "run_steps"]
+__all__ = ["DemoContext", "DemoStep", "DemoStepFailed", "demo_steps", "run_demo", "run_steps"]
+
+
+class DemoStepFailed(FleetlineError):
+    """A demo step did not see what it set out to show within its time."""
+
+    def __init__(self, waited_for: str, saw: str) -> None:
+        super().__init__(f"waited for {waited_for}; saw {saw}")
+        self.waited_for = waited_for
+        self.saw = saw
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,7 +78,7 @@ async def bus_round_trip(ctx: DemoContext) -> list[str]:
     removed afterwards."""
     stack = await describe_stack(ctx.aws, ctx.state.stack_name)
     if stack is None:
-        return ["no stack deployed"]
+        raise DemoStepFailed(f"the stack {ctx.state.stack_name}", "no stack deployed")
     facts = await gather_facts(ctx.aws, ctx.template, stack)
     buses = [
         str(resolve({"Fn::GetAtt": [logical, "Name"]}, ctx.template, facts))
@@ -74,7 +88,9 @@ async def bus_round_trip(ctx: DemoContext) -> list[str]:
     lines = []
     for bus in buses:
         lines.append(await _tap_round_trip(ctx.aws, bus))
-    return lines or ["the stack has no event bus"]
+    if not lines:
+        raise DemoStepFailed("an event bus in the template", "none")
+    return lines
 
 
 async def _tap_round_trip(aws: AwsClients, bus: str) -> str:
@@ -108,7 +124,10 @@ async def _tap_round_trip(aws: AwsClients, bus: str) -> str:
             )
         seen = await _find_message(sqs, url, marker)
         took = time.monotonic() - started
-        return f"{bus}: event -> rule -> queue in {took:.2f} s" if seen else f"{bus}: NOT delivered"
+        if not seen:
+            raise DemoStepFailed(f"an event on {bus} to reach the tap queue within 5 s",
+                                 "nothing delivered")
+        return f"{bus}: event -> rule -> queue in {took:.2f} s"
     finally:
         with aws_errors():
             await events.remove_targets(Rule=name, EventBusName=bus, Ids=["tap"])

@@ -211,6 +211,13 @@ def main() -> None:
     except (KeyError, json.JSONDecodeError):
         sys.exit(f"{SPEC_ENV} must hold this process's spec (JSON); `fleetline up` sets it")
     setup_logging(f"local-{spec.get('kind', 'host')}")
+    # Spans to `up`'s receiver (OTEL_EXPORTER_OTLP_ENDPOINT), under the function's name
+    # unless the environment names the service (OTEL_SERVICE_NAME), as Lambda's would.
+    from shared.tracing import configure_tracing
+
+    function = spec.get("function") or {}
+    configure_tracing(os.environ.get("AWS_LAMBDA_FUNCTION_NAME") or str(
+        spec.get("name") or function.get("name") or f"local-{spec.get('kind', 'host')}"))
     try:
         anyio.run(_main, spec)
     except BaseException as exc:

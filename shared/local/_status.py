@@ -19,7 +19,10 @@ from shared.local._gaps import NOT_EMULATED, SUPPLIED
 from shared.local._stack import StackResource, describe_stack
 from shared.local._state import UpState, pid_alive
 
-__all__ = ["ProcessRow", "QueueRow", "ResourceRow", "StackStatus", "StreamRow", "collect_status"]
+__all__ = [
+    "ProcessRow", "QueueRow", "ResourceRow", "StackStatus", "StreamRow", "collect_status",
+    "working_outputs",
+]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,6 +78,7 @@ class StackStatus:
     streams: tuple[StreamRow, ...] = ()
     processes: tuple[ProcessRow, ...] = ()
     urls: dict[str, str] = field(default_factory=dict)
+    outputs: dict[str, str] = field(default_factory=dict)  # as they work at this endpoint
 
 
 def _resource_state(kind: str, deployed: str | None, emulated: bool) -> str:
@@ -205,7 +209,26 @@ async def collect_status(
         streams=tuple(streams),
         processes=tuple(processes),
         urls=dict(state.urls) if state else {},
+        outputs=working_outputs(template, stack.outputs, state.urls if state else {}),
     )
+
+
+def working_outputs(template: Template, outputs: dict[str, str],
+                    urls: dict[str, str]) -> dict[str, str]:
+    """The stack's outputs as they work at this endpoint (pure). The emulator skips some
+    resources (an HTTP API) and leaves the outputs built on them unresolved
+    (`https://${OrdersApi}.execute-api...`); when a local process serves that resource
+    (`urls`, keyed by its logical id), its URL is the output that works."""
+    shown = dict(outputs)
+    for key, declared in (template.get("Outputs") or {}).items():
+        value = declared.get("Value")
+        text = value.get("Fn::Sub") if isinstance(value, dict) else None
+        if not isinstance(text, str):
+            continue
+        served = [name for name in urls if "${" + name + "}" in text]
+        if served:
+            shown[key] = urls[served[0]]
+    return shown
 
 
 async def _checkpoints(

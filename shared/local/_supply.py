@@ -295,6 +295,11 @@ async def plan_processes(
                 for p in container.get("portMappings", [])
                 if "containerPort" in p
             ]
+            url = None
+            if ports:
+                port = local_port(int(ports[0]), bind_host, free_port)
+                listen_where(env, bind_host, port)
+                url = f"http://{_url_host(bind_host)}:{port}"
             specs.append(
                 ProcessSpec(
                     name=name,
@@ -302,7 +307,7 @@ async def plan_processes(
                     argv=argv,
                     env=env,
                     stop_timeout=float(container.get("stopTimeout") or _ECS_DEFAULT_STOP_TIMEOUT),
-                    url=f"http://127.0.0.1:{ports[0]}" if ports else None,
+                    url=url,
                 )
             )
     if not include_triggers:
@@ -401,7 +406,7 @@ async def plan_processes(
                 argv=host,
                 env=api_env,
                 stop_timeout=10.0,
-                url=f"http://127.0.0.1:{port}",
+                url=f"http://{_url_host(bind_host)}:{port}",
             )
         )
 
@@ -459,3 +464,44 @@ def _function_json(function: FunctionSpec) -> dict[str, Any]:
         "handler": function.handler,
         "timeout": function.timeout,
     }
+
+
+_WILDCARDS = frozenset({"0.0.0.0", "::", ""})
+
+
+def _url_host(bind_host: str) -> str:
+    """Where a client reaches a server bound to `bind_host` (a wildcard: loopback)."""
+    return "127.0.0.1" if bind_host in _WILDCARDS else bind_host
+
+
+def port_free(host: str, port: int) -> bool:
+    """True when a server can listen on `host`:`port` now (nothing else holds it)."""
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def local_port(container_port: int, bind_host: str, free_port: Any) -> int:
+    """The port a container's server listens on locally: its container port when free on
+    `bind_host`, else a free one (`up` prints the URL it chose; another program holding the
+    container port must not be mistaken for our server)."""
+    return container_port if port_free(bind_host, container_port) else int(free_port())
+
+
+def listen_where(env: dict[str, str], bind_host: str, port: int) -> None:
+    """Point a container's listening settings at `bind_host` and `port`: every
+    `FLEETLINE_<NAME>_HOST` variable (the template's say 0.0.0.0, right in a container) becomes
+    `bind_host`, and its `FLEETLINE_<NAME>_PORT` the port; with no such variable the
+    conventional FLEETLINE_<NAME> is unknown, so `FLEETLINE_BIND` / `FLEETLINE_PORT` are set."""
+    named = [key[: -len("_HOST")] for key in env
+             if key.startswith("FLEETLINE_") and key.endswith("_HOST")]
+    for prefix in named:
+        env[f"{prefix}_HOST"] = bind_host
+        env[f"{prefix}_PORT"] = str(port)
+    env["FLEETLINE_BIND"] = bind_host
+    env["FLEETLINE_PORT"] = str(port)

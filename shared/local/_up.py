@@ -186,14 +186,18 @@ async def run_up(
                     else AwsClients(ClientSettings(region=region_of(os.environ)))
                 )
                 async with clients as aws, anyio.create_task_group() as children:
+                    receiver = await _start_trace_receiver(config, base_env, children)
                     processes, problems = await _start(
                         aws, config, template, base_env, supervisor, children
                     )
+                    urls = {s.name: s.url for s in processes.specs if s.url}
+                    if receiver is not None:
+                        urls["traces"] = receiver
                     run.state = replace(
                         run.state,
                         phase=Phase.READY,
                         error=None,
-                        urls={s.name: s.url for s in processes.specs if s.url},
+                        urls=urls,
                         skipped=dict(processes.skipped),
                         problems=problems,
                         ready_seconds=round(time.monotonic() - started, 2),
@@ -227,6 +231,29 @@ async def run_up(
     )
     run.save()
     return run.state
+
+
+async def _start_trace_receiver(
+    config: UpConfig, base_env: dict[str, str], children: anyio.abc.TaskGroup
+) -> str | None:
+    """The OTLP receiver `fleetline trace` reads (shared.local._traces), on loopback, for the
+    local processes: their exporter endpoint, unless the shell names one (then spans go
+    there, and the receiver is not started). Returns its URL."""
+    if config.real_aws or not config.workers:
+        return None
+    if base_env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or base_env.get(
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        return None
+    from shared.local._traces import TraceReceiver, spans_path
+
+    receiver = TraceReceiver(spans_path(config.state_dir))
+    url: str = await children.start(receiver.serve)
+    base_env["OTEL_EXPORTER_OTLP_ENDPOINT"] = url
+    base_env.setdefault("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+    # Spans reach the receiver within a second (the SDK's default is every 5 s).
+    base_env.setdefault("OTEL_BSP_SCHEDULE_DELAY", "500")
+    log.info("trace receiver listening", url=url)
+    return url
 
 
 async def _start(

@@ -44,7 +44,13 @@ import structlog
 
 from shared import tracing
 from shared.aws import AwsClients
-from shared.consumers import BatchResult, Message, Outcome
+from shared.consumers import (
+    BatchResult,
+    Message,
+    Outcome,
+    destination_name,
+    message_span_attributes,
+)
 from shared.dynamodb import MAX_STATEMENTS, Statement
 from shared.errors import is_retryable
 from shared.events import Envelope, parse_envelope
@@ -135,8 +141,8 @@ def pack_transactions(
 
 
 def _destination(message: Message) -> str:
-    """The queue or stream a message came from, by its short name (for span names)."""
-    return message.source_name.rstrip("/").rsplit("/", 1)[-1] or str(message.source)
+    """The queue or stream a message came from, by its name (for span names)."""
+    return destination_name(message.source_name) or str(message.source)
 
 
 @dataclass
@@ -220,7 +226,7 @@ class BatchCommitter:
             outcome = follower_outcome(batch.outcomes.get(primary, Outcome.RETRY))
             batch.settle(message, outcome, batch.reasons.get(primary))
         if batch.trace is not None and messages:
-            batch.trace.finish(f"{_destination(messages[0])} process batch",
+            batch.trace.finish(f"process {_destination(messages[0])} batch",
                                message_count=len(messages))
         if batch.duplicates:
             _log.info("duplicates_skipped", count=batch.duplicates)
@@ -313,7 +319,8 @@ class BatchCommitter:
                     # events it causes carry this span's context. Producers are noted for
                     # the batch span only on the first attempt (retries see the same ones).
                     with tracing.consumer_span(
-                        entry.envelope, f"{_destination(entry.message)} process",
+                        entry.envelope, f"process {_destination(entry.message)}",
+                        attributes=message_span_attributes(entry.message),
                         batch=batch.trace if first else None, fallback=entry.message,
                     ):
                         decision = self._decide(entry.envelope, view)

@@ -36,7 +36,7 @@ import structlog
 from shared.aws import AwsClients, aws_errors
 from shared.errors import is_retryable
 from shared.events import ClaimCheck, Envelope, EventTooLargeError, put_events_entry_size
-from shared.tracing import XRAY_HEADER, producer_span
+from shared.tracing import XRAY_HEADER, reparent_envelopes
 
 __all__ = [
     "MAX_ENTRIES",
@@ -215,6 +215,12 @@ class EventPublisher:
         self.config = config
         self.claim_check = claim_check
         self._send = send or self._put_events
+        self._span_attributes = {
+            "messaging.system": "aws_eventbridge",
+            "messaging.destination.name": config.bus_name,
+            "messaging.operation.type": "send",
+            "messaging.operation.name": "PutEvents",
+        }
 
     async def _put_events(self, entries: list[dict[str, Any]]) -> Sequence[Mapping[str, Any]]:
         assert self._aws is not None
@@ -234,9 +240,15 @@ class EventPublisher:
             queues.setdefault(key, deque()).append(envelope)
         while queues:
             heads = [queue.popleft() for queue in queues.values()]
-            # A PRODUCER span per round joins the trace stored in the envelopes at commit.
-            with producer_span(heads, f"{self.config.bus_name} publish"):
-                failures = await self._send_round(heads, report)
+            # A PRODUCER span per commit context (usually one per event): the child of the
+            # commit, and the parent of every consumer (each envelope leaves carrying it).
+            sent, spans = reparent_envelopes(heads, f"publish {self.config.bus_name}",
+                                             attributes=self._span_attributes)
+            failures: set[str] = set()
+            try:
+                failures = await self._send_round(sent, report)
+            finally:
+                spans.end(failures)
             for key in list(queues):
                 if not queues[key]:
                     del queues[key]

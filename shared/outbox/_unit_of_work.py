@@ -17,6 +17,7 @@ its own condition, up to 25 in one BatchExecuteStatement (`commit_statements`).
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -175,8 +176,10 @@ def cancellation_verdicts(
     """Per staged write, what the CancellationReasons of a TransactionCanceledException say.
 
     A ConditionalCheckFailed on an inbox-table record, or on an aggregate whose returned item
-    already lists the event id, marks that id a duplicate; on an aggregate otherwise, a
-    conflict. Other codes than "None" are transient."""
+    already lists the event id, marks that id a duplicate; on an aggregate whose returned item
+    is this very write (the next version, holding its events: the SDK sent the request again
+    after the first attempt's answer was lost), nothing (the write is done); on an aggregate
+    otherwise, a conflict. Other codes than "None" are transient."""
     duplicates: dict[int, set[str]] = {}
     current: dict[int, Aggregate | None] = {}
     conflict: set[int] = set()
@@ -193,6 +196,8 @@ def cancellation_verdicts(
             duplicates.setdefault(ref.write, set()).add(ref.event_id)
             continue
         item = reason.get("Item")
+        if item and _is_own_write(write, item, config):
+            continue
         fresh = aggregate_from_item(write.aggregate.ref, item, config) if item else None
         current[ref.write] = fresh
         already = {i for i in write.processed_ids if fresh is not None and fresh.seen(i)}
@@ -209,6 +214,25 @@ def cancellation_verdicts(
             transient=transient.get(index),
         )
     return verdicts
+
+
+def _is_own_write(write: StagedWrite, item: Mapping[str, Any], config: OutboxConfig) -> bool:
+    """True when `item` (as a failed condition returned it) is what `write` itself wrote: the
+    version after the one it read, with its events in the outbox attribute. Event ids are
+    new per commit, so no other write can leave that item."""
+    if not write.envelopes:
+        return False
+    version = item.get(config.version_attribute, {}).get("N")
+    if version is None or int(version) != write.aggregate.version + 1:
+        return False
+    texts = item.get(config.outbox_attribute, {}).get("L") or ()
+    stored: set[str] = set()
+    for text in texts:
+        try:
+            stored.add(str(json.loads(text.get("S", "")).get("id")))
+        except (ValueError, AttributeError):
+            return False
+    return {envelope.id for envelope in write.envelopes} <= stored
 
 
 # ---------------------------------------------------------------- thin AWS calls
@@ -439,11 +463,18 @@ class UnitOfWork:
             writes = [await self._offload(w, self.claim_check) for w in writes]
         now = time.time()
         single = len(writes) == 1 and write_operations(writes[0], self.config) == 1
-        if single:
-            verdicts = {0: await commit_single(self.aws, writes[0], self.config, now=now)}
-        else:
-            verdicts = await commit_transaction(self.aws, writes, self.config, now=now)
-        _raise_for(verdicts, writes)
+        events = sum(len(w.envelopes) for w in writes)
+        # The commit is a hop of its own in the trace (a CLIENT span: one DynamoDB write);
+        # the relay's PRODUCER span follows it from the stream.
+        with tracing.client_span(f"commit {writes[0].aggregate.ref.table}", attributes={
+                "db.system": "aws.dynamodb",
+                "db.operation.name": "PutItem" if single else "TransactWriteItems",
+                "fleetline.outbox.writes": len(writes), "fleetline.outbox.events": events}):
+            if single:
+                verdicts = {0: await commit_single(self.aws, writes[0], self.config, now=now)}
+            else:
+                verdicts = await commit_transaction(self.aws, writes, self.config, now=now)
+            _raise_for(verdicts, writes)
         return tuple(e for w in writes for e in w.envelopes)
 
     @staticmethod

@@ -39,6 +39,7 @@ from shared.events import (
 )
 from shared.outbox._publisher import entry_for, entry_size
 from shared.outbox._relay import added_events
+from shared.tracing import reparent_envelopes
 
 __all__ = ["CLAIM_CHECK_BUCKET_ENV", "enrich", "handler", "offload_large", "oversized"]
 
@@ -94,7 +95,7 @@ def handler(event: Any, context: Any = None) -> list[dict[str, Any]]:
     records = event.get("Records", []) if isinstance(event, Mapping) else event
     if not isinstance(records, Sequence):
         raise TypeError("the Pipe's payload must be a list of stream records")
-    envelopes = enrich(records)
+    envelopes = _published(enrich(records))
     big = oversized(envelopes)
     if not big:
         return envelopes
@@ -109,3 +110,15 @@ def handler(event: Any, context: Any = None) -> list[dict[str, Any]]:
             return await offload_large(envelopes, ClaimCheck(aws, bucket=bucket))
 
     return anyio.run(run)
+
+
+def _published(envelopes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The envelopes leaving through the Pipe, each carrying a PRODUCER span made here for
+    its commit context (`shared.tracing.reparent_envelopes`): the Pipe's PutEvents happens
+    after this function returns, so the span stands for the hop from the stream to the bus."""
+    bus = os.environ.get("FLEETLINE_BUS_NAME", "bus")
+    sent, spans = reparent_envelopes(envelopes, f"publish {bus}", attributes={
+        "messaging.system": "aws_eventbridge", "messaging.destination.name": bus,
+        "messaging.operation.type": "send", "messaging.operation.name": "PutEvents"})
+    spans.end()
+    return [dict(e) for e in sent]

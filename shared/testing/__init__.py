@@ -10,8 +10,11 @@
   service's processes in one event loop.
 - `create_queue_with_dlq`: a queue, its DLQ and the RedrivePolicy between them, made through
   the API for a test against the emulator (`TestQueue`).
+- `LossyProxy`: an HTTP proxy in front of the emulator that loses answers after the write
+  (or fails requests before it) on a share of calls.
 """
 
+from shared.testing._faults import LossyProxy, ProxyStatistics
 from shared.testing._observability import CapturedLogs, CapturedSpans, capture_logs, capture_spans
 from shared.testing._queues import TestQueue, create_queue_with_dlq
 from shared.testing._seams import (
@@ -27,11 +30,13 @@ __all__ = [
     "CapturedLogs",
     "CapturedSpans",
     "KillableTasks",
+    "LossyProxy",
     "MemoryBatchHandler",
     "MemoryConsumer",
     "MemoryDeliveryControl",
     "MemoryEventBus",
     "MemoryShardSource",
+    "ProxyStatistics",
     "RunNamed",
     "TestQueue",
     "capture_logs",

@@ -51,6 +51,11 @@ async def test_bad_requests_name_every_field_and_write_nothing(orders: Orders) -
     status, body = await orders.post(order_body(), key="bad key with spaces")
     assert status == 400
     assert [e["field"] for e in body["errors"]] == ["Idempotency-Key"]
+    # no key: refused (a client's retry would otherwise place a second order)
+    status, body = await orders.post(order_body())
+    assert status == 400
+    assert [e["field"] for e in body["errors"]] == ["Idempotency-Key"]
+    assert "required" in body["errors"][0]["message"]
     ddb = await orders.aws.client("dynamodb")
     assert (await ddb.scan(TableName=orders.stack.orders_table))["Count"] == 0
 

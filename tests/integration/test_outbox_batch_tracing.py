@@ -56,7 +56,7 @@ async def test_batch_commit_continues_each_producers_trace_and_links_a_mixed_bat
 
     producers = {s.context.span_id: s for s in captured.named("producer-A")
                  + captured.named("producer-B")}
-    consumers = captured.named("counter-bumps process")
+    consumers = captured.named("process counter-bumps")
     assert len(consumers) == 3
     for span in consumers:
         assert span.kind is SpanKind.CONSUMER
@@ -64,7 +64,7 @@ async def test_batch_commit_continues_each_producers_trace_and_links_a_mixed_bat
         producer = producers[span.parent.span_id]
         assert span.context.trace_id == producer.context.trace_id
 
-    batch = captured.one("counter-bumps process batch")
+    batch = captured.one("process counter-bumps batch")
     linked = {link.context.span_id for link in batch.links}
     assert linked == {s.context.span_id for s in producers.values()}  # three producer spans
     assert len({link.context.trace_id for link in batch.links}) == 3

@@ -166,21 +166,27 @@ async def test_one_trace_from_api_request_through_outbox_bus_queue_and_worker(
 
     request = _one(spans, SpanKind.SERVER, "POST /parcels")
     publish = _one(spans, SpanKind.PRODUCER)
-    consume = _one(spans, SpanKind.CONSUMER, "ParcelRouted")
+    consume = _one(spans, SpanKind.CONSUMER, "process e2e-worker")
     assert request.context is not None
+    assert publish.context is not None
     trace_id = request.context.trace_id
     assert {s.context.trace_id for s in (publish, consume) if s.context} == {trace_id}
-    # the relay's send and the worker's processing both hang off the request that committed
+    # request -> commit -> publish (PRODUCER, the relay's hop) -> bus -> queue -> consumer
     assert publish.parent is not None
     assert publish.parent.span_id == request.context.span_id
     assert consume.parent is not None
-    assert consume.parent.span_id == request.context.span_id
-    assert consume.parent.is_remote  # it crossed the outbox, the bus and the queue
+    assert consume.parent.span_id == publish.context.span_id
+    assert consume.parent.is_remote  # it crossed the bus and the queue
     assert publish.end_time is not None
     assert consume.start_time is not None
     assert publish.end_time <= consume.start_time
     assert consume.attributes is not None
-    assert consume.attributes["messaging.destination.name"] == queue_url
+    assert consume.attributes["messaging.destination.name"] == "e2e-worker"  # the name
+    assert consume.attributes["messaging.operation.type"] == "process"
+    assert publish.attributes is not None
+    assert publish.attributes["messaging.operation.type"] == "send"
+    assert publish.attributes["messaging.destination.name"] == BUS
+    assert queue_url.endswith("/e2e-worker")
 
 
 # ----------------------------------------------------------------------- single transports

@@ -61,3 +61,31 @@ def test_tokens_bind_a_tenant() -> None:
     forged = "t-8" + token[3:]
     with pytest.raises(InvalidTokenError, match="signature"):
         verify_token(forged, secret="s", now=105.0)
+
+
+async def test_every_response_carries_the_security_headers() -> None:
+    """Tokens travel in URLs: no referrer, no framing, no caching, only the page's script."""
+    import aiohttp
+
+    from services.devices._auth import DEV_SECRET
+    from services.devices.dashboard import DashboardServer
+
+    server = DashboardServer(Hub(), None, secret=DEV_SECRET)
+    base = await server.start(port=0)
+    token = issue_token("t-1", secret=DEV_SECRET)
+    try:
+        async with aiohttp.ClientSession() as session:
+            for path in (f"/?token={token}", f"/api/counts?token={token}", "/api/counts",
+                         "/healthz"):
+                async with session.get(base + path) as response:
+                    headers = response.headers
+                    assert headers["Referrer-Policy"] == "no-referrer", path
+                    assert headers["Cache-Control"] == "no-store", path
+                    csp = headers["Content-Security-Policy"]
+                    assert "frame-ancestors 'none'" in csp, path
+                    assert "script-src 'sha256-" in csp, path
+            async with session.get(f"{base}/events?token={token}") as stream:
+                assert stream.headers["Referrer-Policy"] == "no-referrer"
+                assert stream.headers["Cache-Control"] == "no-store"
+    finally:
+        await server.stop()

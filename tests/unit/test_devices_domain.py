@@ -200,3 +200,52 @@ def test_thresholds_from_json_names_bad_rule() -> None:
     assert th.for_tenant("zzz")[0].max == 1.0
     with pytest.raises(ValueError, match=r"tenants.a\[0\]"):
         Thresholds.from_json('{"tenants": {"a": [{"metric": "t"}]}}')
+
+
+# ----------------------------------------------------------------------- edge facts
+def _edge(kind: str, detail: dict[str, object]) -> str:
+    return json.dumps({"version": "0", "id": "e", "source": "fleetline.iot",
+                       "detail-type": kind, "detail": detail})
+
+
+def test_edge_events_on_the_stream_parse_as_edge_facts() -> None:
+    from services.devices.domain import Presence, StateReport
+
+    presence = parse_record(_edge("DevicePresence", {
+        "device_id": "d", "tenant_id": "t", "zone": "eu", "status": "offline", "ts": 5.0}))
+    assert presence == Presence(device_id="d", tenant_id="t", zone="eu", online=False, ts=5.0)
+    report = parse_record(_edge("DeviceStateReported", {"id": "x", "data": {
+        "device_id": "d", "tenant_id": "t", "reported": {"mode": "eco"}, "ts": 6.0}}))
+    assert report == StateReport(device_id="d", tenant_id="t", zone="", reported={"mode": "eco"},
+                                 ts=6.0)
+    with pytest.raises(InvalidTelemetry, match=r"detail\.status"):
+        parse_record(_edge("DevicePresence", {"device_id": "d", "tenant_id": "t",
+                                              "zone": "eu", "status": "maybe", "ts": 1}))
+    with pytest.raises(InvalidTelemetry, match="source"):
+        parse_record(json.dumps({"source": "elsewhere", "detail-type": "DevicePresence",
+                                 "detail": {}}))
+
+
+def test_presence_and_reports_change_the_device_in_order_with_its_readings() -> None:
+    from services.devices.domain import Presence, StateReport, apply_presence, apply_report
+
+    state = DeviceState(device_id="d", tenant_id="t", zone="eu")
+    reading = Telemetry(device_id="d", tenant_id="t", zone="eu", seq=1, ts=10.0,
+                        readings={"temperature": 20.0})
+    apply_telemetry(state, reading, thresholds=Thresholds(), arrival=10.0)
+    off = Presence(device_id="d", tenant_id="t", zone="eu", online=False, ts=11.0)
+    applied = apply_presence(state, off, arrival=11.0)
+    assert [type(e) for e in applied.events] == [DeviceDisconnected]
+    assert apply_presence(state, off, arrival=11.0).outcome is ApplyOutcome.DUPLICATE
+    # older than the last reading: the reading says more
+    stale = Presence(device_id="d", tenant_id="t", zone="eu", online=True, ts=9.0)
+    assert apply_presence(state, stale, arrival=12.0).outcome is ApplyOutcome.STALE
+    on = Presence(device_id="d", tenant_id="t", zone="eu", online=True, ts=12.0)
+    assert [type(e) for e in apply_presence(state, on, arrival=12.0).events] == [
+        DeviceConnected]
+    report = StateReport(device_id="d", tenant_id="t", zone="eu", reported={"mode": "eco"},
+                         ts=13.0)
+    changed = apply_report(state, report)
+    assert [type(e) for e in changed.events] == [DeviceStateChanged]
+    assert state.reported == {"mode": "eco"}
+    assert apply_report(state, report).outcome is ApplyOutcome.DUPLICATE

@@ -84,3 +84,12 @@ def test_proxy_responses() -> None:
     # without statusCode API Gateway answers 200 with the value as JSON
     assert http_response({"id": 1}) == (200, {"content-type": "application/json"}, [], b'{"id": 1}')
     assert http_response({"statusCode": 204})[3] == b""
+
+
+def test_a_text_body_that_is_not_utf8_travels_byte_for_byte() -> None:
+    # Decoding it with replacement characters turned "not UTF-8" into "Expecting value".
+    event = build_event(route_key="$default", method="POST", path="/orders", query=[],
+                        headers=[("content-type", "application/json")], body=b'{"a": "\xe9"}',
+                        path_parameters={})
+    assert event["isBase64Encoded"] is True
+    assert base64.b64decode(event["body"]) == b'{"a": "\xe9"}'

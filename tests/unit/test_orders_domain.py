@@ -244,3 +244,30 @@ def test_unknown_event_type_and_bad_data_are_refused_with_the_field() -> None:
         _envelope(ORDER, "OrderShipped", 2)
     with pytest.raises(InvalidMessageError, match="data"):
         _envelope({"order_id": "o-1"}, "OrderConfirmed", 2)
+
+
+def test_a_body_that_is_not_utf8_says_so() -> None:
+    request, errors = parse_place_order(b'{"customer_id": "caf\xe9"}')
+    assert request is None
+    assert errors == [{"field": "body", "message": (
+        "not UTF-8 text: byte 0xe9 at position 20 (invalid continuation byte); send the JSON "
+        "encoded as UTF-8")}]
+
+
+def test_an_order_event_with_a_broken_detail_names_the_detail() -> None:
+    from services.orders._envelopes import decode_order_event
+    from shared.consumers import Message, SourceKind
+    from shared.errors import InvalidMessageError
+
+    def decode(body: object) -> str:
+        with pytest.raises(InvalidMessageError) as refused:
+            decode_order_event(Message(id="m", body=json.dumps(body), source=SourceKind.SQS,
+                                       source_name="q"))
+        return str(refused.value)
+
+    assert decode({"detail-type": "OrderConfirmed", "detail": "{broken"}) == (
+        "detail: the OrderConfirmed event's detail must be an event envelope (a JSON object), "
+        "got str")
+    assert decode({"detail-type": "OrderConfirmed", "detail": {"id": "e-1"}}).startswith(
+        "type: missing: the envelope has no event type")
+    assert "'Nope' is not an order event" in decode({"detail": {"id": "e", "type": "Nope"}})

@@ -234,3 +234,12 @@ def test_public_names_resolve() -> None:
     for module in (consumers, hosts, lambda_):
         missing = [name for name in module.__all__ if not hasattr(module, name)]
         assert missing == [], module.__name__
+
+
+def test_an_error_that_says_when_to_retry_sets_the_delay() -> None:
+    from shared.consumers import classify
+    from shared.idempotency import IdempotencyInProgressError
+
+    assert classify(IdempotencyInProgressError("k", retry_after=7.5)) == (Outcome.RETRY, 7.5)
+    assert classify(RetryableError("blip")) == (Outcome.RETRY, None)
+    assert classify(RuntimeError("bug")) == (Outcome.RETRY, None)

@@ -621,3 +621,54 @@ def test_functions_export_their_spans_through_the_collector_layer(
         env = p["Environment"]["Variables"]
         assert env["OTEL_EXPORTER_OTLP_ENDPOINT"]["Fn::If"][1] == "http://localhost:4318", lid
         assert p["TracingConfig"] == {"Mode": "Active"}, lid
+
+
+# --------------------------------------------------------------------------------- operate
+def test_every_sns_subscription_dead_letters_to_a_dlq_of_its_own(
+    template: dict[str, Any],
+) -> None:
+    queues = of_type(template, "AWS::SQS::Queue")
+    subscriptions = of_type(template, "AWS::SNS::Subscription")
+    assert subscriptions
+    seen: set[str] = set()
+    for lid, sub in subscriptions.items():
+        redrive = props(sub).get("RedrivePolicy")
+        assert redrive, f"{lid} has no RedrivePolicy"
+        dlq = getatt_target(redrive["deadLetterTargetArn"])
+        assert dlq in queues, f"{lid} dead-letters to {dlq}, not a queue of the template"
+        assert dlq not in seen, f"{lid} shares its DLQ"
+        assert dlq != getatt_target(props(sub)["Endpoint"])
+        seen.add(dlq)
+        # SNS itself sends to the DLQ: the queue policy must admit the topic
+        admitted = [
+            statement for policy in of_type(template, "AWS::SQS::QueuePolicy").values()
+            if {"Ref": dlq} in props(policy)["Queues"]
+            for statement in props(policy)["PolicyDocument"]["Statement"]
+            if props(sub)["TopicArn"]["Ref"] in referenced(statement.get("Condition", {}))
+        ]
+        assert admitted, f"{dlq} does not admit {props(sub)['TopicArn']['Ref']}"
+
+
+def _dedupe_window_days(template: dict[str, Any]) -> float:
+    """The longest time after an effect at which a copy of its message can still reach the
+    consumer: an archive replay (RetentionDays) of an event that then sits in a queue, fails,
+    and waits in a DLQ (MessageRetentionPeriod) for a redrive."""
+    archive = max(props(a)["RetentionDays"]
+                  for a in of_type(template, "AWS::Events::Archive").values())
+    queue = max(int(props(q).get("MessageRetentionPeriod", 345600))
+                for q in of_type(template, "AWS::SQS::Queue").values())
+    return archive + queue / 86400
+
+
+def test_dedupe_records_outlive_every_replay_and_redrive_window(
+    template: dict[str, Any],
+) -> None:
+    """Dedupe outlives every window that can bring a message back (docs/operations.md):
+    the inbox table's records, the email idempotency records, and the replay tool's limit."""
+    from services.orders.notifications import EMAIL_RECORD_RETENTION
+    from shared.inbox import DEFAULT_RETENTION
+
+    window = _dedupe_window_days(template)
+    assert window == 44  # 30-day archives + 14-day DLQs: update the docs when this moves
+    assert DEFAULT_RETENTION.total_seconds() / 86400 >= window
+    assert EMAIL_RECORD_RETENTION.total_seconds() / 86400 >= window

@@ -331,7 +331,7 @@ def test_batch_handler_links_producers_when_a_batch_mixes_traces() -> None:
     assert producer_b.context is not None
     assert producer_a.context.trace_id != producer_b.context.trace_id
 
-    batch = captured.one("beacons process batch")
+    batch = captured.one("process beacons batch")
     assert batch.kind is SpanKind.CONSUMER
     assert [(link.context.trace_id, link.context.span_id) for link in batch.links] == [
         (producer_a.context.trace_id, producer_a.context.span_id),
@@ -339,9 +339,9 @@ def test_batch_handler_links_producers_when_a_batch_mixes_traces() -> None:
     ]
     assert batch.attributes is not None
     assert batch.attributes["messaging.batch.message_count"] == 3
-    assert batch.attributes["messaging.destination.name"] == "https://sqs/beacons"
+    assert batch.attributes["messaging.destination.name"] == "beacons"  # the name, not a URL
 
-    consumers = captured.named("BeaconPinged process")
+    consumers = captured.named("process beacons")
     assert len(consumers) == 3
     by_message = {
         span.attributes["messaging.message.id"]: span
@@ -377,11 +377,11 @@ def test_batch_handler_reads_transport_attributes_when_the_body_has_no_trace() -
     producer_a, producer_b = captured.one("producer-a"), captured.one("producer-b")
     by_message = {
         span.attributes["messaging.message.id"]: span
-        for span in captured.named("raw process") if span.attributes is not None
+        for span in captured.named("process raw") if span.attributes is not None
     }
     _assert_child_of(by_message["a-1"], producer_a)
     _assert_child_of(by_message["b-1"], producer_b)
-    assert len(captured.one("raw process batch").links) == 2
+    assert len(captured.one("process raw batch").links) == 2
 
 
 def test_batch_handler_makes_no_batch_span_for_one_trace() -> None:
@@ -394,8 +394,8 @@ def test_batch_handler_makes_no_batch_span_for_one_trace() -> None:
         anyio.run(batch_handler(_ignore, registry=REG), messages[:1])
         mixed = [*_traced_messages("elsewhere", "x-1"), messages[0]]
         anyio.run(batch_handler(_ignore, registry=REG, tracing=False), mixed)
-    assert len(captured.named("BeaconPinged process")) == 4
-    assert captured.named("beacons process batch") == []  # also none with tracing off
+    assert len(captured.named("process beacons")) == 4
+    assert captured.named("process beacons batch") == []  # also none with tracing off
     request = captured.one("request")
     assert request.context is not None
     assert {s.context.trace_id for s in captured.spans
@@ -412,3 +412,82 @@ def test_mixed_batch_links_need_two_traces() -> None:
     assert tracing.mixed_batch_links([ctx(1, 1), ctx(2, 5), ctx(1, 1), ctx(1, 2)]) == [
         ctx(1, 1), ctx(2, 5), ctx(1, 2)
     ]
+
+
+# ----------------------------------------------------------------------- operate (issue 13)
+def test_an_x_ray_header_alone_continues_its_trace_whatever_its_case() -> None:
+    header = "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1"
+    for carrier in ({"X-Amzn-Trace-Id": header}, {"x-amzn-trace-id": header}):
+        found = tracing.span_context_of(carrier)
+        assert found is not None
+        assert format(found.trace_id, "032x") == "5759e988bd862e3fe1be46a994272793"
+
+
+def test_otel_service_name_names_the_service() -> None:
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    provider = tracing.configure_tracing(
+        "default-name", exporter=InMemorySpanExporter(),
+        environ={"OTEL_SERVICE_NAME": "orders-notifications"})
+    assert provider.resource.attributes["service.name"] == "orders-notifications"
+    provider = tracing.configure_tracing("default-name", exporter=InMemorySpanExporter(),
+                                         environ={})
+    assert provider.resource.attributes["service.name"] == "default-name"
+
+
+def test_a_handler_span_is_an_internal_child_of_the_consumer_span() -> None:
+    with capture_spans() as captured:
+        with (tracing.consumer_span({}, "process q"),
+              tracing.handler_span("orders.notify OrderConfirmed")):
+            pass
+        # called on its own, it continues the producer in `source` as the one CONSUMER span
+        with _produce("producer"):
+            carrier = tracing.current_carrier()
+        with tracing.handler_span("orders.alone", source=carrier):
+            pass
+    consumer, handler = captured.one("process q"), captured.one("orders.notify OrderConfirmed")
+    assert handler.kind is SpanKind.INTERNAL
+    assert consumer.context is not None
+    assert handler.parent is not None
+    assert handler.parent.span_id == consumer.context.span_id  # in-process: not remote
+    alone = captured.one("orders.alone")
+    assert alone.kind is SpanKind.CONSUMER
+    _assert_child_of(alone, captured.one("producer"))
+
+
+def test_publish_spans_sit_between_the_commit_and_the_consumers() -> None:
+    with capture_spans() as captured:
+        with _produce("commit-a"):
+            a = {"id": "e-1", "trace": tracing.current_carrier()}
+            a2 = {"id": "e-2", "trace": tracing.current_carrier()}
+        with _produce("commit-b"):
+            b = {"id": "e-3", "trace": tracing.current_carrier()}
+        sent, spans = tracing.reparent_envelopes([a, a2, b], "publish bus")
+        spans.end(["e-3"])
+    publishes = captured.named("publish bus")
+    assert len(publishes) == 2  # one per commit context
+    by_parent = {p.parent.span_id: p for p in publishes if p.parent is not None}
+    commit_a, commit_b = captured.one("commit-a"), captured.one("commit-b")
+    assert commit_a.context is not None
+    assert commit_b.context is not None
+    pub_a, pub_b = by_parent[commit_a.context.span_id], by_parent[commit_b.context.span_id]
+    assert pub_a.kind is SpanKind.PRODUCER
+    assert pub_b.status.status_code.name == "ERROR"  # its event was not published
+    assert pub_a.attributes is not None
+    assert pub_a.attributes["messaging.batch.message_count"] == 2
+    assert [e["id"] for e in sent] == ["e-1", "e-2", "e-3"]
+    moved = tracing.span_context_of(sent[0]["trace"])
+    assert moved is not None
+    assert pub_a.context is not None
+    assert moved.span_id == pub_a.context.span_id
+
+
+def test_destination_names_are_names_not_addresses() -> None:
+    from shared.consumers._message import destination_name
+
+    assert destination_name("https://sqs.us-east-1.amazonaws.com/1/orders-tasks") == (
+        "orders-tasks")
+    assert destination_name("arn:aws:sqs:us-east-1:1:orders-tasks") == "orders-tasks"
+    assert destination_name("arn:aws:kinesis:us-east-1:1:stream/telemetry") == "telemetry"
+    assert destination_name(
+        "arn:aws:dynamodb:us-east-1:1:table/orders/stream/2026-01-01T00:00:00.000") == "orders"

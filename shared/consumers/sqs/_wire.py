@@ -141,10 +141,12 @@ def dead_letter_entry(
 ) -> dict[str, Any]:
     """A SendMessageBatch entry that moves `d.message` to the DLQ: same body, attributes and
     trace header, plus the `fleetline.dead-letter` attribute (reason, queue, id, receive count,
-    time) when the message leaves room for it (SQS allows 10 attributes)."""
+    time, time of the first receive) when the message leaves room for it (SQS allows 10
+    attributes); `fleetline dlq peek` reads it."""
     m = d.message
     raw = m.raw
     attributes = dict(raw.get("MessageAttributes") or {})
+    first = (raw.get("Attributes") or {}).get("ApproximateFirstReceiveTimestamp")
     note = json.dumps(
         {
             "reason": d.reason,
@@ -152,6 +154,7 @@ def dead_letter_entry(
             "message_id": m.id,
             "receive_count": m.receive_count,
             "at": round(time.time(), 3),
+            "first_received_at": round(int(first) / 1000, 3) if first else None,
         }
     )
     if len(attributes) < _SQS_MAX_ATTRIBUTES:

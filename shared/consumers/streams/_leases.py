@@ -17,11 +17,17 @@ Every write an owner makes is conditional on `owner = me AND counter = c`; takes
 are conditional on the counter and expiry the taker read (the lease is unchanged since the
 snapshot its decision was made from). A failed condition raises `LeaseLostError` (owner
 writes) or returns None (takes): never a silent overwrite.
+
+A write may meet its own first attempt (its answer was lost and the SDK sent it again): every
+write asks for the item as it was when the condition failed, and counts as done when that
+item is exactly what the write leaves behind (a take: our owner, counter and expiry; a
+release: no owner, the counter read, expired; a hand-off request: ours; a delete: gone).
+Renewals and checkpoints keep their own condition true, so their retries simply apply again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from shared.aws import AwsClients, aws_errors
@@ -168,8 +174,14 @@ class LeaseTable:
                         ":seen_exp": {"N": str(lease.expires_at_ms)},
                     },
                     ReturnValues="ALL_NEW",
+                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
                 )
-        except ConditionFailedError:
+        except ConditionFailedError as exc:
+            if exc.item and "lease_key" in exc.item:
+                now = _lease_from_item(dict(exc.item))
+                if (now.owner, now.counter, now.expires_at_ms) == (
+                        owner, lease.counter + 1, expires_at_ms):
+                    return now  # our own take, its answer lost
             return None
         return _lease_from_item(response["Attributes"])
 
@@ -213,7 +225,12 @@ class LeaseTable:
             expression += ", checkpoint = :cp"
             values[":cp"] = {"S": checkpoint}
         expression += " REMOVE #owner" if keep_handoff else " REMOVE #owner, handoff_to, handoff_at"
-        await self._owner_update(lease, expression, values)
+
+        def released(now: Lease) -> bool:
+            return (now.owner is None and now.counter == lease.counter and now.expires_at_ms == 0
+                    and (checkpoint is None or now.checkpoint == checkpoint))
+
+        await self._owner_update(lease, expression, values, done=released)
 
     async def delete_finished(self, lease: Lease) -> bool:
         """Delete the lease of a drained shard (checkpoint SHARD_END) that has left the
@@ -226,9 +243,10 @@ class LeaseTable:
                     Key={"lease_key": {"S": lease.key}},
                     ConditionExpression="checkpoint = :end",
                     ExpressionAttributeValues={":end": {"S": SHARD_END}},
+                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
                 )
-        except ConditionFailedError:
-            return False
+        except ConditionFailedError as exc:
+            return not exc.item  # gone: our own delete, its answer lost
         return True
 
     async def delete_all(self) -> None:
@@ -261,14 +279,21 @@ class LeaseTable:
                         ":seen": {"N": str(lease.counter)},
                         ":owner": {"S": lease.owner or ""},
                     },
+                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
                 )
-        except ConditionFailedError:
+        except ConditionFailedError as exc:
+            if exc.item and "lease_key" in exc.item:
+                now = _lease_from_item(dict(exc.item))
+                return (now.handoff_to, now.handoff_at_ms) == (to, now_ms)  # ours, answer lost
             return False
         return True
 
     async def _owner_update(
-        self, lease: Lease, expression: str, values: dict[str, dict[str, str]]
+        self, lease: Lease, expression: str, values: dict[str, dict[str, str]],
+        *, done: Callable[[Lease], bool] | None = None,
     ) -> Lease:
+        """`expression` on `lease`, conditional on this owner and counter. `done` tells from
+        the item as it is whether a failed condition met this write's own first attempt."""
         ddb = await self._aws.client("dynamodb")
         if lease.owner is None:
             raise LeaseLostError(lease.shard_id)
@@ -286,7 +311,12 @@ class LeaseTable:
                         ":counter": {"N": str(lease.counter)},
                     },
                     ReturnValues="ALL_NEW",
+                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
                 )
         except ConditionFailedError as exc:
+            if done is not None and exc.item and "lease_key" in exc.item:
+                now = _lease_from_item(dict(exc.item))
+                if done(now):
+                    return now
             raise LeaseLostError(lease.shard_id) from exc
         return _lease_from_item(response["Attributes"])

@@ -174,10 +174,14 @@ def http_api_handler(
         body = (base64.b64decode(raw_body) if event.get("isBase64Encoded")
                 else str(raw_body).encode())
         http = (event.get("requestContext") or {}).get("http") or {}
+        # `http.route` is the route's template (`/orders/{id}`), never the path with ids in it.
+        method = str(http.get("method", ""))
+        template = route_key.split(" ", 1)[1] if " " in route_key else route_key
         with tracer("shared.hosts").start_as_current_span(
-            route_key, context=extract(headers), kind=SpanKind.SERVER,
-            attributes={"http.request.method": str(http.get("method", "")),
-                        "http.route": route_key},
+            f"{method} {template}" if method and template != "$default" else route_key,
+            context=extract(headers), kind=SpanKind.SERVER,
+            attributes={"http.request.method": method, "http.route": template,
+                        "url.path": str(http.get("path", event.get("rawPath", "")))},
         ) as span:
             answer = await respond(aws, event, route_key, headers, body, http)
             span.set_attribute("http.response.status_code", int(answer["statusCode"]))
