@@ -18,6 +18,8 @@ Public surface:
   `.fleetline/state.json` and where it is;
 - `command_resources`, `command_clients`: the stack a shell command works on (the
   environment's, else the running `up`'s);
+- `spans_path`, `read_spans`, `find_traces`, `waterfall`: the spans `up`'s trace receiver
+  kept, and `fleetline trace`'s view of them;
 - `endpoint_clients`: clients on the stack's endpoint (the emulator the state file names),
   for commands that talk to a running stack, without writing `os.environ`;
 - `render_compose`, `compose_services`, `local_environment`, `predicted_facts`: compose.yaml
@@ -62,6 +64,7 @@ if typing.TYPE_CHECKING:
     from shared.local._status import StackStatus, collect_status
     from shared.local._supply import apply_api_gaps
     from shared.local._template import StackFacts
+    from shared.local._traces import find_traces, read_spans, spans_path, waterfall
     from shared.local._up import UpConfig, run_up
 
 _WHERE = {
@@ -100,6 +103,10 @@ _WHERE = {
     "state_dir": "_command",
     "state_transitions": "_distributed_map",
     "stop_running": "_control",
+    "find_traces": "_traces",
+    "read_spans": "_traces",
+    "spans_path": "_traces",
+    "waterfall": "_traces",
 }
 
 __all__ = [
@@ -124,20 +131,24 @@ __all__ = [
     "compose_services",
     "endpoint_clients",
     "ensure_no_running",
+    "find_traces",
     "local_environment",
     "map_runs_queue",
     "plan_gaps",
     "predicted_facts",
+    "read_spans",
     "read_state",
     "render_compose",
     "run_demo",
     "run_up",
     "serve_map_runs",
     "setup_logging",
+    "spans_path",
     "start_detached",
     "state_dir",
     "state_transitions",
     "stop_running",
+    "waterfall",
 ]
 
 

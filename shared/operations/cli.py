@@ -273,7 +273,7 @@ def trace(
 ) -> None:
     """The waterfall of the spans `fleetline up`'s receiver got for an id: every trace it
     names, and the traces they link (a batch and its messages' producers)."""
-    from shared.local._traces import find_traces, read_spans, spans_path, waterfall
+    from shared.local import find_traces, read_spans, spans_path, waterfall
 
     path = spans_path(state_dir)
     if not path.exists():

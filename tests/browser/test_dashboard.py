@@ -55,7 +55,7 @@ def device(device_id: str, tenant: str, **kw: object) -> DeviceView:
 async def test_dashboard_pushes_updates_and_keeps_tenants_apart(
     aws: AwsClients, tmp_path: Path
 ) -> None:
-    from playwright.async_api import async_playwright
+    from playwright.async_api import async_playwright, expect
 
     load_registered_events()
     sqs = await aws.client("sqs")
@@ -103,9 +103,9 @@ async def test_dashboard_pushes_updates_and_keeps_tenants_apart(
                                           alarms={"temperature": Severity.CRITICAL}),
                             metric="temperature", value=91.0, limit=80.0, bound="max",
                             severity=Severity.CRITICAL), 2))
-                    await page_a.wait_for_function(
-                        "document.getElementById('count-alarms').textContent === '1'",
-                        timeout=10_000)
+                    # a locator, not wait_for_function: the page's CSP refuses eval
+                    await expect(page_a.locator("#count-alarms")).to_have_text(
+                        "1", timeout=10_000)
                     await page_a.screenshot(path=str(ARTIFACTS / "dashboard-tenant-alpha.png"))
 
                     # tenant beta gets its own device's update, and never alpha's

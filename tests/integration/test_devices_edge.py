@@ -97,9 +97,10 @@ async def test_state_reports_and_presence_from_the_edge_reach_the_device(
         doc = await eventually(settled, within=30, what="the edge facts applied to d-1")
         tg.cancel_scope.cancel()
     assert doc["readings"] == {"temperature": 20.0}
-    assert processor.stats.malformed == 0
-    assert processor.stats.applied == 3  # the reading, the report, the presence
+    stats = processor.statistics()
+    assert stats.malformed == 0
+    assert stats.applied == 3  # the reading, the report, the presence
     # the events the edge facts caused (and the first reading's connect)
-    assert processor.stats.events_by_type["DeviceStateChanged"] == 1
-    assert processor.stats.events_by_type["DeviceDisconnected"] == 1
-    assert processor.stats.events_by_type["DeviceConnected"] == 1
+    assert stats.events_by_type["DeviceStateChanged"] == 1
+    assert stats.events_by_type["DeviceDisconnected"] == 1
+    assert stats.events_by_type["DeviceConnected"] == 1

@@ -237,7 +237,7 @@ def test_public_names_resolve() -> None:
 
 
 def test_an_error_that_says_when_to_retry_sets_the_delay() -> None:
-    from shared.consumers import classify
+    from shared.consumers._handlers import classify
     from shared.idempotency import IdempotencyInProgressError
 
     assert classify(IdempotencyInProgressError("k", retry_after=7.5)) == (Outcome.RETRY, 7.5)

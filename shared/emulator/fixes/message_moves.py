@@ -16,6 +16,8 @@ from typing import Any
 
 from shared.emulator._fixes import Fix, FixKind
 
+__all__ = ["FIX", "apply"]
+
 _MARKER = "_fleetline"
 
 

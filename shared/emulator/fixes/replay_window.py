@@ -15,6 +15,8 @@ from typing import Any
 
 from shared.emulator._fixes import Fix, FixKind, replace, unpatched
 
+__all__ = ["FIX", "apply", "in_window"]
+
 
 def _epoch(value: Any) -> float | None:
     """An event or request time as epoch seconds (moto keeps floats; ISO text too)."""

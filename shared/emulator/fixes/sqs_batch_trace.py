@@ -13,6 +13,8 @@ from typing import Any
 
 from shared.emulator._fixes import Fix, FixKind, replace, unpatched
 
+__all__ = ["FIX", "apply"]
+
 
 def apply() -> None:
     from moto.sqs.models import SQSBackend
