@@ -155,7 +155,10 @@ def engine() -> Iterator[Engine]:
     running = Engine(root=root, socket=socket, process=process)
     try:
         deadline = time.monotonic() + 30
-        while running.docker("version", check=False, timeout=10) == "":
+        # The server's version, not `docker version` (it prints the client's part to stdout
+        # while the daemon is still starting).
+        while running.docker("version", "--format", "{{.Server.Version}}", check=False,
+                             timeout=10).strip() == "":
             if process.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(
                     f"dockerd did not start: {(root / 'dockerd.log').read_text()[-1000:]}")
