@@ -103,6 +103,7 @@ class ScaleInProtection:
 
         async def guarded(messages: Sequence[Message]) -> BatchResult:
             self._in_flight += 1
+            self._wake()
             try:
                 if not self._held:
                     await self._set(True, only_if=lambda: not self._held)
@@ -121,21 +122,30 @@ class ScaleInProtection:
             with anyio.move_on_after(self._seconds_to_next_decision()):
                 await self._changed.wait()
             self._changed = anyio.Event()
-            now = self._clock()
-            if now < self._next_attempt or not self._held:
+            if self._clock() < self._next_attempt:
                 continue
-            if self._in_flight and now - self._granted_at >= self._renew_after:
-                await self._set(True, only_if=lambda: self._held and self._in_flight > 0)
-            elif not self._in_flight and now - self._idle_since >= self._release_after:
-                await self._set(False, only_if=lambda: self._held and self._in_flight == 0)
+            if self._wants_grant():
+                # Renewal, or a batch that began while a release was under way.
+                await self._set(True, only_if=self._wants_grant)
+            elif self._wants_release():
+                await self._set(False, only_if=self._wants_release)
+
+    def _wants_grant(self) -> bool:
+        return self._in_flight > 0 and (
+            not self._held or self._clock() - self._granted_at >= self._renew_after)
+
+    def _wants_release(self) -> bool:
+        return (self._held and self._in_flight == 0
+                and self._clock() - self._idle_since >= self._release_after)
 
     def _seconds_to_next_decision(self) -> float:
-        now = self._clock()
-        if not self._held:
-            return float("inf")  # nothing to renew or release; a batch wakes the loop
-        due = (self._granted_at + self._renew_after if self._in_flight
-               else self._idle_since + self._release_after)
-        return max(0.0, max(due, self._next_attempt) - now)
+        if self._in_flight:
+            due = self._granted_at + self._renew_after if self._held else 0.0
+        elif self._held:
+            due = self._idle_since + self._release_after
+        else:
+            return float("inf")  # nothing held, nothing in flight: a batch wakes the loop
+        return max(0.0, max(due, self._next_attempt) - self._clock())
 
     def _wake(self) -> None:
         self._changed.set()

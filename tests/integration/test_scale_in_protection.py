@@ -35,6 +35,7 @@ class Agent:
     answer: dict[str, Any] = field(default_factory=lambda: {"protection": {
         "ProtectionEnabled": True, "TaskArn": "arn:aws:ecs:eu-west-1:123456789012:task/c/t"}})
     changed: anyio.Event = field(default_factory=anyio.Event)
+    release_gate: anyio.Event | None = None  # when set, a release is answered once it is set
 
     @property
     def enabled(self) -> list[bool]:
@@ -55,6 +56,8 @@ async def agent() -> AsyncIterator[Agent]:
         assert request.method == "PUT"
         state.bodies.append(await request.json())
         state.changed.set()
+        if state.release_gate is not None and not state.bodies[-1]["ProtectionEnabled"]:
+            await state.release_gate.wait()
         return web.json_response(state.answer, status=state.status)
 
     app = web.Application()
@@ -118,6 +121,32 @@ async def test_renewed_while_a_batch_keeps_the_worker_busy(agent: Agent) -> None
         tg.cancel_scope.cancel()
     assert agent.bodies[:3] == [{"ProtectionEnabled": True, "ExpiresInMinutes": 1}] * 3
     assert agent.bodies[3] == {"ProtectionEnabled": False}
+
+
+async def test_a_batch_that_begins_while_protection_is_released_takes_it_again(
+    agent: Agent,
+) -> None:
+    protection = ScaleInProtection(agent.uri, release_after=0.1)
+    agent.release_gate = anyio.Event()
+    finish = anyio.Event()
+
+    async def long_batch(messages: Sequence[Message]) -> BatchResult:
+        await finish.wait()
+        return BatchResult({})
+
+    guarded = protection.guard(long_batch)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(protection.run)
+        finish.set()
+        await guarded([])
+        await agent.wait_for(2)  # the release is under way, not answered yet
+        finish = anyio.Event()
+        tg.start_soon(guarded, [])  # still "held" as the worker sees it: no request of its own
+        agent.release_gate.set()
+        await agent.wait_for(3)  # the loop takes it again for the batch in flight
+        finish.set()
+        tg.cancel_scope.cancel()
+    assert agent.enabled == [True, False, True]
 
 
 @pytest.mark.parametrize("failure", ["status", "failure-body", "unreachable"])
