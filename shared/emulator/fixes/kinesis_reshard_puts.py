@@ -21,7 +21,6 @@ from shared.emulator._fixes import Fix, FixKind, replace, unpatched
 
 __all__ = ["FIX", "apply"]
 
-
 _splitting = threading.local()
 
 
