@@ -3,8 +3,9 @@ viewer is sent of it. No I/O (the reader is `shared.consumers.kinesis.KinesisFan
 in `services.devices.dashboard`).
 
 - `ReadingsView`: per device the latest reading (its metrics as compact JSON bytes, its `ts`
-  and arrival time) and a ring of the last `SPARK_POINTS` values of one metric (the
-  device's first metric by name) for the sparkline; per tenant readings per second over the
+  and arrival time) and a ring of the last `SPARK_POINTS` values of one metric (the view's
+  `spark_metric`, default temperature, when the device reports it; else its first metric by
+  name) for the sparkline; per tenant readings per second over the
   last `SERIES_SECONDS` (the fleet chart). Memory is per device, fixed: nothing grows with
   the rate or with time (docs/devices.md has the measured bytes per device).
 - `Viewer`: one SSE connection. It watches the devices on its screen (at most
@@ -104,7 +105,8 @@ class _Series:
 class ReadingsView:
     """Every device's latest reading and sparkline, per tenant readings per second."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, spark_metric: str = "temperature") -> None:
+        self.spark_metric = spark_metric
         self.devices: dict[str, DeviceReadings] = {}
         self._series: dict[str, _Series] = {}
         self.applied = 0
@@ -128,7 +130,8 @@ class ReadingsView:
             return None
         held = self.devices.get(device_id)
         if held is None:
-            metric = min(readings) if readings else ""
+            metric = (self.spark_metric if self.spark_metric in readings
+                      else min(readings) if readings else "")
             held = self.devices[device_id] = DeviceReadings(tenant_id, metric)
         elif held.tenant_id != tenant_id or seq <= held.seq:
             # a repeat, a late record, or a device id claimed by another tenant: the first

@@ -161,6 +161,7 @@ class FleetView:
             matched_before = sum(1 for d in ids[:start] if matches(d))
             after = [d for d in ids[start:] if matches(d)]
         else:
+            matched_before = start
             after = ids[start:]
         chosen = after[:limit]
         more = len(after) > limit

@@ -130,7 +130,8 @@ def test_paging_and_search_over_the_fleet_view() -> None:
     first, cursor, matched = fleet.page(limit=50)
     assert [d["device_id"] for d in first][:2] == ["dev-0000", "dev-0001"]
     assert (cursor, matched) == ("dev-0049", 120)
-    second, _, _ = fleet.page(limit=50, cursor=cursor)
+    second, _, matched = fleet.page(limit=50, cursor=cursor)
+    assert matched == 120
     third, _, _ = fleet.page(limit=50, cursor=cursor)  # a cursor reads the same page again
     assert second[0]["device_id"] == "dev-0050"
     assert second == third
@@ -139,8 +140,9 @@ def test_paging_and_search_over_the_fleet_view() -> None:
     found, _, matched = fleet.page(search="DEV-001")
     assert [d["device_id"] for d in found] == [f"dev-{i:04d}" for i in range(10, 20)]
     assert matched == 10
-    offline, _, matched = fleet.page(status="offline", limit=5)
+    offline, cursor, matched = fleet.page(status="offline", limit=5)
     assert matched == 40
+    assert fleet.page(status="offline", limit=5, cursor=cursor)[2] == 40
     assert all(d["status"] == "offline" for d in offline)
     fleet.apply({"device_id": "dev-0000a", "status": "online"}, sequence=1)
     assert [d["device_id"] for d in fleet.page(limit=2)[0]] == ["dev-0000", "dev-0000a"]
