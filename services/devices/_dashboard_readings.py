@@ -2,7 +2,7 @@
 viewer is sent of it. No I/O (the reader is `shared.consumers.kinesis.KinesisFanOut`, wired
 in `services.devices.dashboard`).
 
-- `ReadingsView`: per device the latest reading (its metrics as compact JSON bytes, its `ts`
+- `ReadingsView`: per device the latest reading (its metrics as compact JSON text, its `ts`
   and arrival time) and a ring of the last `SPARK_POINTS` values of one metric (the view's
   `spark_metric`, default temperature, when the device reports it; else its first metric by
   name) for the sparkline; per tenant readings per second over the
@@ -61,7 +61,7 @@ class DeviceReadings:
         self.seq = 0
         self.ts = 0.0
         self.arrival = 0.0
-        self.readings = b"{}"
+        self.readings = "{}"
         self.ring = array("f", bytes(4 * SPARK_POINTS))
         self.count = 0  # values written to the ring (the next slot is count % SPARK_POINTS)
 
@@ -108,6 +108,7 @@ class ReadingsView:
     def __init__(self, *, spark_metric: str = "temperature") -> None:
         self.spark_metric = spark_metric
         self.devices: dict[str, DeviceReadings] = {}
+        self._tenants: dict[str, str] = {}
         self._series: dict[str, _Series] = {}
         self.applied = 0
         self.skipped = 0
@@ -130,6 +131,7 @@ class ReadingsView:
             return None
         held = self.devices.get(device_id)
         if held is None:
+            tenant_id = self._tenants.setdefault(tenant_id, tenant_id)  # one copy per tenant
             metric = (self.spark_metric if self.spark_metric in readings
                       else min(readings) if readings else "")
             held = self.devices[device_id] = DeviceReadings(tenant_id, metric)
@@ -142,7 +144,8 @@ class ReadingsView:
         ts = record.get("ts")
         held.ts = float(ts) if isinstance(ts, (int, float)) else arrival
         held.arrival = arrival
-        held.readings = orjson.dumps(readings)
+        # as text: orjson's bytes keep the 4 KB buffer they were written into
+        held.readings = orjson.dumps(readings).decode()
         value = readings.get(held.metric)
         if isinstance(value, (int, float)) and math.isfinite(value):
             held.ring[held.count % SPARK_POINTS] = value
