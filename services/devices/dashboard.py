@@ -575,7 +575,8 @@ class DashboardServer:
 
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response({"ok": True, "viewers": self.hub.viewers(),
-                                  "applied": self.hub.applied})
+                                  "applied": self.hub.applied,
+                                  "readings": self.hub.readings.applied})
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         tenant_id = self._tenant(request)
