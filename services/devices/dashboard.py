@@ -732,29 +732,39 @@ async def dashboard_lifespan(aws: AwsClients, resources: Resources, *,
 
 
 async def sweep_readers(aws: AwsClients, stream: str, config: FeedConfig) -> None:
-    """Deregister the stream consumers of dead dashboard tasks: a consumer named with the
-    feed queue prefix whose queue no longer exists (the feed sweep removes a dead task's
-    queue: `services.devices._dashboard_feed`). Every `config.stale_after_seconds`, first
-    after one `heartbeat_seconds`; best effort (logged). Runs until cancelled."""
-    sqs = await aws.client("sqs")
+    """`remove_dead_readers` every `config.stale_after_seconds`, the first after one
+    `heartbeat_seconds` (the feed sweep has removed dead tasks' queues by then). Runs until
+    cancelled."""
+    await anyio.sleep(min(config.heartbeat_seconds, config.stale_after_seconds))
     while True:
-        await anyio.sleep(min(config.heartbeat_seconds, config.stale_after_seconds))
-        try:
-            for consumer in await list_fan_out_consumers(aws, stream):
-                if (not consumer.name.startswith(config.queue_prefix)
-                        or consumer.name == config.queue_name):
-                    continue
-                try:
-                    with aws_errors():
-                        await sqs.get_queue_url(QueueName=consumer.name)
-                except AwsRequestError as exc:
-                    if exc.code in ("AWS.SimpleQueueService.NonExistentQueue",
-                                    "QueueDoesNotExist"):
-                        await deregister_fan_out_consumer(aws, consumer.arn,
-                                                          reason="its task's queue is gone")
-        except FleetlineError as exc:
-            log.warning("reader sweep skipped", error=str(exc))
-        await anyio.sleep(max(0.0, config.stale_after_seconds - config.heartbeat_seconds))
+        await remove_dead_readers(aws, stream, config)
+        await anyio.sleep(config.stale_after_seconds)
+
+
+async def remove_dead_readers(aws: AwsClients, stream: str, config: FeedConfig) -> list[str]:
+    """Deregister the stream consumers of dead dashboard tasks: named with the feed queue
+    prefix, not this task's, and whose queue no longer exists (the feed sweep removes a dead
+    task's queue: `services.devices._dashboard_feed`). The names deregistered; best effort
+    (a failure is logged and the rest waits for the next sweep)."""
+    sqs = await aws.client("sqs")
+    removed: list[str] = []
+    try:
+        for consumer in await list_fan_out_consumers(aws, stream):
+            if (not consumer.name.startswith(config.queue_prefix)
+                    or consumer.name == config.queue_name):
+                continue
+            try:
+                with aws_errors():
+                    await sqs.get_queue_url(QueueName=consumer.name)
+            except AwsRequestError as exc:
+                if exc.code in ("AWS.SimpleQueueService.NonExistentQueue",
+                                "QueueDoesNotExist"):
+                    await deregister_fan_out_consumer(aws, consumer.arn,
+                                                      reason="its task's queue is gone")
+                    removed.append(consumer.name)
+    except FleetlineError as exc:
+        log.warning("reader sweep skipped", error=str(exc))
+    return removed
 
 
 def worker() -> Worker:
