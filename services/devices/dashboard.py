@@ -126,6 +126,7 @@ class FleetView:
     devices: dict[str, dict[str, Any]] = field(default_factory=dict)
     sequences: dict[str, int] = field(default_factory=dict)
     _sorted_ids: list[str] | None = field(default=None, repr=False)
+    version: int = 0  # counts every applied change (the fleet charts' counts are cached by it)
 
     def apply(self, device: Mapping[str, Any], *, sequence: int) -> bool:
         """Keep `device` (a snapshot dict) if `sequence` is newer than the one held."""
@@ -136,6 +137,7 @@ class FleetView:
             self._sorted_ids = None  # a new device: the sorted ids are made again when asked
         self.sequences[device_id] = sequence
         self.devices[device_id] = dict(device)
+        self.version += 1
         return True
 
     def page(self, *, search: str = "", status: str | None = None, cursor: str | None = None,
@@ -231,6 +233,7 @@ class Hub:
         self._viewers: dict[str, tuple[Viewer, MemoryObjectSendStream[str]]] = {}
         self._watchers: dict[str, set[Viewer]] = {}
         self._online: dict[str, deque[int]] = {}
+        self._counts: dict[str, tuple[int, dict[str, int]]] = {}  # tenant -> (version, counts)
         self.applied = 0
         self.ignored = 0
         self.dropped_viewers = 0
@@ -380,8 +383,13 @@ class Hub:
         for tenant_id, subscribers in list(self._subscribers.items()):
             if not subscribers:
                 self._online.pop(tenant_id, None)
+                self._counts.pop(tenant_id, None)
                 continue
-            counts = self.view(tenant_id).counts()
+            view = self.view(tenant_id)
+            cached = self._counts.get(tenant_id)
+            if cached is None or cached[0] != view.version:  # counting is O(devices)
+                cached = self._counts[tenant_id] = (view.version, view.counts())
+            counts = cached[1]
             online = self._online.get(tenant_id)
             if online is None:
                 online = self._online[tenant_id] = deque(maxlen=SERIES_SECONDS)

@@ -246,6 +246,7 @@ class KinesisFanOut:
         self._behind: dict[str, int] = {}
 
     def statistics(self) -> FanOutStatistics:
+        """What the reader did so far; `shards` are the ones it reads now."""
         return FanOutStatistics(
             shards=tuple(s for s in self._shards if s not in self._ended),
             records=self._records, events=self._events, subscriptions=self._subscriptions,
