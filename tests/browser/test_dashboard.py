@@ -156,6 +156,9 @@ async def test_dashboard_pushes_updates_and_keeps_tenants_apart(
                             "document.querySelector('#chart-online polyline') !== null && "
                             "Number(document.getElementById('online-now').textContent) === 1",
                             timeout=10_000)
+                        online = await page_a.get_attribute("#chart-online polyline", "points")
+                        assert online is not None
+                        assert online.endswith(",2.0")  # 1 online of 1: the top, from zero
                         # the detail panel: readable fields, not JSON
                         await page_a.click(row)
                         await page_a.wait_for_selector("#detail dd[data-field='temperature']",
