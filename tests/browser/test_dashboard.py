@@ -67,7 +67,7 @@ def device(device_id: str, tenant: str, **kw: object) -> DeviceView:
 async def test_dashboard_pushes_updates_and_keeps_tenants_apart(
     aws: AwsClients, tmp_path: Path
 ) -> None:
-    from playwright.async_api import async_playwright
+    from playwright.async_api import async_playwright, expect
 
     load_registered_events()
     sqs = await aws.client("sqs")
@@ -129,9 +129,9 @@ async def test_dashboard_pushes_updates_and_keeps_tenants_apart(
                                               alarms={"temperature": Severity.CRITICAL}),
                                 metric="temperature", value=91.0, limit=80.0, bound="max",
                                 severity=Severity.CRITICAL), 2))
-                        await page_a.wait_for_function(
-                            "document.getElementById('count-alarms').textContent === '1'",
-                            timeout=10_000)
+                        # locators, not wait_for_function: the page's CSP refuses eval
+                        await expect(page_a.locator("#count-alarms")).to_have_text(
+                            "1", timeout=10_000)
                         await page_a.screenshot(path=str(ARTIFACTS / "dashboard-tenant-alpha.png"))
 
                         # readings of alpha's device reach its row: value, age, sparkline
@@ -139,9 +139,8 @@ async def test_dashboard_pushes_updates_and_keeps_tenants_apart(
                         for seq, temperature in ((1, 20.5), (2, 23.25)):
                             await kinesis.put_records(StreamName="dashboard-readings", Records=[
                                 reading("dev-alpha-1", "t-alpha", seq, temperature)])
-                            await page_a.wait_for_function(
-                                f"document.querySelector('{row} td.readings').textContent"
-                                f".includes('temperature {temperature}')", timeout=10_000)
+                            await expect(page_a.locator(f"{row} td.readings")).to_contain_text(
+                                f"temperature {temperature}", timeout=10_000)
                         await page_a.wait_for_selector(f"{row} svg.spark[data-points='2']",
                                                        timeout=10_000)
                         # temperature 20.5 then 23.25: a rising line across the cell
@@ -151,11 +150,10 @@ async def test_dashboard_pushes_updates_and_keeps_tenants_apart(
                         assert age is not None
                         assert age.endswith("s ago")
                         # the fleet charts: readings per second and online devices
-                        await page_a.wait_for_function(
-                            "document.querySelector('#chart-rate polyline') !== null && "
-                            "document.querySelector('#chart-online polyline') !== null && "
-                            "Number(document.getElementById('online-now').textContent) === 1",
-                            timeout=10_000)
+                        await expect(page_a.locator("#online-now")).to_have_text(
+                            "1", timeout=10_000)
+                        await expect(page_a.locator("#chart-rate polyline")).to_have_count(1)
+                        await expect(page_a.locator("#chart-online polyline")).to_have_count(1)
                         online = await page_a.get_attribute("#chart-online polyline", "points")
                         assert online is not None
                         assert online.endswith(",2.0")  # 1 online of 1: the top, from zero
@@ -188,9 +186,8 @@ async def test_dashboard_pushes_updates_and_keeps_tenants_apart(
                                                        timeout=10_000)
                         await kinesis.put_records(StreamName="dashboard-readings", Records=[
                             reading("dev-alpha-1", "t-alpha", 3, 30.0)])
-                        await page_a.wait_for_function(
-                            f"document.querySelector('{row} td.readings').textContent"
-                            f".includes('temperature 30')", timeout=10_000)
+                        await expect(page_a.locator(f"{row} td.readings")).to_contain_text(
+                            "temperature 30", timeout=10_000)
                         await page_a.screenshot(path=str(ARTIFACTS / "dashboard-search.png"))
 
                         # tenant beta gets its own device's update, and never alpha's
@@ -201,9 +198,8 @@ async def test_dashboard_pushes_updates_and_keeps_tenants_apart(
                             reading("dev-beta-1", "t-beta", 1, 11.0),
                             # an alpha device id claimed by beta: not beta's to see
                             reading("dev-alpha-1", "t-beta", 9, 99.0)])
-                        await page_b.wait_for_function(
-                            "document.querySelector('#device-dev-beta-1 td.readings')"
-                            ".textContent.includes('temperature 11')", timeout=10_000)
+                        await expect(page_b.locator("#device-dev-beta-1 td.readings")
+                                     ).to_contain_text("temperature 11", timeout=10_000)
                         assert await page_b.query_selector("#device-dev-alpha-1") is None
                         assert await page_b.query_selector("#device-dev-alpha-s000") is None
                         beta_page = await page_b.request.get(
