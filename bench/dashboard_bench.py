@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TENANT = "t-bench"
 STREAM = "dashboard-bench"
 WATCHED = 200
+SECRET = "bench-dashboard-secret"  # signs the viewer's token (child and parent)
 PAGE_SIZE = 4096
 
 
@@ -73,7 +74,6 @@ def _cpu_seconds(pid: int) -> float:
 async def _serve(endpoint: str, unthrottled: bool) -> None:
     import anyio
 
-    from services.devices._auth import DEV_SECRET
     from services.devices.dashboard import DashboardServer, Hub
     from shared.aws import AwsClients, ClientSettings
     from shared.consumers import Message
@@ -90,7 +90,7 @@ async def _serve(endpoint: str, unthrottled: bool) -> None:
                 if held is not None:
                     hub.publish(TENANT, "reading", held.to_json(body["device_id"]))
 
-    server = DashboardServer(hub, None, secret=DEV_SECRET)
+    server = DashboardServer(hub, None, secret=SECRET)
     async with AwsClients(ClientSettings(endpoint_url=endpoint)) as aws:
         arn = await stream_arn(aws, STREAM)
         name = "bench-unthrottled" if unthrottled else "bench"
@@ -167,7 +167,7 @@ def _stop(child: subprocess.Popen[str]) -> dict[str, Any]:
 
 
 async def _phase(endpoint: str, args: argparse.Namespace, *, unthrottled: bool) -> dict[str, Any]:
-    from services.devices._auth import DEV_SECRET, issue_token
+    from services.devices.dashboard import issue_token
     from shared.aws import AwsClients, ClientSettings
 
     child, base = await asyncio.to_thread(_spawn, endpoint, unthrottled)
@@ -175,7 +175,7 @@ async def _phase(endpoint: str, args: argparse.Namespace, *, unthrottled: bool) 
         latencies: list[float] = []
         counters: dict[str, float] = {"bytes": 0, "devices": 0, "since": time.time() + 1e9}
         ready, stop = asyncio.Event(), asyncio.Event()
-        token = issue_token(TENANT, secret=DEV_SECRET)
+        token = issue_token(TENANT, secret=SECRET)
         step = max(1, args.devices // WATCHED)  # a page's devices, spread over the puts
         watched = [f"dev-{i:07d}" for i in range(0, args.devices, step)][:WATCHED]
         viewer = asyncio.create_task(

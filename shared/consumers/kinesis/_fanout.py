@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import random
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -47,10 +48,10 @@ import anyio.abc
 import structlog
 
 from shared.aws import AwsClients, aws_errors
+from shared.consumers._backoff import Backoff
 from shared.consumers._message import Message
 from shared.consumers.kinesis._poller import KinesisSource
 from shared.consumers.kinesis._wire import message_from_fan_out
-from shared.consumers.streams._decisions import backoff_delay
 from shared.errors import AwsRequestError, FleetlineError, RetryableError
 
 __all__ = [
@@ -96,7 +97,8 @@ class FanOutSettings:
                          subscription.
     active_timeout:      how long `fan_out_consumer` waits for a new consumer to be ACTIVE.
 
-    Raises ValueError naming a field that is not positive.
+    Raises ValueError naming a field that is not positive, or when retry_backoff_max is
+    below retry_backoff.
     """
 
     shard_sync_interval: float = 60.0
@@ -109,6 +111,9 @@ class FanOutSettings:
                      "active_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if self.retry_backoff_max < self.retry_backoff:
+            raise ValueError(f"retry_backoff_max ({self.retry_backoff_max}) must be at least "
+                             f"retry_backoff ({self.retry_backoff})")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -236,6 +241,8 @@ class KinesisFanOut:
         self._consumer = consumer
         self._on_records = on_records
         self._settings = settings or FanOutSettings()
+        self._backoff = Backoff(base=self._settings.retry_backoff,
+                                cap=self._settings.retry_backoff_max)
         self._source = KinesisSource(aws, consumer.stream_arn)
         self._shards: dict[str, anyio.Event] = {}  # shard id -> first subscription made
         self._ended: set[str] = set()
@@ -304,8 +311,7 @@ class KinesisFanOut:
 
     async def _back_off(self, failures: int, what: str, **fields: Any) -> None:
         self._retries += 1
-        delay = backoff_delay(failures, base=self._settings.retry_backoff,
-                              cap=self._settings.retry_backoff_max)
+        delay = self._backoff.delay(failures, random)
         log.warning(what, delay=round(delay, 3), **fields)
         await anyio.sleep(delay)
 
