@@ -21,7 +21,7 @@ from shared.aws import AwsClients
 from shared.config import Resources
 from shared.consumers import SqsSettings
 from shared.consumers.kinesis import list_fan_out_consumers, stream_arn
-from shared.emulator._process import free_port
+from shared.emulator import free_port
 from tests.integration.test_devices_read_model import create_read_model
 
 pytestmark = pytest.mark.emulator
