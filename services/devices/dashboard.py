@@ -17,9 +17,19 @@ viewer link (the page URL with a tenant token).
   re-exported here for the CLI's and benchmarks' viewer links): the tenant comes from the
   token alone, and a viewer's stream only ever carries that tenant's devices (`Hub` keeps
   subscribers per tenant and publishes an update to that tenant's subscribers only).
-- `GET /events?token=`: SSE. First a `snapshot` (counts, devices, open alarms), then one
-  `update` per applied event, each with the counts after it. A viewer too slow to keep up
-  (its buffer full) is disconnected; EventSource reconnects and gets a fresh snapshot.
+- Readings (issue 14): each task reads the telemetry stream itself through an enhanced
+  fan-out consumer of its own (`shared.consumers.kinesis.KinesisFanOut`; readings are not on
+  the bus), keeps per device the latest reading and a sparkline ring
+  (`services.devices._dashboard_readings`), and sends each viewer only the devices on its
+  screen, each at most once a second, plus the fleet charts once a second.
+  docs/devices.md ("Readings on the dashboard") has the reasons, the cost and the figures.
+- `GET /events?token=`: SSE. First a `snapshot` (counts, open alarms, firmware, rollouts
+  and the viewer's id), then one `update` per applied event, each with the counts after it,
+  `readings` for the watched devices and `fleet` once a second. A viewer too slow to keep
+  up (its buffer full) is disconnected; EventSource reconnects and gets a fresh snapshot.
+- `GET /api/view/devices?q=&status=&cursor=&limit=`: a page of the tenant's devices from
+  the task's view, with their readings; `POST /api/watch` `{viewer, devices}`: the devices
+  on that viewer's screen.
 - `GET /api/counts`, `/api/devices?status=`, `/api/devices/{id}`: the query API (read
   model), with the token as `Authorization: Bearer` or `?token=`.
 """
