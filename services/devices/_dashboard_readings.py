@@ -217,12 +217,13 @@ class Viewer:
         return out
 
 
-def readings_frame(view: ReadingsView, device_ids: Iterable[str], *,
+def readings_frame(view: ReadingsView, tenant_id: str, device_ids: Iterable[str], *,
                    now: float) -> dict[str, Any]:
-    """The payload of one `readings` SSE event: the devices' latest readings."""
+    """The payload of one `readings` SSE event: the latest readings of those of the devices
+    that are `tenant_id`'s."""
     devices = []
     for device_id in device_ids:
-        held = view.devices.get(device_id)
+        held = view.get(tenant_id, device_id)
         if held is not None:
             devices.append(held.to_json(device_id))
     return {"sent_at": now, "devices": devices}

@@ -381,7 +381,7 @@ class Hub:
         for viewer, send in list(self._viewers.values()):
             due = viewer.due(now)
             if due:
-                frame = readings_frame(self.readings, due, now=now)
+                frame = readings_frame(self.readings, viewer.tenant_id, due, now=now)
                 sent += len(frame["devices"])
                 self._send(viewer.tenant_id, send, "readings", frame)
         return sent
