@@ -17,26 +17,40 @@ viewer link (the page URL with a tenant token).
   re-exported here for the CLI's and benchmarks' viewer links): the tenant comes from the
   token alone, and a viewer's stream only ever carries that tenant's devices (`Hub` keeps
   subscribers per tenant and publishes an update to that tenant's subscribers only).
-- `GET /events?token=`: SSE. First a `snapshot` (counts, devices, open alarms), then one
-  `update` per applied event, each with the counts after it. A viewer too slow to keep up
-  (its buffer full) is disconnected; EventSource reconnects and gets a fresh snapshot.
+- Readings (issue 14): each task reads the telemetry stream itself through an enhanced
+  fan-out consumer of its own (`shared.consumers.kinesis.KinesisFanOut`; readings are not on
+  the bus), keeps per device the latest reading and a sparkline ring
+  (`services.devices._dashboard_readings`), and sends each viewer only the devices on its
+  screen, each at most once a second, plus the fleet charts once a second.
+  docs/devices.md ("Readings on the dashboard") has the reasons, the cost and the figures.
+- `GET /events?token=`: SSE. First a `snapshot` (counts, open alarms, firmware, rollouts
+  and the viewer's id), then one `update` per applied event, each with the counts after it,
+  `readings` for the watched devices and `fleet` once a second. A viewer too slow to keep
+  up (its buffer full) is disconnected; EventSource reconnects and gets a fresh snapshot.
+- `GET /api/view/devices?q=&status=&cursor=&limit=`: a page of the tenant's devices from
+  the task's view, with their readings; `POST /api/watch` `{viewer, devices}`: the devices
+  on that viewer's screen.
 - `GET /api/counts`, `/api/devices?status=`, `/api/devices/{id}`: the query API (read
   model), with the token as `Authorization: Bearer` or `?token=`.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import functools
 import json
 import os
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 import anyio
+import anyio.abc
 import structlog
 from aiohttp import web
 from anyio.streams.memory import MemoryObjectSendStream
@@ -57,11 +71,26 @@ from services.devices._dashboard_feed import (
     stale_feeds,
     task_queue,
 )
+from services.devices._dashboard_readings import (
+    SERIES_SECONDS,
+    ReadingsView,
+    Viewer,
+    fleet_frame,
+    readings_frame,
+)
 from services.devices.events import DeviceEvent
 from services.devices.query import DeviceQueries, DeviceRecord, InvalidQueryError
-from shared.aws import AwsClients
-from shared.config import Resources
-from shared.consumers import BatchHandler, HandlerContext, SqsSettings, batch_handler
+from shared.aws import AwsClients, aws_errors
+from shared.config import Resources, resource_env_name
+from shared.consumers import BatchHandler, HandlerContext, Message, SqsSettings, batch_handler
+from shared.consumers.kinesis import (
+    KinesisFanOut,
+    deregister_fan_out_consumer,
+    fan_out_consumer,
+    list_fan_out_consumers,
+    stream_arn,
+)
+from shared.errors import AwsRequestError, FleetlineError
 from shared.events import TypedEvent, load_registered_events, registry
 from shared.hosts import Worker
 
@@ -89,6 +118,11 @@ SNAPSHOT_DEVICES: Final = 500
 FIRMWARE_SOURCE: Final = "fleetline.firmware"  # rollout events on the feed (DashboardFirmwareRule)
 SUBSCRIBER_BUFFER: Final = 1_000
 KEEPALIVE_SECONDS: Final = 15.0
+FLUSH_SECONDS: Final = 0.1  # how often watched readings are sent (each device <= 1/s)
+FLEET_SECONDS: Final = 1.0  # how often the fleet charts get a point
+PAGE_LIMIT: Final = 50
+MAX_PAGE_LIMIT: Final = 200
+STATUSES: Final = frozenset({"online", "offline", "unknown"})
 
 
 # --------------------------------------------------------------------------- the view (pure)
@@ -101,15 +135,50 @@ class FleetView:
     tenant_id: str
     devices: dict[str, dict[str, Any]] = field(default_factory=dict)
     sequences: dict[str, int] = field(default_factory=dict)
+    _sorted_ids: list[str] | None = field(default=None, repr=False)
+    version: int = 0  # counts every applied change (the fleet charts' counts are cached by it)
 
     def apply(self, device: Mapping[str, Any], *, sequence: int) -> bool:
         """Keep `device` (a snapshot dict) if `sequence` is newer than the one held."""
         device_id = str(device["device_id"])
         if sequence <= self.sequences.get(device_id, -1):
             return False
+        if device_id not in self.devices:
+            self._sorted_ids = None  # a new device: the sorted ids are made again when asked
         self.sequences[device_id] = sequence
         self.devices[device_id] = dict(device)
+        self.version += 1
         return True
+
+    def page(self, *, search: str = "", status: str | None = None, cursor: str | None = None,
+             limit: int = PAGE_LIMIT) -> tuple[list[dict[str, Any]], str | None, int]:
+        """Devices by id after `cursor` (an id; exclusive) whose id contains `search` (case
+        insensitive) and whose status is `status` (any when None): up to `limit` of them,
+        the cursor of the next page (None at the end) and how many match in all.
+
+        The sorted ids are kept between calls (made again after a new device: O(n log n)),
+        a page is one bisect and a scan (O(n) with a search or a filter: docs/devices.md
+        has the times at 10,000 and 100,000 devices)."""
+        if self._sorted_ids is None:
+            self._sorted_ids = sorted(self.devices)
+        ids = self._sorted_ids
+        needle = search.lower()
+        start = bisect.bisect_right(ids, cursor) if cursor else 0
+        matched_before = 0
+        if needle or status:
+            def matches(device_id: str) -> bool:
+                if needle and needle not in device_id.lower():
+                    return False
+                return status is None or self.devices[device_id].get("status") == status
+            matched_before = sum(1 for d in ids[:start] if matches(d))
+            after = [d for d in ids[start:] if matches(d)]
+        else:
+            matched_before = start
+            after = ids[start:]
+        chosen = after[:limit]
+        more = len(after) > limit
+        return ([self.devices[d] for d in chosen], chosen[-1] if more and chosen else None,
+                matched_before + len(after))
 
     def counts(self) -> dict[str, int]:
         out = {"total": len(self.devices), "online": 0, "offline": 0, "unknown": 0,
@@ -138,7 +207,10 @@ class FleetView:
 
     def snapshot(self, *, limit: int = SNAPSHOT_DEVICES,
                  rollouts: Iterable[Mapping[str, Any]] = ()) -> dict[str, Any]:
-        recent = sorted(self.devices.values(), key=lambda d: -float(d.get("last_seen") or 0))
+        """Counts, alarms, firmware, rollouts and the `limit` most recently seen devices (the
+        page asks for its devices by page: `DashboardServer` sends none here)."""
+        recent = (sorted(self.devices.values(), key=lambda d: -float(d.get("last_seen") or 0))
+                  if limit else [])
         return {"tenant_id": self.tenant_id, "counts": self.counts(),
                 "devices": recent[:limit], "alarms": self.alarms(),
                 "firmware": self.firmware(), "rollouts": list(rollouts)}
@@ -165,6 +237,13 @@ class Hub:
     def __init__(self) -> None:
         self.views: dict[str, FleetView] = {}
         self._subscribers: dict[str, set[MemoryObjectSendStream[str]]] = {}
+        # Readings (from the telemetry stream): the view, the viewers by id and by the
+        # devices they watch, and per tenant the online count sampled once a second.
+        self.readings = ReadingsView()
+        self._viewers: dict[str, tuple[Viewer, MemoryObjectSendStream[str]]] = {}
+        self._watchers: dict[str, set[Viewer]] = {}
+        self._online: dict[str, deque[int]] = {}
+        self._counts: dict[str, tuple[int, dict[str, int]]] = {}  # tenant -> (version, counts)
         self.applied = 0
         self.ignored = 0
         self.dropped_viewers = 0
@@ -247,9 +326,108 @@ class Hub:
         self._subscribers.setdefault(tenant_id, set()).add(send)
         return send, receive
 
+    def open_viewer(self, tenant_id: str) -> tuple[str, Any, Any]:
+        """`subscribe`, and a `Viewer` for readings: (viewer id, send, receive)."""
+        send, receive = self.subscribe(tenant_id)
+        viewer_id = uuid.uuid4().hex
+        self._viewers[viewer_id] = (Viewer(tenant_id), send)
+        return viewer_id, send, receive
+
     def unsubscribe(self, tenant_id: str, send: MemoryObjectSendStream[str]) -> None:
         self._subscribers.get(tenant_id, set()).discard(send)
+        for viewer_id, (_, stream) in list(self._viewers.items()):
+            if stream is send:
+                self.watch(viewer_id, tenant_id, ())
+                del self._viewers[viewer_id]
         send.close()
+
+    def watch(self, viewer_id: str, tenant_id: str, device_ids: Iterable[str]) -> int:
+        """Viewer `viewer_id` (of `tenant_id`) now watches these devices; how many (at most
+        MAX_WATCHED). The watched devices' latest readings are sent at the next flush.
+
+        Raises KeyError when there is no such viewer of that tenant (gone, or another
+        tenant's)."""
+        found = self._viewers.get(viewer_id)
+        if found is None or found[0].tenant_id != tenant_id:
+            raise KeyError(viewer_id)
+        viewer = found[0]
+        for device_id in viewer.watched:
+            watchers = self._watchers.get(device_id)
+            if watchers is not None:
+                watchers.discard(viewer)
+                if not watchers:
+                    del self._watchers[device_id]
+        watched = viewer.watch(device_ids)
+        for device_id in watched:
+            self._watchers.setdefault(device_id, set()).add(viewer)
+            if self.readings.get(tenant_id, device_id) is not None:
+                viewer.mark(device_id)
+        return len(watched)
+
+    def apply_readings(self, shard_id: str, messages: Sequence[Message]) -> None:
+        """The fan-out reader's callback: keep the readings, mark their watchers."""
+        taken = self.readings.apply_messages(messages, arrival=time.time())
+        watchers = self._watchers
+        for device_id, held in taken:
+            for viewer in watchers.get(device_id, ()):
+                if viewer.tenant_id == held.tenant_id:
+                    viewer.mark(device_id)
+
+    def flush(self, now: float | None = None) -> int:
+        """Send each viewer its due readings (at most one per device per MIN_INTERVAL);
+        how many device readings were sent."""
+        now = time.time() if now is None else now
+        sent = 0
+        for viewer, send in list(self._viewers.values()):
+            due = viewer.due(now)
+            if due:
+                frame = readings_frame(self.readings, viewer.tenant_id, due, now=now)
+                sent += len(frame["devices"])
+                self._send(viewer.tenant_id, send, "readings", frame)
+        return sent
+
+    def tick(self, now: float | None = None) -> None:
+        """Once a second: a point of the online chart per tenant with viewers, and the
+        fleet charts to those viewers."""
+        now = time.time() if now is None else now
+        for tenant_id, subscribers in list(self._subscribers.items()):
+            if not subscribers:
+                self._online.pop(tenant_id, None)
+                self._counts.pop(tenant_id, None)
+                continue
+            view = self.view(tenant_id)
+            cached = self._counts.get(tenant_id)
+            if cached is None or cached[0] != view.version:  # counting is O(devices)
+                cached = self._counts[tenant_id] = (view.version, view.counts())
+            counts = cached[1]
+            online = self._online.get(tenant_id)
+            if online is None:
+                online = self._online[tenant_id] = deque(maxlen=SERIES_SECONDS)
+            online.append(counts.get("online", 0))
+            self.publish(tenant_id, "fleet", fleet_frame(self.readings, tenant_id, now=now,
+                                                         online=online, counts=counts))
+
+    def _send(self, tenant_id: str, send: MemoryObjectSendStream[str], kind: str,
+              payload: Mapping[str, Any]) -> None:
+        frame = f"event: {kind}\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n"
+        try:
+            send.send_nowait(frame)
+        except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            self._subscribers.get(tenant_id, set()).discard(send)
+            send.close()
+            self.dropped_viewers += 1
+
+    async def run_pushes(self, *, task_status: anyio.abc.TaskStatus[None] =
+                         anyio.TASK_STATUS_IGNORED) -> None:
+        """Flush every FLUSH_SECONDS and tick every FLEET_SECONDS, until cancelled."""
+        task_status.started()
+        next_tick = time.monotonic()
+        while True:
+            self.flush()
+            if time.monotonic() >= next_tick:
+                self.tick()
+                next_tick += FLEET_SECONDS
+            await anyio.sleep(FLUSH_SECONDS)
 
     def viewers(self, tenant_id: str | None = None) -> int:
         if tenant_id is not None:
@@ -359,6 +537,8 @@ class DashboardServer:
             web.get("/api/counts", self.api_counts),
             web.get("/api/devices", self.api_devices),
             web.get("/api/devices/{device_id}", self.api_device),
+            web.get("/api/view/devices", self.api_view_devices),
+            web.post("/api/watch", self.api_watch),
         ])
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
@@ -413,7 +593,8 @@ class DashboardServer:
 
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response({"ok": True, "viewers": self.hub.viewers(),
-                                  "applied": self.hub.applied})
+                                  "applied": self.hub.applied,
+                                  "readings": self.hub.readings.applied})
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         tenant_id = self._tenant(request)
@@ -422,10 +603,11 @@ class DashboardServer:
             "X-Accel-Buffering": "no",
         })
         await response.prepare(request)
-        send, receive = self.hub.subscribe(tenant_id)
+        viewer_id, send, receive = self.hub.open_viewer(tenant_id)
         try:
             snapshot = self.hub.view(tenant_id).snapshot(
-                rollouts=self.hub.rollouts_for(tenant_id))
+                limit=0, rollouts=self.hub.rollouts_for(tenant_id))
+            snapshot["viewer_id"] = viewer_id  # for /api/watch: the devices on its screen
             frame = f"event: snapshot\ndata: {json.dumps(snapshot, separators=(',', ':'))}\n\n"
             await response.write(frame.encode())
             async with receive:
@@ -463,6 +645,47 @@ class DashboardServer:
                                      content_type="application/json") from None
         return web.json_response(page.model_dump(mode="json"))
 
+    async def api_view_devices(self, request: web.Request) -> web.Response:
+        """A page of the tenant's devices from the task's view, each with its latest
+        reading: `?q=` (part of the id), `&status=`, `&cursor=`, `&limit=` (<= 200)."""
+        tenant_id = self._tenant(request)
+        status = request.query.get("status") or None
+        try:
+            limit = int(request.query.get("limit", str(PAGE_LIMIT)))
+        except ValueError:
+            limit = -1
+        if not 0 < limit <= MAX_PAGE_LIMIT or (status is not None and status not in STATUSES):
+            raise web.HTTPBadRequest(text=json.dumps({
+                "error": f"limit must be 1..{MAX_PAGE_LIMIT}, status one of "
+                         f"{sorted(STATUSES)}"}), content_type="application/json")
+        devices, cursor, matched = self.hub.view(tenant_id).page(
+            search=request.query.get("q", "")[:100], status=status,
+            cursor=request.query.get("cursor") or None, limit=limit)
+        readings = self.hub.readings
+        items = []
+        for device in devices:
+            held = readings.get(tenant_id, str(device["device_id"]))
+            items.append({**device, "live": held.to_json(str(device["device_id"]))
+                          if held is not None else None})
+        return web.json_response({"devices": items, "cursor": cursor, "matched": matched})
+
+    async def api_watch(self, request: web.Request) -> web.Response:
+        """`POST {"viewer": id, "devices": [ids]}`: the devices on that viewer's screen; their
+        readings are pushed on its SSE stream (each at most once a second)."""
+        tenant_id = self._tenant(request)
+        try:
+            body = await request.json()
+            viewer_id = str(body["viewer"])
+            devices = [str(d) for d in body.get("devices", [])]
+            watched = self.hub.watch(viewer_id, tenant_id, devices)
+        except KeyError:
+            raise web.HTTPNotFound(text=json.dumps({"error": "no such viewer"}),
+                                   content_type="application/json") from None
+        except (ValueError, TypeError, AttributeError):
+            raise web.HTTPBadRequest(text=json.dumps({"error": "expected {viewer, devices}"}),
+                                     content_type="application/json") from None
+        return web.json_response({"watched": watched})
+
     async def api_device(self, request: web.Request) -> web.Response:
         tenant_id = self._tenant(request)
         record = await self._require_queries().device(tenant_id, request.match_info["device_id"])
@@ -493,12 +716,30 @@ async def dashboard_lifespan(aws: AwsClients, resources: Resources, *,
     port = int(os.environ.get("FLEETLINE_DASHBOARD_PORT", "8080"))
     config = FeedConfig.from_environ(resources)
     queries = DeviceQueries(aws, resources.get("DeviceReadModelTable"))
-    async with feed.attach(aws, config):
+    stream = resources.values.get(resource_env_name("TelemetryStream"))
+    if not stream:
+        log.warning("no telemetry stream: the dashboard shows device events but no readings")
+    async with feed.attach(aws, config), contextlib.AsyncExitStack() as stack:
         hub = Hub()
         hub.seed(await queries.all_devices())
+        consumer = None
+        if stream:
+            arn = await stream_arn(aws, stream)
+            # The consumer is named after the task's feed queue: one per task, and a
+            # consumer whose queue is gone is a dead task's (`sweep_readers`).
+            consumer = await stack.enter_async_context(
+                fan_out_consumer(aws, arn, name=config.queue_name))
+        # Exit in reverse: the tasks are cancelled, then the consumer is deregistered.
+        tg = await stack.enter_async_context(anyio.create_task_group())
+        stack.callback(tg.cancel_scope.cancel)
+        await tg.start(hub.run_pushes)
+        if consumer is not None:
+            reader = KinesisFanOut(aws, consumer, on_records=hub.apply_readings)
+            await tg.start(reader.run)
+            tg.start_soon(sweep_readers, aws, consumer.stream_arn, config)
         server = DashboardServer(hub, queries, secret=dashboard_secret(), dev_mode=local)
         url = await server.start(host, port)
-        log.info("dashboard listening", url=url, queue=config.queue_name,
+        log.info("dashboard listening", url=url, queue=config.queue_name, readings=stream,
                  devices=sum(len(v.devices) for v in hub.views.values()),
                  hint="`fleetline devices url --tenant t-001` prints a viewer link")
         try:
@@ -506,6 +747,42 @@ async def dashboard_lifespan(aws: AwsClients, resources: Resources, *,
         finally:
             with anyio.CancelScope(shield=True):
                 await server.stop()
+
+
+async def sweep_readers(aws: AwsClients, stream: str, config: FeedConfig) -> None:
+    """`remove_dead_readers` every `config.stale_after_seconds`, the first after one
+    `heartbeat_seconds` (the feed sweep has removed dead tasks' queues by then). Runs until
+    cancelled."""
+    await anyio.sleep(min(config.heartbeat_seconds, config.stale_after_seconds))
+    while True:
+        await remove_dead_readers(aws, stream, config)
+        await anyio.sleep(config.stale_after_seconds)
+
+
+async def remove_dead_readers(aws: AwsClients, stream: str, config: FeedConfig) -> list[str]:
+    """Deregister the stream consumers of dead dashboard tasks: named with the feed queue
+    prefix, not this task's, and whose queue no longer exists (the feed sweep removes a dead
+    task's queue: `services.devices._dashboard_feed`). The names deregistered; best effort
+    (a failure is logged and the rest waits for the next sweep)."""
+    sqs = await aws.client("sqs")
+    removed: list[str] = []
+    try:
+        for consumer in await list_fan_out_consumers(aws, stream):
+            if (not consumer.name.startswith(config.queue_prefix)
+                    or consumer.name == config.queue_name):
+                continue
+            try:
+                with aws_errors():
+                    await sqs.get_queue_url(QueueName=consumer.name)
+            except AwsRequestError as exc:
+                if exc.code in ("AWS.SimpleQueueService.NonExistentQueue",
+                                "QueueDoesNotExist"):
+                    await deregister_fan_out_consumer(aws, consumer.arn,
+                                                      reason="its task's queue is gone")
+                    removed.append(consumer.name)
+    except FleetlineError as exc:
+        log.warning("reader sweep skipped", error=str(exc))
+    return removed
 
 
 def worker() -> Worker:

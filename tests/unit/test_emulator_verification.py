@@ -75,4 +75,4 @@ def test_every_fix_is_verified_for_the_installed_moto() -> None:
     reasons: dict[str, Any] = {f.name: decide(f, version, fingerprint(f.checks)) for f in ALL}
     assert reasons == {f.name: None for f in ALL}
     assert [f.kind for f in ALL][:6] == [FixKind.GAP] * 6
-    assert len({f.name for f in ALL}) == len(ALL) == 19
+    assert len({f.name for f in ALL}) == len(ALL) == 21

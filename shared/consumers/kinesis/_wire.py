@@ -12,25 +12,28 @@ approximate_arrival = the arrival time (epoch seconds), and `raw` holding `strea
 - `message_from_kinesis_record`: a record of a Lambda Kinesis event (`kinesis.data`,
   `kinesis.sequenceNumber`, ..., the shard in `eventID` "<shard id>:<sequence>", the stream
   in `eventSourceARN`); its `raw` also keeps the record's own keys.
+- `message_from_fan_out`: a record of a SubscribeToShardEvent as botocore parses it (`Data`
+  bytes, `ApproximateArrivalTimestamp` a datetime), for the shard named by the caller.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import datetime
 from collections.abc import Mapping
 from typing import Any
 
 from shared.consumers._message import Message, SourceKind
 
-__all__ = ["message_from_kinesis", "message_from_kinesis_record"]
+__all__ = ["message_from_fan_out", "message_from_kinesis", "message_from_kinesis_record"]
 
 _NO_RECORD: Mapping[str, Any] = {}
 
 
 def _message(
     *,
-    data: str,
+    data: bytes,
     sequence: str,
     partition_key: str,
     shard_id: str,
@@ -38,12 +41,11 @@ def _message(
     arrival: Any,
     record: Mapping[str, Any] = _NO_RECORD,
 ) -> Message:
-    decoded = binascii.a2b_base64(data)
     attributes: dict[str, str] = {}
     try:
-        body = decoded.decode("utf-8")
+        body = data.decode("utf-8")
     except UnicodeDecodeError:
-        body = base64.b64encode(decoded).decode("ascii")
+        body = base64.b64encode(data).decode("ascii")
         attributes["content-transfer-encoding"] = "base64"
     return Message(
         id=sequence,
@@ -63,7 +65,7 @@ def message_from_kinesis(record: Mapping[str, Any], *, stream: str, shard_id: st
     """A `Message` from one GetRecords record (wire JSON) of shard `shard_id` of `stream`
     (the stream's name or ARN as the consumer knows it)."""
     return _message(
-        data=record["Data"],
+        data=binascii.a2b_base64(record["Data"]),
         sequence=str(record["SequenceNumber"]),
         partition_key=str(record["PartitionKey"]),
         shard_id=shard_id,
@@ -78,11 +80,28 @@ def message_from_kinesis_record(record: Mapping[str, Any]) -> Message:
     `content-transfer-encoding`)."""
     kinesis = record["kinesis"]
     return _message(
-        data=kinesis.get("data", ""),
+        data=binascii.a2b_base64(kinesis.get("data", "")),
         sequence=str(kinesis["sequenceNumber"]),
         partition_key=str(kinesis.get("partitionKey", "")),
         shard_id=str(record.get("eventID", "")).split(":", 1)[0],  # "<shard id>:<sequence>"
         stream=record.get("eventSourceARN"),
         arrival=kinesis.get("approximateArrivalTimestamp"),
         record=record,
+    )
+
+
+def message_from_fan_out(record: Mapping[str, Any], *, stream: str, shard_id: str) -> Message:
+    """A `Message` from one record of a SubscribeToShardEvent as botocore parses it (`Data`
+    bytes, `ApproximateArrivalTimestamp` a datetime) of shard `shard_id` of `stream`; the
+    same `Message` GetRecords gives."""
+    arrival = record.get("ApproximateArrivalTimestamp")
+    if isinstance(arrival, datetime.datetime):
+        arrival = arrival.timestamp()
+    return _message(
+        data=bytes(record["Data"]),
+        sequence=str(record["SequenceNumber"]),
+        partition_key=str(record["PartitionKey"]),
+        shard_id=shard_id,
+        stream=stream,
+        arrival=arrival,
     )
