@@ -272,6 +272,8 @@ def local_parameters(*, zone: str = "eu", region: str = "us-east-1") -> dict[str
         "ImageUri": f"{_EMULATOR_ACCOUNT}.dkr.ecr.{region}.amazonaws.com/fleetline:local",
         "ImageRepositoryArn": f"arn:aws:ecr:{region}:{_EMULATOR_ACCOUNT}:repository/fleetline",
         "ResidencyZone": zone,
+        # The emulator has no EventBridge global endpoints (CreateEndpoint: HTTP 500).
+        "GlobalEndpoint": "disabled",
         "SubnetIds": "subnet-0local",
         "SecurityGroupIds": "sg-0local",
         # Four shards are plenty for one machine (AWS: 24, for the 20,000 records/s peak).

@@ -55,7 +55,7 @@ def test_the_device_events_endpoint_exists_in_the_primary_stack_only(
 ) -> None:
     resources = template["Resources"]
     endpoint = resources["DeviceEventsEndpoint"]
-    assert endpoint["Condition"] == "IsPrimary"
+    assert endpoint["Condition"] == "HasGlobalEndpoint"
     properties = endpoint["Properties"]
     assert properties["ReplicationConfig"] == {"State": "ENABLED"}
     failover = properties["RoutingConfig"]["FailoverConfig"]
@@ -70,14 +70,14 @@ def test_the_device_events_endpoint_exists_in_the_primary_stack_only(
     assert "${AWS::StackName}-device-events" in str(buses[1])  # the standby's bus: same name
     for logical in ("DeviceEventsReplicationRole", "DeviceEventsEndpointHealthAlarm",
                     "DeviceEventsEndpointHealthCheck"):
-        assert resources[logical]["Condition"] == "IsPrimary"
+        assert resources[logical]["Condition"] == "HasGlobalEndpoint"
 
 
 def test_producers_publish_through_the_endpoint_and_may_reach_the_standby_bus(
     template: dict[str, Any],
 ) -> None:
     resources = template["Resources"]
-    through = {"Fn::If": ["IsPrimary", {"Fn::GetAtt": ["DeviceEventsEndpoint", "EndpointId"]},
+    through = {"Fn::If": ["HasGlobalEndpoint", {"Fn::GetAtt": ["DeviceEventsEndpoint", "EndpointId"]},
                           {"Ref": "AWS::NoValue"}]}
     pipe = resources["DevicesOutboxPipe"]["Properties"]
     assert pipe["TargetParameters"]["EventBridgeEventBusParameters"]["EndpointId"] == through
