@@ -5,7 +5,7 @@ its stack runs, and a **secondary** Region inside the same jurisdiction, where a
 stack receives the zone's events when the EventBridge global endpoint fails over
 (docs/zones.md). No data of a zone is ever written outside these two Regions.
 
-    zone = ZONES["eu"]                  # Zone(name='eu', primary='eu-west-1', secondary='eu-west-3')
+    zone = ZONES["eu"]            # Zone(name='eu', primary='eu-west-1', secondary='eu-west-3')
     parse_zones("eu,us")                # (ZONES["eu"], ZONES["us"])
     zone_of_region("eu-west-3")         # (ZONES["eu"], ZoneRole.SECONDARY)
 

@@ -4,8 +4,8 @@ The local runner supplies what the emulator skips from the template itself, so i
 values CloudFormation would have substituted: `Ref`, `Fn::GetAtt`, `Fn::Sub`, `Fn::Join`,
 `Fn::Select`, `Fn::Split`, `Fn::If`, `Fn::FindInMap`. `resolve` does that purely, from
 `StackFacts` (physical ids and attributes gathered once from the deployed stack), so the
-planning is unit-tested without an emulator. The template itself is read by `shared.cloudformation.load_template`
-(the one loader: short-form tags in their long form).
+planning is unit-tested without an emulator. The template itself is read by
+`shared.cloudformation.load_template` (the one loader: short-form tags in their long form).
 """
 
 from __future__ import annotations

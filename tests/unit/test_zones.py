@@ -77,8 +77,8 @@ def test_producers_publish_through_the_endpoint_and_may_reach_the_standby_bus(
     template: dict[str, Any],
 ) -> None:
     resources = template["Resources"]
-    through = {"Fn::If": ["HasGlobalEndpoint", {"Fn::GetAtt": ["DeviceEventsEndpoint", "EndpointId"]},
-                          {"Ref": "AWS::NoValue"}]}
+    endpoint_id = {"Fn::GetAtt": ["DeviceEventsEndpoint", "EndpointId"]}
+    through = {"Fn::If": ["HasGlobalEndpoint", endpoint_id, {"Ref": "AWS::NoValue"}]}
     pipe = resources["DevicesOutboxPipe"]["Properties"]
     assert pipe["TargetParameters"]["EventBridgeEventBusParameters"]["EndpointId"] == through
     ingest = resources["IotIngestFunction"]["Properties"]["Environment"]["Variables"]
@@ -90,3 +90,46 @@ def test_producers_publish_through_the_endpoint_and_may_reach_the_standby_bus(
                       if s["Action"] == "events:PutEvents"]
         assert len(statements) == 1, role
         assert "${AWS::StackName}-device-events" in str(statements[0]["Resource"]), role
+
+
+def test_up_runs_one_stack_per_zone_each_in_its_region_with_its_own_names() -> None:
+    from shared.local._up import UpConfig, _targets
+
+    alone = _targets(UpConfig(), "eu-west-1")
+    assert [(t.zone, t.region, t.prefix, t.move_ports) for t in alone] == [
+        ("eu", "eu-west-1", "", False)]
+    two = _targets(UpConfig(zones=("eu", "us", "eu:secondary"), api_port=9000), "ignored")
+    assert [(t.zone, t.role, t.region, t.prefix) for t in two] == [
+        ("eu", "primary", "eu-west-1", "eu-"), ("us", "primary", "us-east-1", "us-"),
+        ("eu", "secondary", "eu-west-3", "eu-secondary-")]
+    assert [t.parameters["ResidencyZone"] for t in two] == ["eu", "us", "eu"]
+    assert [t.parameters["ZoneRole"] for t in two] == ["primary", "primary", "secondary"]
+    # Only the first stack keeps the asked ports; the others' servers move to free ones.
+    assert [(t.api_port, t.move_ports) for t in two] == [(9000, False), (0, True), (0, True)]
+    for bad in (("mars",), ("eu:tertiary",), ("eu", "eu")):
+        with pytest.raises(ConfigurationError):
+            _targets(UpConfig(zones=bad), "eu-west-1")
+
+
+def test_the_state_as_one_zones_stack_sees_it() -> None:
+    from shared.local._state import ChildRecord, StackRecord, UpState
+
+    state = UpState(
+        stack_name="fleetline", endpoint="http://127.0.0.1:1", supervisor_pid=1,
+        region="eu-west-1",
+        stacks=(StackRecord(zone="eu", role="primary", region="eu-west-1",
+                            stack_name="fleetline", prefix="eu-", urls={"eu-Api": "http://a"}),
+                StackRecord(zone="us", role="primary", region="us-east-1",
+                            stack_name="fleetline", prefix="us-", urls={"us-Api": "http://b"})),
+        children=(ChildRecord(name="emulator", kind="emulator", pid=2),
+                  ChildRecord(name="eu-Worker", kind="service", pid=3),
+                  ChildRecord(name="us-Worker", kind="service", pid=4)),
+    )
+    assert state.zones() == ["eu", "us"]
+    us = state.for_zone("us")
+    assert (us.region, us.urls) == ("us-east-1", {"us-Api": "http://b"})
+    assert [c.name for c in us.children] == ["emulator", "us-Worker"]
+    assert state.for_zone(None).region == "eu-west-1"
+    assert UpState.from_json(state.to_json()) == state
+    with pytest.raises(ConfigurationError, match="eu, us"):
+        state.for_zone("eu:secondary")
