@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from shared.cloudformation import DEFAULT_TEMPLATE
-from shared.errors import FleetlineError
+from shared.errors import ConfigurationError, FleetlineError
 
 __all__ = ["app", "main"]  # the commands are the app's, not importable API
 
@@ -472,6 +472,9 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+    except ConfigurationError as exc:  # e.g. a --zone that is not up here: one line, no trace
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from pathlib import Path
 from shared.aws import AwsClients, aws_errors
 from shared.config import Resources, resource_env_name
 from shared.errors import ConfigurationError
-from shared.local._endpoint import endpoint_clients
+from shared.local._endpoint import endpoint_clients, region_of
 from shared.local._state import UpState, read_state
 
 __all__ = ["command_clients", "command_resources", "running_up", "state_dir"]
@@ -64,7 +64,9 @@ async def command_resources(probe: str, environ: Mapping[str, str] | None = None
                             zone: str | None = None) -> Resources:
     """Resources from the environment when it names `probe`, else the running `up`'s stack
     outputs (of `zone`'s stack; read through `command_clients`), else the environment's
-    (which then names none).
+    (which then names none). With `zone` and no running `up` (on AWS), a zone whose Region
+    is not the environment's is read from its stack's outputs there (the stack named
+    FLEETLINE_STACK_NAME, default fleetline): the environment describes its own stack only.
 
     Raises:
         ConfigurationError: `zone` is not up here.
@@ -73,10 +75,15 @@ async def command_resources(probe: str, environ: Mapping[str, str] | None = None
     environ = os.environ if environ is None else environ
     state = running_up(probe, environ, zone)
     if state is None:
-        return Resources.from_environ(environ)
+        zone_region = _zone_region(zone)
+        if zone_region is None or zone_region == region_of(environ):
+            return Resources.from_environ(environ)
+        stack_name = environ.get("FLEETLINE_STACK_NAME", "fleetline")
+    else:
+        stack_name = state.stack_name
     async with command_clients(probe, environ, zone) as aws:
         cloudformation = await aws.client("cloudformation")
         with aws_errors():
-            stacks = (await cloudformation.describe_stacks(StackName=state.stack_name))["Stacks"]
+            stacks = (await cloudformation.describe_stacks(StackName=stack_name))["Stacks"]
     outputs = {o["OutputKey"]: o["OutputValue"] for o in stacks[0].get("Outputs", [])}
     return Resources.from_outputs(outputs)
