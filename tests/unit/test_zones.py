@@ -133,3 +133,32 @@ def test_the_state_as_one_zones_stack_sees_it() -> None:
     assert UpState.from_json(state.to_json()) == state
     with pytest.raises(ConfigurationError, match="eu, us"):
         state.for_zone("eu:secondary")
+
+
+async def test_publishing_through_a_global_endpoint_is_signed_with_sigv4a() -> None:
+    # PutEvents with EndpointId goes to <id>.endpoint.events.amazonaws.com signed with SigV4a
+    # for every Region ("*"): botocore needs the AWS CRT for that (botocore[crt]). The request
+    # is stopped before it leaves the machine; nothing answers it.
+    from aiobotocore.session import get_session
+
+    from shared.aws import AwsClients, ClientSettings
+    from shared.outbox import EventPublisher, PublisherConfig
+
+    session = get_session()
+    session.set_credentials("AKIDEXAMPLE", "not-a-secret")
+    seen: dict[str, Any] = {}
+
+    def capture(request: Any, **_: Any) -> None:
+        seen.update(url=request.url, auth=request.headers["Authorization"],
+                    regions=request.headers["X-Amz-Region-Set"])
+        raise ConnectionError("stopped before sending")
+
+    session.register("before-send.events.PutEvents", capture)
+    async with AwsClients(ClientSettings(region="eu-west-1"), session=session) as aws:
+        publisher = EventPublisher(aws, PublisherConfig(bus_name="b", endpoint_id="abcde.veo",
+                                                        max_attempts=1))
+        report = await publisher.publish([{"id": "e-1", "source": "s", "type": "d", "data": {}}])
+    assert not report.ok
+    assert seen["url"] == "https://abcde.veo.endpoint.events.amazonaws.com/"
+    assert seen["auth"].startswith(b"AWS4-ECDSA-P256-SHA256 ")
+    assert seen["regions"] == b"*"
