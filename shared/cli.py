@@ -113,6 +113,13 @@ def up(
     if zones is not None and not zone_list:
         raise _fail("--zones: name at least one zone, e.g. --zones eu,us")
     try:
+        from shared.zones import parse_stack
+
+        for item in zone_list:
+            parse_stack(item)
+    except FleetlineError as exc:
+        raise _fail(f"--zones: {exc}") from None
+    try:
         ensure_no_running(state_dir)
         if port and endpoint is None and not aws and port_in_use(port):
             raise _fail(f"port {port} is in use: stop what listens there or pass another --port")
@@ -227,12 +234,13 @@ def status(
     name = stack_name or (live.stack_name if live else "fleetline")
     region = live.region if live else None
     if region is None and zone is not None:
-        from shared.zones import ZONES, ZoneRole
+        from shared.zones import parse_stack
 
-        name_part, _, role = zone.partition(":")
-        if name_part not in ZONES:
-            raise _fail(f"--zone must be one of {sorted(ZONES)}")
-        region = ZONES[name_part].region(ZoneRole(role or "primary"))
+        try:
+            found, role = parse_stack(zone)
+        except FleetlineError as exc:
+            raise _fail(f"--zone: {exc}") from None
+        region = found.region(role)
 
     async def collect() -> object:
         async with endpoint_clients(endpoint or None, os.environ, region=region) as aws:

@@ -6,13 +6,14 @@ stack receives the zone's events when the EventBridge global endpoint fails over
 (docs/zones.md). No data of a zone is ever written outside these two Regions.
 
     zone = ZONES["eu"]            # Zone(name='eu', primary='eu-west-1', secondary='eu-west-3')
-    parse_zones("eu,us")                # (ZONES["eu"], ZONES["us"])
-    zone_of_region("eu-west-3")         # (ZONES["eu"], ZoneRole.SECONDARY)
+    parse_stack("us")             # (ZONES["us"], ZoneRole.PRIMARY)
+    parse_stack("eu:secondary")   # (ZONES["eu"], ZoneRole.SECONDARY): eu's standby stack
 
 This module is the one place Python code reads zones from (`fleetline up --zones`, the
 simulator, the monthly report, the residency checks). The template carries the same table as
 its `ResidencyZones` mapping (the global endpoint's secondary Region is read from it on AWS);
-`tests/unit/test_zones.py` keeps the two equal.
+`tests/unit/test_zones.py` keeps the two equal. A zone's stack is named `zone` (its primary)
+or `zone:role` on the command line (`--zones eu,us,eu:secondary`, `--zone us`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Final
 
 from shared.errors import ConfigurationError
 
-__all__ = ["ZONES", "Zone", "ZoneRole", "parse_zones", "zone_of_region"]
+__all__ = ["ZONES", "Zone", "ZoneRole", "parse_stack"]
 
 
 class ZoneRole(StrEnum):
@@ -56,28 +57,20 @@ ZONES: Final[dict[str, Zone]] = {
 }
 
 
-def parse_zones(text: str) -> tuple[Zone, ...]:
-    """The zones of a comma-separated list (`"eu,us"`), in the order given, each once.
+def parse_stack(text: str) -> tuple[Zone, ZoneRole]:
+    """The zone and role a stack is named by: `eu` (its primary), `eu:secondary`.
 
     Raises:
-        ConfigurationError: `zones` is empty or names an unknown zone.
+        ConfigurationError: an unknown zone or role.
     """
-    names = [part.strip() for part in text.split(",") if part.strip()]
-    if not names:
-        raise ConfigurationError(f"zones must name at least one of {sorted(ZONES)}")
-    unknown = [name for name in names if name not in ZONES]
-    if unknown:
+    name, _, role = text.strip().partition(":")
+    if name not in ZONES:
         raise ConfigurationError(
-            f"zones: unknown zone {unknown[0]!r}; known: {', '.join(sorted(ZONES))}")
-    return tuple(ZONES[name] for name in dict.fromkeys(names))
-
-
-def zone_of_region(region: str) -> tuple[Zone, ZoneRole] | None:
-    """The zone whose primary or secondary Region `region` is, with that role; None when
-    no zone uses it."""
-    for zone in ZONES.values():
-        if region == zone.primary:
-            return zone, ZoneRole.PRIMARY
-        if region == zone.secondary:
-            return zone, ZoneRole.SECONDARY
-    return None
+            f"unknown zone {name!r}: one of {', '.join(sorted(ZONES))}, optionally "
+            f"with :{ZoneRole.SECONDARY.value}")
+    try:
+        return ZONES[name], ZoneRole(role or ZoneRole.PRIMARY.value)
+    except ValueError:
+        raise ConfigurationError(
+            f"zone {text!r}: the role after ':' must be "
+            f"{' or '.join(r.value for r in ZoneRole)}") from None

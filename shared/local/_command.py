@@ -12,7 +12,6 @@ from pathlib import Path
 
 from shared.aws import AwsClients, aws_errors
 from shared.config import Resources, resource_env_name
-from shared.errors import ConfigurationError
 from shared.local._endpoint import endpoint_clients, region_of
 from shared.local._state import UpState, read_state
 
@@ -52,12 +51,10 @@ def command_clients(probe: str, environ: Mapping[str, str] | None = None,
 def _zone_region(zone: str | None) -> str | None:
     if zone is None:
         return None
-    from shared.zones import ZONES, ZoneRole
+    from shared.zones import parse_stack
 
-    name, _, role = zone.partition(":")
-    if name not in ZONES:
-        raise ConfigurationError(f"zone must be one of {sorted(ZONES)}, got {name!r}")
-    return ZONES[name].region(ZoneRole(role) if role else ZoneRole.PRIMARY)
+    found, role = parse_stack(zone)
+    return found.region(role)
 
 
 async def command_resources(probe: str, environ: Mapping[str, str] | None = None,

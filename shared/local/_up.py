@@ -82,7 +82,7 @@ def _targets(config: UpConfig, environ_region: str) -> list[_Target]:
     """The stacks of `config`, first to last (pure).
 
     Raises ConfigurationError for an unknown zone or role, or a zone given twice."""
-    from shared.zones import ZONES, ZoneRole
+    from shared.zones import ZoneRole, parse_stack
 
     if not config.zones:
         zone = config.parameters.get("ResidencyZone", "eu")
@@ -92,19 +92,12 @@ def _targets(config: UpConfig, environ_region: str) -> list[_Target]:
                         move_ports=False)]
     targets: list[_Target] = []
     for index, item in enumerate(config.zones):
-        name, _, role_text = item.partition(":")
-        if name not in ZONES:
-            raise ConfigurationError(
-                f"zones: unknown zone {name!r}; known: {', '.join(sorted(ZONES))}")
-        try:
-            role = ZoneRole(role_text or ZoneRole.PRIMARY.value)
-        except ValueError:
-            raise ConfigurationError(
-                f"zones: {item!r}: the role must be primary or secondary") from None
+        found, role = parse_stack(item)
+        name = found.name
         if any(t.zone == name and t.role == role.value for t in targets):
             raise ConfigurationError(f"zones: {item!r} is given twice")
         targets.append(_Target(
-            zone=name, role=role.value, region=ZONES[name].region(role),
+            zone=name, role=role.value, region=found.region(role),
             prefix=f"{name}-" if role is ZoneRole.PRIMARY else f"{name}-{role.value}-",
             parameters={**config.parameters, "ResidencyZone": name, "ZoneRole": role.value},
             api_port=config.api_port if index == 0 else 0,

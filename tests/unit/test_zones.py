@@ -11,7 +11,7 @@ import pytest
 
 from shared.cloudformation import load_template
 from shared.errors import ConfigurationError
-from shared.zones import ZONES, ZoneRole, parse_zones, zone_of_region
+from shared.zones import ZONES, ZoneRole, parse_stack
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "deploy" / "template.yaml"
 
@@ -36,18 +36,13 @@ def test_a_zones_regions_are_its_own() -> None:
     assert ZONES["us"].region(ZoneRole.SECONDARY) == "us-east-2"
 
 
-def test_parse_zones_keeps_order_once_each_and_names_the_unknown() -> None:
-    assert parse_zones("us, eu,us") == (ZONES["us"], ZONES["eu"])
+def test_a_stack_is_named_by_its_zone_and_role() -> None:
+    assert parse_stack("us") == (ZONES["us"], ZoneRole.PRIMARY)
+    assert parse_stack(" eu:secondary") == (ZONES["eu"], ZoneRole.SECONDARY)
     with pytest.raises(ConfigurationError, match="unknown zone 'ap'"):
-        parse_zones("eu,ap")
-    with pytest.raises(ConfigurationError, match="at least one"):
-        parse_zones(" , ")
-
-
-def test_zone_of_region() -> None:
-    assert zone_of_region("eu-west-3") == (ZONES["eu"], ZoneRole.SECONDARY)
-    assert zone_of_region("us-east-1") == (ZONES["us"], ZoneRole.PRIMARY)
-    assert zone_of_region("ap-south-1") is None
+        parse_stack("ap")
+    with pytest.raises(ConfigurationError, match="primary or secondary"):
+        parse_stack("eu:tertiary")
 
 
 def test_the_device_events_endpoint_exists_in_the_primary_stack_only(
@@ -135,7 +130,9 @@ def test_the_state_as_one_zones_stack_sees_it() -> None:
         state.for_zone("eu:secondary")
 
 
-async def test_publishing_through_a_global_endpoint_is_signed_with_sigv4a() -> None:
+async def test_publishing_through_a_global_endpoint_is_signed_with_sigv4a(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     # PutEvents with EndpointId goes to <id>.endpoint.events.amazonaws.com signed with SigV4a
     # for every Region ("*"): botocore needs the AWS CRT for that (botocore[crt]). The request
     # is stopped before it leaves the machine; nothing answers it.
@@ -144,6 +141,8 @@ async def test_publishing_through_a_global_endpoint_is_signed_with_sigv4a() -> N
     from shared.aws import AwsClients, ClientSettings
     from shared.outbox import EventPublisher, PublisherConfig
 
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_EVENTS"):  # AWS's own endpoint
+        monkeypatch.delenv(name, raising=False)
     session = get_session()
     session.set_credentials("AKIDEXAMPLE", "not-a-secret")
     seen: dict[str, Any] = {}
