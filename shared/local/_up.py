@@ -79,7 +79,8 @@ class _Target:
 
 
 def _targets(config: UpConfig, environ_region: str) -> list[_Target]:
-    """The stacks of `config`, first to last (pure).
+    """The stacks of `config`, first to last (pure). On AWS each zone's standby stack
+    (`eu:secondary`) is added when not named: the primary's global endpoint needs its bus.
 
     Raises ConfigurationError for an unknown zone or role, or a zone given twice."""
     from shared.zones import ZoneRole, parse_stack
@@ -91,7 +92,11 @@ def _targets(config: UpConfig, environ_region: str) -> list[_Target]:
                         parameters=dict(config.parameters), api_port=config.api_port,
                         move_ports=False)]
     targets: list[_Target] = []
-    for index, item in enumerate(config.zones):
+    items = list(config.zones)
+    if config.real_aws:  # a primary's global endpoint needs its zone's standby: added
+        items += [f"{name}:secondary" for name, _, role in (i.partition(":") for i in items)
+                  if not role and f"{name}:secondary" not in items]
+    for index, item in enumerate(items):
         found, role = parse_stack(item)
         name = found.name
         if any(t.zone == name and t.role == role.value for t in targets):
@@ -238,10 +243,15 @@ async def run_up(
                         started_stacks.append((target, processes, problems))
 
                     # The zones' stacks deploy and start side by side: each mostly waits on
-                    # the emulator, which serves them all.
-                    async with anyio.create_task_group() as starting:
-                        for target in targets:
-                            starting.start_soon(start, target)
+                    # the emulator, which serves them all. On AWS a primary's global endpoint
+                    # names its secondary's bus, so the standbys are deployed first.
+                    waves = ([[t for t in targets if t.role != "primary"],
+                              [t for t in targets if t.role == "primary"]]
+                             if config.real_aws else [targets])
+                    for wave in waves:
+                        async with anyio.create_task_group() as starting:
+                            for target in wave:
+                                starting.start_soon(start, target)
                     started_stacks.sort(key=lambda s: targets.index(s[0]))
                     urls = {s.name: s.url for _, processes, _ in started_stacks
                             for s in processes.specs if s.url}

@@ -101,6 +101,9 @@ def test_up_runs_one_stack_per_zone_each_in_its_region_with_its_own_names() -> N
     assert [t.parameters["ZoneRole"] for t in two] == ["primary", "primary", "secondary"]
     # Only the first stack keeps the asked ports; the others' servers move to free ones.
     assert [(t.api_port, t.move_ports) for t in two] == [(9000, False), (0, True), (0, True)]
+    on_aws = _targets(UpConfig(zones=("eu", "us", "eu:secondary"), real_aws=True), "x")
+    assert [(t.zone, t.role) for t in on_aws] == [
+        ("eu", "primary"), ("us", "primary"), ("eu", "secondary"), ("us", "secondary")]
     for bad in (("mars",), ("eu:tertiary",), ("eu", "eu")):
         with pytest.raises(ConfigurationError):
             _targets(UpConfig(zones=bad), "eu-west-1")
