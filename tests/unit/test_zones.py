@@ -164,3 +164,28 @@ async def test_publishing_through_a_global_endpoint_is_signed_with_sigv4a(
     assert seen["url"] == "https://abcde.veo.endpoint.events.amazonaws.com/"
     assert seen["auth"].startswith(b"AWS4-ECDSA-P256-SHA256 ")
     assert seen["regions"] == b"*"
+
+
+@pytest.mark.parametrize(("role", "endpoint"), [("primary", "enabled"), ("primary", "disabled"),
+                                                ("secondary", "enabled")])
+def test_the_local_runner_resolves_the_zone_wiring_as_cloudformation_would(
+    template: dict[str, Any], role: str, endpoint: str,
+) -> None:
+    from shared.local import StackFacts, resolve
+    from shared.local._template import condition_holds
+
+    facts = StackFacts.from_stack_id(
+        "arn:aws:cloudformation:eu-west-1:123456789012:stack/fleetline/x",
+        stack_name="fleetline", physical={},
+        parameters={"ResidencyZone": "eu", "ZoneRole": role, "GlobalEndpoint": endpoint})
+    resources = template["Resources"]
+    has_endpoint = condition_holds(resources["DeviceEventsEndpoint"], template, facts)
+    assert has_endpoint is (role == "primary" and endpoint == "enabled")
+    assert condition_holds(resources["DeviceEventsBus"], template, facts)  # no condition
+    statement = next(s for s in resources["DevicesOutboxPipeRole"]["Properties"]["Policies"][0]
+                     ["PolicyDocument"]["Statement"] if s["Action"] == "events:PutEvents")
+    arns = resolve(statement["Resource"][1], template, facts)
+    assert arns == "arn:aws:events:eu-west-3:123456789012:event-bus/fleetline-device-events"
+    # the emulator has no endpoint: its id is empty, so producers publish in their Region
+    ingest = resources["IotIngestFunction"]["Properties"]["Environment"]["Variables"]
+    assert resolve(ingest["FLEETLINE_DEVICE_EVENTS_ENDPOINT_ID"], template, facts) == ""
