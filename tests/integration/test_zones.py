@@ -101,15 +101,6 @@ def test_up_runs_one_stack_per_zone_in_its_region(zones: Zones) -> None:
     names = {c.name for c in state.children}
     for prefix in ("eu-", "us-", "eu-secondary-"):
         assert f"{prefix}TelemetryWorkerService" in names
-    # status and the other commands pick a zone's stack
-    us = zones.fleetline("status", "--json", "--zone", "us")
-    assert us.returncode == 0, us.stderr
-    processes = [p["name"] for p in json.loads(us.stdout)["processes"]]
-    assert "us-TelemetryWorkerService" in processes
-    assert not [p for p in processes if p.startswith("eu-")]
-    missing = zones.fleetline("devices", "--zone", "us:secondary", "counts")
-    assert missing.returncode == 2
-    assert "zone us (secondary) is not up here" in missing.stderr
 
 
 async def _lake_objects(aws: AwsClients, bucket: str) -> dict[str, int]:
@@ -182,6 +173,32 @@ async def test_simulate_sends_each_device_home_and_the_report_combines_the_zones
         stored = await _lake_objects(aws, lake.get("LakeBucket"))
     assert eu["bytes_scanned"] == sum(v for k, v in stored.items() if f"/date={month}-" in k)
     assert eu_device  # the fleet has eu devices (the scan below looks for them in us)
+
+
+ASTRAY = "dev-us-astray"  # a us device whose record reaches the eu stack
+
+
+async def test_a_record_sent_to_the_wrong_zone_is_refused_with_a_reason(zones: Zones) -> None:
+    outputs = await zones.outputs("eu", "TelemetryStream")
+    async with zones.clients("eu-west-1") as aws:
+        kinesis = await aws.client("kinesis")
+        await kinesis.put_record(
+            StreamName=outputs.get("TelemetryStream"), PartitionKey=ASTRAY,
+            Data=json.dumps({"kind": "telemetry", "device_id": ASTRAY, "tenant_id": "t-001",
+                             "zone": "us", "seq": 1, "ts": time.time(), "firmware": "1.0.0",
+                             "readings": {"temperature": 20.0}}).encode())
+        sqs = await aws.client("sqs")
+        reasons: list[str] = []
+        with anyio.fail_after(30):
+            while not reasons:
+                # read, not consumed: the residency scan finds the record here with its reason
+                got = (await sqs.receive_message(
+                    QueueUrl=outputs.get("TelemetryFailureQueue"), MaxNumberOfMessages=10,
+                    VisibilityTimeout=1, WaitTimeSeconds=1)).get("Messages", [])
+                reasons = [json.loads(m["Body"])["reason"] for m in got
+                           if ASTRAY in m["Body"]]
+    assert reasons == [f"residency: device {ASTRAY} belongs to zone 'us'; "
+                       "this deployment serves 'eu'"]
 
 
 def _event(device: str, seq: int) -> dict[str, Any]:
@@ -260,18 +277,41 @@ async def test_failover_drill_loses_nothing_and_stays_in_the_zone(zones: Zones) 
         assert await _archive_count(aws, archive) == before["us-east-1"]
 
 
+def test_status_and_the_commands_pick_a_zones_stack(zones: Zones) -> None:
+    # After the others: right after READY fifty processes start and status is slow.
+    us = zones.fleetline("status", "--json", "--zone", "us")
+    assert us.returncode == 0, us.stderr
+    processes = [p["name"] for p in json.loads(us.stdout)["processes"]]
+    assert "us-TelemetryWorkerService" in processes
+    assert not [p for p in processes if p.startswith("eu-")]
+    counts = zones.fleetline("devices", "--zone", "eu:secondary", "counts", "--tenant", "t-drill")
+    assert counts.returncode == 0, counts.stderr
+    assert json.loads(counts.stdout)["total"] == len(DRILL_DEVICES)
+    missing = zones.fleetline("devices", "--zone", "us:secondary", "counts")
+    assert missing.returncode == 2
+    assert "zone us (secondary) is not up here" in missing.stderr
+
+
 async def test_residency_no_region_holds_data_of_another_zones_devices(zones: Zones) -> None:
-    everyone = _devices_of("eu") | _devices_of("us") | frozenset(DRILL_DEVICES)
+    everyone = _devices_of("eu") | _devices_of("us") | frozenset(DRILL_DEVICES) | {ASTRAY}
     scans: dict[str, Scanned] = {}
     for zone in ZONES.values():
         for region in zone.regions:
             async with zones.clients(region) as aws:
                 scans[region] = await scan_region(aws, everyone)
-    own = {"eu": _devices_of("eu") | frozenset(DRILL_DEVICES), "us": _devices_of("us")}
+    own = {"eu": _devices_of("eu") | frozenset(DRILL_DEVICES), "us": _devices_of("us") | {ASTRAY}}
+    eu = await zones.outputs("eu", "TelemetryStream")
+    # The refused record rests, with its reason, where it arrived and where refusals go:
+    # the eu stream and failure queue; nowhere else (no table, lake, bus or archive).
+    refused = {("stream", eu.get("TelemetryStream")),
+               ("queue", eu.get("TelemetryFailureQueue").rsplit("/", 1)[-1])}
+    astray = {(f.kind, f.name) for f in scans["eu-west-1"].findings if f.needle == ASTRAY}
+    assert astray == refused
     for zone in ZONES.values():
         for region in zone.regions:
             found = scans[region].findings
-            foreign = [f for f in found if f.needle not in own[zone.name]]
+            foreign = [f for f in found if f.needle not in own[zone.name]
+                       and not (f.needle == ASTRAY and (f.kind, f.name) in refused)]
             assert foreign == [], (region, foreign[:10])
     # The scan sees data where it is: each primary's devices in its tables, lake, streams
     # and archive; the drill's in the standby's.
