@@ -27,7 +27,8 @@ from services.devices.simulator import FleetConfig, FleetPlan
 from shared.aws import AwsClients
 from shared.events import Envelope
 from shared.local import command_resources, endpoint_clients, read_state
-from shared.outbox import EventPublisher, PublisherConfig
+from shared.outbox import PublisherConfig
+from shared.outbox._publisher import EventPublisher  # the publisher the relay uses
 from shared.zones import ZONES
 from tests.integration._residency import Scanned, scan_region
 

@@ -142,7 +142,8 @@ async def test_publishing_through_a_global_endpoint_is_signed_with_sigv4a(
     from aiobotocore.session import get_session
 
     from shared.aws import AwsClients, ClientSettings
-    from shared.outbox import EventPublisher, PublisherConfig
+    from shared.outbox import PublisherConfig
+    from shared.outbox._publisher import EventPublisher
 
     for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_EVENTS"):  # AWS's own endpoint
         monkeypatch.delenv(name, raising=False)
@@ -171,8 +172,8 @@ async def test_publishing_through_a_global_endpoint_is_signed_with_sigv4a(
 def test_the_local_runner_resolves_the_zone_wiring_as_cloudformation_would(
     template: dict[str, Any], role: str, endpoint: str,
 ) -> None:
-    from shared.local import StackFacts, resolve
-    from shared.local._template import condition_holds
+    from shared.local import StackFacts
+    from shared.local._template import condition_holds, resolve
 
     facts = StackFacts.from_stack_id(
         "arn:aws:cloudformation:eu-west-1:123456789012:stack/fleetline/x",
