@@ -144,6 +144,8 @@ async def _deploy(
         within_s=config.deploy_timeout,
         emulated=not config.real_aws,
         parameters=target.parameters,
+        # zones' stacks share a name: their buckets and roles carry their Region
+        names_region=target.region if config.zones else None,
     )
     stack = await describe_stack(aws, config.stack_name)
     if stack is None:

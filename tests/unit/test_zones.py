@@ -190,3 +190,20 @@ def test_the_local_runner_resolves_the_zone_wiring_as_cloudformation_would(
     # the emulator has no endpoint: its id is empty, so producers publish in their Region
     ingest = resources["IotIngestFunction"]["Properties"]["Environment"]["Variables"]
     assert resolve(ingest["FLEETLINE_DEVICE_EVENTS_ENDPOINT_ID"], template, facts) == ""
+
+
+def test_zones_stacks_of_one_name_get_bucket_and_role_names_of_their_region(
+    template: dict[str, Any],
+) -> None:
+    # Buckets and roles have one namespace for all Regions: on the emulator the names it
+    # fixes (shared.deployment.emulator_names) carry the Region for `up --zones`.
+    from shared.deployment import emulator_names
+
+    eu = emulator_names(template, "fleetline", region="eu-west-1")
+    us = emulator_names(template, "fleetline", region="us-east-1")
+    assert eu
+    assert set(eu) == set(us)
+    assert not {name for _, name in eu.values()} & {name for _, name in us.values()}
+    assert eu["LakeBucket"] == ("BucketName", "fleetline-lakebucket-eu-west-1")
+    assert emulator_names(template, "fleetline")["LakeBucket"] == (
+        "BucketName", "fleetline-lakebucket")
