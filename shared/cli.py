@@ -12,7 +12,7 @@ import os
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import anyio
 import typer
@@ -21,6 +21,9 @@ from rich.table import Table
 
 from shared.cloudformation import DEFAULT_TEMPLATE
 from shared.errors import ConfigurationError, FleetlineError
+
+if TYPE_CHECKING:
+    from shared.zones import Zone, ZoneRole
 
 __all__ = ["app", "main"]  # the commands are the app's, not importable API
 
@@ -54,6 +57,16 @@ def _ready_line(state: object) -> str:
     zones = ",".join(f"{z}@{s.region}" for z, s in zip(state.zones(), state.stacks, strict=True))
     where = f" zones={zones}" if len(state.stacks) > 1 else ""
     return f"READY {endpoint} stack={state.stack_name}{where} {extras}".rstrip()
+
+
+def _zone_stack(text: str, option: str) -> tuple[Zone, ZoneRole]:
+    """The zone and role `text` names (`eu`, `eu:secondary`), or the CLI's one-line error."""
+    from shared.zones import parse_stack
+
+    try:
+        return parse_stack(text)
+    except FleetlineError as exc:
+        raise _fail(f"{option}: {exc}") from None
 
 
 @app.command()
@@ -112,13 +125,8 @@ def up(
     zone_list = tuple(z.strip() for z in (zones or "").split(",") if z.strip())
     if zones is not None and not zone_list:
         raise _fail("--zones: name at least one zone, e.g. --zones eu,us")
-    try:
-        from shared.zones import parse_stack
-
-        for item in zone_list:
-            parse_stack(item)
-    except FleetlineError as exc:
-        raise _fail(f"--zones: {exc}") from None
+    for item in zone_list:
+        _zone_stack(item, "--zones")
     try:
         ensure_no_running(state_dir)
         if port and endpoint is None and not aws and port_in_use(port):
@@ -234,12 +242,7 @@ def status(
     name = stack_name or (live.stack_name if live else "fleetline")
     region = live.region if live else None
     if region is None and zone is not None:
-        from shared.zones import parse_stack
-
-        try:
-            found, role = parse_stack(zone)
-        except FleetlineError as exc:
-            raise _fail(f"--zone: {exc}") from None
+        found, role = _zone_stack(zone, "--zone")
         region = found.region(role)
 
     async def collect() -> object:
