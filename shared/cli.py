@@ -12,7 +12,7 @@ import os
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import anyio
 import typer
@@ -20,7 +20,10 @@ from rich.console import Console
 from rich.table import Table
 
 from shared.cloudformation import DEFAULT_TEMPLATE
-from shared.errors import FleetlineError
+from shared.errors import ConfigurationError, FleetlineError
+
+if TYPE_CHECKING:
+    from shared.zones import Zone, ZoneRole
 
 __all__ = ["app", "main"]  # the commands are the app's, not importable API
 
@@ -51,7 +54,19 @@ def _ready_line(state: object) -> str:
     assert isinstance(state, UpState)
     extras = " ".join(f"{name}={url}" for name, url in sorted(state.urls.items()))
     endpoint = state.endpoint or "aws"
-    return f"READY {endpoint} stack={state.stack_name} {extras}".rstrip()
+    zones = ",".join(f"{z}@{s.region}" for z, s in zip(state.zones(), state.stacks, strict=True))
+    where = f" zones={zones}" if len(state.stacks) > 1 else ""
+    return f"READY {endpoint} stack={state.stack_name}{where} {extras}".rstrip()
+
+
+def _zone_stack(text: str, option: str) -> tuple[Zone, ZoneRole]:
+    """The zone and role `text` names (`eu`, `eu:secondary`), or the CLI's one-line error."""
+    from shared.zones import parse_stack
+
+    try:
+        return parse_stack(text)
+    except FleetlineError as exc:
+        raise _fail(f"{option}: {exc}") from None
 
 
 @app.command()
@@ -84,8 +99,16 @@ def up(
         list[str] | None,
         typer.Option("--parameter", "-P", help="template parameter KEY=VALUE (repeatable)"),
     ] = None,
+    zones: Annotated[
+        str | None,
+        typer.Option("--zones", help="residency zones, one stack each in its own Region: "
+                     "eu,us (eu:secondary adds eu's standby in its secondary Region)"),
+    ] = None,
 ) -> None:
-    """Start the emulator, deploy the stack, run its workers; print READY when it takes traffic."""
+    """Start the emulator, deploy the stack, run its workers; print READY when it takes traffic.
+
+    With --zones, one stack per zone in the zone's Region (eu: eu-west-1, us: us-east-1) on
+    the one emulator, each with its own local processes (named `<zone>-<process>`)."""
     # Only light modules before the emulator is spawned: it boots while the rest imports.
     from shared.emulator import Emulator, port_in_use
     from shared.local import ensure_no_running, start_detached
@@ -99,6 +122,11 @@ def up(
         parameters[key] = value
     if aws and endpoint:
         raise _fail("--aws deploys to real AWS: unset AWS_ENDPOINT_URL or drop --aws")
+    zone_list = tuple(z.strip() for z in (zones or "").split(",") if z.strip())
+    if zones is not None and not zone_list:
+        raise _fail("--zones: name at least one zone, e.g. --zones eu,us")
+    for item in zone_list:
+        _zone_stack(item, "--zones")
     try:
         ensure_no_running(state_dir)
         if port and endpoint is None and not aws and port_in_use(port):
@@ -120,6 +148,7 @@ def up(
                 "--bind",
                 bind_host,
                 *(["--aws"] if aws else []),
+                *(["--zones", ",".join(zone_list)] if zone_list else []),
                 *(arg for item in parameter or [] for arg in ("--parameter", item)),
             ]
             state = start_detached(argv, state_dir=state_dir)
@@ -151,6 +180,7 @@ def up(
             api_port=api_port,
             bind_host=bind_host,
             parameters=parameters,
+            zones=zone_list,
         )
 
         def on_ready(state: object) -> None:
@@ -192,22 +222,31 @@ def status(
     template: TemplateOpt = DEFAULT_TEMPLATE,
     state_dir: StateDirOpt = Path(".fleetline"),
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    zone: Annotated[str | None, typer.Option(
+        "--zone", help="the zone's stack (eu, us, eu:secondary); default: the first one up")
+    ] = None,
 ) -> None:
     """Every resource of the stack, queue and DLQ depths, streams, local processes."""
     from shared.local import collect_status, endpoint_clients, read_state
 
     try:
         state = read_state(state_dir)
+        live = state if state is not None and state.phase.value in {"ready", "starting"} else None
+        if live is not None:
+            live = live.for_zone(zone)
     except FleetlineError as exc:
         raise _fail(str(exc)) from None
-    live = state if state is not None and state.phase.value in {"ready", "starting"} else None
     endpoint = live.endpoint if live else os.environ.get("AWS_ENDPOINT_URL")
     if live is None and not endpoint:
         raise _fail("nothing is up here: run `fleetline up` (or set AWS_ENDPOINT_URL)")
     name = stack_name or (live.stack_name if live else "fleetline")
+    region = live.region if live else None
+    if region is None and zone is not None:
+        found, role = _zone_stack(zone, "--zone")
+        region = found.region(role)
 
     async def collect() -> object:
-        async with endpoint_clients(endpoint or None, os.environ) as aws:
+        async with endpoint_clients(endpoint or None, os.environ, region=region) as aws:
             return await collect_status(
                 aws,
                 stack_name=name,
@@ -444,6 +483,9 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+    except ConfigurationError as exc:  # e.g. a --zone that is not up here: one line, no trace
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -114,8 +114,10 @@ class DeploySettings:
     messages to the DLQ after maxReceiveCount; the local runner polls those queues instead.
     It also names what the template leaves CloudFormation to name (`emulator_names`), so that
     every value a process receives is known before deploying (compose.yaml is rendered from
-    the template). `code` is a Lambda artifact built beforehand (`fleetline build`); None
-    means a zip of `packages`, built here.
+    the template). `names_region` puts a Region in those names (`<stack>-<LogicalId>-<region>`):
+    buckets and roles have one namespace for every Region, so stacks of one name in several
+    Regions of one emulator (`fleetline up --zones`) need it. `code` is a Lambda artifact
+    built beforehand (`fleetline build`); None means a zip of `packages`, built here.
     """
 
     stack_name: str = "fleetline"
@@ -128,6 +130,7 @@ class DeploySettings:
     poll_interval: float = 0.2
     validate: bool = False
     emulator: bool = False
+    names_region: str | None = None
     code: Path | None = None
 
     def __post_init__(self) -> None:
@@ -227,10 +230,13 @@ def _referenced(value: Any) -> set[str]:
     return found
 
 
-def emulator_names(template: Mapping[str, Any], stack_name: str) -> dict[str, tuple[str, str]]:
+def emulator_names(
+    template: Mapping[str, Any], stack_name: str, *, region: str | None = None,
+) -> dict[str, tuple[str, str]]:
     """The names an emulator deployment gives what the template leaves CloudFormation to name
     (buckets, roles) and hands to processes through an Output: logical id -> (property,
-    name), the name `<stack>-<LogicalId>` (lower case for a bucket). On AWS those names are
+    name), the name `<stack>-<LogicalId>` (lower case for a bucket; `-<region>` appended when
+    `region` is given: one stack name in several Regions). On AWS those names are
     generated with a random suffix and reach processes through the stack; locally they must
     be known before deploying, for the containers of compose.yaml. Pure."""
     resources = template.get("Resources", {})
@@ -243,19 +249,21 @@ def emulator_names(template: Mapping[str, Any], stack_name: str) -> dict[str, tu
         prop = _NAME_PROPERTIES.get(str(resource.get("Type")))
         if prop is None or prop in (resource.get("Properties") or {}):
             continue
-        name = f"{stack_name}-{logical}"
+        name = f"{stack_name}-{logical}" + (f"-{region}" if region else "")
         names[logical] = (prop, name.lower() if prop == "BucketName" else name)
     return names
 
 
-def _named_for_emulator(body: bytes, source: Path, stack_name: str) -> bytes:
+def _named_for_emulator(
+    body: bytes, source: Path, stack_name: str, region: str | None = None,
+) -> bytes:
     """The template with `emulator_names` filled in, as JSON (which moto also parses faster
     than YAML); the template itself unchanged when there is nothing to name."""
     try:
         document = parse_template(body, source=source)
     except TemplateError as exc:
         raise TemplateInvalidError(str(exc)) from None
-    names = emulator_names(document, stack_name)
+    names = emulator_names(document, stack_name, region=region)
     if not names:
         return body
     for logical, (prop, name) in names.items():
@@ -272,6 +280,8 @@ def local_parameters(*, zone: str = "eu", region: str = "us-east-1") -> dict[str
         "ImageUri": f"{_EMULATOR_ACCOUNT}.dkr.ecr.{region}.amazonaws.com/fleetline:local",
         "ImageRepositoryArn": f"arn:aws:ecr:{region}:{_EMULATOR_ACCOUNT}:repository/fleetline",
         "ResidencyZone": zone,
+        # The emulator has no EventBridge global endpoints (CreateEndpoint: HTTP 500).
+        "GlobalEndpoint": "disabled",
         "SubnetIds": "subnet-0local",
         "SecurityGroupIds": "sg-0local",
         # Four shards are plenty for one machine (AWS: 24, for the 20,000 records/s peak).
@@ -336,7 +346,8 @@ def _build_artifacts(settings: DeploySettings) -> _Artifacts:
         raise TemplateInvalidError(str(exc)) from None
     _check_parses(settings.template, template)
     if settings.emulator:
-        template = _named_for_emulator(template, settings.template, settings.stack_name)
+        template = _named_for_emulator(template, settings.template, settings.stack_name,
+                                       settings.names_region)
     if settings.code is not None:
         try:
             code = settings.code.read_bytes()

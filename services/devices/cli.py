@@ -1,6 +1,7 @@
-"""`fleetline devices ...`: dashboard links and read-model queries from the shell (`url`,
-`counts`, `show DEVICE_ID`, `list --status S`); every query names the tenant, as the query
-API requires."""
+"""`fleetline devices [--zone Z] ...`: dashboard links and read-model queries from the shell
+(`url`, `counts`, `show DEVICE_ID`, `list --status S`); every query names the tenant, as the
+query API requires. `--zone` picks the zone's stack of a `fleetline up --zones eu,us` (default:
+the first). `fleetline report monthly` reads the lake of one zone or of all."""
 
 from __future__ import annotations
 
@@ -22,13 +23,25 @@ __all__ = ["app", "dashboard_url"]
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="The devices context: dashboard links and fleet queries.")
 
+# The zone's stack the commands of this invocation use (`fleetline devices --zone us ...`).
+_zone: str | None = None
+
+
+@app.callback()
+def _devices(
+    zone: Annotated[str | None, typer.Option(
+        help="the zone's stack (eu, us, eu:secondary); default: the first one up")] = None,
+) -> None:
+    global _zone
+    _zone = zone
+
 
 def dashboard_url(tenant_id: str, *, base: str | None = None) -> str:
     """The dashboard URL for a viewer of `tenant_id` (with its token, signed with the secret
     of this environment: `dashboard_secret`)."""
     from services.devices._local import dashboard_base_url
 
-    root = (base or os.environ.get("FLEETLINE_DASHBOARD_URL") or dashboard_base_url()
+    root = (base or os.environ.get("FLEETLINE_DASHBOARD_URL") or dashboard_base_url(zone=_zone)
             or "http://127.0.0.1:8080").rstrip("/")
     return f"{root}/?token={issue_token(tenant_id, secret=dashboard_secret())}"
 
@@ -49,8 +62,8 @@ def _query(ask: Callable[[DeviceQueries], Awaitable[Any]]) -> Any:
     async def main() -> Any:
         from services.devices._local import stack_clients, stack_resources
 
-        resources = await stack_resources("DeviceReadModelTable")
-        async with stack_clients("DeviceReadModelTable") as aws:
+        resources = await stack_resources("DeviceReadModelTable", zone=_zone)
+        async with stack_clients("DeviceReadModelTable", zone=_zone) as aws:
             return await ask(DeviceQueries(aws, resources.get("DeviceReadModelTable")))
 
     return anyio.run(main)
@@ -104,10 +117,6 @@ def list_command(
 report_app = typer.Typer(add_completion=False, no_args_is_help=True,
                          help="Analytics over the readings lake.")
 
-# The Region each residency zone's stack runs in (its secondary Region is for failover only).
-ZONE_REGIONS = {"eu": "eu-west-1", "us": "us-east-1"}
-
-
 @report_app.command("monthly")
 def monthly_command(
     month: Annotated[str, typer.Option(help="YYYY-MM")],
@@ -122,30 +131,30 @@ def monthly_command(
     the lake's Parquet in the emulator's S3; on AWS on Athena (the stack's workgroup). Across
     zones only each zone's aggregates leave its Region."""
     from services.devices import report
+    from shared.zones import ZONES
 
     if all_zones and zone:
         raise typer.BadParameter("give --zone or --all-zones, not both")
-    zones = sorted(ZONE_REGIONS) if all_zones else [zone] if zone else [None]
+    if zone is not None and zone not in ZONES:
+        raise typer.BadParameter(f"zone must be one of {sorted(ZONES)}")
+    zones: list[str | None] = list(ZONES) if all_zones else [zone]
 
     async def one(name: str | None) -> report.Partial | None:
-        from services.devices._local import stack_clients, stack_resources
+        from services.devices._local import stack_clients, stack_resources, stack_zone
 
-        environ = dict(os.environ)
-        if name is not None:
-            if name not in ZONE_REGIONS:
-                raise typer.BadParameter(f"zone must be one of {sorted(ZONE_REGIONS)}")
-            environ["AWS_REGION"] = environ["AWS_DEFAULT_REGION"] = ZONE_REGIONS[name]
+        # Each zone's query runs on its own stack, in its primary Region: only the
+        # aggregates it returns leave the Region.
         try:
-            resources = await stack_resources("LakeBucket", environ)
+            resources = await stack_resources("LakeBucket", zone=name)
             bucket = resources.get("LakeBucket")
         except Exception as exc:  # no stack in that Region: said, and the others go on
             if not all_zones:
                 raise
-            typer.echo(f"zone {name}: no stack with a lake in {ZONE_REGIONS[name or '']} "
-                       f"({exc})", err=True)
+            where = ZONES[name].primary if name else "its Region"
+            typer.echo(f"zone {name}: no stack with a lake in {where} ({exc})", err=True)
             return None
-        async with stack_clients("LakeBucket", environ) as aws:
-            deployed = name or _stack_zone(resources)
+        async with stack_clients("LakeBucket", zone=name) as aws:
+            deployed = name or stack_zone(resources)
             if aws.settings.endpoint_url or os.environ.get("AWS_ENDPOINT_URL"):
                 return await report.run_duckdb(aws, bucket=bucket, zone=deployed, month=month)
             return await report.run_athena(
@@ -165,9 +174,3 @@ def monthly_command(
         typer.echo(json.dumps(report.as_json(days, partials), indent=2))
     else:
         typer.echo(report.render(days, partials))
-
-
-def _stack_zone(resources: Any) -> str:
-    """The zone of the stack the command found: FLEETLINE_RESIDENCY_ZONE (inside the stack,
-    or exported), else eu, the zone `fleetline up` deploys by default."""
-    return os.environ.get("FLEETLINE_RESIDENCY_ZONE", "eu")

@@ -157,12 +157,14 @@ async def _deliver(event: Any, environ: dict[str, str]) -> dict[str, Any]:
                 )
         else:
             events = await aws.client("events")
+            # Through the zone's global endpoint when the stack has one (docs/zones.md).
+            endpoint = environ.get("FLEETLINE_DEVICE_EVENTS_ENDPOINT_ID")
             with aws_errors():
                 response = await events.put_events(Entries=[{
                     "EventBusName": environ["FLEETLINE_DEVICE_EVENTS_BUS_NAME"],
                     "Source": envelope.source, "DetailType": envelope.type,
                     "Detail": envelope.to_json(),
-                }])
+                }], **({"EndpointId": endpoint} if endpoint else {}))
             if response.get("FailedEntryCount"):
                 # Raise: the rule's retries (then the function's DLQ) take over.
                 raise RuntimeError(f"PutEvents refused the event: {response['Entries'][0]}")

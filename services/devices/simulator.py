@@ -2,9 +2,11 @@
 
 The fleet is N devices (`dev-000001` ...) spread over tenants (`t-001` ...) and two residency
 zones (eu, us), each with a firmware version; every device sends telemetry with its own
-increasing `seq`, round-robin across the fleet at a total rate. This deployment serves one
-zone (`--zone`): devices of the other zone write to the other region's stream, so only the
-`misrouted` fault sends them here (to exercise residency refusal).
+increasing `seq`, round-robin across the fleet at a total rate. A run serves one zone
+(`--zone`, default the first stack of the running `fleetline up`): devices of the other zone
+write to the other zone's stack, so only the `misrouted` fault sends them here (to exercise
+residency refusal). `--all-zones` plays the same fleet in every zone `fleetline up --zones`
+runs, each device writing to its home zone's stack only.
 
 Fault modes (each a probability per record, or a share of devices for `silent`):
 duplicates (the same record twice), out-of-order (a record held back and sent after the
@@ -85,7 +87,7 @@ class FleetConfig:
             raise ValueError("devices must be >= 1")
         if self.tenants < 1:
             raise ValueError("tenants must be >= 1")
-        if self.zone not in ("eu", "us"):
+        if self.zone not in ("eu", "us"):  # the zones of shared.zones.ZONES
             raise ValueError("zone must be 'eu' or 'us'")
         for name in ("eu_share", "duplicates", "out_of_order", "malformed", "silent",
                      "misrouted", "alarm_rate"):
@@ -479,7 +481,10 @@ def _simulate_command(
     duration: Annotated[float | None, typer.Option(help="seconds to run")] = None,
     count: Annotated[int | None, typer.Option(help="records to send")] = None,
     tenants: Annotated[int, typer.Option()] = 10,
-    zone: Annotated[str, typer.Option(help="zone this deployment serves")] = "eu",
+    zone: Annotated[str | None, typer.Option(
+        help="the zone whose devices play, on its stack (default: the first one up)")] = None,
+    all_zones: Annotated[bool, typer.Option(
+        "--all-zones", help="every zone up, each zone's devices on its own stack")] = False,
     eu_share: Annotated[float, typer.Option(help="share of devices in eu")] = 0.5,
     firmware: Annotated[str, typer.Option(help="comma-separated versions")] = "1.0.0,1.1.0,2.0.0",
     duplicates: Annotated[float, typer.Option(help="probability per record")] = 0.0,
@@ -509,42 +514,80 @@ def _simulate_command(
     console = Console()
     if duration is None and count is None:
         duration = 60.0
-    from services.devices._local import stack_clients, stack_resources
+    if all_zones and (zone or stream or bus):
+        raise typer.BadParameter("--all-zones plays every zone's stack: drop --zone/--stream/--bus")
+    from services.devices._local import stack_clients, stack_resources, stack_zone, zones_up
 
-    resources = anyio.run(stack_resources) if not stream else Resources.from_environ()
-    stream_name = stream or _resource(resources, "TelemetryStream")
-    bus_name = (bus or _resource(resources, "DeviceEventsBusName")) if presence else None
-    config = FleetConfig(
-        devices=devices, tenants=tenants, zone=zone, eu_share=eu_share,
-        firmware_versions=tuple(v.strip() for v in firmware.split(",") if v.strip()),
-        duplicates=duplicates, out_of_order=out_of_order, malformed=malformed, silent=silent,
-        silent_after=silent_after, misrouted=misrouted, seed=seed,
-        seq_base=int(time.time() * 1000),
-    )
+    zones: list[str | None] = list(zones_up()) if all_zones else [zone]
+    if not zones:
+        raise typer.BadParameter("--all-zones: no `fleetline up` runs here")
+    versions = tuple(v.strip() for v in firmware.split(",") if v.strip())
 
-    updates = UpdatePlan(UpdateFaults(
-        fail=update_fail, late=update_late, silent=update_silent,
-        late_seconds=update_late_seconds,
-        bad_versions=frozenset(v.strip() for v in bad_firmware.split(",") if v.strip()),
-    ), seed=seed) if commands else None
+    def plan_zone(name: str | None) -> tuple[str | None, FleetConfig, str, str | None]:
+        resources = (anyio.run(stack_resources, "TelemetryStream", None, name) if not stream
+                     else Resources.from_environ())
+        stream_name = stream or _resource(resources, "TelemetryStream")
+        bus_name = (bus or _resource(resources, "DeviceEventsBusName")) if presence else None
+        try:
+            config = FleetConfig(
+                devices=devices, tenants=tenants, zone=name or stack_zone(resources),
+                eu_share=eu_share, firmware_versions=versions, duplicates=duplicates,
+                out_of_order=out_of_order, malformed=malformed, silent=silent,
+                silent_after=silent_after, misrouted=misrouted, seed=seed,
+                seq_base=int(time.time() * 1000))
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+        return name, config, stream_name, bus_name
 
-    async def main() -> SimulationReport:
+    planned = [plan_zone(name) for name in zones]
+
+    def share(config: FleetConfig) -> float:
+        # The asked rate is the whole fleet's: each zone plays its devices' share of it.
+        if len(planned) == 1:
+            return 1.0
+        return config.eu_share if config.zone == "eu" else 1.0 - config.eu_share
+
+    def updates_plan() -> UpdatePlan | None:
+        return UpdatePlan(UpdateFaults(
+            fail=update_fail, late=update_late, silent=update_silent,
+            late_seconds=update_late_seconds,
+            bad_versions=frozenset(v.strip() for v in bad_firmware.split(",") if v.strip()),
+        ), seed=seed) if commands else None
+
+    runs = [(name, config, stream_name, bus_name, updates_plan())
+            for name, config, stream_name, bus_name in planned]
+    reports: dict[str, SimulationReport] = {}
+
+    async def play(name: str | None, config: FleetConfig, stream_name: str,
+                   bus_name: str | None, updates: UpdatePlan | None) -> None:
+        zone_rate = max(rate * share(config), 0.001)
+        zone_count = None if count is None else max(round(count * share(config)), 1)
         # An explicit --stream is the environment's stack; else the one `stack_resources` read.
-        async with (AwsClients() if stream else stack_clients()) as aws:
-            return await simulate(aws, config, stream=stream_name, bus=bus_name, rate=rate,
-                                  count=count, duration=duration, updates=updates)
+        async with (AwsClients() if stream else stack_clients(zone=name)) as aws:
+            reports[config.zone] = await simulate(
+                aws, config, stream=stream_name, bus=bus_name, rate=zone_rate,
+                count=zone_count, duration=duration, updates=updates)
 
-    console.print(f"simulating {devices} devices ({zone} zone) at {rate:g} records/s "
-                  f"-> {stream_name}" + (f", presence -> {bus_name}" if bus_name else ""))
-    report = anyio.run(main)
-    console.print(
-        f"sent {report.records} records and {report.presence_events} presence events in "
-        f"{report.elapsed:.1f}s ({report.rate:.0f} records/s of {rate:g} asked), "
-        f"{report.put_records_calls} PutRecords, {report.put_events_calls} PutEvents; "
-        f"faults: {report.by_fault or 'none'}"
-        + (f"; firmware jobs: {updates.scheduled} answers scheduled, {updates.silent} silent"
-           if updates is not None else "")
-    )
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            for run in runs:
+                tg.start_soon(play, *run)
+
+    for _name, config, stream_name, bus_name, _updates in runs:
+        console.print(f"simulating the {config.zone} zone's devices of {devices} at "
+                      f"{rate * share(config):g} records/s -> {stream_name}"
+                      + (f", presence -> {bus_name}" if bus_name else ""))
+    anyio.run(main)
+    for _name, config, _stream, _bus, updates in runs:
+        report = reports[config.zone]
+        console.print(
+            f"{config.zone}: sent {report.records} records and {report.presence_events} "
+            f"presence events in {report.elapsed:.1f}s ({report.rate:.0f} records/s of "
+            f"{rate * share(config):g} asked), {report.put_records_calls} PutRecords, "
+            f"{report.put_events_calls} PutEvents; faults: {report.by_fault or 'none'}"
+            + (f"; firmware jobs: {updates.scheduled} answers scheduled, {updates.silent} "
+               "silent" if updates is not None else "")
+        )
 
 
 def _resource(resources: Resources, key: str) -> str:

@@ -7,7 +7,8 @@
 
 Every refusal is one `error:` line naming the field and a non-zero exit; nothing was started.
 The commands find the stack as the other CLIs do: the environment inside the stack, else
-the running `fleetline up`.
+the running `fleetline up`; `fleetline firmware --zone us ...` picks the zone's stack of a
+`fleetline up --zones eu,us` (a rollout reaches the devices of its stack's zone only).
 """
 
 from __future__ import annotations
@@ -33,14 +34,26 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="The firmware context: artifacts and staged rollouts.")
 _console = Console()
 
+# The zone's stack the commands of this invocation use (`fleetline firmware --zone us ...`).
+_zone: str | None = None
+
+
+@app.callback()
+def _firmware(
+    zone: Annotated[str | None, typer.Option(
+        help="the zone's stack (eu, us, eu:secondary); default: the first one up")] = None,
+) -> None:
+    global _zone
+    _zone = zone
+
 
 def _run(ask: Callable[[FirmwareService], Awaitable[Any]]) -> Any:
     from shared.local import command_clients, command_resources
 
     async def main() -> Any:
-        resources = await command_resources("FirmwareTable")
+        resources = await command_resources("FirmwareTable", zone=_zone)
         zone = os.environ.get("FLEETLINE_RESIDENCY_ZONE") or _zone_output(resources)
-        async with command_clients("FirmwareTable") as aws:
+        async with command_clients("FirmwareTable", zone=_zone) as aws:
             service = FirmwareService(aws, ServiceSettings.from_resources(resources, zone))
             return await ask(service)
 

@@ -22,8 +22,10 @@ async def deploy_template(
     within_s: float = 120.0,
     emulated: bool = True,
     parameters: dict[str, str] | None = None,
+    names_region: str | None = None,
 ) -> None:
-    """Create or update `stack_name` and wait until it settles.
+    """Create or update `stack_name` and wait until it settles. `names_region`: see
+    `shared.deployment.DeploySettings` (one stack name in several Regions of the emulator).
 
     On an emulator the template's parameters that only AWS needs get local placeholders
     (`shared.deployment.local_parameters`); only the ones the template declares are passed.
@@ -42,5 +44,6 @@ async def deploy_template(
             parameters={k: v for k, v in values.items() if k in declared},
             timeout=within_s,
             emulator=emulated,  # moto runs SQS mappings itself, badly: see DeploySettings
+            names_region=names_region if emulated else None,
         ),
     )

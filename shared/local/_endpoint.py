@@ -43,29 +43,33 @@ def endpoint_clients(
     environ: Mapping[str, str],
     *,
     counter: RequestCounter | None = None,
+    region: str | None = None,
 ) -> AwsClients:
     """Clients on `endpoint`, with the Region and credentials `environ` gives (placeholders
-    where it has none: see the module docstring). `endpoint=None` means the standard AWS
-    configuration, as `AwsClients()` (`environ` is then not consulted).
+    where it has none: see the module docstring); `region` overrides the environment's (a
+    zone's stack: the state file says where it runs). `endpoint=None` means the standard AWS
+    configuration, as `AwsClients()` (`environ` is then not consulted, `region` still is).
 
     Raises:
         ValueError: `endpoint` is not an http(s) URL.
     """
     if endpoint is None:
-        return AwsClients(counter=counter)
+        return AwsClients(ClientSettings(region=region) if region else None, counter=counter)
     session = get_session()
     key, secret, token = _credentials(environ)
     # On the session, not from the chain: no profile or instance metadata is consulted.
     session.set_credentials(key, secret, token)
-    settings = ClientSettings(endpoint_url=endpoint, region=region_of(environ))
+    settings = ClientSettings(endpoint_url=endpoint, region=region or region_of(environ))
     return AwsClients(settings, counter=counter, session=session)
 
 
-def child_environment(endpoint: str | None, environ: Mapping[str, str]) -> dict[str, str]:
+def child_environment(
+    endpoint: str | None, environ: Mapping[str, str], *, region: str | None = None,
+) -> dict[str, str]:
     """The complete environment of a child process on `endpoint` (None: AWS): `environ` with
-    the Region set both ways and, on an endpoint, `AWS_ENDPOINT_URL` and credentials (the
-    caller's or placeholders) instead of a profile."""
-    region = region_of(environ)
+    the Region (`region`, else the environment's) set both ways and, on an endpoint,
+    `AWS_ENDPOINT_URL` and credentials (the caller's or placeholders) instead of a profile."""
+    region = region or region_of(environ)
     env = {**environ, "AWS_REGION": region, "AWS_DEFAULT_REGION": region,
            "PYTHONUNBUFFERED": "1"}
     if endpoint is not None:

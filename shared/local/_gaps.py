@@ -32,7 +32,7 @@ from typing import Any
 from shared.cloudformation import DEFAULT_TEMPLATE, Template, TemplateError
 from shared.cloudformation import statemachines_dir as statemachines_of
 from shared.local._distributed_map import DefinitionError, local_definition, map_runs_queue
-from shared.local._template import StackFacts, resolve
+from shared.local._template import StackFacts, condition_holds, resolve
 
 __all__ = [
     "API_CREATED",
@@ -76,6 +76,9 @@ NOT_EMULATED = {
     "AWS::Athena::WorkGroup": "not needed locally (the monthly report runs on DuckDB)",
     "AWS::IoT::TopicRule": "not emulated (the simulator writes where the rule would)",
     "AWS::CloudWatch::Alarm": "not emulated",
+    "AWS::Events::Endpoint": (
+        "not emulated (no global endpoints: producers publish to the bus of their Region; "
+        "the failover drill switches them, docs/zones.md)"),
     "AWS::ApplicationAutoScaling::ScalableTarget": "not emulated",
     "AWS::ApplicationAutoScaling::ScalingPolicy": "not emulated",
     "AWS::Scheduler::Schedule": "not emulated",
@@ -491,6 +494,8 @@ def _build_all(ctx: _Ctx, kind: str, build: Any, problems: dict[str, str]) -> tu
     built = []
     for logical, resource in _of_type(ctx.template, kind):
         try:
+            if not condition_holds(resource, ctx.template, ctx.facts):
+                continue  # not in this stack
             built.append(build(logical, _props(resource, ctx.template, ctx.facts), ctx))
         except (TemplateError, DefinitionError, KeyError, TypeError, ValueError) as exc:
             problems[logical] = f"not supplied: {exc}"

@@ -21,6 +21,7 @@ from shared.errors import ConfigurationError, FleetlineError
 __all__ = [
     "ChildRecord",
     "Phase",
+    "StackRecord",
     "UpError",
     "UpState",
     "pid_alive",
@@ -57,10 +58,36 @@ class ChildRecord:
 
 
 @dataclass(frozen=True, kw_only=True)
+class StackRecord:
+    """One stack of a multi-zone `up` (`--zones eu,us`): a zone's primary or secondary stack,
+    its Region, and the names of its local processes (`<prefix><logical id>`)."""
+
+    zone: str
+    role: str  # "primary" | "secondary"
+    region: str
+    stack_name: str
+    prefix: str = ""  # of its children's names: "" for the only stack, else "eu-", "eu2-"
+    urls: dict[str, str] = field(default_factory=dict)
+    problems: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> StackRecord:
+        return cls(zone=str(data["zone"]), role=str(data["role"]), region=str(data["region"]),
+                   stack_name=str(data["stack_name"]), prefix=str(data.get("prefix", "")),
+                   urls={str(k): str(v) for k, v in dict(data.get("urls", {})).items()},
+                   problems={str(k): str(v) for k, v in dict(data.get("problems", {})).items()})
+
+
+@dataclass(frozen=True, kw_only=True)
 class UpState:
     stack_name: str
     endpoint: str | None  # None: real AWS
     supervisor_pid: int
+    region: str | None = None  # of the (first) stack; None: the environment's (older files)
+    stacks: tuple[StackRecord, ...] = ()  # every zone's stack, the first one first
     phase: Phase = Phase.STARTING
     emulator_port: int | None = None
     children: tuple[ChildRecord, ...] = ()
@@ -78,6 +105,39 @@ class UpState:
     def without_child(self, name: str) -> UpState:
         return replace(self, children=tuple(c for c in self.children if c.name != name))
 
+    def zones(self) -> list[str]:
+        """The zones this `up` runs, in order (with a secondary as `eu:secondary`)."""
+        return [s.zone if s.role == "primary" else f"{s.zone}:{s.role}" for s in self.stacks]
+
+    def for_zone(self, zone: str | None, role: str = "primary") -> UpState:
+        """This state as seen by one stack: its name, Region, URLs, problems and local
+        processes. `zone` is a zone name (`eu`) or a zone and role (`eu:secondary`);
+        `zone=None` is the first stack; a state of one stack (or an older file)
+        is itself for its own zone and for None.
+
+        Raises ConfigurationError naming the zones that run when `zone` is not one."""
+        if not self.stacks:
+            return self
+        if zone is not None and ":" in zone:  # "eu:secondary"
+            zone, role = zone.split(":", 1)
+        if zone is None:
+            found = self.stacks[0]
+        else:
+            match = [s for s in self.stacks if s.zone == zone and s.role == role]
+            if not match:
+                raise ConfigurationError(
+                    f"zone {zone}{'' if role == 'primary' else ' (' + role + ')'} is not up "
+                    f"here (up runs {', '.join(self.zones())}): run `fleetline up --zones ...`")
+            found = match[0]
+        if len(self.stacks) == 1:
+            return replace(self, region=found.region)
+        return replace(
+            self, stack_name=found.stack_name, region=found.region, urls=dict(found.urls),
+            problems=dict(found.problems), stacks=(found,),
+            children=tuple(c for c in self.children
+                           if c.name.startswith(found.prefix) or c.kind == "emulator"),
+            skipped={k: v for k, v in self.skipped.items() if k.startswith(found.prefix)})
+
     def pids(self) -> list[int]:
         """Every pid this run owns, the supervisor first."""
         return [self.supervisor_pid, *(c.pid for c in self.children)]
@@ -86,6 +146,7 @@ class UpState:
         data = asdict(self)
         data["phase"] = self.phase.value
         data["children"] = [asdict(c) for c in self.children]
+        data["stacks"] = [s.to_json() for s in self.stacks]
         return data
 
     @classmethod
@@ -96,6 +157,8 @@ class UpState:
                 stack_name=str(data["stack_name"]),
                 endpoint=None if data.get("endpoint") is None else str(data["endpoint"]),
                 supervisor_pid=int(data["supervisor_pid"]),
+                region=None if data.get("region") is None else str(data["region"]),
+                stacks=tuple(StackRecord.from_json(s) for s in data.get("stacks", [])),
                 phase=Phase(data.get("phase", Phase.STARTING)),
                 emulator_port=(
                     None if data.get("emulator_port") is None else int(data["emulator_port"])

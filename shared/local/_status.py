@@ -18,6 +18,7 @@ from shared.errors import AwsRequestError, FleetlineError
 from shared.local._gaps import NOT_EMULATED, SUPPLIED
 from shared.local._stack import StackResource, describe_stack
 from shared.local._state import UpState, pid_alive
+from shared.local._template import StackFacts, condition_holds
 
 __all__ = [
     "ProcessRow", "QueueRow", "ResourceRow", "StackStatus", "StreamRow", "collect_status",
@@ -107,10 +108,18 @@ async def collect_status(
     has_template = await anyio.Path(template_path).is_file()
     template = load_template(template_path) if has_template else {"Resources": {}}
     logical_ids = list(template["Resources"]) or list(deployed)
+    facts = StackFacts.from_stack_id(stack.stack_id, stack_name=stack_name,
+                                     physical=stack.physical_ids(), parameters=stack.parameters)
     rows = []
     for logical in logical_ids:
         kind = template["Resources"].get(logical, {}).get("Type") or deployed[logical].type
         found = deployed.get(logical)
+        resource = template["Resources"].get(logical, {})
+        if found is None and not condition_holds(resource, template, facts):
+            rows.append(ResourceRow(
+                logical_id=logical, type=kind, physical_id=None,
+                state=f"not in this stack (condition {resource['Condition']} is false)"))
+            continue
         rows.append(
             ResourceRow(
                 logical_id=logical,

@@ -257,6 +257,7 @@ async def plan_processes(
     api_port: int = 0,
     bind_host: str = "127.0.0.1",
     outputs: Mapping[str, str] | None = None,
+    container_port: Callable[[int], int] | None = None,
 ) -> LocalProcesses:
     """Specs for every local process. ECS containers come from the deployed task definition
     (the emulator resolved its environment); Lambda environments from the deployed function.
@@ -265,6 +266,8 @@ async def plan_processes(
     `include_triggers=False` (real AWS) keeps only the ECS services; `include_services=False`
     leaves them out (compose.yaml runs them in containers of their own). `outputs` (the stack's)
     gives the pipes' relay the `ClaimCheckBucket` for events over 256 KB.
+    `container_port(port)` moves a container's port on this machine (a later zone's copy of
+    a server, which must not race the first zone's for the container port).
     """
     specs: list[ProcessSpec] = []
     skipped: dict[str, str] = {}
@@ -297,7 +300,9 @@ async def plan_processes(
             ]
             url = None
             if ports:
-                port = local_port(int(ports[0]), bind_host, free_port)
+                # a later zone's copy of a server must not race the first for its port
+                wanted = int(ports[0]) if container_port is None else container_port(int(ports[0]))
+                port = local_port(wanted, bind_host, free_port)
                 listen_where(env, bind_host, port)
                 url = f"http://{_url_host(bind_host)}:{port}"
             specs.append(

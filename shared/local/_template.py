@@ -2,10 +2,10 @@
 
 The local runner supplies what the emulator skips from the template itself, so it needs the
 values CloudFormation would have substituted: `Ref`, `Fn::GetAtt`, `Fn::Sub`, `Fn::Join`,
-`Fn::Select`, `Fn::Split`, `Fn::If`. `resolve` does that purely, from `StackFacts` (physical
-ids and attributes gathered once from the deployed stack), so the planning is unit-tested
-without an emulator. The template itself is read by `shared.cloudformation.load_template`
-(the one loader: short-form tags in their long form).
+`Fn::Select`, `Fn::Split`, `Fn::If`, `Fn::FindInMap`. `resolve` does that purely, from
+`StackFacts` (physical ids and attributes gathered once from the deployed stack), so the
+planning is unit-tested without an emulator. The template itself is read by
+`shared.cloudformation.load_template` (the one loader: short-form tags in their long form).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 from shared.cloudformation import Template, TemplateError
 
-__all__ = ["StackFacts", "resolve"]
+__all__ = ["StackFacts", "condition_holds", "resolve"]
 
 _SUB_VAR = re.compile(r"\$\{([^}!][^}]*)\}")
 NO_VALUE = object()  # AWS::NoValue: the property is dropped
@@ -74,6 +74,10 @@ def _derived_attribute(
     if resource is None:
         raise TemplateError(f"Fn::GetAtt names unknown resource {logical!r}")
     kind = resource.get("Type", "")
+    if kind == "AWS::Events::Endpoint" and attribute == "EndpointId":
+        # The emulator has no global endpoints: "" is "no endpoint", what a standby stack
+        # says too, so producers publish to the bus in their own Region (docs/zones.md).
+        return ""
     physical = facts.physical.get(logical)
     region, account = facts.region, facts.account
     name = _name_of(physical) if physical else None
@@ -181,6 +185,15 @@ def _condition(name: str, template: Template, facts: StackFacts) -> bool:
     return bool(resolve(conditions[name], template, facts))
 
 
+def condition_holds(resource: Mapping[str, Any], template: Template, facts: StackFacts) -> bool:
+    """Whether the stack has `resource`: it names no `Condition`, or its condition is true
+    for the stack's parameters (a standby stack has no global endpoint, for one).
+
+    Raises TemplateError when the condition cannot be resolved."""
+    name = resource.get("Condition")
+    return name is None or _condition(str(name), template, facts)
+
+
 def resolve(value: Any, template: Template, facts: StackFacts) -> Any:
     """`value` with every intrinsic function replaced by its value in the deployed stack.
 
@@ -215,6 +228,12 @@ def resolve(value: Any, template: Template, facts: StackFacts) -> Any:
             name, then, otherwise = arg
             chosen = then if _condition(str(name), template, facts) else otherwise
             return resolve(chosen, template, facts)
+        if key == "Fn::FindInMap":
+            mapping, top, second = (str(resolve(v, template, facts)) for v in arg)
+            try:
+                return template["Mappings"][mapping][top][second]
+            except KeyError:
+                raise TemplateError(f"Fn::FindInMap: no {mapping}.{top}.{second}") from None
         if key == "Fn::Equals":
             left, right = (resolve(v, template, facts) for v in arg)
             return left == right

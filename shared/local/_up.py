@@ -31,11 +31,11 @@ import structlog
 from shared.aws import AwsClients, ClientSettings
 from shared.cloudformation import DEFAULT_TEMPLATE, Template, load_template, statemachines_dir
 from shared.emulator import Emulator, free_port
-from shared.errors import FleetlineError
+from shared.errors import ConfigurationError, FleetlineError
 from shared.local._endpoint import child_environment, endpoint_clients, region_of
 from shared.local._gaps import plan_gaps
 from shared.local._stack import DeployedStack, describe_stack, gather_facts
-from shared.local._state import ChildRecord, Phase, UpError, UpState, write_state
+from shared.local._state import ChildRecord, Phase, StackRecord, UpError, UpState, write_state
 from shared.local._supervisor import Supervisor
 from shared.local._supply import LocalProcesses, apply_api_gaps, plan_processes
 
@@ -59,6 +59,55 @@ class UpConfig:
     api_port: int = 0  # first local HTTP API port; 0 = free ones
     bind_host: str = "127.0.0.1"  # where local servers listen (0.0.0.0 in a container)
     parameters: dict[str, str] = field(default_factory=dict)  # template parameters (--parameter)
+    # Zones to run, one stack each in its own Region: "eu", "us", "eu:secondary" (the zone's
+    # standby in its secondary Region). Empty: one stack in the environment's Region, as
+    # before zones (its zone is the ResidencyZone parameter, eu by default).
+    zones: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Target:
+    """One stack `up` deploys and runs: where, with which parameters, its processes' names."""
+
+    zone: str
+    role: str
+    region: str
+    prefix: str  # of its processes' names
+    parameters: dict[str, str]
+    api_port: int
+    move_ports: bool  # a later zone's servers move off the first zone's container ports
+
+
+def _targets(config: UpConfig, environ_region: str) -> list[_Target]:
+    """The stacks of `config`, first to last (pure). On AWS each zone's standby stack
+    (`eu:secondary`) is added when not named: the primary's global endpoint needs its bus.
+
+    Raises ConfigurationError for an unknown zone or role, or a zone given twice."""
+    from shared.zones import ZoneRole, parse_stack
+
+    if not config.zones:
+        zone = config.parameters.get("ResidencyZone", "eu")
+        role = config.parameters.get("ZoneRole", ZoneRole.PRIMARY.value)
+        return [_Target(zone=zone, role=role, region=environ_region, prefix="",
+                        parameters=dict(config.parameters), api_port=config.api_port,
+                        move_ports=False)]
+    targets: list[_Target] = []
+    items = list(config.zones)
+    if config.real_aws:  # a primary's global endpoint needs its zone's standby: added
+        items += [f"{name}:secondary" for name, _, role in (i.partition(":") for i in items)
+                  if not role and f"{name}:secondary" not in items]
+    for index, item in enumerate(items):
+        found, role = parse_stack(item)
+        name = found.name
+        if any(t.zone == name and t.role == role.value for t in targets):
+            raise ConfigurationError(f"zones: {item!r} is given twice")
+        targets.append(_Target(
+            zone=name, role=role.value, region=found.region(role),
+            prefix=f"{name}-" if role is ZoneRole.PRIMARY else f"{name}-{role.value}-",
+            parameters={**config.parameters, "ResidencyZone": name, "ZoneRole": role.value},
+            api_port=config.api_port if index == 0 else 0,
+            move_ports=index > 0))
+    return targets
 
 
 @dataclass
@@ -81,7 +130,9 @@ class _Run:
         self.save()
 
 
-async def _deploy(aws: AwsClients, config: UpConfig, template: Template) -> DeployedStack:
+async def _deploy(
+    aws: AwsClients, config: UpConfig, template: Template, target: _Target,
+) -> DeployedStack:
     from shared.local._deploy import deploy_template
 
     await deploy_template(
@@ -92,7 +143,9 @@ async def _deploy(aws: AwsClients, config: UpConfig, template: Template) -> Depl
         stack_name=config.stack_name,
         within_s=config.deploy_timeout,
         emulated=not config.real_aws,
-        parameters=config.parameters,
+        parameters=target.parameters,
+        # zones' stacks share a name: their buckets and roles carry their Region
+        names_region=target.region if config.zones else None,
     )
     stack = await describe_stack(aws, config.stack_name)
     if stack is None:
@@ -176,30 +229,53 @@ async def run_up(
                 elif config.endpoint is not None:
                     await anyio.to_thread.run_sync(_configure_moto, config.endpoint)
                 run.save()
-                # The runner is an edge: it reads its own environment, hands each child a
-                # complete one, and points its own clients through their settings, at the
-                # Region the children get (botocore alone would not read AWS_REGION).
-                base_env = child_environment(run.state.endpoint, os.environ)
-                clients = (
-                    endpoint_clients(run.state.endpoint, os.environ)
-                    if run.state.endpoint is not None
-                    else AwsClients(ClientSettings(region=region_of(os.environ)))
-                )
-                async with clients as aws, anyio.create_task_group() as children:
-                    receiver = await _start_trace_receiver(config, base_env, children)
-                    processes, problems = await _start(
-                        aws, config, template, base_env, supervisor, children
-                    )
-                    urls = {s.name: s.url for s in processes.specs if s.url}
+                targets = _targets(config, region_of(os.environ))
+                async with anyio.create_task_group() as children:
+                    # One trace receiver for every stack's processes: the OTLP settings it
+                    # gives are added to each stack's child environment.
+                    trace_env = dict(os.environ)
+                    receiver = await _start_trace_receiver(config, trace_env, children)
+                    extra_env = {k: v for k, v in trace_env.items() if os.environ.get(k) != v}
+                    started_stacks: list[tuple[_Target, LocalProcesses, dict[str, str]]] = []
+
+                    async def start(target: _Target) -> None:
+                        processes, problems = await _start_target(
+                            run.state.endpoint, config, template, target, supervisor, children,
+                            extra_env=extra_env)
+                        started_stacks.append((target, processes, problems))
+
+                    # The zones' stacks deploy and start side by side: each mostly waits on
+                    # the emulator, which serves them all. On AWS a primary's global endpoint
+                    # names its secondary's bus, so the standbys are deployed first.
+                    waves = ([[t for t in targets if t.role != "primary"],
+                              [t for t in targets if t.role == "primary"]]
+                             if config.real_aws else [targets])
+                    for wave in waves:
+                        async with anyio.create_task_group() as starting:
+                            for target in wave:
+                                starting.start_soon(start, target)
+                    started_stacks.sort(key=lambda s: targets.index(s[0]))
+                    urls = {s.name: s.url for _, processes, _ in started_stacks
+                            for s in processes.specs if s.url}
                     if receiver is not None:
                         urls["traces"] = receiver
                     run.state = replace(
                         run.state,
                         phase=Phase.READY,
                         error=None,
+                        region=targets[0].region,
+                        stacks=tuple(
+                            StackRecord(
+                                zone=target.zone, role=target.role, region=target.region,
+                                stack_name=config.stack_name, prefix=target.prefix,
+                                urls={s.name: s.url for s in processes.specs if s.url},
+                                problems=problems)
+                            for target, processes, problems in started_stacks),
                         urls=urls,
-                        skipped=dict(processes.skipped),
-                        problems=problems,
+                        skipped={k: v for _, processes, _ in started_stacks
+                                 for k, v in processes.skipped.items()},
+                        problems={k: v for _, _, problems in started_stacks
+                                  for k, v in problems.items()},
                         ready_seconds=round(time.monotonic() - started, 2),
                     )
                     run.save()
@@ -256,19 +332,46 @@ async def _start_trace_receiver(
     return url
 
 
+async def _start_target(
+    endpoint: str | None,
+    config: UpConfig,
+    template: Template,
+    target: _Target,
+    supervisor: Supervisor,
+    children: anyio.abc.TaskGroup,
+    *,
+    extra_env: dict[str, str],
+) -> tuple[LocalProcesses, dict[str, str]]:
+    """`_start` one stack in its Region, its children's environment with `extra_env`. The
+    runner is an edge: it reads its own environment, hands each child a complete one (the
+    stack's Region), and points its own clients through their settings at that Region
+    (botocore alone would not read AWS_REGION)."""
+    base_env = {**child_environment(endpoint, os.environ, region=target.region), **extra_env}
+    clients = (
+        endpoint_clients(endpoint, os.environ, region=target.region)
+        if endpoint is not None
+        else AwsClients(ClientSettings(region=target.region))
+    )
+    async with clients as aws:
+        return await _start(aws, config, template, target, base_env, supervisor, children)
+
+
 async def _start(
     aws: AwsClients,
     config: UpConfig,
     template: Template,
+    target: _Target,
     base_env: dict[str, str],
     supervisor: Supervisor,
     children: anyio.abc.TaskGroup,
 ) -> tuple[LocalProcesses, dict[str, str]]:
-    """Deploy, supply the gaps, start the local processes. Returns the processes and the
-    resources that could not be supplied, with the reasons."""
+    """Deploy, supply the gaps, start the local processes. Returns the processes (named
+    with the target's prefix) and the resources that could not be supplied, with the
+    reasons (keyed by the prefixed logical id)."""
     began = time.monotonic()
-    stack = await _deploy(aws, config, template)
-    log.info("deployed", stack=config.stack_name, seconds=round(time.monotonic() - began, 2))
+    stack = await _deploy(aws, config, template, target)
+    log.info("deployed", stack=config.stack_name, region=target.region,
+             seconds=round(time.monotonic() - began, 2))
     facts = await gather_facts(aws, template, stack)
     plan = plan_gaps(template, facts, statemachines_dir=_statemachines(config))
     emulated = not config.real_aws
@@ -289,10 +392,16 @@ async def _start(
             include_triggers=emulated,
             include_services=config.services,
             stack_name=config.stack_name,
-            api_port=config.api_port,
+            api_port=target.api_port,
             bind_host=config.bind_host,
             outputs=stack.outputs,
+            container_port=(lambda _port: free_port()) if target.move_ports else None,
         )
+    if target.prefix:
+        processes = LocalProcesses(
+            specs=tuple(replace(s, name=target.prefix + s.name) for s in processes.specs),
+            skipped={target.prefix + k: v for k, v in processes.skipped.items()})
+        problems = {target.prefix + k: v for k, v in problems.items()}
     for name, reason in processes.skipped.items():
         log.warning("not started", process=name, reason=reason)
     # READY means the printed URLs answer. Servers start first and are waited for; the

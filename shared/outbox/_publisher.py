@@ -76,6 +76,11 @@ class PublisherConfig:
     claim_check_bucket: str | None = None
     """S3 bucket for payloads over the limit (stack output `ClaimCheckBucket`); None refuses
     such events (dead-letter with the reason)."""
+    endpoint_id: str | None = None
+    """An EventBridge global endpoint to publish through (PutEvents `EndpointId`, the stack
+    output `DeviceEventsEndpointId`): it routes to the bus of the same name in the primary
+    or, after a failover, the secondary Region of the zone. None publishes to the bus in the
+    client's Region (locally: the emulator has no global endpoints)."""
     max_in_flight: int = 8
     """PutEvents calls of one round sent at once. A round holds at most one event per
     aggregate, so its calls may overlap without reordering any aggregate's events; one
@@ -226,7 +231,11 @@ class EventPublisher:
         assert self._aws is not None
         events = await self._aws.client("events")
         with aws_errors():
-            response = await events.put_events(Entries=entries)
+            if self.config.endpoint_id:
+                response = await events.put_events(
+                    Entries=entries, EndpointId=self.config.endpoint_id)
+            else:
+                response = await events.put_events(Entries=entries)
         return list(response.get("Entries") or [])
 
     async def publish(self, envelopes: Sequence[Mapping[str, Any]]) -> PublishReport:

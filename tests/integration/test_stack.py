@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -85,20 +86,19 @@ EVENT_FED_QUEUES = {q for routes in (ORDERS_ROUTES, DEVICE_ROUTES)
                     for qs in routes.values() for q in qs}
 
 
-def template_resources() -> dict[str, str]:
+def template_resources(parameters: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The template's resources; with `parameters`, those CloudFormation creates for them
+    (a resource whose `Condition` is false is not in the stack: the global endpoint where
+    GlobalEndpoint=disabled)."""
+    from shared.local import StackFacts
+    from shared.local._template import condition_holds
+
     decoded = load_template(TEMPLATE)  # the one loader; raises on what cfn-lint flags
-    return {lid: str(r["Type"]) for lid, r in decoded["Resources"].items()}
-
-
-def not_created_locally() -> set[str]:
-    """Resources whose condition is false for the local parameters: the dashboard's load
-    balancer (HasDashboardLoadBalancer: no certificate locally). moto lists them without a
-    logical id, as it does the gaps."""
-    decoded = load_template(TEMPLATE)
-    if local_parameters(zone="eu").get("DashboardCertificateArn"):
-        return set()
-    return {lid for lid, r in decoded["Resources"].items()
-            if r.get("Condition") == "HasDashboardLoadBalancer"}
+    facts = StackFacts.from_stack_id(
+        "arn:aws:cloudformation:us-east-1:123456789012:stack/fl-test/x", stack_name="fl-test",
+        physical={}, parameters=parameters or {})
+    return {lid: str(r["Type"]) for lid, r in decoded["Resources"].items()
+            if parameters is None or condition_holds(r, decoded, facts)}
 
 
 async def deploy_stack(aws: AwsClients) -> Deployment:
@@ -152,12 +152,14 @@ async def test_template_deploys_with_every_resource_and_routes_events(
     assert elapsed < READY_BUDGET_SECONDS, f"deployment took {elapsed:.1f} s"
 
     # Every resource of the template is in the stack, or is a named gap.
-    expected = template_resources()
+    expected = template_resources(deployment.parameters)
     listed = {r.logical_id: r for r in deployment.stack_resources if r.logical_id}
-    gaps = {lid for lid, kind in expected.items() if kind in KNOWN_GAPS} | not_created_locally()
+    gaps = {lid for lid, kind in expected.items() if kind in KNOWN_GAPS}
     assert set(listed) == set(expected) - gaps
     anonymous = [r for r in deployment.stack_resources if not r.logical_id]
-    assert len(anonymous) == len(gaps)
+    # moto lists each resource it did not create, a gap or one whose condition is false,
+    # without its logical id
+    assert len(anonymous) == len(template_resources()) - len(listed)
     for lid, resource in listed.items():
         assert resource.resource_type == expected[lid], lid
         if resource.resource_type not in CREATED_WITHOUT_PHYSICAL_ID:

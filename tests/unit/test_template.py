@@ -483,7 +483,7 @@ def test_every_output_names_a_resource_or_parameter_it_is_keyed_after(
             continue
         assert refs, f"output {key} refers to nothing"
         assert refs <= known, f"output {key}: {refs - known}"
-        assert any(key in {r, f"{r}Name", f"{r}Arn", f"{r}Url"} for r in refs), (
+        assert any(key in {r, f"{r}Name", f"{r}Arn", f"{r}Url", f"{r}Id"} for r in refs), (
             f"output {key} is not keyed after {refs}")
 
 
