@@ -34,6 +34,7 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -151,14 +152,21 @@ def build_images(settings: BuildSettings) -> tuple[tuple[str, int], tuple[str, i
     if settings.network:
         common += ["--network", settings.network]
     revision = _git_revision(settings.context)
-    sizes = []
-    for target, tag in (("worker", settings.image), ("emulator", settings.emulator_image)):
+    targets = (("worker", settings.image), ("emulator", settings.emulator_image))
+
+    def build_one(target: str, tag: str) -> tuple[str, int]:
         _run([*common, "--build-arg", f"REVISION={revision}", "--target", target, "-t", tag,
               str(settings.context)], env=env, what=f"docker build --target {target}")
         size = _run([settings.docker, "image", "inspect", "--format", "{{.Size}}", tag],
                     env=env, what=f"docker image inspect {tag}")
-        sizes.append((tag, int(size.strip() or 0)))
-    return sizes[0], sizes[1]
+        return tag, int(size.strip() or 0)
+
+    # Both at once: BuildKit runs the stage they share (the builder) once, and the worker's
+    # last stage overlaps the emulator's own installs.
+    with ThreadPoolExecutor(max_workers=len(targets)) as pool:
+        futures = [pool.submit(build_one, target, tag) for target, tag in targets]
+        worker, emulator = (future.result() for future in futures)
+    return worker, emulator
 
 
 def _git_revision(context: Path) -> str:

@@ -18,6 +18,10 @@ the template sets), release what cannot finish (SQS: visibility 0; streams: the 
 back with its checkpoint), flush pending deletes, exit 0. A second signal skips the rest of
 the drain (the release and flush still run). Exit status 78 (EX_CONFIG) means misconfigured
 (a missing variable, a queue that does not exist): a supervisor should not restart it.
+
+On ECS (ECS_AGENT_URI set by the agent) the host holds the task's scale-in protection while a
+batch is in flight, so Service Auto Scaling never stops a task in the middle of one
+(`shared.hosts._protection`: debounced, a busy worker pays a few requests a minute at most).
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from shared.consumers.sqs import queue_url
 from shared.consumers.streams import ShardSource, StreamConsumer
 from shared.errors import EX_CONFIG, ConfigurationError, FleetlineError
 from shared.hosts._gc import configure_gc
+from shared.hosts._protection import AGENT_URI_ENV, ScaleInProtection
 from shared.logging import configure_logging
 from shared.metrics import configure_metrics, get_metrics
 from shared.tracing import configure_tracing
@@ -276,6 +281,8 @@ async def serve(
 ) -> None:
     """Run `worker` until a signal (or `stop`), then shut down gracefully and return.
     Metrics (shared.metrics) are flushed every `metrics_interval` seconds and at the end.
+    With ECS_AGENT_URI in the environment (on ECS), the task's scale-in protection is held
+    while a batch is in flight.
 
     `signals` are watched from the start (a signal during start-up stops the worker as soon
     as its consumer exists, without receiving anything), and only in the main thread: pass
@@ -295,6 +302,11 @@ async def serve(
         # EMF lines every `metrics_interval`, and a last one after the drain.
         outer.start_soon(get_metrics().run, metrics_interval)
         async with _handler_of(worker, aws, resources) as handler:
+            agent_uri = os.environ.get(AGENT_URI_ENV)
+            if agent_uri:
+                protection = ScaleInProtection(agent_uri)
+                handler = protection.guard(handler)
+                outer.start_soon(protection.run)
             consumer = await worker.source.open(
                 aws, resources, handler, name=worker.name, drain_seconds=drain
             )

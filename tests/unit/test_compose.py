@@ -5,6 +5,8 @@ rules of `shared.local._compose`, and the AWS endpoint and credentials added).""
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -109,3 +111,22 @@ def test_the_tracing_profile_is_optional(compose: dict[str, Any]) -> None:
     for name, service in compose["services"].items():
         if name not in profiled:
             assert not set(service.get("depends_on", {})) & profiled, name
+
+
+@pytest.mark.parametrize("profile", [[], ["--profile", "tracing"]])
+def test_docker_compose_accepts_the_file(profile: list[str]) -> None:
+    """`docker compose config` (Compose v2 from the tools venv, `make install`) validates the
+    file as a fresh clone has it, with and without the tracing profile; no daemon needed."""
+    found = sorted((ROOT / ".venv" / "tools").glob(
+        "lib/python3*/site-packages/compose/docker-compose"))
+    if not found:
+        message = "docker compose v2 is missing: `make install` puts it in .venv/tools"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("FLEETLINE_", "DOCKER_", "COMPOSE_"))}
+    done = subprocess.run([str(found[0]), "-f", str(COMPOSE), *profile, "config", "--quiet"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert done.returncode == 0, done.stderr

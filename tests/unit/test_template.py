@@ -9,7 +9,9 @@ actions, wildcard resources only where commented, outputs and FLEETLINE_* variab
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -161,6 +163,36 @@ def test_cfn_lint_reports_no_errors() -> None:
 
 
 # --------------------------------------------------------------------------------- queues
+@pytest.mark.slow  # checkov takes 7-15 s on this template
+def test_checkov_fails_no_check_and_every_suppression_says_why(template: dict[str, Any]) -> None:
+    """The policy scanner (from the tools venv, `make install`) passes the template; each check
+    a resource skips is in its Metadata with the reason."""
+    checkov = ROOT / ".venv" / "tools" / "bin" / "checkov"
+    if not checkov.exists():
+        message = "checkov is missing: `make install` puts it in .venv/tools"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    done = subprocess.run(
+        [str(checkov), "-f", str(TEMPLATE_PATH), "--framework", "cloudformation", "--quiet",
+         "--compact", "--skip-download", "--output", "json"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    report = json.loads(done.stdout)
+    report = report[0] if isinstance(report, list) else report
+    assert report["summary"]["parsing_errors"] == 0, done.stderr[-2000:]
+    failed = [f"{f['check_id']} {f['resource']}: {f['check_name']}"
+              for f in report["results"]["failed_checks"]]
+    assert failed == []
+    skips = 0
+    for lid, resource in template["Resources"].items():
+        for skip in resource.get("Metadata", {}).get("checkov", {}).get("skip", []):
+            assert re.fullmatch(r"CKV2?_AWS_\d+", skip["id"]), (lid, skip)
+            assert len(skip.get("comment", "").split()) >= 8, f"{lid} {skip['id']}: say why"
+            skips += 1
+    assert report["summary"]["skipped"] <= skips
+
+
 def test_every_queue_that_is_not_a_dlq_redrives_to_an_existing_dlq(
     template: dict[str, Any],
 ) -> None:
@@ -608,6 +640,68 @@ def test_telemetry_workers_never_outnumber_the_shards(template: dict[str, Any]) 
     assert stream["ShardCount"] == {"Ref": "TelemetryShardCount"}
     # 20,000 records/s at the peak, 1,000 records/s per shard, 20 % headroom.
     assert int(template["Parameters"]["TelemetryShardCount"]["Default"]) >= 20_000 // 1_000
+
+
+def test_every_task_role_may_protect_its_own_task_from_scale_in(template: dict[str, Any]) -> None:
+    """The ECS agent calls UpdateTaskProtection with the task role's credentials when the
+    worker host asks it for scale-in protection (shared.hosts._protection)."""
+    task_roles = {getatt_target(props(t)["TaskRoleArn"])
+                  for t in of_type(template, "AWS::ECS::TaskDefinition").values()}
+    granted: set[str] = set()
+    for policy in of_type(template, "AWS::IAM::Policy").values():
+        for statement in props(policy)["PolicyDocument"]["Statement"]:
+            if "ecs:UpdateTaskProtection" not in as_list(statement["Action"]):
+                continue
+            assert referenced(statement["Resource"]) == {"WorkersCluster"}  # its tasks only
+            granted |= {role["Ref"] for role in props(policy)["Roles"]}
+    assert granted == task_roles
+
+
+def test_the_dashboard_is_reached_over_https_through_its_load_balancer_only(
+    template: dict[str, Any],
+) -> None:
+    from services.devices.dashboard import KEEPALIVE_SECONDS
+
+    resources = template["Resources"]
+    balancers = of_type(template, "AWS::ElasticLoadBalancingV2::LoadBalancer")
+    assert set(balancers) == {"DashboardLoadBalancer"}
+    attributes = {a["Key"]: a["Value"]
+                  for a in props(balancers["DashboardLoadBalancer"])["LoadBalancerAttributes"]}
+    # An SSE stream is idle between keep-alive comments: the load balancer must not cut it.
+    assert int(attributes["idle_timeout.timeout_seconds"]) > 2 * KEEPALIVE_SECONDS
+    listeners = of_type(template, "AWS::ElasticLoadBalancingV2::Listener")
+    assert [(props(x)["Protocol"], props(x)["Port"]) for x in listeners.values()] == [
+        ("HTTPS", 443)]
+    listener = props(listeners["DashboardHttpsListener"])
+    assert listener["Certificates"] == [{"CertificateArn": {"Ref": "DashboardCertificateArn"}}]
+    assert listener["SslPolicy"].startswith("ELBSecurityPolicy-TLS13")
+
+    task = props(resources["DashboardTaskDefinition"])["ContainerDefinitions"][0]
+    group = props(resources["DashboardTargetGroup"])
+    assert group["Port"] == task["PortMappings"][0]["ContainerPort"] == 8080
+    assert group["TargetType"] == "ip"
+    assert group["HealthCheckPath"] == "/healthz"
+    service = props(resources["DashboardService"])
+    assert service["LoadBalancers"]["Fn::If"][1] == [{
+        "ContainerName": task["Name"], "ContainerPort": 8080,
+        "TargetGroupArn": {"Ref": "DashboardTargetGroup"}}]
+    # The tasks' own group admits the load balancer's group only, on the container port.
+    assert service["NetworkConfiguration"]["AwsvpcConfiguration"]["SecurityGroups"][
+        "Fn::If"][1] == [{"Ref": "DashboardTaskSecurityGroup"}]
+    ingress = props(resources["DashboardTaskSecurityGroup"])["SecurityGroupIngress"]
+    assert [(r["FromPort"], r["ToPort"], getatt_target(r["SourceSecurityGroupId"]))
+            for r in ingress] == [(8080, 8080, "DashboardLoadBalancerSecurityGroup")]
+    assert not any("CidrIp" in r for r in ingress)
+    # The load balancer's group: HTTPS in; out only to the tasks' group (no default egress).
+    balancer_group = props(resources["DashboardLoadBalancerSecurityGroup"])
+    assert [r["FromPort"] for r in balancer_group["SecurityGroupIngress"]] == [443]
+    egress = [props(e) for e in of_type(template, "AWS::EC2::SecurityGroupEgress").values()
+              if getatt_target(props(e)["GroupId"]) == "DashboardLoadBalancerSecurityGroup"]
+    assert [getatt_target(e["DestinationSecurityGroupId"]) for e in egress] == [
+        "DashboardTaskSecurityGroup"]
+    for lid in (*balancers, *listeners, "DashboardTargetGroup", "DashboardTaskSecurityGroup",
+                "DashboardLoadBalancerSecurityGroup"):
+        assert resources[lid]["Condition"] == "HasDashboardLoadBalancer", lid
 
 
 def test_functions_export_their_spans_through_the_collector_layer(
