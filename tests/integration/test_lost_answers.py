@@ -5,12 +5,13 @@ happens exactly once. Faults before the write (nothing applied) must keep holdin
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 from typing import Any
 
 import anyio
 import pytest
 
-from services.orders.harness import background_runtime, create_stack
+from services.orders.harness import TEST_TIMINGS, background_runtime, create_stack
 from services.orders.inventory import Inventory
 from shared.aws import AwsClients, ClientSettings
 from shared.emulator import Emulator
@@ -80,7 +81,11 @@ async def test_orders_effects_happen_once_when_answers_are_lost(
 ) -> None:
     with LossyProxy(emulator.endpoint_url, lose_after=lose_after, fail_before=fail_before,
                     seed=5) as proxy:
-        stack = await create_stack(aws)  # set up without faults; the runtime runs through them
+        # Set up without faults; the runtime runs through them. A heartbeat the SDK retries
+        # through the faults (backoff with jitter) can outlast TEST_TIMINGS' 3 s heartbeat
+        # timeout on a loaded machine and cancel the order: 10 s keeps the test about lost
+        # answers, not about how fast the SDK's backoff is.
+        stack = await create_stack(aws, timings=replace(TEST_TIMINGS, heartbeat_seconds=10))
         await Inventory(aws, table=stack.inventory_table).seed(STOCK)
         async with _lossy(proxy) as lossy, background_runtime(lossy, stack) as runtime:
             o = Orders(lossy, stack, runtime)
