@@ -237,11 +237,12 @@ async def run_up(
                     receiver = await _start_trace_receiver(config, trace_env, children)
                     extra_env = {k: v for k, v in trace_env.items() if os.environ.get(k) != v}
                     started_stacks: list[tuple[_Target, LocalProcesses, dict[str, str]]] = []
+                    deploy_lock = anyio.Lock()
 
                     async def start(target: _Target) -> None:
                         processes, problems = await _start_target(
                             run.state.endpoint, config, template, target, supervisor, children,
-                            extra_env=extra_env)
+                            extra_env=extra_env, deploy_lock=deploy_lock)
                         started_stacks.append((target, processes, problems))
 
                     # The zones' stacks deploy and start side by side: each mostly waits on
@@ -341,6 +342,7 @@ async def _start_target(
     children: anyio.abc.TaskGroup,
     *,
     extra_env: dict[str, str],
+    deploy_lock: anyio.Lock,
 ) -> tuple[LocalProcesses, dict[str, str]]:
     """`_start` one stack in its Region, its children's environment with `extra_env`. The
     runner is an edge: it reads its own environment, hands each child a complete one (the
@@ -353,7 +355,8 @@ async def _start_target(
         else AwsClients(ClientSettings(region=target.region))
     )
     async with clients as aws:
-        return await _start(aws, config, template, target, base_env, supervisor, children)
+        return await _start(aws, config, template, target, base_env, supervisor, children,
+                            deploy_lock=deploy_lock)
 
 
 async def _start(
@@ -364,12 +367,23 @@ async def _start(
     base_env: dict[str, str],
     supervisor: Supervisor,
     children: anyio.abc.TaskGroup,
+    *,
+    deploy_lock: anyio.Lock,
 ) -> tuple[LocalProcesses, dict[str, str]]:
     """Deploy, supply the gaps, start the local processes. Returns the processes (named
     with the target's prefix) and the resources that could not be supplied, with the
     reasons (keyed by the prefixed logical id)."""
     began = time.monotonic()
-    stack = await _deploy(aws, config, template, target)
+    if config.real_aws:
+        stack = await _deploy(aws, config, template, target)
+    else:
+        # moto keeps IAM in one backend for every Region and changes its dicts without a
+        # lock: two CreateStack calls at once can fail one with HTTP 500 ("dictionary
+        # changed size during iteration" in put_role_policy, seen with three zones). On the
+        # emulator the zones' stacks deploy one at a time; the rest of each zone's start-up
+        # still runs side by side. AWS needs no such lock.
+        async with deploy_lock:
+            stack = await _deploy(aws, config, template, target)
     log.info("deployed", stack=config.stack_name, region=target.region,
              seconds=round(time.monotonic() - began, 2))
     facts = await gather_facts(aws, template, stack)
