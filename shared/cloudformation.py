@@ -21,6 +21,7 @@ Every error is a `TemplateError` whose message is one line naming the file (and 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Final
 
@@ -35,6 +36,7 @@ __all__ = [
     "load_template",
     "parse_template",
     "read_template",
+    "references",
     "statemachines_dir",
 ]
 
@@ -134,3 +136,30 @@ def load_template(path: Path) -> Template:
         TemplateError: no such file, not YAML, or no Resources mapping (one line each).
     """
     return parse_template(read_template(path), source=path)
+
+
+_SUB_VARIABLE: Final = re.compile(r"\$\{([^}!]+)\}")
+
+
+def references(value: Any) -> set[str]:
+    """The logical ids and parameters `value` refers to: `Ref`, `Fn::GetAtt` (the resource,
+    without the attribute), the `${X}` / `${X.Attr}` variables of `Fn::Sub` and its variable
+    map, anywhere inside. Pseudo parameters (`AWS::Region`, ...) are left out. Pure."""
+    found: set[str] = set()
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            if key == "Ref":
+                found.add(str(inner))
+            elif key == "Fn::GetAtt":
+                found.add(str(inner[0] if isinstance(inner, list) else inner).split(".")[0])
+            elif key == "Fn::Sub":
+                text = inner[0] if isinstance(inner, list) else inner
+                found.update(v.split(".")[0] for v in _SUB_VARIABLE.findall(str(text)))
+                if isinstance(inner, list) and len(inner) > 1:
+                    found.update(references(inner[1]))
+            else:
+                found.update(references(inner))
+    elif isinstance(value, list):
+        for inner in value:
+            found.update(references(inner))
+    return {name for name in found if not name.startswith("AWS::")}

@@ -47,7 +47,6 @@ import hashlib
 import importlib.util
 import io
 import json
-import re
 import time
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -64,6 +63,7 @@ from shared.cloudformation import (
     TemplateError,
     parse_template,
     read_template,
+    references,
     statemachines_dir,
 )
 from shared.config import Resources
@@ -209,27 +209,6 @@ def distribution_packages() -> dict[str, Path]:
 _NAME_PROPERTIES: Final = {"AWS::S3::Bucket": "BucketName", "AWS::IAM::Role": "RoleName"}
 
 
-def _referenced(value: Any) -> set[str]:
-    """Logical ids `value` names through Ref, Fn::GetAtt or Fn::Sub."""
-    found: set[str] = set()
-    if isinstance(value, dict):
-        for key, inner in value.items():
-            if key == "Ref":
-                found.add(str(inner))
-            elif key == "Fn::GetAtt":
-                found.add(str(inner[0] if isinstance(inner, list) else inner).split(".")[0])
-            elif key == "Fn::Sub":
-                text = inner[0] if isinstance(inner, list) else inner
-                found.update(v.split(".")[0] for v in re.findall(r"\$\{([^}!]+)\}", str(text)))
-                found.update(_referenced(inner[1] if isinstance(inner, list) else None))
-            else:
-                found.update(_referenced(inner))
-    elif isinstance(value, list):
-        for inner in value:
-            found.update(_referenced(inner))
-    return found
-
-
 def emulator_names(
     template: Mapping[str, Any], stack_name: str, *, region: str | None = None,
 ) -> dict[str, tuple[str, str]]:
@@ -242,7 +221,7 @@ def emulator_names(
     resources = template.get("Resources", {})
     wanted: set[str] = set()
     for output in template.get("Outputs", {}).values():
-        wanted |= _referenced(output.get("Value"))
+        wanted |= references(output.get("Value"))
     names: dict[str, tuple[str, str]] = {}
     for logical in sorted(wanted & set(resources)):
         resource = resources[logical]

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from shared.cloudformation import load_template
+from shared.cloudformation import load_template, references
 from shared.config import ENV_PREFIX, resource_env_name
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,30 +82,6 @@ def getatt_target(value: Any) -> str | None:
         target = value["Fn::GetAtt"]
         return str(target[0] if isinstance(target, list) else str(target).split(".")[0])
     return None
-
-
-def referenced(value: Any) -> set[str]:
-    """Logical ids and parameters a value refers to (Ref, GetAtt, Sub variables)."""
-    found: set[str] = set()
-    if isinstance(value, dict):
-        for key, inner in value.items():
-            if key == "Ref":
-                found.add(str(inner))
-            elif key == "Fn::GetAtt":
-                target = getatt_target(value)
-                if target:
-                    found.add(target)
-            elif key == "Fn::Sub":
-                text = inner[0] if isinstance(inner, list) else inner
-                found.update(v.split(".")[0] for v in re.findall(r"\$\{([^}!]+)\}", str(text)))
-                if isinstance(inner, list):
-                    found.update(referenced(inner[1]))
-            else:
-                found.update(referenced(inner))
-    elif isinstance(value, list):
-        for inner in value:
-            found.update(referenced(inner))
-    return {f for f in found if not f.startswith("AWS::")}
 
 
 def dlq_ids(template: dict[str, Any]) -> set[str]:
@@ -259,7 +235,7 @@ def test_queues_fed_by_rules_or_topics_have_a_queue_policy_naming_the_source(
         p = props(policy)
         sources: set[str] = set()
         for statement in p["PolicyDocument"]["Statement"]:
-            sources |= referenced(statement.get("Condition", {}))
+            sources |= references(statement.get("Condition", {}))
         for q in p["Queues"]:
             allowed.setdefault(q["Ref"], set()).update(sources)
     for lid, rule in of_type(template, "AWS::Events::Rule").items():
@@ -284,7 +260,7 @@ def test_topics_fed_by_rules_admit_only_those_rules(template: dict[str, Any]) ->
         for statement in p["PolicyDocument"]["Statement"]:
             assert statement["Effect"] == "Allow"
             assert as_list(statement["Action"]) == ["sns:Publish"]
-            sources = referenced(statement.get("Condition", {}))
+            sources = references(statement.get("Condition", {}))
             assert sources, "a topic policy statement without a source condition"
             for topic in p["Topics"]:
                 admitted.setdefault(topic["Ref"], set()).update(sources)
@@ -474,7 +450,7 @@ def test_every_output_names_a_resource_or_parameter_it_is_keyed_after(
     by_name = {"ReadingsDeliveryStream": "DeliveryStreamName",
                "AnalyticsWorkGroup": "Name"}
     for key, output in template["Outputs"].items():
-        refs = referenced(output["Value"])
+        refs = references(output["Value"])
         if key in by_name:
             assert output["Value"] == props(template["Resources"][key])[by_name[key]]
             continue
@@ -512,7 +488,7 @@ def test_alarms_cover_dlqs_queue_age_iterator_age_and_failed_executions(
     def watched(metric: str) -> set[str]:
         return {
             ref for a in alarms if a["MetricName"] == metric
-            for d in a["Dimensions"] for ref in referenced(d["Value"])
+            for d in a["Dimensions"] for ref in references(d["Value"])
         }
 
     depth = watched("ApproximateNumberOfMessagesVisible")
@@ -581,7 +557,7 @@ def scaling(template: dict[str, Any]) -> dict[str, tuple[dict[str, Any], dict[st
     found = {}
     for policy in of_type(template, "AWS::ApplicationAutoScaling::ScalingPolicy").values():
         target = targets[props(policy)["ScalingTargetId"]["Ref"]]
-        service = referenced(props(target)["ResourceId"]) - {"WorkersCluster"}
+        service = references(props(target)["ResourceId"]) - {"WorkersCluster"}
         assert len(service) == 1, service
         found[service.pop()] = (props(target), props(policy))
     return found
@@ -652,7 +628,7 @@ def test_every_task_role_may_protect_its_own_task_from_scale_in(template: dict[s
         for statement in props(policy)["PolicyDocument"]["Statement"]:
             if "ecs:UpdateTaskProtection" not in as_list(statement["Action"]):
                 continue
-            assert referenced(statement["Resource"]) == {"WorkersCluster"}  # its tasks only
+            assert references(statement["Resource"]) == {"WorkersCluster"}  # its tasks only
             granted |= {role["Ref"] for role in props(policy)["Roles"]}
     assert granted == task_roles
 
@@ -738,7 +714,7 @@ def test_every_sns_subscription_dead_letters_to_a_dlq_of_its_own(
             statement for policy in of_type(template, "AWS::SQS::QueuePolicy").values()
             if {"Ref": dlq} in props(policy)["Queues"]
             for statement in props(policy)["PolicyDocument"]["Statement"]
-            if props(sub)["TopicArn"]["Ref"] in referenced(statement.get("Condition", {}))
+            if props(sub)["TopicArn"]["Ref"] in references(statement.get("Condition", {}))
         ]
         assert admitted, f"{dlq} does not admit {props(sub)['TopicArn']['Ref']}"
 
