@@ -41,11 +41,30 @@ StateDirOpt = Annotated[
 TemplateOpt = Annotated[
     Path, typer.Option("--template", help="the CloudFormation template (state machines beside it)")
 ]
+ParameterOpt = Annotated[
+    list[str] | None,
+    typer.Option("--parameter", "-P", help="template parameter KEY=VALUE (repeatable)"),
+]
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
     err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
+
+
+def _parameters(items: list[str] | None) -> dict[str, str]:
+    """`--parameter KEY=VALUE` options as a mapping (a later KEY wins).
+
+    Raises:
+        typer.Exit: an item without `=` or without a key (an `error:` line naming it).
+    """
+    parameters: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise _fail(f"--parameter {item!r}: expected KEY=VALUE")
+        parameters[key] = value
+    return parameters
 
 
 def _ready_line(state: object) -> str:
@@ -95,10 +114,7 @@ def up(
     bind_host: Annotated[
         str, typer.Option("--bind", envvar="FLEETLINE_BIND", help="address local servers listen on")
     ] = "127.0.0.1",
-    parameter: Annotated[
-        list[str] | None,
-        typer.Option("--parameter", "-P", help="template parameter KEY=VALUE (repeatable)"),
-    ] = None,
+    parameter: ParameterOpt = None,
     zones: Annotated[
         str | None,
         typer.Option("--zones", help="residency zones, one stack each in its own Region: "
@@ -114,12 +130,7 @@ def up(
     from shared.local import ensure_no_running, start_detached
 
     endpoint = os.environ.get("AWS_ENDPOINT_URL") or None
-    parameters: dict[str, str] = {}
-    for item in parameter or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise _fail(f"--parameter {item!r}: expected KEY=VALUE")
-        parameters[key] = value
+    parameters = _parameters(parameter)
     if aws and endpoint:
         raise _fail("--aws deploys to real AWS: unset AWS_ENDPOINT_URL or drop --aws")
     zone_list = tuple(z.strip() for z in (zones or "").split(",") if z.strip())
@@ -402,24 +413,15 @@ def deploy(
     image: Annotated[str, typer.Option(help="the local worker image to push")] = "fleetline:local",
     repository: Annotated[str | None, typer.Option(
         help="ECR repository URI to push to (AWS); ImageRepositoryArn is derived from it")] = None,
-    parameter: Annotated[
-        list[str] | None,
-        typer.Option("--parameter", "-P", help="template parameter KEY=VALUE (repeatable)"),
-    ] = None,
+    parameter: ParameterOpt = None,
 ) -> None:
     """Upload the built artifacts and create or update the stack (the image URI and the code
     key as parameters). With AWS_ENDPOINT_URL (the emulator) the same path, without the push."""
     from shared.build import DeployRequest, run_deploy
 
-    values: dict[str, str] = {}
-    for item in parameter or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise _fail(f"--parameter {item!r}: expected KEY=VALUE")
-        values[key] = value
     request = DeployRequest(
         stack_name=stack_name, template=template, artifact=artifact, image=image,
-        repository=repository, parameters=values,
+        repository=repository, parameters=_parameters(parameter),
         endpoint=os.environ.get("AWS_ENDPOINT_URL") or None,
     )
     try:
